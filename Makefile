@@ -1,0 +1,38 @@
+# nightshift: build, test and run against a real local control plane.
+# `make help` lists the targets.
+
+CARGO   ?= cargo
+CLUSTER := tests/cluster/cluster.sh
+
+.DEFAULT_GOAL := help
+.PHONY: help build lint unit integration test binaries cluster-up cluster-down cluster-env
+
+help: ## list the targets
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
+
+build: ## build the nightshift binary
+	$(CARGO) build
+
+lint: ## cargo fmt --check and clippy with warnings denied
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --all-targets -- -D warnings
+
+unit: ## unit and property tests (no cluster)
+	$(CARGO) test --lib --bins
+
+integration: ## integration tests; starts the control plane if it is not up, and stops what it started
+	tests/run-integration.sh
+
+test: lint unit integration ## everything CI runs
+
+binaries: ## build etcd, kube-apiserver, kube-controller-manager, kubectl and helm into the cache
+	@tests/cluster/build-binaries.sh
+
+cluster-up: ## start the local control plane (builds the binaries on first use)
+	@$(CLUSTER) up
+
+cluster-down: ## stop the local control plane and remove its state
+	@$(CLUSTER) down
+
+cluster-env: ## print the export KUBECONFIG=... line for the local control plane
+	@$(CLUSTER) env

@@ -1,0 +1,33 @@
+//! The BackgroundJob API: types, the CRD as installed, and the names the controller and the
+//! workers share (labels, finalizers, environment variables).
+
+pub mod crd;
+pub mod v1alpha1;
+
+pub use v1alpha1::*;
+
+/// API group of every nightshift resource.
+pub const GROUP: &str = "nightshift.dev";
+/// Field manager (server-side apply) and event reporter of the operator.
+pub const MANAGER: &str = "nightshift";
+
+/// Label on worker pods: the job's name.
+pub const LABEL_JOB: &str = "nightshift.dev/job";
+/// Label on worker pods: the shard index.
+pub const LABEL_SHARD: &str = "nightshift.dev/shard";
+/// Label on worker pods: the attempt number (1 for the first run of a shard).
+pub const LABEL_ATTEMPT: &str = "nightshift.dev/attempt";
+/// Finalizer on worker pods, removed once the job's status records the pod's outcome.
+pub const FINALIZER_TRACKING: &str = "nightshift.dev/tracking";
+/// Finalizer on jobs, so deleting one releases its pods' tracking finalizers.
+pub const FINALIZER_CLEANUP: &str = "nightshift.dev/cleanup";
+
+/// Environment every worker container gets.
+pub mod env {
+    pub const JOB: &str = "NIGHTSHIFT_JOB";
+    pub const NAMESPACE: &str = "NIGHTSHIFT_NAMESPACE";
+    pub const SHARD: &str = "NIGHTSHIFT_SHARD";
+    pub const SHARDS: &str = "NIGHTSHIFT_SHARDS";
+    pub const ATTEMPT: &str = "NIGHTSHIFT_ATTEMPT";
+    pub const POD: &str = "NIGHTSHIFT_POD";
+}

@@ -1,0 +1,402 @@
+//! `nightshift.dev/v1alpha1` BackgroundJob: what a user asks for (spec) and what the controller
+//! reports (status). Every field is described, so `kubectl explain` reads well.
+
+// kube(printcolumn(...)) repeats `type_ = "string"` by design; the lint mistakes it for a typo.
+#![allow(clippy::duplicated_attributes)]
+
+use k8s_openapi::{
+    api::core::v1::PodTemplateSpec,
+    apimachinery::pkg::apis::meta::v1::{Condition, Time},
+};
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// A long-running background job: `shards` units of work, run on 1 to 3 (by default) worker
+/// pods at a time, with retries, timeouts and progress in the status.
+#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "nightshift.dev",
+    version = "v1alpha1",
+    kind = "BackgroundJob",
+    plural = "backgroundjobs",
+    singular = "backgroundjob",
+    shortname = "bgj",
+    shortname = "bgjob",
+    category = "nightshift",
+    namespaced,
+    status = "BackgroundJobStatus",
+    derive = "PartialEq",
+    doc = "A long-running background job: its shards run on worker pods, retried with backoff, with progress and timeouts tracked in the status.",
+    printcolumn(
+        name = "Phase",
+        type_ = "string",
+        json_path = ".status.phase",
+        description = "Queued, Running, Suspended, Succeeded or Failed"
+    ),
+    printcolumn(
+        name = "Workers",
+        type_ = "string",
+        json_path = ".status.workers.summary",
+        description = "live worker pods / desired"
+    ),
+    printcolumn(
+        name = "Shards",
+        type_ = "string",
+        json_path = ".status.shards.summary",
+        description = "succeeded shards / total",
+        priority = 1
+    ),
+    printcolumn(
+        name = "Progress",
+        type_ = "string",
+        json_path = ".status.progress.summary",
+        description = "work done, in percent"
+    ),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct BackgroundJobSpec {
+    /// Units of work. Each shard runs in one worker pod at a time and learns its index from
+    /// NIGHTSHIFT_SHARD (0 to shards-1). Cannot change once the job is admitted.
+    #[serde(default = "default_shards")]
+    #[schemars(range(min = 1, max = 100000))]
+    pub shards: i32,
+
+    /// How many worker pods run at once: at least min (when that many shards are left) and at most max.
+    #[serde(default)]
+    pub workers: Workers,
+
+    /// The worker pod. restartPolicy must be Never (a failed attempt is retried as a new pod, under
+    /// spec.retry). Cannot change once the job is admitted.
+    pub template: PodTemplateSpec,
+
+    /// Deadlines for the whole job and for each attempt of a shard.
+    #[serde(default)]
+    pub timeouts: Timeouts,
+
+    /// How often a failed shard is retried, and how long to wait before each retry.
+    #[serde(default)]
+    pub retry: Retry,
+
+    /// Jobs with a higher priority are started first when workers are scarce.
+    #[serde(default)]
+    pub priority: i32,
+
+    /// While true, no worker runs: live workers are stopped and the progress kept. Set it back to
+    /// false to continue with the shards that are left.
+    #[serde(default)]
+    pub suspend: bool,
+
+    /// Seconds after the job succeeds or fails before it is deleted, with its pods. Unset: never.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub ttl_seconds_after_finished: Option<i32>,
+}
+
+fn default_shards() -> i32 {
+    1
+}
+
+/// Bounds on the number of worker pods running at once.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": "self.min <= self.max", "message": "spec.workers.min must not exceed spec.workers.max"}
+]))]
+pub struct Workers {
+    /// Fewest worker pods the job runs with while at least that many shards are left. Default 1.
+    #[serde(default = "default_min_workers")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub min: i32,
+    /// Most worker pods the job runs at once. Default 3.
+    #[serde(default = "default_max_workers")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub max: i32,
+}
+
+fn default_min_workers() -> i32 {
+    1
+}
+fn default_max_workers() -> i32 {
+    3
+}
+
+impl Default for Workers {
+    fn default() -> Self {
+        Self { min: default_min_workers(), max: default_max_workers() }
+    }
+}
+
+/// Deadlines, in seconds.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Timeouts {
+    /// Seconds the whole job may run, counted from when it starts. Past it, live workers are
+    /// stopped and the job fails with reason DeadlineExceeded. Default 10800 (3 hours).
+    #[serde(default = "default_job_seconds")]
+    #[schemars(range(min = 1))]
+    pub job_seconds: i64,
+    /// Seconds one attempt of a shard may run. Past it, that attempt fails with reason
+    /// AttemptDeadlineExceeded and is retried under spec.retry. Unset: no limit but the job's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub attempt_seconds: Option<i64>,
+}
+
+fn default_job_seconds() -> i64 {
+    10800
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self { job_seconds: default_job_seconds(), attempt_seconds: None }
+    }
+}
+
+/// Retries of failed shards.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Retry {
+    /// Retries per shard after its first attempt fails. When a shard fails once more than this,
+    /// the job fails with reason RetriesExhausted. Default 3.
+    #[serde(default = "default_retry_limit")]
+    #[schemars(range(min = 0, max = 100))]
+    pub limit: i32,
+    /// Wait before each retry: initialSeconds, multiplied by factor after each failure, at most maxSeconds.
+    #[serde(default)]
+    pub backoff: Backoff,
+}
+
+fn default_retry_limit() -> i32 {
+    3
+}
+
+impl Default for Retry {
+    fn default() -> Self {
+        Self { limit: default_retry_limit(), backoff: Backoff::default() }
+    }
+}
+
+/// Exponential backoff between retries of a shard.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": "self.initialSeconds <= self.maxSeconds", "message": "spec.retry.backoff.initialSeconds must not exceed spec.retry.backoff.maxSeconds"}
+]))]
+pub struct Backoff {
+    /// Seconds before the first retry of a shard. Default 10.
+    #[serde(default = "default_initial_seconds")]
+    #[schemars(range(min = 0, max = 86400))]
+    pub initial_seconds: i64,
+    /// Each further retry waits this many times longer than the one before. Default 2.
+    #[serde(default = "default_factor")]
+    #[schemars(range(min = 1, max = 10))]
+    pub factor: f64,
+    /// The longest wait before a retry, in seconds. Default 600.
+    #[serde(default = "default_max_seconds")]
+    #[schemars(range(min = 0, max = 86400))]
+    pub max_seconds: i64,
+}
+
+fn default_initial_seconds() -> i64 {
+    10
+}
+fn default_factor() -> f64 {
+    2.0
+}
+fn default_max_seconds() -> i64 {
+    600
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self {
+            initial_seconds: default_initial_seconds(),
+            factor: default_factor(),
+            max_seconds: default_max_seconds(),
+        }
+    }
+}
+
+/// Where a job is in its life.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
+pub enum Phase {
+    /// Not started yet.
+    Queued,
+    /// Workers are running or about to.
+    Running,
+    /// spec.suspend is true: no worker runs.
+    Suspended,
+    /// Every shard succeeded.
+    Succeeded,
+    /// A shard failed more often than spec.retry allows, a deadline passed, or the pod template was refused.
+    Failed,
+}
+
+impl Phase {
+    pub fn is_finished(self) -> bool {
+        matches!(self, Phase::Succeeded | Phase::Failed)
+    }
+}
+
+impl std::fmt::Display for Phase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self, f)
+    }
+}
+
+/// What the controller observed and decided. Its size does not grow with spec.shards: shards
+/// that are done are kept as ranges, and only active and retrying shards are listed one by one.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BackgroundJobStatus {
+    /// Queued, Running, Suspended, Succeeded or Failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<Phase>,
+    /// Admitted, Suspended, Complete and Failed, each with a reason and a message.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+    /// The metadata.generation this status was computed from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// When the job was first seen.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queued_time: Option<Time>,
+    /// When the job was admitted and its first workers started; spec.timeouts.jobSeconds counts from here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_time: Option<Time>,
+    /// When the job succeeded or failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completion_time: Option<Time>,
+    /// How many shards are in each state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shards: Option<ShardCounts>,
+    /// Shards that succeeded, as ranges of indexes ("0-55,57,60-62").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub succeeded_shards: Option<String>,
+    /// Shards that failed for good (retries exhausted), as ranges of indexes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed_shards: Option<String>,
+    /// Worker pods: desired, live and ready.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workers: Option<WorkerCounts>,
+    /// Shards with a live attempt, one entry each.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["shard"]))]
+    pub active: Vec<ActiveShard>,
+    /// Shards whose last attempt failed and that wait for their next attempt, one entry each.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["shard"]))]
+    pub retrying: Vec<RetryingShard>,
+    /// Work done over all shards.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<Progress>,
+    /// A small summary the workers reported (for example counts of rows created and failed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "crate::api::crd::free_form_object")]
+    pub result: Option<serde_json::Value>,
+}
+
+/// Shards by state; they add up to total.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ShardCounts {
+    /// spec.shards.
+    pub total: i32,
+    /// Not started yet, or waiting to be retried.
+    pub pending: i32,
+    /// With a live attempt.
+    pub running: i32,
+    /// Done.
+    pub succeeded: i32,
+    /// Failed for good.
+    pub failed: i32,
+    /// "succeeded/total", for kubectl.
+    pub summary: String,
+}
+
+/// Worker pods of the job.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkerCounts {
+    /// How many should run now: the shards left, within spec.workers.
+    pub desired: i32,
+    /// Live worker pods (not finished, not being deleted).
+    pub active: i32,
+    /// Live worker pods that are Ready.
+    pub ready: i32,
+    /// "active/desired", for kubectl.
+    pub summary: String,
+}
+
+/// A shard with a live attempt.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ActiveShard {
+    /// Shard index.
+    pub shard: i32,
+    /// Attempt number, 1 for the first run of the shard.
+    pub attempt: i32,
+    /// Failed attempts of this shard before this one.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub failures: i32,
+    /// The worker pod running it.
+    pub pod: String,
+    /// When the attempt started (its pod was created); spec.timeouts.attemptSeconds counts from here.
+    pub start_time: Time,
+}
+
+/// A shard whose last attempt failed, waiting for its retry.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RetryingShard {
+    /// Shard index.
+    pub shard: i32,
+    /// Number of the attempt that runs next.
+    pub attempt: i32,
+    /// Failed attempts of this shard so far.
+    pub failures: i32,
+    /// Not before this time; unset after an interruption that is not a failure (suspend).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_retry_time: Option<Time>,
+    /// Why the last attempt ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_failure: Option<Failure>,
+}
+
+/// Why an attempt failed.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Failure {
+    /// One word: Error, AttemptDeadlineExceeded, PodDeleted, ...
+    pub reason: String,
+    /// What happened, in words.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
+    /// The worker container's exit code, when it exited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+}
+
+/// Work done, as the workers report it.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Progress {
+    /// Units done.
+    pub done: i64,
+    /// Units in all (as known so far).
+    pub total: i64,
+    /// done/total in percent, rounded down.
+    pub percent: i32,
+    /// The latest message a worker gave.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
+    /// "percent%", for kubectl.
+    pub summary: String,
+}
+
+fn is_zero(n: &i32) -> bool {
+    *n == 0
+}

@@ -1,0 +1,390 @@
+//! The imperative shell: watches jobs and their pods, asks [`crate::decision::decide`] what to
+//! do, and does it: creates and deletes pods, writes the status (server-side apply, only when it
+//! changed), releases tracking finalizers once the status holds the outcome, publishes events.
+
+mod observe;
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use futures::{StreamExt, future};
+use k8s_openapi::{api::core::v1::Pod, jiff::Timestamp};
+use kube::{
+    Api, Client, Resource, ResourceExt,
+    api::{DeleteParams, ListParams, Patch, PatchParams, PostParams},
+    runtime::{
+        Controller, WatchStreamExt,
+        controller::Action,
+        events::{Event, EventType, Recorder, Reporter},
+        reflector::{self, Store},
+        watcher,
+    },
+};
+use serde_json::json;
+use tracing::{debug, info, warn};
+
+use crate::{
+    api::{self, BackgroundJob, BackgroundJobStatus},
+    decision::{self, Decision},
+};
+
+pub use observe::pod_view;
+
+/// Everything that can go wrong in a reconcile. Each is retried; none stops the operator.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+}
+
+impl Error {
+    /// A short label for metrics and logs.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Error::Kube(_) => "kube",
+        }
+    }
+}
+
+/// Options of `nightshift run` that the controller itself uses.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Watch only this namespace (all when None).
+    pub namespace: Option<String>,
+    /// How long to gather triggers for one job before reconciling it.
+    pub debounce: Duration,
+    /// How many jobs are reconciled at once.
+    pub concurrency: u16,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self { namespace: None, debounce: Duration::from_millis(50), concurrency: 16 }
+    }
+}
+
+/// Shared by every reconcile.
+pub struct Context {
+    pub client: Client,
+    pub recorder: Recorder,
+    pods: Store<Pod>,
+    /// The status we last wrote per job uid, with the resourceVersion it produced: read-your-writes
+    /// while the watch has not delivered it yet, so a stale cache never undoes a decision.
+    written: Mutex<HashMap<String, (u64, BackgroundJobStatus)>>,
+    /// Pods we created that the watch has not shown yet ("namespace/name" -> when).
+    created: Mutex<HashMap<String, Instant>>,
+}
+
+/// Runs the controller until `shutdown` resolves.
+pub async fn run(
+    client: Client,
+    options: Options,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    let (jobs, pods_api): (Api<BackgroundJob>, Api<Pod>) = match &options.namespace {
+        Some(ns) => (Api::namespaced(client.clone(), ns), Api::namespaced(client.clone(), ns)),
+        None => (Api::all(client.clone()), Api::all(client.clone())),
+    };
+    let (pod_store, pod_writer) = reflector::store_shared(1024);
+    let pod_events = pod_writer.subscribe().expect("a shared store hands out subscribers");
+    let pod_watch = watcher(pods_api, watcher::Config::default().labels(api::LABEL_JOB))
+        .default_backoff()
+        .reflect_shared(pod_writer)
+        .applied_objects();
+
+    let reporter = Reporter { controller: api::MANAGER.into(), instance: std::env::var("POD_NAME").ok() };
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        recorder: Recorder::new(client.clone(), reporter),
+        pods: pod_store.clone(),
+        written: Mutex::default(),
+        created: Mutex::default(),
+    });
+
+    let controller = Controller::new(jobs, watcher::Config::default())
+        .with_config(
+            kube::runtime::controller::Config::default().debounce(options.debounce).concurrency(options.concurrency),
+        )
+        .owns_shared_stream(pod_events);
+    let job_store = controller.store();
+
+    // Pods of a deleted job: the garbage collector deletes them, and their tracking finalizer,
+    // which no reconcile of the (gone) job will release, goes here.
+    let orphans = {
+        let ctx = ctx.clone();
+        let job_store = job_store.clone();
+        pod_watch.for_each(move |pod| {
+            let ctx = ctx.clone();
+            let job_store = job_store.clone();
+            async move {
+                let Ok(pod) = pod else { return };
+                release_if_orphaned(&ctx, &job_store, &pod).await;
+            }
+        })
+    };
+
+    let reconciler = controller.graceful_shutdown_on(shutdown).run(reconcile, error_policy, ctx).for_each(|result| {
+        if let Err(e) = result {
+            debug!(error = %e, "reconcile failed");
+        }
+        future::ready(())
+    });
+    info!(namespace = options.namespace.as_deref().unwrap_or("(all)"), "controller started");
+    tokio::select! {
+        _ = orphans => {},
+        _ = reconciler => {},
+    }
+    info!("controller stopped");
+}
+
+async fn release_if_orphaned(ctx: &Context, jobs: &Store<BackgroundJob>, pod: &Pod) {
+    if pod.metadata.deletion_timestamp.is_none() || !pod.finalizers().iter().any(|f| f == api::FINALIZER_TRACKING) {
+        return;
+    }
+    if jobs.wait_until_ready().await.is_err() {
+        return;
+    }
+    let owner = pod.owner_references().iter().find(|o| o.controller == Some(true) && o.kind == "BackgroundJob");
+    let owner_alive = owner.is_some_and(|o| {
+        jobs.state()
+            .iter()
+            .any(|j| j.metadata.uid.as_deref() == Some(o.uid.as_str()) && j.metadata.deletion_timestamp.is_none())
+    });
+    if !owner_alive {
+        let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &pod.namespace().unwrap_or_default());
+        if let Err(e) = release(&api, pod).await {
+            warn!(pod = %pod.name_any(), error = %e, "releasing the finalizer of an orphaned worker pod");
+        }
+    }
+}
+
+fn error_policy(job: Arc<BackgroundJob>, error: &Error, _: Arc<Context>) -> Action {
+    warn!(namespace = %job.namespace().unwrap_or_default(), job = %job.name_any(), error = %error, "reconcile failed; retrying in 5s");
+    Action::requeue(Duration::from_secs(5))
+}
+
+/// `now`, in whole seconds: the precision of the times in the status, so that an unchanged
+/// status compares equal.
+pub fn now() -> Timestamp {
+    Timestamp::from_second(Timestamp::now().as_second()).expect("now is a valid time")
+}
+
+async fn reconcile(job: Arc<BackgroundJob>, ctx: Arc<Context>) -> Result<Action, Error> {
+    if job.metadata.deletion_timestamp.is_some() {
+        // The garbage collector deletes the pods; `release_if_orphaned` lets them go.
+        return Ok(Action::await_change());
+    }
+    let ns = job.namespace().unwrap_or_default();
+    let name = job.name_any();
+    let uid = job.metadata.uid.clone().unwrap_or_default();
+    let job = ctx.with_latest_status(job);
+
+    let pods: Vec<Arc<Pod>> = ctx.pods.state_filter(|p| {
+        p.metadata.namespace.as_deref() == Some(ns.as_str())
+            && p.owner_references().iter().any(|o| o.uid == uid && o.controller == Some(true))
+    });
+    ctx.forget_seen(&ns, &pods);
+    let views: Vec<_> = pods.iter().filter_map(|p| pod_view(p)).collect();
+
+    let now = now();
+    let mut d = decision::decide(&job, &views, now);
+    let pods_api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
+    let jobs_api: Api<BackgroundJob> = Api::namespaced(ctx.client.clone(), &ns);
+
+    create_pods(&ctx, &job, &pods_api, &mut d, now).await?;
+    for pod in &d.delete {
+        match pods_api.delete(pod, &DeleteParams::background()).await {
+            Ok(_) => info!(namespace = %ns, job = %name, pod, "deleted worker pod"),
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+
+    if job.status.as_ref() != Some(&d.status) {
+        let patch = json!({
+            "apiVersion": BackgroundJob::api_version(&()),
+            "kind": BackgroundJob::kind(&()),
+            "status": d.status,
+        });
+        let written =
+            jobs_api.patch_status(&name, &PatchParams::apply(api::MANAGER).force(), &Patch::Apply(&patch)).await?;
+        ctx.remember(&uid, &written);
+        debug!(namespace = %ns, job = %name, phase = ?d.status.phase, "status written");
+    }
+
+    for pod_name in &d.release {
+        if let Some(pod) = pods.iter().find(|p| p.metadata.name.as_deref() == Some(pod_name.as_str())) {
+            release(&pods_api, pod).await?;
+        }
+    }
+
+    for note in &d.events {
+        let event = Event {
+            type_: if note.warning { EventType::Warning } else { EventType::Normal },
+            reason: note.reason.into(),
+            note: Some(note.note.clone()),
+            action: note.reason.into(),
+            secondary: None,
+        };
+        if let Err(e) = ctx.recorder.publish(&event, &job.object_ref(&())).await {
+            debug!(namespace = %ns, job = %name, error = %e, "publishing an event");
+        }
+        if note.warning {
+            warn!(namespace = %ns, job = %name, reason = note.reason, "{}", note.note);
+        } else {
+            info!(namespace = %ns, job = %name, reason = note.reason, "{}", note.note);
+        }
+    }
+
+    if d.delete_job {
+        info!(namespace = %ns, job = %name, "ttlSecondsAfterFinished passed; deleting the job");
+        let dp = DeleteParams {
+            preconditions: Some(kube::api::Preconditions { uid: Some(uid.clone()), resource_version: None }),
+            ..DeleteParams::background()
+        };
+        match jobs_api.delete(&name, &dp).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {}
+            Err(e) => return Err(e.into()),
+        }
+        return Ok(Action::await_change());
+    }
+    Ok(d.requeue_after.map(Action::requeue).unwrap_or_else(Action::await_change))
+}
+
+/// Creates the decided pods. A pod the API server refuses for good (an invalid template) fails
+/// the job with the server's message instead of being retried forever.
+async fn create_pods(
+    ctx: &Context,
+    job: &BackgroundJob,
+    pods_api: &Api<Pod>,
+    d: &mut Decision,
+    now: Timestamp,
+) -> Result<(), Error> {
+    let ns = job.namespace().unwrap_or_default();
+    for (shard, attempt) in std::mem::take(&mut d.create) {
+        let pod = decision::pod::worker_pod(job, shard, attempt);
+        let pod_name = pod.name_any();
+        let key = format!("{ns}/{pod_name}");
+        if ctx.recently_created(&key) {
+            continue;
+        }
+        match pods_api
+            .create(&PostParams { field_manager: Some(api::MANAGER.into()), ..Default::default() }, &pod)
+            .await
+        {
+            Ok(_) => {
+                ctx.created.lock().unwrap().insert(key, Instant::now());
+            }
+            Err(kube::Error::Api(e)) if e.code == 409 => {}
+            Err(kube::Error::Api(e)) if e.code == 400 || e.code == 422 => {
+                let message = format!("the API server refused worker pod {pod_name}: {}", e.message);
+                d.events.push(decision::EventNote { warning: true, reason: "Failed", note: message.clone() });
+                d.status = decision::fail(job, std::mem::take(&mut d.status), "InvalidPodTemplate", message, now);
+                d.status.active.clear();
+                d.status.retrying.clear();
+                return Ok(());
+            }
+            Err(kube::Error::Api(e)) if e.code == 403 => {
+                // Quota or Pod Security: may pass later. Say so in the status, retry calmly.
+                let message = format!("the API server refused worker pod {pod_name}: {}", e.message);
+                warn!(namespace = %ns, job = %job.name_any(), "{message}");
+                d.status.active.retain(|a| a.shard != shard);
+                set_blocked_condition(&mut d.status, message, now);
+                d.requeue_after =
+                    Some(d.requeue_after.map_or(Duration::from_secs(30), |r| r.min(Duration::from_secs(30))));
+                return Ok(());
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+fn set_blocked_condition(status: &mut BackgroundJobStatus, message: String, now: Timestamp) {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+    status.conditions.retain(|c| c.type_ != "WorkersBlocked");
+    status.conditions.push(Condition {
+        type_: "WorkersBlocked".into(),
+        status: "True".into(),
+        reason: "PodCreationForbidden".into(),
+        message,
+        last_transition_time: Time(now),
+        observed_generation: None,
+    });
+}
+
+/// Removes the tracking finalizer, guarded by a test so a stale index removes nothing else.
+async fn release(api: &Api<Pod>, pod: &Pod) -> Result<(), kube::Error> {
+    let Some(index) = pod.finalizers().iter().position(|f| f == api::FINALIZER_TRACKING) else {
+        return Ok(());
+    };
+    let patch: json_patch::Patch = serde_json::from_value(json!([
+        {"op": "test", "path": format!("/metadata/finalizers/{index}"), "value": api::FINALIZER_TRACKING},
+        {"op": "remove", "path": format!("/metadata/finalizers/{index}")}
+    ]))
+    .expect("a valid JSON patch");
+    match api.patch(&pod.name_any(), &PatchParams::default(), &Patch::<()>::Json(patch)).await {
+        Ok(_) => Ok(()),
+        // Gone, or the finalizers changed under us (released already): nothing to do.
+        Err(kube::Error::Api(e)) if e.code == 404 || e.code == 422 => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+impl Context {
+    fn with_latest_status(&self, job: Arc<BackgroundJob>) -> Arc<BackgroundJob> {
+        let uid = job.metadata.uid.clone().unwrap_or_default();
+        let seen = resource_version(&job);
+        let mut written = self.written.lock().unwrap();
+        match written.get(&uid) {
+            Some((rv, status)) if seen < *rv => {
+                let mut job = (*job).clone();
+                job.status = Some(status.clone());
+                Arc::new(job)
+            }
+            Some(_) => {
+                written.remove(&uid);
+                job
+            }
+            None => job,
+        }
+    }
+
+    fn remember(&self, uid: &str, written: &BackgroundJob) {
+        if let Some(status) = &written.status {
+            self.written.lock().unwrap().insert(uid.to_string(), (resource_version(written), status.clone()));
+        }
+    }
+
+    fn recently_created(&self, key: &str) -> bool {
+        let mut created = self.created.lock().unwrap();
+        created.retain(|_, at| at.elapsed() < Duration::from_secs(60));
+        created.contains_key(key)
+    }
+
+    fn forget_seen(&self, ns: &str, pods: &[Arc<Pod>]) {
+        let mut created = self.created.lock().unwrap();
+        if created.is_empty() {
+            return;
+        }
+        for pod in pods {
+            created.remove(&format!("{ns}/{}", pod.name_any()));
+        }
+    }
+}
+
+/// resourceVersions are etcd revisions: comparable as numbers in practice. Unparseable ones
+/// count as newest, so the cache is then simply not used.
+fn resource_version(job: &BackgroundJob) -> u64 {
+    job.metadata.resource_version.as_deref().and_then(|v| v.parse().ok()).unwrap_or(u64::MAX)
+}
+
+/// Lists a job's pods directly (for tools and tests).
+pub async fn list_pods(client: &Client, job: &BackgroundJob) -> Result<Vec<Pod>, kube::Error> {
+    let api: Api<Pod> = Api::namespaced(client.clone(), &job.namespace().unwrap_or_default());
+    Ok(api.list(&ListParams::default().labels(&format!("{}={}", api::LABEL_JOB, job.name_any()))).await?.items)
+}

@@ -1,0 +1,591 @@
+//! `decide`: one level-triggered step for one job.
+//!
+//! Every shard is in exactly one state, read from the last status and corrected by the pods seen:
+//! succeeded or failed (ranges), active (one live attempt), retrying (waiting for its next
+//! attempt) or pending (never started). Outcomes are recorded per (shard, attempt), so seeing a
+//! finished pod twice changes nothing: nothing is counted twice, and a pod keeps its tracking
+//! finalizer until the status that records it has been written.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::{
+    apimachinery::pkg::apis::meta::v1::{Condition, Time},
+    jiff::{SignedDuration, Timestamp},
+};
+use kube::ResourceExt;
+
+use super::ranges::Ranges;
+use crate::api::{
+    ActiveShard, BackgroundJob, BackgroundJobStatus, Failure, Phase, Progress, RetryingShard, ShardCounts, WorkerCounts,
+};
+
+/// What the core needs to know of a worker pod.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PodView {
+    pub name: String,
+    pub shard: i32,
+    pub attempt: i32,
+    pub phase: PodPhase,
+    /// Has a deletionTimestamp.
+    pub deleting: bool,
+    /// Still carries the tracking finalizer.
+    pub tracked: bool,
+    pub ready: bool,
+    /// For a failed pod: why, in the pod's own words.
+    pub failure: Option<Failure>,
+    pub created: Option<Timestamp>,
+}
+
+impl PodView {
+    /// Neither finished nor on its way out.
+    pub fn live(&self) -> bool {
+        !self.deleting && matches!(self.phase, PodPhase::Pending | PodPhase::Running)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PodPhase {
+    Pending,
+    Running,
+    Succeeded,
+    Failed,
+}
+
+/// An Event to publish on the job.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EventNote {
+    pub warning: bool,
+    pub reason: &'static str,
+    pub note: String,
+}
+
+/// What to do for one job.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Decision {
+    /// The status to write (the controller writes it only when it differs from the current one).
+    pub status: BackgroundJobStatus,
+    /// (shard, attempt) of worker pods to create.
+    pub create: Vec<(i32, i32)>,
+    /// Pods to delete.
+    pub delete: Vec<String>,
+    /// Pods whose tracking finalizer may go once `status` is written.
+    pub release: Vec<String>,
+    pub events: Vec<EventNote>,
+    /// Look again after this long at the latest (a retry, a deadline, the TTL).
+    pub requeue_after: Option<std::time::Duration>,
+    /// The job's TTL after finishing has passed: delete it.
+    pub delete_job: bool,
+}
+
+/// Seconds to wait before the retry that follows the `failures`-th failure of a shard.
+pub fn backoff_seconds(backoff: &crate::api::Backoff, failures: i32) -> i64 {
+    let exp = (failures - 1).clamp(0, 62);
+    let secs = backoff.initial_seconds as f64 * backoff.factor.max(1.0).powi(exp);
+    if secs.is_finite() { (secs as i64).min(backoff.max_seconds).max(0) } else { backoff.max_seconds }
+}
+
+fn time(t: Timestamp) -> Time {
+    Time(t)
+}
+
+fn plus(t: Timestamp, secs: i64) -> Timestamp {
+    t.checked_add(SignedDuration::from_secs(secs)).unwrap_or(Timestamp::MAX)
+}
+
+/// Sets a condition, keeping lastTransitionTime when its status does not change.
+fn set_condition(
+    conditions: &mut Vec<Condition>,
+    type_: &str,
+    status: bool,
+    reason: &str,
+    message: String,
+    now: Timestamp,
+    generation: Option<i64>,
+) {
+    let status = if status { "True" } else { "False" }.to_string();
+    match conditions.iter_mut().find(|c| c.type_ == type_) {
+        Some(c) => {
+            if c.status != status {
+                c.last_transition_time = time(now);
+            }
+            c.status = status;
+            c.reason = reason.into();
+            c.message = message;
+            c.observed_generation = generation;
+        }
+        None => conditions.push(Condition {
+            type_: type_.into(),
+            status,
+            reason: reason.into(),
+            message,
+            last_transition_time: time(now),
+            observed_generation: generation,
+        }),
+    }
+}
+
+/// The status of a job that failed for `reason`: phase Failed, the Failed condition, the time.
+pub fn fail(
+    job: &BackgroundJob,
+    mut status: BackgroundJobStatus,
+    reason: &str,
+    message: String,
+    now: Timestamp,
+) -> BackgroundJobStatus {
+    let generation = job.metadata.generation;
+    status.phase = Some(Phase::Failed);
+    status.completion_time.get_or_insert(time(now));
+    set_condition(&mut status.conditions, "Failed", true, reason, message, now, generation);
+    set_condition(&mut status.conditions, "Complete", false, reason, "the job failed".into(), now, generation);
+    if let Some(w) = status.workers.as_mut() {
+        w.desired = 0;
+        w.summary = format!("{}/0", w.active);
+    }
+    status
+}
+
+/// One step for one job. `now` must be whole seconds (the precision the API stores).
+pub fn decide(job: &BackgroundJob, pods: &[PodView], now: Timestamp) -> Decision {
+    let spec = &job.spec;
+    let generation = job.metadata.generation;
+    let prev = job.status.clone().unwrap_or_default();
+    let mut d = Decision::default();
+    let mut status = prev.clone();
+    status.observed_generation = generation;
+    status.queued_time.get_or_insert(time(now));
+    let total = spec.shards.max(0);
+
+    // A finished job only lets go of what it still holds, and waits for its TTL.
+    if let Some(phase) = prev.phase.filter(|p| p.is_finished()) {
+        for pod in pods {
+            if pod.live() {
+                d.delete.push(pod.name.clone());
+            } else if pod.tracked {
+                d.release.push(pod.name.clone());
+            }
+        }
+        if let (Some(ttl), Some(done)) = (spec.ttl_seconds_after_finished, &prev.completion_time) {
+            let expiry = plus(done.0, i64::from(ttl));
+            if now >= expiry {
+                d.delete_job = true;
+            } else {
+                d.requeue_after = Some(until(now, expiry));
+            }
+        }
+        let _ = phase;
+        d.status = status;
+        return d;
+    }
+
+    let mut succeeded = Ranges::from_opt(prev.succeeded_shards.as_ref());
+    let mut failed = Ranges::from_opt(prev.failed_shards.as_ref());
+    let mut active: BTreeMap<i32, ActiveShard> = prev.active.iter().map(|a| (a.shard, a.clone())).collect();
+    let mut retrying: BTreeMap<i32, RetryingShard> = prev.retrying.iter().map(|r| (r.shard, r.clone())).collect();
+    // Entries for shards the spec no longer has (cannot happen through the API; be safe).
+    active.retain(|s, _| *s < total);
+    retrying.retain(|s, _| *s < total);
+
+    let mut by_shard: BTreeMap<i32, Vec<&PodView>> = BTreeMap::new();
+    for pod in pods {
+        if (0..total).contains(&pod.shard) {
+            by_shard.entry(pod.shard).or_default().push(pod);
+        } else if pod.live() {
+            d.delete.push(pod.name.clone());
+        } else if pod.tracked {
+            d.release.push(pod.name.clone());
+        }
+    }
+
+    let mut failure_of_job: Option<(&'static str, String)> = None;
+    let retry_limit = spec.retry.limit;
+
+    // Adopt pods of attempts the status does not know yet (created just before a crash or a
+    // failed status write): the newest attempt of a shard is its current one.
+    for (&shard, shard_pods) in &by_shard {
+        if succeeded.contains(shard) || failed.contains(shard) {
+            continue;
+        }
+        let newest = shard_pods.iter().map(|p| p.attempt).max().unwrap_or(0);
+        let known =
+            active.get(&shard).map(|a| a.attempt).or_else(|| retrying.get(&shard).map(|r| r.attempt - 1)).unwrap_or(0);
+        if newest > known {
+            let pod = shard_pods.iter().find(|p| p.attempt == newest).unwrap();
+            let failures =
+                retrying.remove(&shard).map(|r| r.failures).or(active.get(&shard).map(|a| a.failures)).unwrap_or(0);
+            active.insert(
+                shard,
+                ActiveShard {
+                    shard,
+                    attempt: newest,
+                    failures,
+                    pod: pod.name.clone(),
+                    start_time: time(pod.created.unwrap_or(now)),
+                },
+            );
+        }
+    }
+
+    // Outcomes of current attempts.
+    let mut record_failure = |shard: i32,
+                              entry: &ActiveShard,
+                              failure: Failure,
+                              retrying: &mut BTreeMap<i32, RetryingShard>,
+                              failed: &mut Ranges,
+                              events: &mut Vec<EventNote>| {
+        let failures = entry.failures + 1;
+        let what = describe(&failure);
+        if failures > retry_limit {
+            failed.insert(shard);
+            events.push(EventNote {
+                warning: true,
+                reason: "AttemptFailed",
+                note: format!("shard {shard} attempt {} failed ({what}); no retries left", entry.attempt),
+            });
+            failure_of_job.get_or_insert((
+                "RetriesExhausted",
+                format!(
+                    "shard {shard} failed {failures} times (spec.retry.limit is {retry_limit}); last failure: {what}"
+                ),
+            ));
+        } else {
+            let wait = backoff_seconds(&spec.retry.backoff, failures);
+            events.push(EventNote {
+                warning: true,
+                reason: "AttemptFailed",
+                note: format!("shard {shard} attempt {} failed ({what}); retrying in {wait}s", entry.attempt),
+            });
+            retrying.insert(
+                shard,
+                RetryingShard {
+                    shard,
+                    attempt: entry.attempt + 1,
+                    failures,
+                    next_retry_time: Some(time(plus(now, wait))),
+                    last_failure: Some(failure),
+                },
+            );
+        }
+    };
+
+    let mut live_pods: Vec<&PodView> = Vec::new();
+    let shards: Vec<i32> = active.keys().copied().collect();
+    for shard in shards {
+        let entry = active[&shard].clone();
+        let current = by_shard.get(&shard).and_then(|ps| ps.iter().find(|p| p.attempt == entry.attempt)).copied();
+        let Some(pod) = current else {
+            // Created but not seen yet, or gone without our finalizer: (re)create, by the same name.
+            if !spec.suspend {
+                d.create.push((shard, entry.attempt));
+            } else {
+                active.remove(&shard);
+                retrying.insert(shard, interrupted(&entry));
+            }
+            continue;
+        };
+        match pod.phase {
+            PodPhase::Succeeded => {
+                active.remove(&shard);
+                succeeded.insert(shard);
+            }
+            PodPhase::Failed => {
+                active.remove(&shard);
+                let failure = pod.failure.clone().unwrap_or_else(|| Failure {
+                    reason: "Error".into(),
+                    message: String::new(),
+                    exit_code: None,
+                });
+                record_failure(shard, &entry, failure, &mut retrying, &mut failed, &mut d.events);
+            }
+            _ if pod.deleting => {
+                active.remove(&shard);
+                if spec.suspend {
+                    retrying.insert(shard, interrupted(&entry));
+                } else {
+                    let failure = Failure {
+                        reason: "PodDeleted".into(),
+                        message: format!("pod {} was deleted before it finished", pod.name),
+                        exit_code: None,
+                    };
+                    record_failure(shard, &entry, failure, &mut retrying, &mut failed, &mut d.events);
+                }
+            }
+            _ => {
+                let deadline = spec.timeouts.attempt_seconds.map(|s| plus(entry.start_time.0, s));
+                if spec.suspend {
+                    active.remove(&shard);
+                    retrying.insert(shard, interrupted(&entry));
+                    d.delete.push(pod.name.clone());
+                } else if let Some(deadline) = deadline.filter(|t| now >= *t) {
+                    let _ = deadline;
+                    active.remove(&shard);
+                    d.delete.push(pod.name.clone());
+                    let failure = Failure {
+                        reason: "AttemptDeadlineExceeded".into(),
+                        message: format!(
+                            "attempt ran longer than spec.timeouts.attemptSeconds ({}s)",
+                            spec.timeouts.attempt_seconds.unwrap_or(0)
+                        ),
+                        exit_code: None,
+                    };
+                    record_failure(shard, &entry, failure, &mut retrying, &mut failed, &mut d.events);
+                } else {
+                    live_pods.push(pod);
+                    if let Some(deadline) = deadline {
+                        d.requeue_after = min_opt(d.requeue_after, until(now, deadline));
+                    }
+                }
+            }
+        }
+    }
+
+    // Every other pod: a superseded attempt, or a shard that is done. Stop the live ones; release
+    // the finished ones, whose outcome is recorded (or moot).
+    for (shard, shard_pods) in &by_shard {
+        for pod in shard_pods {
+            let is_current = active
+                .get(shard)
+                .is_some_and(|a| a.attempt == pod.attempt && live_pods.iter().any(|p| p.name == pod.name));
+            if is_current {
+                continue;
+            }
+            if pod.live() {
+                if !d.delete.contains(&pod.name) {
+                    d.delete.push(pod.name.clone());
+                }
+            } else if pod.tracked {
+                d.release.push(pod.name.clone());
+            }
+        }
+    }
+
+    // The job's own deadline, counted from its (latest) start.
+    if failure_of_job.is_none()
+        && !spec.suspend
+        && let Some(start) = &prev.start_time
+    {
+        let deadline = plus(start.0, spec.timeouts.job_seconds);
+        if now >= deadline {
+            failure_of_job = Some((
+                "DeadlineExceeded",
+                format!("the job ran longer than spec.timeouts.jobSeconds ({}s)", spec.timeouts.job_seconds),
+            ));
+        } else {
+            d.requeue_after = min_opt(d.requeue_after, until(now, deadline));
+        }
+    }
+
+    let remaining = i64::from(total) - succeeded.len() - failed.len();
+    let mut desired = 0;
+
+    if let Some((reason, message)) = failure_of_job {
+        for pod in &live_pods {
+            if !d.delete.contains(&pod.name) {
+                d.delete.push(pod.name.clone());
+            }
+        }
+        d.create.clear();
+        live_pods.clear();
+        active.clear();
+        d.events.push(EventNote { warning: true, reason: "Failed", note: message.clone() });
+        status = fail(job, status, reason, message, now);
+    } else if remaining == 0 {
+        status.phase = Some(Phase::Succeeded);
+        status.completion_time.get_or_insert(time(now));
+        set_condition(
+            &mut status.conditions,
+            "Complete",
+            true,
+            "Succeeded",
+            format!("all {total} shards succeeded"),
+            now,
+            generation,
+        );
+        d.events.push(EventNote { warning: false, reason: "Succeeded", note: format!("all {total} shards succeeded") });
+        if let Some(ttl) = spec.ttl_seconds_after_finished {
+            d.requeue_after = min_opt(d.requeue_after, std::time::Duration::from_secs(ttl.max(0) as u64));
+        }
+    } else if spec.suspend {
+        if prev.phase != Some(Phase::Suspended) {
+            d.events.push(EventNote {
+                warning: false,
+                reason: "Suspended",
+                note: "spec.suspend is true: workers stopped, progress kept".into(),
+            });
+        }
+        status.phase = Some(Phase::Suspended);
+        set_condition(
+            &mut status.conditions,
+            "Suspended",
+            true,
+            "Suspended",
+            "spec.suspend is true".into(),
+            now,
+            generation,
+        );
+    } else {
+        // Admit (issue: queueing comes with the worker budget) and run.
+        if status.start_time.is_none() || prev.phase == Some(Phase::Suspended) {
+            status.start_time = Some(time(now));
+            let note = if prev.phase == Some(Phase::Suspended) {
+                "resumed".to_string()
+            } else {
+                format!("admitted: {total} shards on up to {} workers", spec.workers.max)
+            };
+            d.events.push(EventNote {
+                warning: false,
+                reason: if prev.phase == Some(Phase::Suspended) { "Resumed" } else { "Admitted" },
+                note,
+            });
+            if prev.phase != Some(Phase::Suspended) {
+                set_condition(
+                    &mut status.conditions,
+                    "Admitted",
+                    true,
+                    "Admitted",
+                    "workers may start".into(),
+                    now,
+                    generation,
+                );
+            }
+            if spec.timeouts.job_seconds > 0 {
+                d.requeue_after =
+                    min_opt(d.requeue_after, std::time::Duration::from_secs(spec.timeouts.job_seconds as u64));
+            }
+        }
+        if prev.phase == Some(Phase::Suspended) {
+            set_condition(
+                &mut status.conditions,
+                "Suspended",
+                false,
+                "Resumed",
+                "spec.suspend is false".into(),
+                now,
+                generation,
+            );
+        }
+        status.phase = Some(Phase::Running);
+
+        desired = remaining.min(i64::from(spec.workers.max)) as i32;
+        let mut free = desired as i64 - live_pods.len() as i64 - d.create.len() as i64;
+        // Retries that are due first (lowest shard first), then shards never started.
+        let due: Vec<i32> = retrying
+            .values()
+            .filter(|r| r.next_retry_time.as_ref().is_none_or(|t| t.0 <= now))
+            .map(|r| r.shard)
+            .collect();
+        for shard in due {
+            if free <= 0 {
+                break;
+            }
+            let r = retrying.remove(&shard).unwrap();
+            start(&mut d, &mut active, job, shard, r.attempt, r.failures, now);
+            free -= 1;
+        }
+        if free > 0 {
+            let mut taken: Ranges = succeeded.clone();
+            for s in active.keys().chain(retrying.keys()) {
+                taken.insert(*s);
+            }
+            for shard in failed.iter() {
+                taken.insert(shard);
+            }
+            let fresh: Vec<i32> = taken.gaps(total).take(free as usize).collect();
+            for shard in fresh {
+                start(&mut d, &mut active, job, shard, 1, 0, now);
+            }
+        }
+        if let Some(secs) = spec.timeouts.attempt_seconds.filter(|_| !d.create.is_empty()) {
+            d.requeue_after = min_opt(d.requeue_after, std::time::Duration::from_secs(secs.max(1) as u64));
+        }
+        for r in retrying.values() {
+            if let Some(t) = &r.next_retry_time
+                && t.0 > now
+            {
+                d.requeue_after = min_opt(d.requeue_after, until(now, t.0));
+            }
+        }
+    }
+
+    // Counts and summaries.
+    let running = active.len() as i32;
+    let n_succeeded = succeeded.len() as i32;
+    let n_failed = failed.len() as i32;
+    status.succeeded_shards = succeeded.to_opt_string();
+    status.failed_shards = failed.to_opt_string();
+    status.shards = Some(ShardCounts {
+        total,
+        pending: total - running - n_succeeded - n_failed,
+        running,
+        succeeded: n_succeeded,
+        failed: n_failed,
+        summary: format!("{n_succeeded}/{total}"),
+    });
+    let finished = status.phase.is_some_and(|p| p.is_finished());
+    let live = if finished { 0 } else { live_pods.len() as i32 + d.create.len() as i32 };
+    let ready = if finished { 0 } else { live_pods.iter().filter(|p| p.ready).count() as i32 };
+    status.workers = Some(WorkerCounts { desired, active: live, ready, summary: format!("{live}/{desired}") });
+    status.active = if finished { Vec::new() } else { active.into_values().collect() };
+    status.retrying = if finished { Vec::new() } else { retrying.into_values().collect() };
+    let percent = if total > 0 { (i64::from(n_succeeded) * 100 / i64::from(total)) as i32 } else { 100 };
+    let message = prev.progress.as_ref().map(|p| p.message.clone()).unwrap_or_default();
+    status.progress = Some(Progress {
+        done: i64::from(n_succeeded),
+        total: i64::from(total),
+        percent,
+        message,
+        summary: format!("{percent}%"),
+    });
+
+    d.status = status;
+    d
+}
+
+fn start(
+    d: &mut Decision,
+    active: &mut BTreeMap<i32, ActiveShard>,
+    job: &BackgroundJob,
+    shard: i32,
+    attempt: i32,
+    failures: i32,
+    now: Timestamp,
+) {
+    let pod = super::pod::pod_name(&job.name_any(), shard, attempt);
+    d.events.push(EventNote {
+        warning: false,
+        reason: "WorkerStarted",
+        note: format!("shard {shard} attempt {attempt} on pod {pod}"),
+    });
+    d.create.push((shard, attempt));
+    active.insert(shard, ActiveShard { shard, attempt, failures, pod, start_time: time(now) });
+}
+
+/// A shard whose attempt was stopped by a suspend: not a failure; it runs again on resume.
+fn interrupted(entry: &ActiveShard) -> RetryingShard {
+    RetryingShard {
+        shard: entry.shard,
+        attempt: entry.attempt + 1,
+        failures: entry.failures,
+        next_retry_time: None,
+        last_failure: None,
+    }
+}
+
+fn describe(f: &Failure) -> String {
+    let mut s = f.reason.clone();
+    if let Some(code) = f.exit_code {
+        s = format!("exit code {code}, {s}");
+    }
+    if !f.message.is_empty() {
+        s = format!("{s}: {}", f.message);
+    }
+    s
+}
+
+fn until(now: Timestamp, t: Timestamp) -> std::time::Duration {
+    let secs = t.duration_since(now).as_secs().max(0) as u64;
+    std::time::Duration::from_secs(secs.max(1))
+}
+
+fn min_opt(a: Option<std::time::Duration>, b: std::time::Duration) -> Option<std::time::Duration> {
+    Some(a.map_or(b, |a| a.min(b)))
+}

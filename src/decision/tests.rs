@@ -1,0 +1,326 @@
+//! Tests of the decision core: examples and a property test that drives `decide` against a
+//! model of the pods, as the controller would, through random worker outcomes.
+
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use proptest::prelude::*;
+use serde_json::json;
+
+use super::*;
+use crate::api::{BackgroundJob, Backoff, Failure, Phase};
+
+fn job(shards: i32, max: i32, extra: serde_json::Value) -> BackgroundJob {
+    let mut spec = json!({
+        "shards": shards,
+        "workers": {"min": 1, "max": max},
+        "retry": {"limit": 2, "backoff": {"initialSeconds": 10, "factor": 2, "maxSeconds": 60}},
+        "template": {"spec": {"containers": [{"name": "w", "image": "w"}]}}
+    });
+    if let (Some(spec), Some(extra)) = (spec.as_object_mut(), extra.as_object()) {
+        for (k, v) in extra {
+            spec.insert(k.clone(), v.clone());
+        }
+    }
+    let mut job: BackgroundJob = serde_json::from_value(json!({
+        "apiVersion": "nightshift.dev/v1alpha1", "kind": "BackgroundJob",
+        "metadata": {"name": "j", "namespace": "ns", "uid": "uid-1", "generation": 1},
+        "spec": spec
+    }))
+    .unwrap();
+    job.metadata.uid = Some("uid-1".into());
+    job
+}
+
+fn t0() -> Timestamp {
+    Timestamp::from_second(1_800_000_000).unwrap()
+}
+
+/// The pods of a job as the API server would hold them, changed by the controller's actions.
+#[derive(Default)]
+struct World {
+    pods: Vec<PodView>,
+    max_live_seen: usize,
+}
+
+impl World {
+    fn apply(&mut self, job: &mut BackgroundJob, d: &Decision, now: Timestamp) {
+        for &(shard, attempt) in &d.create {
+            let name = pod::pod_name("j", shard, attempt);
+            if !self.pods.iter().any(|p| p.name == name) {
+                self.pods.push(PodView {
+                    name,
+                    shard,
+                    attempt,
+                    phase: PodPhase::Pending,
+                    deleting: false,
+                    tracked: true,
+                    ready: false,
+                    failure: None,
+                    created: Some(now),
+                });
+            }
+        }
+        for name in &d.delete {
+            if let Some(p) = self.pods.iter_mut().find(|p| &p.name == name) {
+                p.deleting = true;
+            }
+        }
+        job.status = Some(d.status.clone());
+        for name in &d.release {
+            if let Some(p) = self.pods.iter_mut().find(|p| &p.name == name) {
+                p.tracked = false;
+            }
+        }
+        // Untracked pods being deleted are gone.
+        self.pods.retain(|p| !p.deleting || p.tracked);
+        self.check();
+    }
+
+    fn check(&mut self) {
+        let live: Vec<&PodView> = self.pods.iter().filter(|p| p.live()).collect();
+        self.max_live_seen = self.max_live_seen.max(live.len());
+        let mut shards: Vec<i32> = live.iter().map(|p| p.shard).collect();
+        shards.sort();
+        let n = shards.len();
+        shards.dedup();
+        assert_eq!(n, shards.len(), "two live attempts of one shard: {live:?}");
+    }
+}
+
+fn step(job: &mut BackgroundJob, world: &mut World, now: Timestamp) -> Decision {
+    let d = decide(job, &world.pods, now);
+    world.apply(job, &d, now);
+    let s = d.status.shards.as_ref().unwrap();
+    assert_eq!(s.pending + s.running + s.succeeded + s.failed, s.total, "counts add up: {s:?}");
+    d
+}
+
+fn finish(world: &mut World, name: &str, ok: bool) {
+    let p = world.pods.iter_mut().find(|p| p.name == name).unwrap();
+    p.phase = if ok { PodPhase::Succeeded } else { PodPhase::Failed };
+    if !ok {
+        p.failure = Some(Failure { reason: "Error".into(), message: String::new(), exit_code: Some(1) });
+    }
+}
+
+#[test]
+fn happy_path_runs_max_workers_and_succeeds() {
+    let mut job = job(5, 3, json!({}));
+    let mut w = World::default();
+    let now = t0();
+    let d = step(&mut job, &mut w, now);
+    assert_eq!(d.create, vec![(0, 1), (1, 1), (2, 1)]);
+    assert_eq!(d.status.phase, Some(Phase::Running));
+    assert!(d.events.iter().any(|e| e.reason == "Admitted"));
+    // Nothing changed: nothing to do, same status.
+    let again = step(&mut job, &mut w, now);
+    assert!(again.create.is_empty() && again.delete.is_empty());
+    assert_eq!(Some(&again.status), job.status.as_ref());
+    for round in 0..5 {
+        let live: Vec<String> = w.pods.iter().filter(|p| p.live()).map(|p| p.name.clone()).collect();
+        for name in live {
+            finish(&mut w, &name, true);
+        }
+        let d = step(&mut job, &mut w, now);
+        assert!(d.release.len() <= 3, "round {round}");
+    }
+    let status = job.status.unwrap();
+    assert_eq!(status.phase, Some(Phase::Succeeded));
+    assert_eq!(status.succeeded_shards.as_deref(), Some("0-4"));
+    assert_eq!(status.progress.unwrap().percent, 100);
+    assert!(w.pods.iter().all(|p| !p.tracked), "every finalizer released");
+    assert_eq!(w.max_live_seen, 3);
+}
+
+#[test]
+fn failure_waits_for_backoff_then_retries_with_next_attempt() {
+    let mut job = job(1, 3, json!({}));
+    let mut w = World::default();
+    let now = t0();
+    step(&mut job, &mut w, now);
+    finish(&mut w, "j-0-1", false);
+    let d = step(&mut job, &mut w, now);
+    assert!(d.create.is_empty());
+    let r = &d.status.retrying[0];
+    assert_eq!((r.shard, r.attempt, r.failures), (0, 2, 1));
+    assert_eq!(r.next_retry_time.as_ref().unwrap().0, now + SignedDuration::from_secs(10));
+    assert_eq!(r.last_failure.as_ref().unwrap().exit_code, Some(1));
+    assert_eq!(d.requeue_after, Some(std::time::Duration::from_secs(10)));
+    assert_eq!(d.release, vec!["j-0-1".to_string()]);
+    // Before the backoff: nothing. After: attempt 2.
+    assert!(step(&mut job, &mut w, now + SignedDuration::from_secs(9)).create.is_empty());
+    let d = step(&mut job, &mut w, now + SignedDuration::from_secs(10));
+    assert_eq!(d.create, vec![(0, 2)]);
+    assert_eq!(d.status.active[0].failures, 1);
+}
+
+#[test]
+fn retries_exhausted_fail_the_job_with_the_last_failure() {
+    let mut job = job(2, 3, json!({}));
+    let mut w = World::default();
+    let mut now = t0();
+    step(&mut job, &mut w, now);
+    for attempt in 1..=3 {
+        finish(&mut w, &format!("j-0-{attempt}"), false);
+        step(&mut job, &mut w, now);
+        now += SignedDuration::from_secs(100);
+        step(&mut job, &mut w, now);
+    }
+    let status = job.status.clone().unwrap();
+    assert_eq!(status.phase, Some(Phase::Failed));
+    let failed = status.conditions.iter().find(|c| c.type_ == "Failed").unwrap();
+    assert_eq!(failed.reason, "RetriesExhausted");
+    assert!(
+        failed.message.contains("shard 0 failed 3 times") && failed.message.contains("exit code 1"),
+        "{}",
+        failed.message
+    );
+    // The live pod of shard 1 is stopped.
+    assert!(w.pods.iter().all(|p| !p.live()));
+}
+
+#[test]
+fn attempt_deadline_fails_the_attempt_and_job_deadline_fails_the_job() {
+    let mut job = job(1, 1, json!({"timeouts": {"jobSeconds": 100, "attemptSeconds": 30}}));
+    let mut w = World::default();
+    let now = t0();
+    let d = step(&mut job, &mut w, now);
+    assert_eq!(d.requeue_after, Some(std::time::Duration::from_secs(30)));
+    let d = step(&mut job, &mut w, now + SignedDuration::from_secs(30));
+    assert_eq!(d.delete, vec!["j-0-1".to_string()]);
+    assert_eq!(d.status.retrying[0].last_failure.as_ref().unwrap().reason, "AttemptDeadlineExceeded");
+    let d = step(&mut job, &mut w, now + SignedDuration::from_secs(100));
+    assert_eq!(d.status.phase, Some(Phase::Failed));
+    assert_eq!(d.status.conditions.iter().find(|c| c.type_ == "Failed").unwrap().reason, "DeadlineExceeded");
+}
+
+#[test]
+fn suspend_stops_workers_keeps_progress_and_resume_continues() {
+    let mut job = job(4, 2, json!({}));
+    let mut w = World::default();
+    let now = t0();
+    step(&mut job, &mut w, now);
+    finish(&mut w, "j-0-1", true);
+    step(&mut job, &mut w, now);
+    job.spec.suspend = true;
+    let d = step(&mut job, &mut w, now);
+    assert_eq!(d.status.phase, Some(Phase::Suspended));
+    assert_eq!(d.delete.len(), 2);
+    step(&mut job, &mut w, now);
+    assert!(w.pods.iter().all(|p| !p.live()));
+    assert_eq!(job.status.as_ref().unwrap().succeeded_shards.as_deref(), Some("0"));
+    job.spec.suspend = false;
+    let d = step(&mut job, &mut w, now + SignedDuration::from_secs(5));
+    assert_eq!(d.status.phase, Some(Phase::Running));
+    // The interrupted shards run again as new attempts, with no failure counted.
+    assert_eq!(d.create, vec![(1, 2), (2, 2)]);
+    assert!(d.status.active.iter().all(|a| a.failures == 0));
+}
+
+#[test]
+fn a_pod_created_before_a_crash_is_adopted_not_duplicated() {
+    let job = job(3, 3, json!({}));
+    let mut w = World::default();
+    let now = t0();
+    let d = decide(&job, &w.pods, now);
+    // The pods were created, but the status write was lost.
+    w.apply(&mut job.clone(), &d, now);
+    let d = decide(&job, &w.pods, now);
+    assert_eq!(d.status.active.len(), 3);
+    assert!(d.create.is_empty(), "{:?}", d.create);
+}
+
+#[test]
+fn finished_job_releases_pods_and_deletes_after_ttl() {
+    let mut job = job(1, 1, json!({"ttlSecondsAfterFinished": 60}));
+    let mut w = World::default();
+    let now = t0();
+    step(&mut job, &mut w, now);
+    finish(&mut w, "j-0-1", true);
+    let d = step(&mut job, &mut w, now);
+    assert_eq!(d.status.phase, Some(Phase::Succeeded));
+    assert_eq!(d.requeue_after, Some(std::time::Duration::from_secs(60)));
+    assert!(!step(&mut job, &mut w, now + SignedDuration::from_secs(59)).delete_job);
+    assert!(step(&mut job, &mut w, now + SignedDuration::from_secs(60)).delete_job);
+}
+
+#[test]
+fn backoff_grows_and_is_capped() {
+    let b = Backoff { initial_seconds: 10, factor: 2.0, max_seconds: 60 };
+    let waits: Vec<i64> = (1..=6).map(|n| backoff_seconds(&b, n)).collect();
+    assert_eq!(waits, vec![10, 20, 40, 60, 60, 60]);
+}
+
+#[derive(Clone, Debug)]
+enum WorldEvent {
+    Start(usize),
+    Succeed(usize),
+    Fail(usize),
+    Delete(usize),
+    Wait(i64),
+    Suspend(bool),
+}
+
+fn world_event() -> impl Strategy<Value = WorldEvent> {
+    prop_oneof![
+        3 => (0..8usize).prop_map(WorldEvent::Start),
+        4 => (0..8usize).prop_map(WorldEvent::Succeed),
+        2 => (0..8usize).prop_map(WorldEvent::Fail),
+        1 => (0..8usize).prop_map(WorldEvent::Delete),
+        2 => (0..120i64).prop_map(WorldEvent::Wait),
+        1 => any::<bool>().prop_map(WorldEvent::Suspend),
+    ]
+}
+
+proptest! {
+    #[test]
+    fn invariants_hold_under_any_worker_behaviour(
+        shards in 1..12i32,
+        max in 1..4i32,
+        limit in 0..3i32,
+        events in prop::collection::vec(world_event(), 0..80),
+    ) {
+        let mut job = job(shards, max, json!({"retry": {"limit": limit, "backoff": {"initialSeconds": 5, "factor": 2, "maxSeconds": 30}}}));
+        let mut w = World::default();
+        let mut now = t0();
+        step(&mut job, &mut w, now);
+        for event in events {
+            let live: Vec<String> = w.pods.iter().filter(|p| p.live()).map(|p| p.name.clone()).collect();
+            let pick = |i: usize| live.get(i % live.len().max(1)).cloned();
+            match event {
+                WorldEvent::Start(i) => if let Some(n) = pick(i) { w.pods.iter_mut().find(|p| p.name == n).unwrap().phase = PodPhase::Running },
+                WorldEvent::Succeed(i) => if let Some(n) = pick(i) { finish(&mut w, &n, true) },
+                WorldEvent::Fail(i) => if let Some(n) = pick(i) { finish(&mut w, &n, false) },
+                WorldEvent::Delete(i) => if let Some(n) = pick(i) { w.pods.iter_mut().find(|p| p.name == n).unwrap().deleting = true },
+                WorldEvent::Wait(s) => now += SignedDuration::from_secs(s),
+                WorldEvent::Suspend(s) => job.spec.suspend = s,
+            }
+            let d = step(&mut job, &mut w, now);
+            let live = w.pods.iter().filter(|p| p.live()).count() as i32;
+            prop_assert!(live <= max, "{} live pods with workers.max {}", live, max);
+            // Failures recorded never exceed the limit for a shard still retrying.
+            for r in &d.status.retrying {
+                prop_assert!(r.failures <= limit);
+            }
+        }
+        // Then every worker succeeds: the job finishes, with exact counts, and lets go of every pod.
+        job.spec.suspend = false;
+        for _ in 0..(4 * shards + 10) {
+            now += SignedDuration::from_secs(60);
+            let live: Vec<String> = w.pods.iter().filter(|p| p.live()).map(|p| p.name.clone()).collect();
+            for n in live { finish(&mut w, &n, true); }
+            step(&mut job, &mut w, now);
+        }
+        step(&mut job, &mut w, now);
+        let status = job.status.clone().unwrap();
+        let phase = status.phase.unwrap();
+        prop_assert!(phase.is_finished(), "phase {:?}", phase);
+        let s = status.shards.unwrap();
+        if phase == Phase::Succeeded {
+            prop_assert_eq!(s.succeeded, shards);
+        } else {
+            prop_assert!(s.failed >= 1 || status.conditions.iter().any(|c| c.reason == "DeadlineExceeded"));
+        }
+        prop_assert!(w.pods.iter().all(|p| !p.tracked), "a finalizer was never released");
+        prop_assert!(w.max_live_seen as i32 <= max);
+    }
+}

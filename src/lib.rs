@@ -1,0 +1,10 @@
+//! nightshift: a Kubernetes operator for long-running background jobs.
+//!
+//! From `kubectl apply` to a worker pod: [`api`] defines the BackgroundJob; [`controller`]
+//! watches it and its pods and asks [`decision::decide`] what to do; [`decision::pod`] builds
+//! the worker pod; [`sim`] plays the node where there is no kubelet.
+
+pub mod api;
+pub mod controller;
+pub mod decision;
+pub mod sim;

@@ -1,0 +1,133 @@
+//! A pod simulator that plays the node where there is no kubelet (the local control plane,
+//! `make run`, tests): it moves worker pods to Running, then to Succeeded or Failed.
+//!
+//! A pod's template can steer it with annotations:
+//! - `sim.nightshift.dev/run-seconds`: how long it "runs" (default: the simulator's setting);
+//! - `sim.nightshift.dev/exit-code`: its exit code (default 0);
+//! - `sim.nightshift.dev/fail-attempts`: attempts up to this number exit with code 1 (so a
+//!   shard fails, is retried and then succeeds).
+
+use std::{collections::HashMap, time::Duration};
+
+use futures::StreamExt;
+use k8s_openapi::{api::core::v1::Pod, jiff::Timestamp};
+use kube::{
+    Api, Client, ResourceExt,
+    api::{Patch, PatchParams},
+    runtime::{WatchStreamExt, watcher},
+};
+use serde_json::json;
+use tracing::{info, warn};
+
+use crate::api;
+
+pub const ANNOTATION_RUN_SECONDS: &str = "sim.nightshift.dev/run-seconds";
+pub const ANNOTATION_EXIT_CODE: &str = "sim.nightshift.dev/exit-code";
+pub const ANNOTATION_FAIL_ATTEMPTS: &str = "sim.nightshift.dev/fail-attempts";
+
+/// Marks a pod Running and Ready, as a kubelet would once its containers started.
+pub async fn mark_running(api: &Api<Pod>, pod: &str) -> Result<Pod, kube::Error> {
+    let now = Timestamp::now().to_string();
+    let containers = container_names(api, pod).await?;
+    let statuses: Vec<_> = containers
+        .iter()
+        .map(|c| {
+            json!({"name": c, "image": "simulated", "imageID": "", "ready": true, "restartCount": 0,
+                        "started": true, "state": {"running": {"startedAt": now}}})
+        })
+        .collect();
+    let patch = json!({"status": {
+        "phase": "Running",
+        "startTime": now,
+        "conditions": [
+            {"type": "PodScheduled", "status": "True", "lastTransitionTime": now},
+            {"type": "Initialized", "status": "True", "lastTransitionTime": now},
+            {"type": "ContainersReady", "status": "True", "lastTransitionTime": now},
+            {"type": "Ready", "status": "True", "lastTransitionTime": now}
+        ],
+        "containerStatuses": statuses
+    }});
+    api.patch_status(pod, &PatchParams::default(), &Patch::Merge(&patch)).await
+}
+
+/// Marks a pod finished: Succeeded for exit code 0, Failed otherwise.
+pub async fn mark_finished(api: &Api<Pod>, pod: &str, exit_code: i32) -> Result<Pod, kube::Error> {
+    let now = Timestamp::now().to_string();
+    let containers = container_names(api, pod).await?;
+    let reason = if exit_code == 0 { "Completed" } else { "Error" };
+    let statuses: Vec<_> = containers
+        .iter()
+        .map(|c| {
+            json!({"name": c, "image": "simulated", "imageID": "", "ready": false, "restartCount": 0,
+                        "started": false, "state": {"terminated": {"exitCode": exit_code, "reason": reason,
+                        "startedAt": now, "finishedAt": now}}})
+        })
+        .collect();
+    let phase = if exit_code == 0 { "Succeeded" } else { "Failed" };
+    let patch = json!({"status": {
+        "phase": phase,
+        "conditions": [
+            {"type": "PodScheduled", "status": "True", "lastTransitionTime": now},
+            {"type": "Initialized", "status": "True", "lastTransitionTime": now},
+            {"type": "ContainersReady", "status": "False", "reason": "PodCompleted", "lastTransitionTime": now},
+            {"type": "Ready", "status": "False", "reason": "PodCompleted", "lastTransitionTime": now}
+        ],
+        "containerStatuses": statuses
+    }});
+    api.patch_status(pod, &PatchParams::default(), &Patch::Merge(&patch)).await
+}
+
+async fn container_names(api: &Api<Pod>, pod: &str) -> Result<Vec<String>, kube::Error> {
+    let pod = api.get(pod).await?;
+    Ok(pod.spec.map(|s| s.containers.into_iter().map(|c| c.name).collect()).unwrap_or_default())
+}
+
+/// Plays the node for every worker pod in `namespace` (all when None) until the process ends:
+/// each new pod runs for `run_for` (or its annotation) and then exits.
+pub async fn simulate(client: Client, namespace: Option<String>, run_for: Duration) {
+    let api: Api<Pod> = match &namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    let mut seen: HashMap<String, ()> = HashMap::new();
+    let mut pods =
+        watcher(api, watcher::Config::default().labels(api::LABEL_JOB)).default_backoff().applied_objects().boxed();
+    info!("pod simulator started: worker pods run {}s unless annotated", run_for.as_secs());
+    while let Some(pod) = pods.next().await {
+        let Ok(pod) = pod else { continue };
+        let key =
+            format!("{}/{}/{}", pod.namespace().unwrap_or_default(), pod.name_any(), pod.uid().unwrap_or_default());
+        let pending = pod.status.as_ref().and_then(|s| s.phase.as_deref()).is_none_or(|p| p == "Pending");
+        if !pending || pod.metadata.deletion_timestamp.is_some() || seen.contains_key(&key) {
+            continue;
+        }
+        seen.insert(key, ());
+        let client = client.clone();
+        tokio::spawn(async move { play(client, pod, run_for).await });
+    }
+}
+
+async fn play(client: Client, pod: Pod, run_for: Duration) {
+    let ns = pod.namespace().unwrap_or_default();
+    let name = pod.name_any();
+    let api: Api<Pod> = Api::namespaced(client, &ns);
+    let annotations = pod.annotations();
+    let number = |key: &str| annotations.get(key).and_then(|v| v.parse::<i64>().ok());
+    let run_for = number(ANNOTATION_RUN_SECONDS).map(|s| Duration::from_secs(s.max(0) as u64)).unwrap_or(run_for);
+    let attempt: i64 = pod.labels().get(api::LABEL_ATTEMPT).and_then(|a| a.parse().ok()).unwrap_or(1);
+    let exit_code = if number(ANNOTATION_FAIL_ATTEMPTS).is_some_and(|n| attempt <= n) {
+        1
+    } else {
+        number(ANNOTATION_EXIT_CODE).unwrap_or(0) as i32
+    };
+    if let Err(e) = mark_running(&api, &name).await {
+        warn!(pod = %name, error = %e, "simulator: could not start pod");
+        return;
+    }
+    tokio::time::sleep(run_for).await;
+    match mark_finished(&api, &name, exit_code).await {
+        Ok(_) => info!(namespace = %ns, pod = %name, exit_code, "simulator: pod finished"),
+        Err(kube::Error::Api(e)) if e.code == 404 => {}
+        Err(e) => warn!(pod = %name, error = %e, "simulator: could not finish pod"),
+    }
+}

@@ -1,0 +1,4 @@
+//! Integration tests against the real local control plane (`make cluster-up`).
+
+mod control_plane;
+mod support;

@@ -1,0 +1,124 @@
+//! Test support: a client for the local control plane, a namespace per test, bounded waits.
+#![allow(dead_code)]
+
+use std::{future::Future, path::PathBuf, time::Duration};
+
+use k8s_openapi::api::core::v1::Namespace;
+use kube::{
+    Api, Client, Config,
+    api::{DeleteParams, PostParams},
+    config::{KubeConfigOptions, Kubeconfig},
+};
+
+/// The harness kubeconfig: `NIGHTSHIFT_TEST_KUBECONFIG`, else the one `make cluster-up` wrote.
+/// Never the user's `KUBECONFIG`: tests create and delete things.
+pub fn kubeconfig_path() -> PathBuf {
+    std::env::var_os("NIGHTSHIFT_TEST_KUBECONFIG")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".cluster/admin.kubeconfig"))
+}
+
+/// Client configuration for the test control plane, as its admin.
+pub async fn admin_config() -> Config {
+    let path = kubeconfig_path();
+    let kubeconfig = Kubeconfig::read_from(&path).unwrap_or_else(|e| {
+        panic!(
+            "no test control plane at {}: {e}. Run `make cluster-up` first (or `make test`, which starts one)",
+            path.display()
+        )
+    });
+    Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+        .await
+        .expect("the harness kubeconfig is valid")
+}
+
+pub async fn client() -> Client {
+    Client::try_from(admin_config().await).expect("a client for the test control plane")
+}
+
+/// A client that authenticates with a bearer token only (e.g. one from the TokenRequest API).
+pub async fn client_with_token(token: &str) -> Client {
+    let mut config = admin_config().await;
+    config.auth_info = serde_json::from_value(serde_json::json!({ "token": token })).unwrap();
+    Client::try_from(config).expect("a token client")
+}
+
+/// A namespace of its own for one test, deleted when the guard drops (also when the test panics).
+pub struct TestNamespace {
+    pub name: String,
+    pub client: Client,
+}
+
+impl TestNamespace {
+    pub async fn new(client: &Client, prefix: &str) -> Self {
+        let suffix: u32 = rand_suffix();
+        let name = format!("{prefix}-{suffix:08x}");
+        let ns: Namespace = serde_json::from_value(serde_json::json!({
+            "metadata": { "name": name, "labels": { "nightshift.dev/test": "true" } }
+        }))
+        .unwrap();
+        Api::<Namespace>::all(client.clone())
+            .create(&PostParams::default(), &ns)
+            .await
+            .unwrap_or_else(|e| panic!("creating test namespace {name}: {e}"));
+        Self { name, client: client.clone() }
+    }
+
+    pub fn api<K>(&self) -> Api<K>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+        <K as kube::Resource>::DynamicType: Default,
+    {
+        Api::namespaced(self.client.clone(), &self.name)
+    }
+}
+
+impl Drop for TestNamespace {
+    fn drop(&mut self) {
+        // Drop cannot await; delete from a runtime of our own on a plain thread.
+        let name = self.name.clone();
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async {
+                let client = client().await;
+                let _ = Api::<Namespace>::all(client).delete(&name, &DeleteParams::background()).await;
+            });
+        })
+        .join();
+    }
+}
+
+fn rand_suffix() -> u32 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos());
+    h.finish() as u32
+}
+
+/// Polls `check` every 100 ms until it returns `Some`, for at most `timeout`. On timeout, fails
+/// the test saying what it waited for and the last thing `check` reported.
+pub async fn wait_until<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, String>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let last = match check().await {
+            Ok(v) => return v,
+            Err(last) => last,
+        };
+        if tokio::time::Instant::now() >= deadline {
+            panic!("timed out after {timeout:?} waiting for {what}; last seen: {last}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The HTTP code and message of an API error, None for success or another kind of error.
+pub fn api_error<T>(result: &Result<T, kube::Error>) -> Option<(u16, String)> {
+    match result {
+        Err(kube::Error::Api(status)) => Some((status.code, status.message.clone())),
+        _ => None,
+    }
+}
