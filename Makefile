@@ -5,13 +5,16 @@ CARGO   ?= cargo
 CLUSTER := tests/cluster/cluster.sh
 
 .DEFAULT_GOAL := help
-.PHONY: help build lint unit integration test binaries cluster-up cluster-down cluster-env
+.PHONY: help build crd lint unit integration test binaries cluster-up cluster-down cluster-env
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
 
 build: ## build the nightshift binary
 	$(CARGO) build
+
+crd: ## regenerate crds/backgroundjob.yaml from the code
+	$(CARGO) run -q -- crd > crds/backgroundjob.yaml
 
 lint: ## cargo fmt --check and clippy with warnings denied
 	$(CARGO) fmt --all -- --check

@@ -47,8 +47,9 @@ pub fn crd() -> CustomResourceDefinition {
                 .into(),
         )],
     );
-    // A template without a spec is no worker at all.
+    // A template without a spec, or without a container, is no worker at all.
     template["required"] = json!(["spec"]);
+    template["properties"]["spec"]["properties"]["containers"]["minItems"] = json!(1);
     serde_json::from_value(value).expect("the edited CRD deserializes")
 }
 
@@ -99,4 +100,74 @@ pub fn free_form_object(_: &mut SchemaGenerator) -> Schema {
         "x-kubernetes-preserve-unknown-fields": true,
         "description": "A small summary the workers reported (for example counts of rows created and failed)."
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `crds/` must be what `nightshift crd` prints: regenerate it with `make crd`.
+    #[test]
+    fn checked_in_crd_matches_the_code() {
+        let checked_in = include_str!("../../crds/backgroundjob.yaml");
+        assert!(checked_in == crd_yaml(), "crds/backgroundjob.yaml is stale: run `make crd` and commit the result");
+    }
+
+    /// The parts of the schema users depend on, spelled out so a change is a visible diff.
+    #[test]
+    fn schema_golden() {
+        let crd = serde_json::to_value(crd()).unwrap();
+        let version = &crd["spec"]["versions"][0];
+        assert_eq!(crd["metadata"]["name"], "backgroundjobs.nightshift.dev");
+        assert_eq!(crd["spec"]["names"]["shortNames"], json!(["bgj", "bgjob"]));
+        assert_eq!(crd["spec"]["names"]["categories"], json!(["nightshift"]));
+        assert_eq!(version["subresources"], json!({"status": {}}));
+        let columns: Vec<&str> = version["additionalPrinterColumns"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(columns, ["Phase", "Workers", "Shards", "Progress", "Age"]);
+        let spec = &version["schema"]["openAPIV3Schema"]["properties"]["spec"];
+        assert_eq!(spec["required"], json!(["template"]));
+        let props = &spec["properties"];
+        assert_eq!(props["shards"]["default"], 1);
+        assert_eq!(props["shards"]["minimum"].as_f64(), Some(1.0));
+        assert_eq!(props["workers"]["default"], json!({"min": 1, "max": 3}));
+        assert_eq!(props["timeouts"]["default"], json!({"jobSeconds": 10800}));
+        assert_eq!(
+            props["retry"]["default"],
+            json!({"limit": 3, "backoff": {"initialSeconds": 10, "factor": 2.0, "maxSeconds": 600}})
+        );
+        assert_eq!(props["timeouts"]["properties"]["attemptSeconds"]["minimum"].as_f64(), Some(1.0));
+        assert_eq!(props["timeouts"]["properties"]["jobSeconds"]["minimum"].as_f64(), Some(1.0));
+        // Every field of ours is described; the pod template's fields are not (size).
+        fn undescribed(schema: &Value, path: &str, out: &mut Vec<String>) {
+            if path.ends_with(".template") {
+                return;
+            }
+            if schema.get("description").is_none() {
+                out.push(path.to_string());
+            }
+            if let Some(Value::Object(props)) = schema.get("properties") {
+                for (k, v) in props {
+                    undescribed(v, &format!("{path}.{k}"), out);
+                }
+            }
+            if let Some(items) = schema.get("items") {
+                undescribed(items, &format!("{path}[]"), out);
+            }
+        }
+        let mut missing = Vec::new();
+        let root = &version["schema"]["openAPIV3Schema"];
+        undescribed(&root["properties"]["spec"], "spec", &mut missing);
+        undescribed(&root["properties"]["status"], "status", &mut missing);
+        // metav1.Condition's own fields come described from k8s-openapi.
+        assert!(missing.is_empty(), "fields without a description: {missing:?}");
+        let template = serde_json::to_string(&props["template"]).unwrap();
+        assert_eq!(template.matches("\"description\"").count(), 1, "only the template itself is described");
+        let size = serde_json::to_string(&crd).unwrap().len();
+        assert!(size < 200 * 1024, "the CRD must fit kubectl apply's 256 KiB annotation: {size} bytes");
+    }
 }

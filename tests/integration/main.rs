@@ -1,4 +1,5 @@
 //! Integration tests against the real local control plane (`make cluster-up`).
 
 mod control_plane;
+mod jobs;
 mod support;

@@ -122,3 +122,58 @@ pub fn api_error<T>(result: &Result<T, kube::Error>) -> Option<(u16, String)> {
         _ => None,
     }
 }
+
+/// Installs (server-side applies) the BackgroundJob CRD and waits until it is served.
+/// Safe to call from every test: the apply is idempotent.
+pub async fn install_crd(client: &Client) {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    use kube::api::{Patch, PatchParams};
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let crd = nightshift::api::crd::crd();
+    let name = crd.metadata.name.clone().unwrap();
+    crds.patch(&name, &PatchParams::apply("nightshift-tests").force(), &Patch::Apply(&crd))
+        .await
+        .unwrap_or_else(|e| panic!("installing the BackgroundJob CRD: {e}"));
+    wait_until("the BackgroundJob CRD to be established", Duration::from_secs(30), || async {
+        let crd = crds.get(&name).await.map_err(|e| e.to_string())?;
+        let conditions = crd.status.and_then(|s| s.conditions).unwrap_or_default();
+        if conditions.iter().any(|c| c.type_ == "Established" && c.status == "True") {
+            Ok(())
+        } else {
+            Err(format!("conditions {conditions:?}"))
+        }
+    })
+    .await;
+    // Established can precede the resource being served by a moment.
+    let jobs: Api<nightshift::api::BackgroundJob> = Api::default_namespaced(client.clone());
+    wait_until("BackgroundJobs to be served", Duration::from_secs(30), || async {
+        jobs.list(&Default::default()).await.map(|_| ()).map_err(|e| e.to_string())
+    })
+    .await;
+}
+
+/// The operator, run in this process against one namespace, until stopped or dropped.
+pub struct Operator {
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Operator {
+    pub async fn start(client: &Client, namespace: &str) -> Self {
+        let options = nightshift::controller::Options { namespace: Some(namespace.to_string()), ..Default::default() };
+        let client = client.clone();
+        let task = tokio::spawn(nightshift::controller::run(client, options, std::future::pending()));
+        Self { task }
+    }
+
+    /// Stops it at once, as a crash would: nothing in memory survives.
+    pub async fn kill(mut self) {
+        self.task.abort();
+        let _ = (&mut self.task).await;
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}

@@ -1,0 +1,420 @@
+//! The controller against the real control plane: BackgroundJobs run to completion, retry,
+//! time out, suspend, clean up, and survive an operator restart. The test plays the node with
+//! the pod simulator's functions, so each pod's outcome is the test's choice.
+
+use std::{collections::BTreeMap, time::Duration};
+
+use k8s_openapi::api::core::v1::{Event, Pod};
+use kube::{
+    Api, Client, ResourceExt,
+    api::{DeleteParams, ListParams, Patch, PatchParams, PostParams},
+};
+use nightshift::{
+    api::{BackgroundJob, BackgroundJobStatus, FINALIZER_TRACKING, LABEL_JOB, Phase},
+    sim,
+};
+use serde_json::json;
+
+use crate::support::{Operator, TestNamespace, client, install_crd, wait_until};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+struct Fixture {
+    client: Client,
+    ns: TestNamespace,
+    jobs: Api<BackgroundJob>,
+    pods: Api<Pod>,
+}
+
+async fn fixture(prefix: &str) -> (Fixture, Operator) {
+    let client = client().await;
+    install_crd(&client).await;
+    let ns = TestNamespace::new(&client, prefix).await;
+    // Pods are refused until the namespace has its default ServiceAccount.
+    let sas: Api<k8s_openapi::api::core::v1::ServiceAccount> = ns.api();
+    wait_until("the default ServiceAccount", WAIT, || async {
+        sas.get_opt("default").await.map_err(|e| e.to_string())?.map(|_| ()).ok_or_else(|| "absent".into())
+    })
+    .await;
+    let operator = Operator::start(&client, &ns.name).await;
+    let f = Fixture { jobs: ns.api(), pods: ns.api(), client, ns };
+    (f, operator)
+}
+
+fn manifest(name: &str, spec: serde_json::Value) -> BackgroundJob {
+    let mut full = json!({
+        "template": {"spec": {"containers": [{"name": "worker", "image": "registry.example/worker:1"}]}}
+    });
+    for (k, v) in spec.as_object().unwrap() {
+        full[k] = v.clone();
+    }
+    serde_json::from_value(json!({
+        "apiVersion": "nightshift.dev/v1alpha1", "kind": "BackgroundJob",
+        "metadata": {"name": name}, "spec": full
+    }))
+    .unwrap()
+}
+
+impl Fixture {
+    async fn create(&self, name: &str, spec: serde_json::Value) {
+        self.jobs.create(&PostParams::default(), &manifest(name, spec)).await.unwrap();
+    }
+
+    async fn status(&self, name: &str) -> BackgroundJobStatus {
+        self.jobs.get_status(name).await.unwrap().status.unwrap_or_default()
+    }
+
+    async fn all_pods(&self, job: &str) -> Vec<Pod> {
+        self.pods.list(&ListParams::default().labels(&format!("{LABEL_JOB}={job}"))).await.unwrap().items
+    }
+
+    /// Live pods: neither finished nor being deleted.
+    async fn live_pods(&self, job: &str) -> Vec<Pod> {
+        self.all_pods(job)
+            .await
+            .into_iter()
+            .filter(|p| {
+                p.metadata.deletion_timestamp.is_none()
+                    && matches!(p.status.as_ref().and_then(|s| s.phase.as_deref()), None | Some("Pending" | "Running"))
+            })
+            .collect()
+    }
+
+    /// Waits until exactly `n` live pods exist and returns their names, sorted.
+    async fn wait_live(&self, job: &str, n: usize) -> Vec<String> {
+        wait_until(&format!("{n} live pods of {job}"), WAIT, || async {
+            let live = self.live_pods(job).await;
+            let mut names: Vec<String> = live.iter().map(|p| p.name_any()).collect();
+            names.sort();
+            if names.len() == n { Ok(names) } else { Err(format!("live pods {names:?}")) }
+        })
+        .await
+    }
+
+    /// Waits until the live pods are exactly `names`.
+    async fn wait_live_exactly(&self, job: &str, names: &[&str]) {
+        wait_until(&format!("live pods of {job} to be {names:?}"), WAIT, || async {
+            let mut live: Vec<String> = self.live_pods(job).await.iter().map(|p| p.name_any()).collect();
+            live.sort();
+            if live == names { Ok(()) } else { Err(format!("live pods {live:?}")) }
+        })
+        .await
+    }
+
+    async fn wait_phase(&self, job: &str, phase: Phase) -> BackgroundJobStatus {
+        wait_until(&format!("{job} to reach phase {phase}"), WAIT, || async {
+            let status = self.status(job).await;
+            if status.phase == Some(phase) { Ok(status) } else { Err(format!("{status:?}")) }
+        })
+        .await
+    }
+
+    async fn finish(&self, pod: &str, exit_code: i32) {
+        sim::mark_running(&self.pods, pod).await.unwrap();
+        sim::mark_finished(&self.pods, pod, exit_code).await.unwrap();
+    }
+
+    async fn events(&self, job: &str) -> Vec<(String, String)> {
+        let events: Api<Event> = self.ns.api();
+        events
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .filter(|e| e.involved_object.name.as_deref() == Some(job))
+            .map(|e| (e.reason.unwrap_or_default(), e.message.unwrap_or_default()))
+            .collect()
+    }
+}
+
+fn label(pod: &Pod, key: &str) -> String {
+    pod.labels().get(key).cloned().unwrap_or_default()
+}
+
+#[tokio::test]
+async fn five_shards_run_on_at_most_three_workers_to_success() {
+    let (f, _operator) = fixture("happy").await;
+    f.create("import", json!({"shards": 5, "workers": {"min": 1, "max": 3}})).await;
+    let first = f.wait_live("import", 3).await;
+    assert_eq!(first, ["import-0-1", "import-1-1", "import-2-1"]);
+
+    let pod = f.pods.get("import-1-1").await.unwrap();
+    let owner = &pod.owner_references()[0];
+    assert_eq!((owner.kind.as_str(), owner.name.as_str(), owner.controller), ("BackgroundJob", "import", Some(true)));
+    assert_eq!(pod.finalizers(), [FINALIZER_TRACKING]);
+    let spec = pod.spec.unwrap();
+    assert_eq!(spec.restart_policy.as_deref(), Some("Never"));
+    let env: BTreeMap<String, String> =
+        spec.containers[0].env.clone().unwrap().into_iter().map(|e| (e.name, e.value.unwrap_or_default())).collect();
+    assert_eq!(env["NIGHTSHIFT_SHARD"], "1");
+    assert_eq!(env["NIGHTSHIFT_SHARDS"], "5");
+    assert_eq!(env["NIGHTSHIFT_ATTEMPT"], "1");
+    assert_eq!(env["NIGHTSHIFT_JOB"], "import");
+    assert_eq!(env["NIGHTSHIFT_NAMESPACE"], f.ns.name);
+
+    let status = wait_until("status to show 3 workers", WAIT, || async {
+        let s = f.status("import").await;
+        if s.workers.as_ref().is_some_and(|w| w.active == 3 && w.desired == 3) { Ok(s) } else { Err(format!("{s:?}")) }
+    })
+    .await;
+    assert_eq!(status.phase, Some(Phase::Running));
+    assert!(status.conditions.iter().any(|c| c.type_ == "Admitted" && c.status == "True"));
+
+    for pod in &first {
+        f.finish(pod, 0).await;
+    }
+    let next = f.wait_live("import", 2).await;
+    assert_eq!(next, ["import-3-1", "import-4-1"]);
+    for pod in &next {
+        f.finish(pod, 0).await;
+    }
+    let status = f.wait_phase("import", Phase::Succeeded).await;
+    let shards = status.shards.unwrap();
+    assert_eq!((shards.total, shards.succeeded, shards.failed, shards.pending, shards.running), (5, 5, 0, 0, 0));
+    assert_eq!(status.succeeded_shards.as_deref(), Some("0-4"));
+    assert_eq!(status.progress.unwrap().percent, 100);
+    assert!(status.completion_time.is_some());
+    assert!(status.conditions.iter().any(|c| c.type_ == "Complete" && c.status == "True"));
+    wait_until("every tracking finalizer released", WAIT, || async {
+        let tracked: Vec<String> =
+            f.all_pods("import").await.iter().filter(|p| !p.finalizers().is_empty()).map(|p| p.name_any()).collect();
+        if tracked.is_empty() { Ok(()) } else { Err(format!("{tracked:?}")) }
+    })
+    .await;
+    assert_eq!(f.all_pods("import").await.len(), 5, "one pod per shard, none twice");
+    let reasons: Vec<String> = f.events("import").await.into_iter().map(|(r, _)| r).collect();
+    for reason in ["Admitted", "WorkerStarted", "Succeeded"] {
+        assert!(reasons.iter().any(|r| r == reason), "no {reason} event in {reasons:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_failed_shard_is_retried_after_backoff_and_then_succeeds() {
+    let (f, _operator) = fixture("retry").await;
+    f.create(
+        "flaky",
+        json!({"shards": 1, "retry": {"limit": 2, "backoff": {"initialSeconds": 1, "factor": 2, "maxSeconds": 5}}}),
+    )
+    .await;
+    f.wait_live("flaky", 1).await;
+    f.finish("flaky-0-1", 3).await;
+    let status = wait_until("the shard to wait for its retry or run it", WAIT, || async {
+        let s = f.status("flaky").await;
+        if !s.retrying.is_empty() || s.active.iter().any(|a| a.attempt == 2) { Ok(s) } else { Err(format!("{s:?}")) }
+    })
+    .await;
+    if let Some(r) = status.retrying.first() {
+        assert_eq!((r.shard, r.attempt, r.failures), (0, 2, 1));
+        assert!(r.next_retry_time.is_some());
+        assert_eq!(r.last_failure.as_ref().unwrap().exit_code, Some(3));
+    }
+    f.wait_live_exactly("flaky", &["flaky-0-2"]).await;
+    let active = f.status("flaky").await.active;
+    assert_eq!((active[0].attempt, active[0].failures), (2, 1));
+    f.finish("flaky-0-2", 0).await;
+    let status = f.wait_phase("flaky", Phase::Succeeded).await;
+    assert_eq!(status.shards.unwrap().succeeded, 1);
+    let events = f.events("flaky").await;
+    assert!(events.iter().any(|(r, m)| r == "AttemptFailed" && m.contains("exit code 3")), "{events:?}");
+}
+
+#[tokio::test]
+async fn exhausted_retries_fail_the_job_with_the_last_failure() {
+    let (f, _operator) = fixture("exhaust").await;
+    f.create(
+        "doomed",
+        json!({"shards": 2, "workers": {"max": 1}, "retry": {"limit": 1, "backoff": {"initialSeconds": 0, "factor": 1, "maxSeconds": 0}}}),
+    )
+    .await;
+    f.wait_live("doomed", 1).await;
+    f.finish("doomed-0-1", 7).await;
+    f.wait_live_exactly("doomed", &["doomed-0-2"]).await;
+    f.finish("doomed-0-2", 9).await;
+    let status = f.wait_phase("doomed", Phase::Failed).await;
+    let failed = status.conditions.iter().find(|c| c.type_ == "Failed").unwrap();
+    assert_eq!(failed.reason, "RetriesExhausted");
+    assert!(
+        failed.message.contains("shard 0 failed 2 times") && failed.message.contains("exit code 9"),
+        "{}",
+        failed.message
+    );
+    assert_eq!(status.failed_shards.as_deref(), Some("0"));
+    assert!(f.live_pods("doomed").await.is_empty());
+    assert!(
+        !f.all_pods("doomed").await.iter().any(|p| p.labels()["nightshift.dev/shard"] == "1"),
+        "shard 1 never started"
+    );
+}
+
+#[tokio::test]
+async fn an_attempt_past_its_deadline_is_stopped_and_retried() {
+    let (f, _operator) = fixture("attempt-timeout").await;
+    f.create(
+        "slow",
+        json!({"shards": 1, "timeouts": {"attemptSeconds": 2},
+               "retry": {"limit": 1, "backoff": {"initialSeconds": 0, "factor": 1, "maxSeconds": 0}}}),
+    )
+    .await;
+    f.wait_live("slow", 1).await;
+    sim::mark_running(&f.pods, "slow-0-1").await.unwrap();
+    // Attempt 1 never finishes: after 2 s it is deleted and attempt 2 runs.
+    f.wait_live_exactly("slow", &["slow-0-2"]).await;
+    wait_until("the timed-out pod to be gone", WAIT, || async {
+        match f.pods.get_opt("slow-0-1").await.map_err(|e| e.to_string())? {
+            None => Ok(()),
+            Some(p) => Err(format!("still there: finalizers {:?}", p.finalizers())),
+        }
+    })
+    .await;
+    let events = f.events("slow").await;
+    assert!(events.iter().any(|(r, m)| r == "AttemptFailed" && m.contains("AttemptDeadlineExceeded")), "{events:?}");
+    f.finish("slow-0-2", 0).await;
+    f.wait_phase("slow", Phase::Succeeded).await;
+}
+
+#[tokio::test]
+async fn the_job_deadline_stops_every_worker_and_fails_the_job() {
+    let (f, _operator) = fixture("job-timeout").await;
+    f.create("capped", json!({"shards": 3, "timeouts": {"jobSeconds": 3}})).await;
+    f.wait_live("capped", 3).await;
+    let status = f.wait_phase("capped", Phase::Failed).await;
+    let failed = status.conditions.iter().find(|c| c.type_ == "Failed").unwrap();
+    assert_eq!(failed.reason, "DeadlineExceeded");
+    wait_until("every worker pod to be gone", WAIT, || async {
+        let left: Vec<String> = f.all_pods("capped").await.iter().map(|p| p.name_any()).collect();
+        if left.is_empty() { Ok(()) } else { Err(format!("{left:?}")) }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn suspend_stops_workers_and_resume_finishes_the_rest() {
+    let (f, _operator) = fixture("suspend").await;
+    f.create("pausable", json!({"shards": 4, "workers": {"max": 2}})).await;
+    f.wait_live("pausable", 2).await;
+    f.finish("pausable-0-1", 0).await;
+    assert_eq!(f.wait_live("pausable", 2).await, ["pausable-1-1", "pausable-2-1"]);
+
+    f.jobs.patch("pausable", &PatchParams::default(), &Patch::Merge(json!({"spec": {"suspend": true}}))).await.unwrap();
+    let status = f.wait_phase("pausable", Phase::Suspended).await;
+    assert_eq!(status.succeeded_shards.as_deref(), Some("0"), "progress kept");
+    f.wait_live("pausable", 0).await;
+
+    f.jobs
+        .patch("pausable", &PatchParams::default(), &Patch::Merge(json!({"spec": {"suspend": false}})))
+        .await
+        .unwrap();
+    let resumed = f.wait_live("pausable", 2).await;
+    assert_eq!(resumed, ["pausable-1-2", "pausable-2-2"], "interrupted shards rerun as new attempts");
+    for pod in &resumed {
+        f.finish(pod, 0).await;
+    }
+    f.wait_live_exactly("pausable", &["pausable-3-1"]).await;
+    f.finish("pausable-3-1", 0).await;
+    let status = f.wait_phase("pausable", Phase::Succeeded).await;
+    assert_eq!(status.shards.unwrap().succeeded, 4);
+    assert!(status.retrying.is_empty());
+}
+
+#[tokio::test]
+async fn deleting_a_running_job_removes_its_pods() {
+    let (f, _operator) = fixture("delete").await;
+    f.create("doomed", json!({"shards": 6})).await;
+    f.wait_live("doomed", 3).await;
+    f.finish("doomed-0-1", 0).await;
+    f.wait_live("doomed", 3).await;
+    f.jobs.delete("doomed", &DeleteParams::background()).await.unwrap();
+    wait_until("the job and all its pods to be gone", WAIT, || async {
+        let pods: Vec<String> = f.all_pods("doomed").await.iter().map(|p| p.name_any()).collect();
+        let job = f.jobs.get_opt("doomed").await.map_err(|e| e.to_string())?;
+        if pods.is_empty() && job.is_none() {
+            Ok(())
+        } else {
+            Err(format!("pods {pods:?}, job present: {}", job.is_some()))
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_finished_job_is_deleted_after_its_ttl() {
+    let (f, _operator) = fixture("ttl").await;
+    f.create("brief", json!({"shards": 1, "ttlSecondsAfterFinished": 2})).await;
+    f.wait_live("brief", 1).await;
+    f.finish("brief-0-1", 0).await;
+    f.wait_phase("brief", Phase::Succeeded).await;
+    wait_until("the job to be deleted after its TTL", WAIT, || async {
+        let job = f.jobs.get_opt("brief").await.map_err(|e| e.to_string())?;
+        let pods = f.all_pods("brief").await.len();
+        if job.is_none() && pods == 0 { Ok(()) } else { Err(format!("job present: {}, pods {pods}", job.is_some())) }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn an_operator_restart_mid_run_loses_and_duplicates_nothing() {
+    let (f, operator) = fixture("restart").await;
+    f.create(
+        "durable",
+        json!({"shards": 6, "retry": {"limit": 2, "backoff": {"initialSeconds": 0, "factor": 1, "maxSeconds": 0}}}),
+    )
+    .await;
+    f.wait_live("durable", 3).await;
+    f.finish("durable-0-1", 0).await;
+    f.wait_live("durable", 3).await;
+
+    // The operator dies; meanwhile workers finish and fail.
+    operator.kill().await;
+    f.finish("durable-1-1", 0).await;
+    f.finish("durable-2-1", 5).await;
+    f.finish("durable-3-1", 0).await;
+    let _operator = Operator::start(&f.client, &f.ns.name).await;
+
+    // Everything that runs from here on succeeds.
+    wait_until("the job to succeed after the restart", Duration::from_secs(90), || async {
+        for pod in f.live_pods("durable").await {
+            f.finish(&pod.name_any(), 0).await;
+        }
+        let s = f.status("durable").await;
+        if s.phase == Some(Phase::Succeeded) { Ok(()) } else { Err(format!("{s:?}")) }
+    })
+    .await;
+    let status = f.status("durable").await;
+    let shards = status.shards.unwrap();
+    assert_eq!((shards.succeeded, shards.failed, shards.pending, shards.running), (6, 0, 0, 0));
+    assert_eq!(status.succeeded_shards.as_deref(), Some("0-5"));
+    let pods = f.all_pods("durable").await;
+    let mut succeeded_per_shard: BTreeMap<String, usize> = BTreeMap::new();
+    for pod in &pods {
+        if pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Succeeded") {
+            *succeeded_per_shard.entry(label(pod, "nightshift.dev/shard")).or_default() += 1;
+        }
+    }
+    assert_eq!(succeeded_per_shard.len(), 6, "{succeeded_per_shard:?}");
+    assert!(succeeded_per_shard.values().all(|n| *n == 1), "a shard ran to success twice: {succeeded_per_shard:?}");
+    let attempts: Vec<String> =
+        pods.iter().filter(|p| label(p, "nightshift.dev/shard") == "2").map(|p| p.name_any()).collect();
+    assert_eq!(attempts.len(), 2, "shard 2: the failed attempt and its retry, {attempts:?}");
+    wait_until("every tracking finalizer released", WAIT, || async {
+        let tracked = f.all_pods("durable").await.iter().filter(|p| !p.finalizers().is_empty()).count();
+        if tracked == 0 { Ok(()) } else { Err(format!("{tracked} pods still tracked")) }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_pod_template_the_api_server_refuses_fails_the_job_with_its_message() {
+    let (f, _operator) = fixture("bad-template").await;
+    // The CRD schema cannot know container names must be DNS labels; the API server does.
+    f.create("invalid", json!({"template": {"spec": {"containers": [{"name": "Not_A_DNS_Label", "image": "x"}]}}}))
+        .await;
+    let status = f.wait_phase("invalid", Phase::Failed).await;
+    let failed = status.conditions.iter().find(|c| c.type_ == "Failed").unwrap();
+    assert_eq!(failed.reason, "InvalidPodTemplate");
+    assert!(failed.message.contains("Not_A_DNS_Label"), "{}", failed.message);
+    assert!(f.all_pods("invalid").await.is_empty());
+    // No retry storm: the job stays failed and quiet.
+    let events = f.events("invalid").await;
+    assert_eq!(events.iter().filter(|(r, _)| r == "Failed").count(), 1, "{events:?}");
+}
