@@ -5,10 +5,13 @@ CARGO   ?= cargo
 CLUSTER := tests/cluster/cluster.sh
 
 .DEFAULT_GOAL := help
-.PHONY: help build crd lint unit integration test binaries cluster-up cluster-down cluster-env
+.PHONY: help run build crd lint unit integration test binaries cluster-up cluster-down cluster-env
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
+
+run: ## start the control plane, install the CRD, run the operator and an example job, watch it
+	tests/run-local.sh
 
 build: ## build the nightshift binary
 	$(CARGO) build
