@@ -2,9 +2,11 @@
 //!
 //! From `kubectl apply` to a worker pod: [`api`] defines the BackgroundJob; [`controller`]
 //! watches it and its pods and asks [`decision::decide`] what to do; [`decision::pod`] builds
-//! the worker pod; [`sim`] plays the node where there is no kubelet.
+//! the worker pod; [`sim`] plays the node where there is no kubelet; [`worker`] is the side of
+//! the heartbeat protocol that runs in worker pods (a Rust API and `nightshift agent`).
 
 pub mod api;
 pub mod controller;
 pub mod decision;
 pub mod sim;
+pub mod worker;

@@ -1,4 +1,5 @@
-//! The `nightshift` command: the operator, its CRD, and the local pod simulator.
+//! The `nightshift` command: the operator, its CRD, the local pod simulator, and the worker
+//! agent that heartbeats for a command in a worker pod.
 
 use std::time::Duration;
 
@@ -25,6 +26,15 @@ enum Command {
         /// Jobs reconciled at once.
         #[arg(long, default_value_t = 16)]
         concurrency: u16,
+        /// Image holding this binary at /nightshift, copied into the workers of jobs with
+        /// spec.heartbeat.injectAgent (usually the operator's own image).
+        #[arg(long, env = "NIGHTSHIFT_AGENT_IMAGE")]
+        agent_image: Option<String>,
+    },
+    /// Copy this binary into DIR (the agent injection's init container runs this).
+    InstallAgent {
+        /// Folder to copy the binary into, as DIR/nightshift.
+        dir: std::path::PathBuf,
     },
     /// Print the BackgroundJob CustomResourceDefinition as YAML.
     Crd,
@@ -38,6 +48,19 @@ enum Command {
         #[arg(long, default_value_t = 3)]
         run_seconds: u64,
     },
+    /// Run a worker command and heartbeat for it: renew the shard's Lease (NIGHTSHIFT_LEASE),
+    /// report the `::nightshift:: progress DONE/TOTAL [message]` and
+    /// `::nightshift:: result {json}` lines it prints (all its output passes through), stop it
+    /// when another attempt owns the shard. Exits with its exit code (128+N if killed by signal
+    /// N, 127 if it cannot be started).
+    Agent {
+        /// Seconds the command gets to exit after SIGTERM (when fenced) before SIGKILL.
+        #[arg(long, default_value_t = 10)]
+        grace_seconds: u64,
+        /// The command and its arguments, after `--`.
+        #[arg(required = true, trailing_var_arg = true, value_name = "CMD")]
+        command: Vec<String>,
+    },
 }
 
 #[tokio::main]
@@ -49,6 +72,11 @@ async fn main() -> std::process::ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
+    // The agent's exit code is its command's, not a success or failure of its own.
+    if let Command::Agent { grace_seconds, command } = cli.command {
+        let code = nightshift::worker::agent::run(&command, Duration::from_secs(grace_seconds)).await;
+        return std::process::ExitCode::from(code);
+    }
     match run(cli.command).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
@@ -60,13 +88,24 @@ async fn main() -> std::process::ExitCode {
 
 async fn run(command: Command) -> Result<(), Box<dyn std::error::Error>> {
     match command {
+        Command::Agent { .. } => unreachable!("handled in main"),
         Command::Crd => print!("{}", nightshift::api::crd::crd_yaml()),
-        Command::Run { namespace, debounce_ms, concurrency } => {
+        Command::InstallAgent { dir } => {
+            let target = dir.join("nightshift");
+            let me = std::env::current_exe().map_err(|e| format!("finding this binary: {e}"))?;
+            std::fs::copy(&me, &target)
+                .map_err(|e| format!("copying {} to {}: {e}", me.display(), target.display()))?;
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o755))?;
+            println!("installed {}", target.display());
+        }
+        Command::Run { namespace, debounce_ms, concurrency, agent_image } => {
             let client = Client::try_default().await.map_err(|e| format!("connecting to Kubernetes: {e}"))?;
             let options = nightshift::controller::Options {
                 namespace,
                 debounce: Duration::from_millis(debounce_ms),
                 concurrency,
+                agent_image,
             };
             nightshift::controller::run(client, options, shutdown_signal()).await;
         }

@@ -11,6 +11,8 @@ use super::BackgroundJob;
 
 /// Longest job name: it is part of worker pod names (`NAME-SHARD-ATTEMPT`) and label values (63).
 pub const MAX_NAME_LENGTH: usize = 52;
+/// Most shards a job with heartbeats may have: its workers' Role lists every shard's Lease by name.
+pub const MAX_SHARDS_WITH_HEARTBEAT: i32 = 2000;
 
 /// The CRD, exactly as `crds/` and the Helm chart hold it.
 pub fn crd() -> CustomResourceDefinition {
@@ -29,6 +31,16 @@ pub fn crd() -> CustomResourceDefinition {
                 "!has(oldSelf.status) || !has(oldSelf.status.startTime) || self.spec.shards == oldSelf.spec.shards"
                     .into(),
                 "spec.shards cannot change once the job is admitted (status.startTime is set)".into(),
+            ),
+            (
+                format!("!has(self.spec.heartbeat) || self.spec.shards <= {MAX_SHARDS_WITH_HEARTBEAT}"),
+                format!(
+                    "spec.shards must be at most {MAX_SHARDS_WITH_HEARTBEAT} with spec.heartbeat: the workers' Role names each shard's Lease"
+                ),
+            ),
+            (
+                "!has(self.spec.heartbeat) || !has(self.spec.heartbeat.injectAgent) || !self.spec.heartbeat.injectAgent || has(self.spec.template.spec.containers[0].command)".into(),
+                "spec.template.spec.containers[0].command must be set when spec.heartbeat.injectAgent is true: the agent wraps it".into(),
             ),
             (
                 "!has(oldSelf.status) || !has(oldSelf.status.startTime) || self.spec.template == oldSelf.spec.template"
@@ -128,7 +140,7 @@ mod tests {
             .iter()
             .map(|c| c["name"].as_str().unwrap())
             .collect();
-        assert_eq!(columns, ["Phase", "Workers", "Shards", "Progress", "Age"]);
+        assert_eq!(columns, ["Phase", "Workers", "Shards", "Progress", "Heartbeat", "Age"]);
         let spec = &version["schema"]["openAPIV3Schema"]["properties"]["spec"];
         assert_eq!(spec["required"], json!(["template"]));
         let props = &spec["properties"];

@@ -22,6 +22,17 @@ pub const FINALIZER_TRACKING: &str = "nightshift.dev/tracking";
 /// Finalizer on jobs, so deleting one releases its pods' tracking finalizers.
 pub const FINALIZER_CLEANUP: &str = "nightshift.dev/cleanup";
 
+/// Lease annotation a worker writes: its progress as "DONE/TOTAL" (integers).
+pub const ANNOTATION_PROGRESS: &str = "nightshift.dev/progress";
+/// Lease annotation a worker writes: a short message about its progress.
+pub const ANNOTATION_PROGRESS_MESSAGE: &str = "nightshift.dev/progress-message";
+/// Lease annotation a worker writes: a small JSON object summarising its result.
+pub const ANNOTATION_RESULT: &str = "nightshift.dev/result";
+/// Lease annotation the controller writes: the shard the Lease belongs to.
+pub const ANNOTATION_SHARD: &str = "nightshift.dev/shard";
+/// Longest result summary a worker may report, in bytes of JSON.
+pub const MAX_RESULT_BYTES: usize = 4096;
+
 /// Environment every worker container gets.
 pub mod env {
     pub const JOB: &str = "NIGHTSHIFT_JOB";
@@ -30,4 +41,8 @@ pub mod env {
     pub const SHARDS: &str = "NIGHTSHIFT_SHARDS";
     pub const ATTEMPT: &str = "NIGHTSHIFT_ATTEMPT";
     pub const POD: &str = "NIGHTSHIFT_POD";
+    /// The shard's Lease (only when the job has spec.heartbeat).
+    pub const LEASE: &str = "NIGHTSHIFT_LEASE";
+    /// Seconds between Lease renewals (only when the job has spec.heartbeat).
+    pub const HEARTBEAT_INTERVAL_SECONDS: &str = "NIGHTSHIFT_HEARTBEAT_INTERVAL_SECONDS";
 }

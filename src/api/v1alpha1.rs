@@ -53,6 +53,12 @@ use serde::{Deserialize, Serialize};
         json_path = ".status.progress.summary",
         description = "work done, in percent"
     ),
+    printcolumn(
+        name = "Heartbeat",
+        type_ = "date",
+        json_path = ".status.lastHeartbeatTime",
+        description = "age of the latest worker heartbeat"
+    ),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[serde(rename_all = "camelCase")]
@@ -78,6 +84,10 @@ pub struct BackgroundJobSpec {
     /// How often a failed shard is retried, and how long to wait before each retry.
     #[serde(default)]
     pub retry: Retry,
+
+    /// Heartbeats the workers must send on their shard's Lease. Unset: none are required.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heartbeat: Option<Heartbeat>,
 
     /// Jobs with a higher priority are started first when workers are scarce.
     #[serde(default)]
@@ -152,6 +162,42 @@ impl Default for Timeouts {
     fn default() -> Self {
         Self { job_seconds: default_job_seconds(), attempt_seconds: None }
     }
+}
+
+/// The heartbeat protocol: each worker renews its shard's Lease every intervalSeconds and may
+/// report progress and a result on it (see the README). Silence or a stall fails the attempt.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": "self.timeoutSeconds > self.intervalSeconds", "message": "spec.heartbeat.timeoutSeconds must be greater than spec.heartbeat.intervalSeconds"}
+]))]
+pub struct Heartbeat {
+    /// Seconds between two renewals of the Lease, told to the worker (NIGHTSHIFT_HEARTBEAT_INTERVAL_SECONDS). Default 10.
+    #[serde(default = "default_interval_seconds")]
+    #[schemars(range(min = 1, max = 3600))]
+    pub interval_seconds: i32,
+    /// Seconds without a renewal after which the attempt has failed (reason HeartbeatTimeout), is
+    /// stopped and retried. Counted on the operator's clock from when the worker pod runs. Default 40.
+    #[serde(default = "default_timeout_seconds")]
+    #[schemars(range(min = 2, max = 86400))]
+    pub timeout_seconds: i32,
+    /// Seconds without progress (the reported done count not advancing) while heartbeats go on,
+    /// after which the attempt has failed (reason Stalled). Unset: no stall detection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub stall_seconds: Option<i32>,
+    /// Wrap the first container's command in `nightshift agent --`, copied in by an init
+    /// container from the operator's image: the agent heartbeats for the command and turns its
+    /// `::nightshift:: progress DONE/TOTAL` output lines into progress. The container must set command.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub inject_agent: bool,
+}
+
+fn default_interval_seconds() -> i32 {
+    10
+}
+fn default_timeout_seconds() -> i32 {
+    40
 }
 
 /// Retries of failed shards.
@@ -293,6 +339,9 @@ pub struct BackgroundJobStatus {
     /// Work done over all shards.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub progress: Option<Progress>,
+    /// The latest heartbeat of any worker, on the operator's clock (folded in at most every 15 s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_heartbeat_time: Option<Time>,
     /// A small summary the workers reported (for example counts of rows created and failed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "crate::api::crd::free_form_object")]
@@ -346,6 +395,25 @@ pub struct ActiveShard {
     pub pod: String,
     /// When the attempt started (its pod was created); spec.timeouts.attemptSeconds counts from here.
     pub start_time: Time,
+    /// The attempt's latest heartbeat, on the operator's clock.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_heartbeat_time: Option<Time>,
+    /// The attempt's progress as its worker reported it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<ShardProgress>,
+}
+
+/// One shard's progress, as its worker reported it.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ShardProgress {
+    /// Units done.
+    pub done: i64,
+    /// Units in all.
+    pub total: i64,
+    /// The worker's latest message.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
 }
 
 /// A shard whose last attempt failed, waiting for its retry.

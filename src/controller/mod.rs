@@ -3,6 +3,7 @@
 //! changed), releases tracking finalizers once the status holds the outcome, publishes events.
 
 mod observe;
+mod workers;
 
 use std::{
     collections::HashMap,
@@ -11,7 +12,10 @@ use std::{
 };
 
 use futures::{StreamExt, future};
-use k8s_openapi::{api::core::v1::Pod, jiff::Timestamp};
+use k8s_openapi::{
+    api::{coordination::v1::Lease, core::v1::Pod},
+    jiff::Timestamp,
+};
 use kube::{
     Api, Client, Resource, ResourceExt,
     api::{DeleteParams, ListParams, Patch, PatchParams, PostParams},
@@ -31,7 +35,8 @@ use crate::{
     decision::{self, Decision},
 };
 
-pub use observe::pod_view;
+use observe::LeaseMemory;
+pub use observe::{lease_view, pod_view};
 
 /// Everything that can go wrong in a reconcile. Each is retried; none stops the operator.
 #[derive(Debug, thiserror::Error)]
@@ -58,11 +63,13 @@ pub struct Options {
     pub debounce: Duration,
     /// How many jobs are reconciled at once.
     pub concurrency: u16,
+    /// The image holding the nightshift binary, copied into workers that ask for the agent.
+    pub agent_image: Option<String>,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Self { namespace: None, debounce: Duration::from_millis(50), concurrency: 16 }
+        Self { namespace: None, debounce: Duration::from_millis(50), concurrency: 16, agent_image: None }
     }
 }
 
@@ -71,6 +78,16 @@ pub struct Context {
     pub client: Client,
     pub recorder: Recorder,
     pods: Store<Pod>,
+    leases: Store<Lease>,
+    agent_image: Option<String>,
+    /// Per Lease ("namespace/name"): when the operator saw it renewed and its progress move.
+    lease_memory: Mutex<HashMap<String, LeaseMemory>>,
+    /// Per pod uid: when the operator first saw it Running.
+    running_since: Mutex<HashMap<String, Timestamp>>,
+    /// Per job uid: when heartbeats were last folded into its status.
+    folds: Mutex<HashMap<String, Timestamp>>,
+    /// Jobs (uid) whose workers' ServiceAccount, Role and RoleBinding this process has applied.
+    accounts: Mutex<std::collections::HashSet<String>>,
     /// The status we last wrote per job uid, with the resourceVersion it produced: read-your-writes
     /// while the watch has not delivered it yet, so a stale cache never undoes a decision.
     written: Mutex<HashMap<String, (u64, BackgroundJobStatus)>>,
@@ -84,22 +101,34 @@ pub async fn run(
     options: Options,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let (jobs, pods_api): (Api<BackgroundJob>, Api<Pod>) = match &options.namespace {
-        Some(ns) => (Api::namespaced(client.clone(), ns), Api::namespaced(client.clone(), ns)),
-        None => (Api::all(client.clone()), Api::all(client.clone())),
+    let (jobs, pods_api, leases_api): (Api<BackgroundJob>, Api<Pod>, Api<Lease>) = match &options.namespace {
+        Some(ns) => (
+            Api::namespaced(client.clone(), ns),
+            Api::namespaced(client.clone(), ns),
+            Api::namespaced(client.clone(), ns),
+        ),
+        None => (Api::all(client.clone()), Api::all(client.clone()), Api::all(client.clone())),
     };
+    // Only our pods and Leases, by label: the operator never caches the rest of the cluster.
+    let selector = watcher::Config::default().labels(api::LABEL_JOB);
     let (pod_store, pod_writer) = reflector::store_shared(1024);
     let pod_events = pod_writer.subscribe().expect("a shared store hands out subscribers");
-    let pod_watch = watcher(pods_api, watcher::Config::default().labels(api::LABEL_JOB))
-        .default_backoff()
-        .reflect_shared(pod_writer)
-        .applied_objects();
+    let pod_watch = watcher(pods_api, selector.clone()).default_backoff().reflect_shared(pod_writer);
+    let (lease_store, lease_writer) = reflector::store_shared(1024);
+    let lease_events = lease_writer.subscribe().expect("a shared store hands out subscribers");
+    let lease_watch = watcher(leases_api, selector).default_backoff().reflect_shared(lease_writer);
 
     let reporter = Reporter { controller: api::MANAGER.into(), instance: std::env::var("POD_NAME").ok() };
     let ctx = Arc::new(Context {
         client: client.clone(),
         recorder: Recorder::new(client.clone(), reporter),
         pods: pod_store.clone(),
+        leases: lease_store,
+        agent_image: options.agent_image.clone(),
+        lease_memory: Mutex::default(),
+        running_since: Mutex::default(),
+        folds: Mutex::default(),
+        accounts: Mutex::default(),
         written: Mutex::default(),
         created: Mutex::default(),
     });
@@ -108,7 +137,8 @@ pub async fn run(
         .with_config(
             kube::runtime::controller::Config::default().debounce(options.debounce).concurrency(options.concurrency),
         )
-        .owns_shared_stream(pod_events);
+        .owns_shared_stream(pod_events)
+        .owns_shared_stream(lease_events);
     let job_store = controller.store();
 
     // Pods of a deleted job: the garbage collector deletes them, and their tracking finalizer,
@@ -116,13 +146,39 @@ pub async fn run(
     let orphans = {
         let ctx = ctx.clone();
         let job_store = job_store.clone();
-        pod_watch.for_each(move |pod| {
+        pod_watch.for_each(move |event| {
             let ctx = ctx.clone();
             let job_store = job_store.clone();
             async move {
-                let Ok(pod) = pod else { return };
-                release_if_orphaned(&ctx, &job_store, &pod).await;
+                match event {
+                    Ok(watcher::Event::Apply(pod) | watcher::Event::InitApply(pod)) => {
+                        ctx.observe_pod(&pod);
+                        release_if_orphaned(&ctx, &job_store, &pod).await;
+                    }
+                    Ok(watcher::Event::Delete(pod)) => {
+                        ctx.running_since.lock().unwrap().remove(&pod.uid().unwrap_or_default());
+                    }
+                    _ => {}
+                }
             }
+        })
+    };
+    // Heartbeats are judged by when the operator sees a Lease change, so note it as it happens.
+    let heartbeats = {
+        let ctx = ctx.clone();
+        lease_watch.for_each(move |event| {
+            match event {
+                Ok(watcher::Event::Apply(lease) | watcher::Event::InitApply(lease)) => {
+                    let key = format!("{}/{}", lease.namespace().unwrap_or_default(), lease.name_any());
+                    ctx.lease_memory.lock().unwrap().entry(key).or_default().observe(&lease, now());
+                }
+                Ok(watcher::Event::Delete(lease)) => {
+                    let key = format!("{}/{}", lease.namespace().unwrap_or_default(), lease.name_any());
+                    ctx.lease_memory.lock().unwrap().remove(&key);
+                }
+                _ => {}
+            }
+            future::ready(())
         })
     };
 
@@ -135,6 +191,7 @@ pub async fn run(
     info!(namespace = options.namespace.as_deref().unwrap_or("(all)"), "controller started");
     tokio::select! {
         _ = orphans => {},
+        _ = heartbeats => {},
         _ = reconciler => {},
     }
     info!("controller stopped");
@@ -182,15 +239,32 @@ async fn reconcile(job: Arc<BackgroundJob>, ctx: Arc<Context>) -> Result<Action,
     let uid = job.metadata.uid.clone().unwrap_or_default();
     let job = ctx.with_latest_status(job);
 
-    let pods: Vec<Arc<Pod>> = ctx.pods.state_filter(|p| {
-        p.metadata.namespace.as_deref() == Some(ns.as_str())
-            && p.owner_references().iter().any(|o| o.uid == uid && o.controller == Some(true))
-    });
+    let owned = |meta: &kube::api::ObjectMeta| {
+        meta.namespace.as_deref() == Some(ns.as_str())
+            && meta.owner_references.iter().flatten().any(|o| o.uid == uid && o.controller == Some(true))
+    };
+    let pods: Vec<Arc<Pod>> = ctx.pods.state_filter(|p| owned(&p.metadata));
     ctx.forget_seen(&ns, &pods);
-    let views: Vec<_> = pods.iter().filter_map(|p| pod_view(p)).collect();
+    let views: Vec<_> = {
+        let running = ctx.running_since.lock().unwrap();
+        pods.iter().filter_map(|p| pod_view(p, running.get(&p.uid().unwrap_or_default()).copied())).collect()
+    };
+    let leases: Vec<_> = {
+        let memory = ctx.lease_memory.lock().unwrap();
+        ctx.leases
+            .state_filter(|l| owned(&l.metadata))
+            .iter()
+            .filter_map(|l| lease_view(l, memory.get(&format!("{ns}/{}", l.name_any()))))
+            .collect()
+    };
+    let last_fold = ctx.folds.lock().unwrap().get(&uid).copied();
 
     let now = now();
-    let mut d = decision::decide(&job, &views, now);
+    let observed = decision::Observed { job: &job, pods: &views, leases: &leases, last_fold };
+    let mut d = decision::decide(&observed, now);
+    if d.folded {
+        ctx.folds.lock().unwrap().insert(uid.clone(), now);
+    }
     let pods_api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
     let jobs_api: Api<BackgroundJob> = Api::namespaced(ctx.client.clone(), &ns);
 
@@ -265,8 +339,32 @@ async fn create_pods(
     now: Timestamp,
 ) -> Result<(), Error> {
     let ns = job.namespace().unwrap_or_default();
+    if d.create.is_empty() {
+        return Ok(());
+    }
+    if let Some(hb) = &job.spec.heartbeat {
+        if hb.inject_agent && ctx.agent_image.is_none() {
+            let message = "spec.heartbeat.injectAgent is true, but this operator has no agent image (nightshift run --agent-image)".to_string();
+            d.events.push(decision::EventNote { warning: true, reason: "Failed", note: message.clone() });
+            d.status = decision::fail(job, std::mem::take(&mut d.status), "AgentImageUnset", message, now);
+            d.status.active.clear();
+            d.status.retrying.clear();
+            d.create.clear();
+            return Ok(());
+        }
+        let uid = job.metadata.uid.clone().unwrap_or_default();
+        if !ctx.accounts.lock().unwrap().contains(&uid) {
+            workers::apply_account(&ctx.client, job).await?;
+            ctx.accounts.lock().unwrap().insert(uid);
+        }
+    }
     for (shard, attempt) in std::mem::take(&mut d.create) {
-        let pod = decision::pod::worker_pod(job, shard, attempt);
+        let pod = decision::pod::worker_pod(job, shard, attempt, ctx.agent_image.as_deref());
+        if job.spec.heartbeat.is_some() {
+            // The Lease names the new attempt before its pod exists: an older attempt still
+            // running is fenced from this moment on.
+            workers::apply_lease(&ctx.client, job, shard, &pod.name_any(), now).await?;
+        }
         let pod_name = pod.name_any();
         let key = format!("{ns}/{pod_name}");
         if ctx.recently_created(&key) {
@@ -336,6 +434,13 @@ async fn release(api: &Api<Pod>, pod: &Pod) -> Result<(), kube::Error> {
 }
 
 impl Context {
+    fn observe_pod(&self, pod: &Pod) {
+        let running = pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running");
+        if running {
+            self.running_since.lock().unwrap().entry(pod.uid().unwrap_or_default()).or_insert_with(now);
+        }
+    }
+
     fn with_latest_status(&self, job: Arc<BackgroundJob>) -> Arc<BackgroundJob> {
         let uid = job.metadata.uid.clone().unwrap_or_default();
         let seen = resource_version(&job);

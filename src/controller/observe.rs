@@ -1,15 +1,93 @@
 //! Turns a worker pod into what the decision core needs to know of it.
 
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::{
+    api::{coordination::v1::Lease, core::v1::Pod},
+    jiff::Timestamp,
+};
 use kube::ResourceExt;
 
 use crate::{
-    api::{self, Failure},
-    decision::{PodPhase, PodView},
+    api::{self, Failure, ShardProgress},
+    decision::{LeaseView, PodPhase, PodView},
 };
 
+/// What the operator remembers of a Lease between events: when it saw it change, on its own clock.
+#[derive(Clone, Debug, Default)]
+pub struct LeaseMemory {
+    holder: Option<String>,
+    renew: Option<String>,
+    renewed_at: Option<Timestamp>,
+    done: Option<i64>,
+    progress_at: Option<Timestamp>,
+}
+
+impl LeaseMemory {
+    /// Takes in the Lease as seen at `now`. The first sight of a renewed Lease (after a restart)
+    /// counts as a renewal now: the worker gets a full timeout, never less.
+    pub fn observe(&mut self, lease: &Lease, now: Timestamp) {
+        let spec = lease.spec.as_ref();
+        let holder = spec.and_then(|s| s.holder_identity.clone());
+        let renew = spec.and_then(|s| s.renew_time.as_ref()).map(|t| t.0.to_string());
+        let done = progress(lease).map(|p| p.done);
+        if holder != self.holder {
+            // A new attempt: what the Lease holds from the one before is no heartbeat of this one.
+            let first_sight = self.holder.is_none() && self.renew.is_none();
+            *self = LeaseMemory {
+                holder,
+                renewed_at: if first_sight { renew.as_ref().map(|_| now) } else { None },
+                renew,
+                done,
+                progress_at: None,
+            };
+            return;
+        }
+        if renew != self.renew {
+            self.renew = renew;
+            self.renewed_at = self.renew.as_ref().map(|_| now);
+        }
+        if done != self.done {
+            self.done = done;
+            self.progress_at = Some(now);
+        }
+    }
+}
+
+/// The view of a shard's Lease, or None when it does not say which shard it is.
+pub fn lease_view(lease: &Lease, memory: Option<&LeaseMemory>) -> Option<LeaseView> {
+    let shard = lease.annotations().get(api::ANNOTATION_SHARD)?.parse().ok()?;
+    let holder = lease.spec.as_ref().and_then(|s| s.holder_identity.clone());
+    let memory = memory.filter(|m| m.holder == holder);
+    let result = lease
+        .annotations()
+        .get(api::ANNOTATION_RESULT)
+        .filter(|r| !r.is_empty() && r.len() <= api::MAX_RESULT_BYTES)
+        .and_then(|r| serde_json::from_str::<serde_json::Value>(r).ok())
+        .filter(|v| v.is_object());
+    Some(LeaseView {
+        shard,
+        holder,
+        last_renewal: memory.and_then(|m| m.renewed_at),
+        progress: progress(lease),
+        progress_since: memory.and_then(|m| m.progress_at),
+        result,
+    })
+}
+
+/// "DONE/TOTAL" and the message, as the worker wrote them; None when absent or unreadable.
+fn progress(lease: &Lease) -> Option<ShardProgress> {
+    let annotations = lease.annotations();
+    let (done, total) = annotations.get(api::ANNOTATION_PROGRESS)?.split_once('/')?;
+    let (done, total) = (done.trim().parse::<i64>().ok()?, total.trim().parse::<i64>().ok()?);
+    if done < 0 || total < 0 {
+        return None;
+    }
+    let message = annotations.get(api::ANNOTATION_PROGRESS_MESSAGE).map(|m| truncate(m, 256)).unwrap_or_default();
+    Some(ShardProgress { done, total, message })
+}
+
 /// The view of a worker pod, or None when its labels do not say which shard and attempt it is.
-pub fn pod_view(pod: &Pod) -> Option<PodView> {
+/// `running_since`: when the operator first saw it Running.
+pub fn pod_view(pod: &Pod, running_since: Option<Timestamp>) -> Option<PodView> {
     let labels = pod.labels();
     let shard = labels.get(api::LABEL_SHARD)?.parse().ok()?;
     let attempt = labels.get(api::LABEL_ATTEMPT)?.parse().ok()?;
@@ -53,6 +131,7 @@ pub fn pod_view(pod: &Pod) -> Option<PodView> {
         ready,
         failure,
         created: pod.metadata.creation_timestamp.as_ref().map(|t| t.0),
+        running_since,
     })
 }
 

@@ -6,7 +6,9 @@ pub mod pod;
 pub mod ranges;
 mod step;
 
-pub use step::{Decision, EventNote, PodPhase, PodView, backoff_seconds, decide, fail};
+pub use step::{
+    Decision, EventNote, FOLD_SECONDS, LeaseView, Observed, PodPhase, PodView, backoff_seconds, decide, fail,
+};
 
 #[cfg(test)]
 mod tests;

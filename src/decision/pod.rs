@@ -14,8 +14,24 @@ pub fn pod_name(job: &str, shard: i32, attempt: i32) -> String {
     format!("{job}-{shard}-{attempt}")
 }
 
-/// The pod for `shard`, attempt `attempt` of `job`.
-pub fn worker_pod(job: &BackgroundJob, shard: i32, attempt: i32) -> Pod {
+/// The Lease a shard's worker heartbeats on: `JOB-SHARD`, one per shard, whatever the attempt.
+pub fn lease_name(job: &str, shard: i32) -> String {
+    format!("{job}-{shard}")
+}
+
+/// The ServiceAccount, Role and RoleBinding of a job's workers: `JOB-worker`.
+pub fn worker_account(job: &str) -> String {
+    format!("{job}-worker")
+}
+
+/// Where the agent binary is in the operator's image, and where the init container puts it.
+pub const AGENT_IN_IMAGE: &str = "/nightshift";
+pub const AGENT_DIR: &str = "/nightshift-agent";
+const AGENT_VOLUME: &str = "nightshift-agent";
+
+/// The pod for `shard`, attempt `attempt` of `job`. `agent_image` is the image the agent is
+/// copied from when the job asks for injection.
+pub fn worker_pod(job: &BackgroundJob, shard: i32, attempt: i32, agent_image: Option<&str>) -> Pod {
     let name = job.name_any();
     let namespace = job.namespace().unwrap_or_default();
     let template = &job.spec.template;
@@ -29,7 +45,7 @@ pub fn worker_pod(job: &BackgroundJob, shard: i32, attempt: i32) -> Pod {
     let mut spec: PodSpec = template.spec.clone().unwrap_or_default();
     spec.restart_policy = Some("Never".into());
     let pod = pod_name(&name, shard, attempt);
-    let env = [
+    let mut env = vec![
         (api::env::JOB, name.clone()),
         (api::env::NAMESPACE, namespace.clone()),
         (api::env::SHARD, shard.to_string()),
@@ -37,6 +53,30 @@ pub fn worker_pod(job: &BackgroundJob, shard: i32, attempt: i32) -> Pod {
         (api::env::ATTEMPT, attempt.to_string()),
         (api::env::POD, pod.clone()),
     ];
+    match &job.spec.heartbeat {
+        Some(hb) => {
+            env.push((api::env::LEASE, lease_name(&name, shard)));
+            env.push((api::env::HEARTBEAT_INTERVAL_SECONDS, hb.interval_seconds.to_string()));
+            // Least privilege: the job's own account, which may touch only its Leases, unless the
+            // template names one (which is then bound to the same Role).
+            if spec.service_account_name.as_deref().unwrap_or("").is_empty() {
+                spec.service_account_name = Some(worker_account(&name));
+            }
+            if hb.inject_agent
+                && let Some(image) = agent_image
+            {
+                inject_agent(&mut spec, image);
+            }
+        }
+        None => {
+            // Workers that need not heartbeat need no API access at all.
+            if spec.service_account_name.as_deref().unwrap_or("").is_empty()
+                && spec.automount_service_account_token.is_none()
+            {
+                spec.automount_service_account_token = Some(false);
+            }
+        }
+    }
     for container in spec.containers.iter_mut().chain(spec.init_containers.iter_mut().flatten()) {
         let vars = container.env.get_or_insert_with(Vec::new);
         // Ours win over a same-named variable in the template: the worker relies on them.
@@ -63,6 +103,51 @@ pub fn worker_pod(job: &BackgroundJob, shard: i32, attempt: i32) -> Pod {
     }
 }
 
+/// Copies the agent in with an init container and wraps the first container's command with it.
+fn inject_agent(spec: &mut PodSpec, image: &str) {
+    use k8s_openapi::api::core::v1::{
+        Capabilities, Container, EmptyDirVolumeSource, SeccompProfile, SecurityContext, Volume, VolumeMount,
+    };
+    spec.volumes.get_or_insert_with(Vec::new).push(Volume {
+        name: AGENT_VOLUME.into(),
+        empty_dir: Some(EmptyDirVolumeSource::default()),
+        ..Default::default()
+    });
+    let mount = |read_only| VolumeMount {
+        name: AGENT_VOLUME.into(),
+        mount_path: AGENT_DIR.into(),
+        read_only: Some(read_only),
+        ..Default::default()
+    };
+    spec.init_containers.get_or_insert_with(Vec::new).insert(
+        0,
+        Container {
+            name: "nightshift-agent".into(),
+            image: Some(image.into()),
+            command: Some(vec![AGENT_IN_IMAGE.into(), "install-agent".into(), AGENT_DIR.into()]),
+            volume_mounts: Some(vec![mount(false)]),
+            // Passes the restricted Pod Security level on its own.
+            security_context: Some(SecurityContext {
+                allow_privilege_escalation: Some(false),
+                read_only_root_filesystem: Some(true),
+                run_as_non_root: Some(true),
+                run_as_user: Some(65532),
+                capabilities: Some(Capabilities { drop: Some(vec!["ALL".into()]), ..Default::default() }),
+                seccomp_profile: Some(SeccompProfile { type_: "RuntimeDefault".into(), ..Default::default() }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+    );
+    if let Some(worker) = spec.containers.first_mut() {
+        let mut command = vec![format!("{AGENT_DIR}/nightshift"), "agent".into(), "--".into()];
+        command.extend(worker.command.take().unwrap_or_default());
+        command.extend(worker.args.take().unwrap_or_default());
+        worker.command = Some(command);
+        worker.volume_mounts.get_or_insert_with(Vec::new).push(mount(true));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -85,7 +170,7 @@ mod tests {
 
     #[test]
     fn pod_carries_identity_owner_finalizer_and_environment() {
-        let pod = worker_pod(&job(), 2, 3);
+        let pod = worker_pod(&job(), 2, 3, None);
         assert_eq!(pod.metadata.name.as_deref(), Some("import-2-3"));
         let labels = pod.metadata.labels.unwrap();
         assert_eq!(labels["app"], "importer");
@@ -100,5 +185,69 @@ mod tests {
         assert_eq!(get("NIGHTSHIFT_SHARDS"), vec!["4"]);
         assert_eq!(get("NIGHTSHIFT_ATTEMPT"), vec!["3"]);
         assert_eq!(get("NIGHTSHIFT_NAMESPACE"), vec!["shop"]);
+    }
+}
+
+#[cfg(test)]
+mod heartbeat_tests {
+    use super::*;
+
+    fn job(heartbeat: serde_json::Value, account: Option<&str>) -> BackgroundJob {
+        let mut spec = serde_json::json!({"restartPolicy": "Never", "containers": [
+            {"name": "w", "image": "importer", "command": ["python", "-m", "importer"], "args": ["--fast"]}
+        ]});
+        if let Some(a) = account {
+            spec["serviceAccountName"] = a.into();
+        }
+        let mut job: BackgroundJob = serde_json::from_value(serde_json::json!({
+            "apiVersion": "nightshift.dev/v1alpha1", "kind": "BackgroundJob",
+            "metadata": {"name": "import", "namespace": "shop", "uid": "u-1"},
+            "spec": {"shards": 4, "heartbeat": heartbeat, "template": {"spec": spec}}
+        }))
+        .unwrap();
+        job.metadata.uid = Some("u-1".into());
+        job
+    }
+
+    #[test]
+    fn heartbeat_jobs_get_their_lease_and_account() {
+        let pod = worker_pod(&job(serde_json::json!({"intervalSeconds": 5, "timeoutSeconds": 20}), None), 1, 1, None);
+        let spec = pod.spec.unwrap();
+        assert_eq!(spec.service_account_name.as_deref(), Some("import-worker"));
+        let env = spec.containers[0].env.clone().unwrap();
+        let get = |k: &str| env.iter().find(|v| v.name == k).and_then(|v| v.value.clone());
+        assert_eq!(get("NIGHTSHIFT_LEASE").as_deref(), Some("import-1"));
+        assert_eq!(get("NIGHTSHIFT_HEARTBEAT_INTERVAL_SECONDS").as_deref(), Some("5"));
+    }
+
+    #[test]
+    fn a_named_account_is_kept() {
+        let pod = worker_pod(&job(serde_json::json!({"timeoutSeconds": 20}), Some("mine")), 0, 1, None);
+        assert_eq!(pod.spec.unwrap().service_account_name.as_deref(), Some("mine"));
+    }
+
+    #[test]
+    fn workers_without_heartbeats_get_no_token() {
+        let mut j = job(serde_json::json!({"timeoutSeconds": 20}), None);
+        j.spec.heartbeat = None;
+        let spec = worker_pod(&j, 0, 1, None).spec.unwrap();
+        assert_eq!(spec.automount_service_account_token, Some(false));
+        assert_eq!(spec.service_account_name, None);
+    }
+
+    #[test]
+    fn injection_wraps_the_command_with_the_agent() {
+        let j = job(serde_json::json!({"timeoutSeconds": 20, "injectAgent": true}), None);
+        let spec = worker_pod(&j, 0, 1, Some("nightshift:0.1.0")).spec.unwrap();
+        let init = &spec.init_containers.unwrap()[0];
+        assert_eq!(init.image.as_deref(), Some("nightshift:0.1.0"));
+        assert_eq!(init.command.clone().unwrap(), ["/nightshift", "install-agent", "/nightshift-agent"]);
+        let worker = &spec.containers[0];
+        assert_eq!(
+            worker.command.clone().unwrap(),
+            ["/nightshift-agent/nightshift", "agent", "--", "python", "-m", "importer", "--fast"]
+        );
+        assert_eq!(worker.args, None);
+        assert_eq!(spec.volumes.unwrap()[0].name, "nightshift-agent");
     }
 }

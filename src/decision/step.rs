@@ -16,8 +16,46 @@ use kube::ResourceExt;
 
 use super::ranges::Ranges;
 use crate::api::{
-    ActiveShard, BackgroundJob, BackgroundJobStatus, Failure, Phase, Progress, RetryingShard, ShardCounts, WorkerCounts,
+    ActiveShard, BackgroundJob, BackgroundJobStatus, Failure, Phase, Progress, RetryingShard, ShardCounts,
+    ShardProgress, WorkerCounts,
 };
+
+/// What the core needs to know of a shard's Lease. Times are on the operator's clock: when it saw
+/// the value change, so a worker's clock cannot fool it.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct LeaseView {
+    pub shard: i32,
+    /// The pod of the attempt that owns the shard.
+    pub holder: Option<String>,
+    /// When renewTime was last seen to change (None: never renewed).
+    pub last_renewal: Option<Timestamp>,
+    /// The progress the worker reported.
+    pub progress: Option<ShardProgress>,
+    /// When the reported done count was last seen to change.
+    pub progress_since: Option<Timestamp>,
+    /// The result summary the worker reported.
+    pub result: Option<serde_json::Value>,
+}
+
+/// Everything `decide` looks at for one job.
+#[derive(Clone, Copy, Debug)]
+pub struct Observed<'a> {
+    pub job: &'a BackgroundJob,
+    pub pods: &'a [PodView],
+    pub leases: &'a [LeaseView],
+    /// When heartbeats were last folded into this job's status (None: not since the operator started).
+    pub last_fold: Option<Timestamp>,
+}
+
+impl<'a> Observed<'a> {
+    pub fn new(job: &'a BackgroundJob, pods: &'a [PodView]) -> Self {
+        Self { job, pods, leases: &[], last_fold: None }
+    }
+}
+
+/// Heartbeats and progress reach the status at most this often per job (unless something else
+/// changes the status anyway): lease renewals must not become status writes one for one.
+pub const FOLD_SECONDS: i64 = 15;
 
 /// What the core needs to know of a worker pod.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -34,6 +72,8 @@ pub struct PodView {
     /// For a failed pod: why, in the pod's own words.
     pub failure: Option<Failure>,
     pub created: Option<Timestamp>,
+    /// When the operator first saw it Running.
+    pub running_since: Option<Timestamp>,
 }
 
 impl PodView {
@@ -75,6 +115,8 @@ pub struct Decision {
     pub requeue_after: Option<std::time::Duration>,
     /// The job's TTL after finishing has passed: delete it.
     pub delete_job: bool,
+    /// `status` carries freshly folded heartbeats: the caller notes `now` as the last fold.
+    pub folded: bool,
 }
 
 /// Seconds to wait before the retry that follows the `failures`-th failure of a shard.
@@ -145,8 +187,10 @@ pub fn fail(
 }
 
 /// One step for one job. `now` must be whole seconds (the precision the API stores).
-pub fn decide(job: &BackgroundJob, pods: &[PodView], now: Timestamp) -> Decision {
+pub fn decide(observed: &Observed, now: Timestamp) -> Decision {
+    let Observed { job, pods, leases, last_fold } = *observed;
     let spec = &job.spec;
+    let leases: BTreeMap<i32, &LeaseView> = leases.iter().map(|l| (l.shard, l)).collect();
     let generation = job.metadata.generation;
     let prev = job.status.clone().unwrap_or_default();
     let mut d = Decision::default();
@@ -220,6 +264,8 @@ pub fn decide(job: &BackgroundJob, pods: &[PodView], now: Timestamp) -> Decision
                     failures,
                     pod: pod.name.clone(),
                     start_time: time(pod.created.unwrap_or(now)),
+                    last_heartbeat_time: None,
+                    progress: None,
                 },
             );
         }
@@ -327,6 +373,12 @@ pub fn decide(job: &BackgroundJob, pods: &[PodView], now: Timestamp) -> Decision
                         ),
                         exit_code: None,
                     };
+                    record_failure(shard, &entry, failure, &mut retrying, &mut failed, &mut d.events);
+                } else if let Some(failure) =
+                    heartbeat_failure(spec, &entry, pod, leases.get(&shard).copied(), now, &mut d)
+                {
+                    active.remove(&shard);
+                    d.delete.push(pod.name.clone());
                     record_failure(shard, &entry, failure, &mut retrying, &mut failed, &mut d.events);
                 } else {
                     live_pods.push(pod);
@@ -526,15 +578,31 @@ pub fn decide(job: &BackgroundJob, pods: &[PodView], now: Timestamp) -> Decision
     status.workers = Some(WorkerCounts { desired, active: live, ready, summary: format!("{live}/{desired}") });
     status.active = if finished { Vec::new() } else { active.into_values().collect() };
     status.retrying = if finished { Vec::new() } else { retrying.into_values().collect() };
-    let percent = if total > 0 { (i64::from(n_succeeded) * 100 / i64::from(total)) as i32 } else { 100 };
-    let message = prev.progress.as_ref().map(|p| p.message.clone()).unwrap_or_default();
-    status.progress = Some(Progress {
-        done: i64::from(n_succeeded),
-        total: i64::from(total),
-        percent,
-        message,
-        summary: format!("{percent}%"),
-    });
+    if !finished {
+        for entry in status.active.iter_mut() {
+            let lease = leases.get(&entry.shard).filter(|l| l.holder.as_deref() == Some(entry.pod.as_str()));
+            entry.last_heartbeat_time = lease.and_then(|l| l.last_renewal).map(time);
+            entry.progress = lease.and_then(|l| l.progress.clone());
+        }
+    }
+    status.progress = Some(job_progress(&status, &leases, total, finished));
+    if let Some(latest) = leases.values().filter_map(|l| l.last_renewal).max() {
+        status.last_heartbeat_time = Some(time(latest));
+    }
+    status.result = merged_result(leases.values().filter_map(|l| l.result.as_ref()));
+
+    // Fold heartbeats in at a bounded rate: when they are all that changed and the last fold is
+    // recent, keep the previous heartbeat fields and look again when the period is over.
+    let stale = with_heartbeats_of(&status, &prev);
+    if stale != status {
+        match last_fold.map(|t| plus(t, FOLD_SECONDS)) {
+            Some(next_fold) if stale == prev && now < next_fold => {
+                status = stale;
+                d.requeue_after = min_opt(d.requeue_after, until(now, next_fold));
+            }
+            _ => d.folded = true,
+        }
+    }
 
     d.status = status;
     d
@@ -556,7 +624,147 @@ fn start(
         note: format!("shard {shard} attempt {attempt} on pod {pod}"),
     });
     d.create.push((shard, attempt));
-    active.insert(shard, ActiveShard { shard, attempt, failures, pod, start_time: time(now) });
+    active.insert(
+        shard,
+        ActiveShard { shard, attempt, failures, pod, start_time: time(now), last_heartbeat_time: None, progress: None },
+    );
+}
+
+/// Fails a running attempt whose worker went silent (HeartbeatTimeout) or stopped making progress
+/// (Stalled); otherwise asks to look again when that could next happen.
+fn heartbeat_failure(
+    spec: &crate::api::BackgroundJobSpec,
+    entry: &ActiveShard,
+    pod: &PodView,
+    lease: Option<&LeaseView>,
+    now: Timestamp,
+    d: &mut Decision,
+) -> Option<Failure> {
+    let hb = spec.heartbeat.as_ref()?;
+    // A pod that is not running yet (pulling its image, say) cannot heartbeat.
+    if pod.phase != PodPhase::Running {
+        return None;
+    }
+    let baseline = pod.running_since.unwrap_or(now).max(entry.start_time.0);
+    let lease = lease.filter(|l| l.holder.as_deref() == Some(pod.name.as_str()));
+    let beat = lease.and_then(|l| l.last_renewal).map_or(baseline, |b| b.max(baseline));
+    let silent_at = plus(beat, i64::from(hb.timeout_seconds));
+    if now >= silent_at {
+        return Some(Failure {
+            reason: "HeartbeatTimeout".into(),
+            message: format!(
+                "no heartbeat for {}s (spec.heartbeat.timeoutSeconds is {})",
+                now.duration_since(beat).as_secs(),
+                hb.timeout_seconds
+            ),
+            exit_code: None,
+        });
+    }
+    d.requeue_after = min_opt(d.requeue_after, until(now, silent_at));
+    if let Some(stall) = hb.stall_seconds {
+        let moved = lease.and_then(|l| l.progress_since).map_or(baseline, |p| p.max(baseline));
+        let stalled_at = plus(moved, i64::from(stall));
+        if now >= stalled_at {
+            return Some(Failure {
+                reason: "Stalled".into(),
+                message: format!(
+                    "heartbeats but no progress for {}s (spec.heartbeat.stallSeconds is {stall})",
+                    now.duration_since(moved).as_secs()
+                ),
+                exit_code: None,
+            });
+        }
+        d.requeue_after = min_opt(d.requeue_after, until(now, stalled_at));
+    }
+    None
+}
+
+/// Progress over the whole job. Each shard counts as a fraction: 1 when it succeeded, done/total
+/// while its worker reports progress, 0 otherwise. done and total are the sums the workers
+/// reported; without reports they count shards.
+fn job_progress(
+    status: &BackgroundJobStatus,
+    leases: &BTreeMap<i32, &LeaseView>,
+    total: i32,
+    finished: bool,
+) -> Progress {
+    let succeeded = Ranges::from_opt(status.succeeded_shards.as_ref());
+    let mut fraction = succeeded.len() as f64;
+    for a in &status.active {
+        if let Some(p) = a.progress.as_ref().filter(|p| p.total > 0) {
+            fraction += (p.done as f64 / p.total as f64).clamp(0.0, 1.0);
+        }
+    }
+    let mut percent = if total > 0 { ((fraction * 100.0) / f64::from(total)).floor() as i32 } else { 100 };
+    if status.phase == Some(Phase::Succeeded) {
+        percent = 100;
+    } else if !finished {
+        percent = percent.min(99);
+    }
+    let reported: Vec<&ShardProgress> = leases.values().filter_map(|l| l.progress.as_ref()).collect();
+    let (done, all) = if reported.is_empty() {
+        (succeeded.len(), i64::from(total))
+    } else {
+        (reported.iter().map(|p| p.done).sum(), reported.iter().map(|p| p.total).sum())
+    };
+    let message = status
+        .active
+        .iter()
+        .filter_map(|a| a.progress.as_ref())
+        .map(|p| p.message.clone())
+        .find(|m| !m.is_empty())
+        .unwrap_or_default();
+    Progress { done, total: all, percent: percent.max(0), message, summary: format!("{}%", percent.max(0)) }
+}
+
+/// The workers' result summaries merged: numbers summed, lists concatenated (first 10 items),
+/// anything else from the highest shard that reported it. Dropped if it grows past 4 KiB.
+fn merged_result<'a>(results: impl Iterator<Item = &'a serde_json::Value>) -> Option<serde_json::Value> {
+    use serde_json::{Map, Value};
+    let mut merged = Map::new();
+    let mut any = false;
+    for result in results {
+        let Value::Object(fields) = result else { continue };
+        any = true;
+        for (k, v) in fields {
+            let next = match (merged.remove(k), v) {
+                (Some(Value::Number(a)), Value::Number(b)) => match (a.as_i64(), b.as_i64()) {
+                    (Some(a), Some(b)) => Value::from(a.saturating_add(b)),
+                    _ => Value::from(a.as_f64().unwrap_or(0.0) + b.as_f64().unwrap_or(0.0)),
+                },
+                (Some(Value::Array(mut a)), Value::Array(b)) => {
+                    a.extend(b.iter().cloned());
+                    a.truncate(10);
+                    Value::Array(a)
+                }
+                (_, Value::Array(b)) => Value::Array(b.iter().take(10).cloned().collect()),
+                (_, v) => v.clone(),
+            };
+            merged.insert(k.clone(), next);
+        }
+    }
+    let merged = Value::Object(merged);
+    (any && serde_json::to_string(&merged).map_or(0, |s| s.len()) <= crate::api::MAX_RESULT_BYTES).then_some(merged)
+}
+
+/// `status` with the heartbeat-driven fields of `prev`: what it would be if no heartbeat were folded in.
+fn with_heartbeats_of(status: &BackgroundJobStatus, prev: &BackgroundJobStatus) -> BackgroundJobStatus {
+    let mut stale = status.clone();
+    for entry in stale.active.iter_mut() {
+        let old = prev.active.iter().find(|a| a.shard == entry.shard && a.attempt == entry.attempt);
+        entry.last_heartbeat_time = old.and_then(|a| a.last_heartbeat_time.clone());
+        entry.progress = old.and_then(|a| a.progress.clone());
+    }
+    stale.last_heartbeat_time = prev.last_heartbeat_time.clone();
+    stale.result = prev.result.clone();
+    // Progress from shard completions is not a heartbeat; from worker reports it is.
+    if let (Some(new), Some(old)) = (&status.progress, &prev.progress)
+        && status.succeeded_shards == prev.succeeded_shards
+    {
+        let _ = new;
+        stale.progress = Some(old.clone());
+    }
+    stale
 }
 
 /// A shard whose attempt was stopped by a suspend: not a failure; it runs again on resume.

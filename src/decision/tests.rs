@@ -56,6 +56,7 @@ impl World {
                     ready: false,
                     failure: None,
                     created: Some(now),
+                    running_since: None,
                 });
             }
         }
@@ -87,7 +88,7 @@ impl World {
 }
 
 fn step(job: &mut BackgroundJob, world: &mut World, now: Timestamp) -> Decision {
-    let d = decide(job, &world.pods, now);
+    let d = decide(&Observed::new(job, &world.pods), now);
     world.apply(job, &d, now);
     let s = d.status.shards.as_ref().unwrap();
     assert_eq!(s.pending + s.running + s.succeeded + s.failed, s.total, "counts add up: {s:?}");
@@ -221,10 +222,10 @@ fn a_pod_created_before_a_crash_is_adopted_not_duplicated() {
     let job = job(3, 3, json!({}));
     let mut w = World::default();
     let now = t0();
-    let d = decide(&job, &w.pods, now);
+    let d = decide(&Observed::new(&job, &w.pods), now);
     // The pods were created, but the status write was lost.
     w.apply(&mut job.clone(), &d, now);
-    let d = decide(&job, &w.pods, now);
+    let d = decide(&Observed::new(&job, &w.pods), now);
     assert_eq!(d.status.active.len(), 3);
     assert!(d.create.is_empty(), "{:?}", d.create);
 }
@@ -322,5 +323,150 @@ proptest! {
         }
         prop_assert!(w.pods.iter().all(|p| !p.tracked), "a finalizer was never released");
         prop_assert!(w.max_live_seen as i32 <= max);
+    }
+}
+
+mod heartbeats {
+    use super::*;
+    use crate::api::ShardProgress;
+
+    fn hb_job(stall: Option<i32>) -> BackgroundJob {
+        let mut hb = json!({"intervalSeconds": 2, "timeoutSeconds": 10});
+        if let Some(s) = stall {
+            hb["stallSeconds"] = s.into();
+        }
+        job(1, 1, json!({"heartbeat": hb}))
+    }
+
+    /// The job after its first step, with its pod Running since `t0()`.
+    fn started(job: &mut BackgroundJob) -> Vec<PodView> {
+        let mut w = World::default();
+        step(job, &mut w, t0());
+        let mut pods = w.pods;
+        pods[0].phase = PodPhase::Running;
+        pods[0].running_since = Some(t0());
+        pods
+    }
+
+    fn lease(renewed: Option<i64>, progress: Option<(i64, i64, i64)>) -> LeaseView {
+        LeaseView {
+            shard: 0,
+            holder: Some("j-0-1".into()),
+            last_renewal: renewed.map(|s| t0() + SignedDuration::from_secs(s)),
+            progress: progress.map(|(done, total, _)| ShardProgress { done, total, message: "rows".into() }),
+            progress_since: progress.map(|(_, _, at)| t0() + SignedDuration::from_secs(at)),
+            result: None,
+        }
+    }
+
+    fn at(s: i64) -> Timestamp {
+        t0() + SignedDuration::from_secs(s)
+    }
+
+    #[test]
+    fn a_silent_worker_fails_with_heartbeat_timeout() {
+        let mut job = hb_job(None);
+        let pods = started(&mut job);
+        let d = decide(&Observed { job: &job, pods: &pods, leases: &[], last_fold: None }, at(9));
+        assert!(d.delete.is_empty());
+        assert_eq!(d.requeue_after, Some(std::time::Duration::from_secs(1)));
+        let d = decide(&Observed { job: &job, pods: &pods, leases: &[], last_fold: None }, at(10));
+        assert_eq!(d.delete, vec!["j-0-1".to_string()]);
+        let failure = d.status.retrying[0].last_failure.clone().unwrap();
+        assert_eq!(failure.reason, "HeartbeatTimeout");
+        assert!(failure.message.contains("no heartbeat for 10s"), "{}", failure.message);
+    }
+
+    #[test]
+    fn renewals_keep_a_worker_alive_and_reach_the_status() {
+        let mut job = hb_job(None);
+        let pods = started(&mut job);
+        let leases = [lease(Some(8), Some((40, 100, 8)))];
+        let d = decide(&Observed { job: &job, pods: &pods, leases: &leases, last_fold: None }, at(15));
+        assert!(d.delete.is_empty(), "{:?}", d.delete);
+        assert_eq!(d.requeue_after, Some(std::time::Duration::from_secs(3)));
+        assert!(d.folded);
+        let active = &d.status.active[0];
+        assert_eq!(active.last_heartbeat_time.as_ref().unwrap().0, at(8));
+        assert_eq!(active.progress.as_ref().unwrap().done, 40);
+        let progress = d.status.progress.clone().unwrap();
+        assert_eq!((progress.done, progress.total, progress.percent, progress.message.as_str()), (40, 100, 40, "rows"));
+        assert_eq!(d.status.last_heartbeat_time.as_ref().unwrap().0, at(8));
+    }
+
+    #[test]
+    fn a_lease_held_by_another_attempt_is_no_heartbeat() {
+        let mut job = hb_job(None);
+        let pods = started(&mut job);
+        let mut other = lease(Some(9), None);
+        other.holder = Some("j-0-0".into());
+        let d = decide(&Observed { job: &job, pods: &pods, leases: &[other], last_fold: None }, at(10));
+        assert_eq!(d.status.retrying[0].last_failure.as_ref().unwrap().reason, "HeartbeatTimeout");
+    }
+
+    #[test]
+    fn heartbeats_without_progress_fail_as_stalled() {
+        let mut job = hb_job(Some(30));
+        let pods = started(&mut job);
+        let leases = [lease(Some(29), Some((5, 100, 0)))];
+        let d = decide(&Observed { job: &job, pods: &pods, leases: &leases, last_fold: None }, at(29));
+        assert!(d.delete.is_empty());
+        let leases = [lease(Some(30), Some((5, 100, 0)))];
+        let d = decide(&Observed { job: &job, pods: &pods, leases: &leases, last_fold: None }, at(30));
+        let failure = d.status.retrying[0].last_failure.clone().unwrap();
+        assert_eq!(failure.reason, "Stalled");
+    }
+
+    #[test]
+    fn a_pod_not_yet_running_is_not_timed_out() {
+        let mut job = hb_job(None);
+        let mut pods = started(&mut job);
+        pods[0].phase = PodPhase::Pending;
+        let d = decide(&Observed { job: &job, pods: &pods, leases: &[], last_fold: None }, at(600));
+        assert!(d.delete.is_empty());
+    }
+
+    #[test]
+    fn heartbeats_alone_write_the_status_at_most_once_per_fold_period() {
+        let mut job = hb_job(None);
+        let pods = started(&mut job);
+        // A fold at t0+10 took in the renewal of t0+10.
+        let leases = [lease(Some(10), Some((10, 100, 10)))];
+        let d = decide(&Observed { job: &job, pods: &pods, leases: &leases, last_fold: None }, at(10));
+        job.status = Some(d.status.clone());
+        // New renewals and progress within the period: the status stays as it is.
+        let leases = [lease(Some(20), Some((30, 100, 20)))];
+        let d = decide(&Observed { job: &job, pods: &pods, leases: &leases, last_fold: Some(at(10)) }, at(20));
+        assert_eq!(Some(&d.status), job.status.as_ref(), "nothing written within the period");
+        assert!(!d.folded);
+        assert_eq!(d.requeue_after, Some(std::time::Duration::from_secs(5)));
+        // Once the period is over, they are folded in.
+        let leases = [lease(Some(24), Some((40, 100, 24)))];
+        let d = decide(&Observed { job: &job, pods: &pods, leases: &leases, last_fold: Some(at(10)) }, at(25));
+        assert!(d.folded);
+        assert_eq!(d.status.progress.unwrap().done, 40);
+    }
+
+    #[test]
+    fn job_progress_counts_finished_shards_and_partial_ones() {
+        let mut job = job(4, 2, json!({"heartbeat": {"timeoutSeconds": 100}}));
+        let mut w = World::default();
+        step(&mut job, &mut w, t0());
+        finish(&mut w, "j-0-1", true);
+        step(&mut job, &mut w, t0());
+        // Shard 0 done (its worker reported 100/100); shards 1 and 2 run at 50% and 25%.
+        let progress = |shard, done, holder: &str| LeaseView {
+            shard,
+            holder: Some(holder.into()),
+            last_renewal: Some(t0()),
+            progress: Some(ShardProgress { done, total: 100, message: String::new() }),
+            progress_since: Some(t0()),
+            result: Some(json!({"created": done, "errors": [format!("e{shard}")]})),
+        };
+        let leases = [progress(0, 100, "j-0-1"), progress(1, 50, "j-1-1"), progress(2, 25, "j-2-1")];
+        let d = decide(&Observed { job: &job, pods: &w.pods, leases: &leases, last_fold: None }, t0());
+        let p = d.status.progress.unwrap();
+        assert_eq!((p.done, p.total, p.percent), (175, 300, 43)); // (1 + 0.5 + 0.25) / 4
+        assert_eq!(d.status.result, Some(json!({"created": 175, "errors": ["e0", "e1", "e2"]})));
     }
 }

@@ -17,16 +17,16 @@ use serde_json::json;
 
 use crate::support::{Operator, TestNamespace, client, install_crd, wait_until};
 
-const WAIT: Duration = Duration::from_secs(60);
+pub const WAIT: Duration = Duration::from_secs(60);
 
-struct Fixture {
-    client: Client,
-    ns: TestNamespace,
-    jobs: Api<BackgroundJob>,
-    pods: Api<Pod>,
+pub struct Fixture {
+    pub client: Client,
+    pub ns: TestNamespace,
+    pub jobs: Api<BackgroundJob>,
+    pub pods: Api<Pod>,
 }
 
-async fn fixture(prefix: &str) -> (Fixture, Operator) {
+pub async fn fixture(prefix: &str) -> (Fixture, Operator) {
     let client = client().await;
     install_crd(&client).await;
     let ns = TestNamespace::new(&client, prefix).await;
@@ -56,20 +56,20 @@ fn manifest(name: &str, spec: serde_json::Value) -> BackgroundJob {
 }
 
 impl Fixture {
-    async fn create(&self, name: &str, spec: serde_json::Value) {
+    pub async fn create(&self, name: &str, spec: serde_json::Value) {
         self.jobs.create(&PostParams::default(), &manifest(name, spec)).await.unwrap();
     }
 
-    async fn status(&self, name: &str) -> BackgroundJobStatus {
+    pub async fn status(&self, name: &str) -> BackgroundJobStatus {
         self.jobs.get_status(name).await.unwrap().status.unwrap_or_default()
     }
 
-    async fn all_pods(&self, job: &str) -> Vec<Pod> {
+    pub async fn all_pods(&self, job: &str) -> Vec<Pod> {
         self.pods.list(&ListParams::default().labels(&format!("{LABEL_JOB}={job}"))).await.unwrap().items
     }
 
     /// Live pods: neither finished nor being deleted.
-    async fn live_pods(&self, job: &str) -> Vec<Pod> {
+    pub async fn live_pods(&self, job: &str) -> Vec<Pod> {
         self.all_pods(job)
             .await
             .into_iter()
@@ -81,7 +81,7 @@ impl Fixture {
     }
 
     /// Waits until exactly `n` live pods exist and returns their names, sorted.
-    async fn wait_live(&self, job: &str, n: usize) -> Vec<String> {
+    pub async fn wait_live(&self, job: &str, n: usize) -> Vec<String> {
         wait_until(&format!("{n} live pods of {job}"), WAIT, || async {
             let live = self.live_pods(job).await;
             let mut names: Vec<String> = live.iter().map(|p| p.name_any()).collect();
@@ -92,7 +92,7 @@ impl Fixture {
     }
 
     /// Waits until the live pods are exactly `names`.
-    async fn wait_live_exactly(&self, job: &str, names: &[&str]) {
+    pub async fn wait_live_exactly(&self, job: &str, names: &[&str]) {
         wait_until(&format!("live pods of {job} to be {names:?}"), WAIT, || async {
             let mut live: Vec<String> = self.live_pods(job).await.iter().map(|p| p.name_any()).collect();
             live.sort();
@@ -101,7 +101,7 @@ impl Fixture {
         .await
     }
 
-    async fn wait_phase(&self, job: &str, phase: Phase) -> BackgroundJobStatus {
+    pub async fn wait_phase(&self, job: &str, phase: Phase) -> BackgroundJobStatus {
         wait_until(&format!("{job} to reach phase {phase}"), WAIT, || async {
             let status = self.status(job).await;
             if status.phase == Some(phase) { Ok(status) } else { Err(format!("{status:?}")) }
@@ -109,12 +109,12 @@ impl Fixture {
         .await
     }
 
-    async fn finish(&self, pod: &str, exit_code: i32) {
+    pub async fn finish(&self, pod: &str, exit_code: i32) {
         sim::mark_running(&self.pods, pod).await.unwrap();
         sim::mark_finished(&self.pods, pod, exit_code).await.unwrap();
     }
 
-    async fn events(&self, job: &str) -> Vec<(String, String)> {
+    pub async fn events(&self, job: &str) -> Vec<(String, String)> {
         let events: Api<Event> = self.ns.api();
         events
             .list(&ListParams::default())

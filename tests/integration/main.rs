@@ -1,6 +1,8 @@
 //! Integration tests against the real local control plane (`make cluster-up`).
 
+mod agent;
 mod control_plane;
 mod crd_validation;
+mod heartbeats;
 mod jobs;
 mod support;

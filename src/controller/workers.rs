@@ -1,0 +1,119 @@
+//! What a job's workers need besides their pods, applied with server-side apply: the Lease of
+//! each shard, and the ServiceAccount, Role and RoleBinding that let a worker touch only its
+//! job's Leases. All of it is owned by the job and goes with it.
+
+use k8s_openapi::{
+    api::{
+        coordination::v1::Lease,
+        core::v1::ServiceAccount,
+        rbac::v1::{Role, RoleBinding},
+    },
+    jiff::Timestamp,
+};
+use kube::{
+    Api, Client, Resource, ResourceExt,
+    api::{Patch, PatchParams},
+};
+use serde_json::json;
+
+use crate::{
+    api::{self, BackgroundJob},
+    decision::pod::{lease_name, worker_account},
+};
+
+fn apply_params() -> PatchParams {
+    PatchParams::apply(api::MANAGER).force()
+}
+
+/// Points shard `shard`'s Lease at `pod`, the attempt starting now, and clears what the
+/// previous attempt reported.
+pub async fn apply_lease(
+    client: &Client,
+    job: &BackgroundJob,
+    shard: i32,
+    pod: &str,
+    now: Timestamp,
+) -> Result<(), kube::Error> {
+    let name = job.name_any();
+    let lease_name = lease_name(&name, shard);
+    let timeout = job.spec.heartbeat.as_ref().map(|h| h.timeout_seconds).unwrap_or(40);
+    let lease = json!({
+        "apiVersion": "coordination.k8s.io/v1",
+        "kind": "Lease",
+        "metadata": {
+            "name": lease_name,
+            "labels": {api::LABEL_JOB: name, api::LABEL_SHARD: shard.to_string()},
+            "annotations": {
+                api::ANNOTATION_SHARD: shard.to_string(),
+                api::ANNOTATION_PROGRESS: "",
+                api::ANNOTATION_PROGRESS_MESSAGE: "",
+                api::ANNOTATION_RESULT: "",
+            },
+            "ownerReferences": [job.controller_owner_ref(&())],
+        },
+        "spec": {
+            "holderIdentity": pod,
+            "leaseDurationSeconds": timeout,
+            "acquireTime": micro_time(now),
+        }
+    });
+    let api: Api<Lease> = Api::namespaced(client.clone(), &job.namespace().unwrap_or_default());
+    api.patch(&lease_name, &apply_params(), &Patch::Apply(&lease)).await?;
+    Ok(())
+}
+
+/// The workers' ServiceAccount (unless the template names its own), a Role allowing get,
+/// update and patch on this job's Leases only, and the binding between them.
+pub async fn apply_account(client: &Client, job: &BackgroundJob) -> Result<(), kube::Error> {
+    let ns = job.namespace().unwrap_or_default();
+    let name = job.name_any();
+    let account = worker_account(&name);
+    let owner = job.controller_owner_ref(&());
+    let labels = json!({api::LABEL_JOB: name});
+    let named = job.spec.template.spec.as_ref().and_then(|s| s.service_account_name.clone()).filter(|s| !s.is_empty());
+    if named.is_none() {
+        let sa = json!({
+            "apiVersion": "v1", "kind": "ServiceAccount",
+            "metadata": {"name": account, "labels": labels, "ownerReferences": [owner]},
+        });
+        Api::<ServiceAccount>::namespaced(client.clone(), &ns)
+            .patch(&account, &apply_params(), &Patch::Apply(&sa))
+            .await?;
+    }
+    let leases: Vec<String> = (0..job.spec.shards).map(|s| lease_name(&name, s)).collect();
+    let role = json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+        "metadata": {"name": account, "labels": labels, "ownerReferences": [owner]},
+        "rules": [{
+            "apiGroups": ["coordination.k8s.io"],
+            "resources": ["leases"],
+            "resourceNames": leases,
+            "verbs": ["get", "update", "patch"],
+        }],
+    });
+    Api::<Role>::namespaced(client.clone(), &ns).patch(&account, &apply_params(), &Patch::Apply(&role)).await?;
+    let binding = json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+        "metadata": {"name": account, "labels": labels, "ownerReferences": [owner]},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": account},
+        "subjects": [{"kind": "ServiceAccount", "name": named.unwrap_or(account.clone()), "namespace": ns}],
+    });
+    Api::<RoleBinding>::namespaced(client.clone(), &ns)
+        .patch(&account, &apply_params(), &Patch::Apply(&binding))
+        .await?;
+    Ok(())
+}
+
+/// A MicroTime as the API writes it.
+pub fn micro_time(t: Timestamp) -> String {
+    format!("{t:.6}")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn micro_time_has_microseconds() {
+        let t: k8s_openapi::jiff::Timestamp = "2026-11-22T23:10:00.5Z".parse().unwrap();
+        assert_eq!(super::micro_time(t), "2026-11-22T23:10:00.500000Z");
+    }
+}

@@ -1,0 +1,567 @@
+//! The worker side of the heartbeat protocol: what runs inside a worker pod, as a Rust API
+//! ([`Heartbeat`]) and as the `nightshift agent` wrapper around any command ([`agent`]).
+//!
+//! Each shard has a `coordination.k8s.io/v1` Lease whose `spec.holderIdentity` the controller
+//! sets to the pod of the shard's current attempt. The worker renews it every interval with one
+//! JSON patch that first tests the holder, so the renewal, its progress and its result land
+//! only while this attempt still owns the shard. A 422 (the test failed: another attempt holds
+//! the Lease) or a 404 (the Lease is gone with its job) means the worker is *fenced* and must
+//! stop; any other failure is retried at the next tick.
+
+pub mod agent;
+mod directive;
+
+use std::{
+    ffi::OsString,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use k8s_openapi::{api::coordination::v1::Lease, apimachinery::pkg::apis::meta::v1::MicroTime, jiff::Timestamp};
+use kube::{
+    Api, Client,
+    api::{Patch, PatchParams},
+};
+use serde_json::{Value, json};
+use tokio::{sync::watch, task::JoinHandle, time::MissedTickBehavior};
+use tracing::{debug, info, warn};
+
+pub use directive::{Directive, PREFIX, parse_line};
+
+use crate::api::{self, env};
+
+/// Longest progress message sent, in bytes; longer ones are cut on a character boundary.
+pub const MAX_MESSAGE_BYTES: usize = 256;
+
+/// Longest wait for one renewal. A hung request must not hold back the next tick forever, nor
+/// keep a stopping worker from exiting.
+const MIN_RENEW_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What can go wrong on the worker side.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A `NIGHTSHIFT_*` variable is missing or malformed.
+    #[error("{var} {problem}")]
+    Env { var: &'static str, problem: String },
+    /// [`Heartbeat::result`] was given something other than a JSON object.
+    #[error("a result must be a JSON object, not {0}")]
+    ResultNotObject(&'static str),
+    /// [`Heartbeat::result`] was given an object larger than [`api::MAX_RESULT_BYTES`].
+    #[error("a result may be at most {max} bytes of JSON; this one is {size}")]
+    ResultTooLarge { size: usize, max: usize },
+}
+
+/// Where and how often to heartbeat, as the controller tells a worker pod in its environment.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WorkerEnv {
+    /// The shard's Lease (`NIGHTSHIFT_LEASE`).
+    pub lease: String,
+    /// Its namespace (`NIGHTSHIFT_NAMESPACE`).
+    pub namespace: String,
+    /// This pod, the holder the controller wrote into the Lease (`NIGHTSHIFT_POD`).
+    pub pod: String,
+    /// Time between renewals (`NIGHTSHIFT_HEARTBEAT_INTERVAL_SECONDS`).
+    pub interval: Duration,
+}
+
+impl WorkerEnv {
+    /// Reads the process environment. `Ok(None)` when `NIGHTSHIFT_LEASE` is unset or empty: the
+    /// job asks for no heartbeats. With it set, the other three are required.
+    pub fn from_env() -> Result<Option<Self>, Error> {
+        Self::from_lookup(|name| std::env::var_os(name))
+    }
+
+    /// [`WorkerEnv::from_env`] over any source of variables (tests cannot safely change the
+    /// process environment: it is shared by every thread).
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<OsString>) -> Result<Option<Self>, Error> {
+        let get = |var: &'static str| -> Result<Option<String>, Error> {
+            match lookup(var) {
+                None => Ok(None),
+                Some(value) => match value.into_string() {
+                    Ok(value) if value.trim().is_empty() => Ok(None),
+                    Ok(value) => Ok(Some(value.trim().to_string())),
+                    Err(value) => Err(Error::Env { var, problem: format!("is not valid UTF-8: {value:?}") }),
+                },
+            }
+        };
+        let Some(lease) = get(env::LEASE)? else {
+            return Ok(None);
+        };
+        let required = |var: &'static str| -> Result<String, Error> {
+            get(var)?.ok_or_else(|| Error::Env { var, problem: format!("is not set (required with {})", env::LEASE) })
+        };
+        let namespace = required(env::NAMESPACE)?;
+        let pod = required(env::POD)?;
+        let raw_interval = required(env::HEARTBEAT_INTERVAL_SECONDS)?;
+        let interval = match raw_interval.parse::<u64>() {
+            Ok(seconds) if seconds > 0 => Duration::from_secs(seconds),
+            _ => {
+                return Err(Error::Env {
+                    var: env::HEARTBEAT_INTERVAL_SECONDS,
+                    problem: format!("must be a whole number of seconds, at least 1; got {raw_interval:?}"),
+                });
+            }
+        };
+        Ok(Some(Self { lease, namespace, pod, interval }))
+    }
+}
+
+/// What a worker has reported so far; every renewal carries all of it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Report {
+    pub progress: Option<Progress>,
+    /// The result as compact JSON (an object, at most [`api::MAX_RESULT_BYTES`]).
+    pub result: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Progress {
+    pub done: u64,
+    pub total: u64,
+    /// At most [`MAX_MESSAGE_BYTES`].
+    pub message: String,
+}
+
+/// The one JSON patch of a renewal: fenced by a test of the holder, so that it applies entirely
+/// or not at all; then the renew time and the annotations for what was reported so far.
+pub fn renewal_patch(pod: &str, now: Timestamp, report: &Report) -> json_patch::Patch {
+    let renew_time = serde_json::to_value(MicroTime(now)).expect("a MicroTime serializes");
+    let mut ops = vec![
+        json!({"op": "test", "path": "/spec/holderIdentity", "value": pod}),
+        json!({"op": "add", "path": "/spec/renewTime", "value": renew_time}),
+    ];
+    // "add" replaces an existing member, and /metadata/annotations always exists: the
+    // controller creates the Lease with the shard annotation.
+    let mut annotate = |key: &str, value: &str| {
+        ops.push(json!({"op": "add", "path": annotation_path(key), "value": value}));
+    };
+    if let Some(progress) = &report.progress {
+        annotate(api::ANNOTATION_PROGRESS, &format!("{}/{}", progress.done, progress.total));
+        annotate(api::ANNOTATION_PROGRESS_MESSAGE, &progress.message);
+    }
+    if let Some(result) = &report.result {
+        annotate(api::ANNOTATION_RESULT, result);
+    }
+    serde_json::from_value(Value::Array(ops)).expect("a valid JSON patch")
+}
+
+/// The JSON pointer (RFC 6901) to an annotation: `~` and `/` in the key are escaped.
+fn annotation_path(key: &str) -> String {
+    format!("/metadata/annotations/{}", key.replace('~', "~0").replace('/', "~1"))
+}
+
+/// `value` as the result annotation: compact JSON of an object, within the size limit.
+pub fn encode_result(value: &Value) -> Result<String, Error> {
+    let kind = match value {
+        Value::Object(_) => None,
+        Value::Null => Some("null"),
+        Value::Bool(_) => Some("a boolean"),
+        Value::Number(_) => Some("a number"),
+        Value::String(_) => Some("a string"),
+        Value::Array(_) => Some("an array"),
+    };
+    if let Some(kind) = kind {
+        return Err(Error::ResultNotObject(kind));
+    }
+    let encoded = value.to_string();
+    if encoded.len() > api::MAX_RESULT_BYTES {
+        return Err(Error::ResultTooLarge { size: encoded.len(), max: api::MAX_RESULT_BYTES });
+    }
+    Ok(encoded)
+}
+
+/// The longest prefix of `s` of at most `max` bytes that ends on a character boundary.
+fn truncate(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// A running heartbeat: renews the shard's Lease every interval and carries the progress and
+/// result reported so far. Clones share one renew loop. Dropping every clone without
+/// [`Heartbeat::stop`] also ends it (with a final flush), but only `stop` waits for that flush.
+#[derive(Clone)]
+pub struct Heartbeat {
+    shared: Arc<Shared>,
+    control: Arc<Control>,
+}
+
+/// What the loop and the handles both see.
+struct Shared {
+    report: Mutex<Report>,
+    fenced: watch::Sender<bool>,
+}
+
+/// Held by the handles only, so that the loop notices when the last one is gone.
+struct Control {
+    lease: String,
+    stop: watch::Sender<bool>,
+    task: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Heartbeat {
+    /// Starts renewing `env.lease` at once, then every `env.interval`. Needs a Tokio runtime.
+    pub fn start(client: Client, env: &WorkerEnv) -> Heartbeat {
+        let shared = Arc::new(Shared { report: Mutex::default(), fenced: watch::Sender::new(false) });
+        let (stop, stopped) = watch::channel(false);
+        let renewer = Renewer {
+            api: Api::namespaced(client, &env.namespace),
+            lease: env.lease.clone(),
+            pod: env.pod.clone(),
+            timeout: env.interval.max(MIN_RENEW_TIMEOUT),
+            shared: shared.clone(),
+        };
+        let task = tokio::spawn(renewer.run(env.interval, stopped));
+        let control = Arc::new(Control { lease: env.lease.clone(), stop, task: Mutex::new(Some(task)) });
+        Heartbeat { shared, control }
+    }
+
+    /// The Lease this heartbeat renews.
+    pub fn lease(&self) -> &str {
+        &self.control.lease
+    }
+
+    /// Reports progress: sent with the next renewal. `done` is capped at `total`, and `message`
+    /// cut to [`MAX_MESSAGE_BYTES`]; an empty message clears the previous one.
+    pub fn progress(&self, done: u64, total: u64, message: &str) {
+        let progress = Progress { done: done.min(total), total, message: truncate(message, MAX_MESSAGE_BYTES).into() };
+        self.shared.report.lock().expect("the report lock is never poisoned").progress = Some(progress);
+    }
+
+    /// Reports the result summary, sent with the next renewal: a JSON object of at most
+    /// [`api::MAX_RESULT_BYTES`] as compact JSON. Anything else is refused, and the previous
+    /// result (if any) stays.
+    pub fn result(&self, value: Value) -> Result<(), Error> {
+        let encoded = encode_result(&value)?;
+        self.shared.report.lock().expect("the report lock is never poisoned").result = Some(encoded);
+        Ok(())
+    }
+
+    /// What will be sent with the next renewal.
+    pub fn report(&self) -> Report {
+        self.shared.report.lock().expect("the report lock is never poisoned").clone()
+    }
+
+    /// Resolves once this worker is fenced: another attempt holds the Lease, or it is gone.
+    /// Never resolves for a heartbeat that stops without being fenced.
+    pub async fn fenced(&self) {
+        let mut fenced = self.shared.fenced.subscribe();
+        // The sender lives in `shared`, which `self` keeps alive: this cannot fail.
+        let _ = fenced.wait_for(|fenced| *fenced).await;
+    }
+
+    /// Whether this worker is fenced. Once fenced, nothing more is written to the Lease.
+    pub fn is_fenced(&self) -> bool {
+        *self.shared.fenced.borrow()
+    }
+
+    /// Stops renewing: waits for a renewal in flight, sends a last one with everything reported
+    /// (unless fenced), and returns when it is done. Other clones then renew nothing more.
+    pub async fn stop(self) {
+        self.control.stop.send_replace(true);
+        let task = self.control.task.lock().expect("the task lock is never poisoned").take();
+        if let Some(task) = task
+            && let Err(e) = task.await
+        {
+            warn!(lease = %self.control.lease, error = %e, "the heartbeat loop ended abnormally");
+        }
+    }
+}
+
+/// The renew loop's side.
+struct Renewer {
+    api: Api<Lease>,
+    lease: String,
+    pod: String,
+    timeout: Duration,
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Renewal {
+    Renewed,
+    Fenced,
+    Failed,
+}
+
+impl Renewer {
+    async fn run(self, interval: Duration, mut stop: watch::Receiver<bool>) {
+        let mut ticker = tokio::time::interval(interval);
+        // After a slow renewal, keep the interval between renewals rather than catching up in
+        // a burst.
+        ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                biased;
+                // Stop asked for, or every handle dropped (the sender is gone).
+                _ = stop.wait_for(|stop| *stop) => break,
+                _ = ticker.tick() => {}
+            }
+            if self.renew().await == Renewal::Fenced {
+                return;
+            }
+        }
+        // The final flush, so that the last progress and result land even when they changed
+        // since the last tick.
+        if self.renew().await == Renewal::Renewed {
+            debug!(lease = %self.lease, "final heartbeat sent");
+        }
+    }
+
+    async fn renew(&self) -> Renewal {
+        let report = self.shared.report.lock().expect("the report lock is never poisoned").clone();
+        let patch = renewal_patch(&self.pod, Timestamp::now(), &report);
+        let (params, patch) = (PatchParams::default(), Patch::<()>::Json(patch));
+        let request = self.api.patch(&self.lease, &params, &patch);
+        match tokio::time::timeout(self.timeout, request).await {
+            Ok(Ok(_)) => {
+                debug!(lease = %self.lease, "lease renewed");
+                Renewal::Renewed
+            }
+            Ok(Err(kube::Error::Api(status))) if status.code == 422 || status.code == 404 => {
+                let why = if status.code == 404 { "is gone" } else { "is held by another attempt" };
+                info!(lease = %self.lease, pod = %self.pod, reason = %status.message, "lease {} {why}: this worker is fenced", self.lease);
+                self.shared.fenced.send_replace(true);
+                Renewal::Fenced
+            }
+            Ok(Err(e)) => {
+                warn!(lease = %self.lease, error = %e, "renewing the lease failed; retrying at the next tick");
+                Renewal::Failed
+            }
+            Err(_) => {
+                warn!(lease = %self.lease, timeout = ?self.timeout, "renewing the lease timed out; retrying at the next tick");
+                Renewal::Failed
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    fn now() -> Timestamp {
+        "2026-11-22T23:10:00.123456789Z".parse().unwrap()
+    }
+
+    fn ops(patch: &json_patch::Patch) -> Value {
+        serde_json::to_value(patch).unwrap()
+    }
+
+    #[test]
+    fn renewal_without_reports_tests_the_holder_and_renews() {
+        let patch = renewal_patch("job-0-1", now(), &Report::default());
+        assert_eq!(
+            ops(&patch),
+            json!([
+                {"op": "test", "path": "/spec/holderIdentity", "value": "job-0-1"},
+                {"op": "add", "path": "/spec/renewTime", "value": "2026-11-22T23:10:00.123456Z"},
+            ])
+        );
+    }
+
+    #[test]
+    fn renew_time_has_microseconds_even_on_a_whole_second() {
+        let patch = renewal_patch("p", "2026-11-22T23:10:00Z".parse().unwrap(), &Report::default());
+        assert_eq!(ops(&patch)[1]["value"], "2026-11-22T23:10:00.000000Z");
+    }
+
+    #[test]
+    fn renewal_carries_progress_message_and_result() {
+        let report = Report {
+            progress: Some(Progress { done: 40, total: 100, message: "loading rows".into() }),
+            result: Some(r#"{"created":3}"#.into()),
+        };
+        assert_eq!(
+            ops(&renewal_patch("job-0-1", now(), &report)),
+            json!([
+                {"op": "test", "path": "/spec/holderIdentity", "value": "job-0-1"},
+                {"op": "add", "path": "/spec/renewTime", "value": "2026-11-22T23:10:00.123456Z"},
+                {"op": "add", "path": "/metadata/annotations/nightshift.dev~1progress", "value": "40/100"},
+                {"op": "add", "path": "/metadata/annotations/nightshift.dev~1progress-message", "value": "loading rows"},
+                {"op": "add", "path": "/metadata/annotations/nightshift.dev~1result", "value": "{\"created\":3}"},
+            ])
+        );
+    }
+
+    #[test]
+    fn renewal_carries_only_what_was_reported() {
+        let result_only = Report { progress: None, result: Some("{}".into()) };
+        assert_eq!(
+            ops(&renewal_patch("p", now(), &result_only))[2],
+            json!({"op": "add", "path": "/metadata/annotations/nightshift.dev~1result", "value": "{}"})
+        );
+        assert_eq!(ops(&renewal_patch("p", now(), &result_only)).as_array().unwrap().len(), 3);
+        let progress_only =
+            Report { progress: Some(Progress { done: 0, total: 7, message: String::new() }), result: None };
+        let patch = ops(&renewal_patch("p", now(), &progress_only));
+        assert_eq!(patch.as_array().unwrap().len(), 4);
+        assert_eq!(patch[2]["value"], "0/7");
+        assert_eq!(patch[3]["value"], "");
+    }
+
+    #[test]
+    fn the_patch_applies_to_a_lease_held_by_the_pod_and_fails_on_another_holder() {
+        let lease = json!({
+            "metadata": {"name": "job-0", "annotations": {"nightshift.dev/shard": "0"}},
+            "spec": {"holderIdentity": "job-0-2"}
+        });
+        let report = Report {
+            progress: Some(Progress { done: 1, total: 2, message: "half".into() }),
+            result: Some(r#"{"ok":true}"#.into()),
+        };
+        let mut held = lease.clone();
+        json_patch::patch(&mut held, &renewal_patch("job-0-2", now(), &report)).unwrap();
+        assert_eq!(held["spec"]["renewTime"], "2026-11-22T23:10:00.123456Z");
+        assert_eq!(
+            held["metadata"]["annotations"],
+            json!({"nightshift.dev/shard": "0", "nightshift.dev/progress": "1/2",
+                   "nightshift.dev/progress-message": "half", "nightshift.dev/result": "{\"ok\":true}"})
+        );
+        let mut stale = lease.clone();
+        assert!(json_patch::patch(&mut stale, &renewal_patch("job-0-1", now(), &report)).is_err());
+    }
+
+    #[test]
+    fn annotation_paths_escape_the_pointer() {
+        assert_eq!(annotation_path("a/b~c"), "/metadata/annotations/a~1b~0c");
+    }
+
+    #[test]
+    fn results_must_be_small_objects() {
+        assert_eq!(encode_result(&json!({"created": 3, "names": ["a"]})).unwrap(), r#"{"created":3,"names":["a"]}"#);
+        assert!(matches!(encode_result(&json!([1])), Err(Error::ResultNotObject("an array"))));
+        assert!(matches!(encode_result(&json!(null)), Err(Error::ResultNotObject("null"))));
+        assert!(matches!(encode_result(&json!("x")), Err(Error::ResultNotObject("a string"))));
+        // {"k":"…"} is 8 bytes of JSON around the string.
+        let at_limit = json!({"k": "x".repeat(api::MAX_RESULT_BYTES - 8)});
+        assert_eq!(encode_result(&at_limit).unwrap().len(), api::MAX_RESULT_BYTES);
+        let over = json!({"k": "x".repeat(api::MAX_RESULT_BYTES - 7)});
+        match encode_result(&over) {
+            Err(Error::ResultTooLarge { size, max }) => assert_eq!((size, max), (api::MAX_RESULT_BYTES + 1, 4096)),
+            other => panic!("expected ResultTooLarge, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn truncation_keeps_whole_characters() {
+        assert_eq!(truncate("short", 256), "short");
+        assert_eq!(truncate("abcdef", 3), "abc");
+        // "é" is 2 bytes: cutting at 3 would split the second one.
+        assert_eq!(truncate("éé", 3), "é");
+        assert_eq!(truncate("✓✓", 5), "✓");
+        let long = "✓".repeat(100);
+        let cut = truncate(&long, MAX_MESSAGE_BYTES);
+        assert_eq!(cut.len(), 255);
+        assert!(long.starts_with(cut));
+    }
+
+    fn lookup(vars: &[(&str, &str)]) -> impl Fn(&str) -> Option<OsString> {
+        let vars: HashMap<String, OsString> = vars.iter().map(|(k, v)| (k.to_string(), OsString::from(v))).collect();
+        move |name| vars.get(name).cloned()
+    }
+
+    const FULL: [(&str, &str); 4] = [
+        (env::LEASE, "job-3"),
+        (env::NAMESPACE, "imports"),
+        (env::POD, "job-3-1"),
+        (env::HEARTBEAT_INTERVAL_SECONDS, "15"),
+    ];
+
+    #[test]
+    fn env_with_everything_set() {
+        assert_eq!(
+            WorkerEnv::from_lookup(lookup(&FULL)).unwrap(),
+            Some(WorkerEnv {
+                lease: "job-3".into(),
+                namespace: "imports".into(),
+                pod: "job-3-1".into(),
+                interval: Duration::from_secs(15),
+            })
+        );
+    }
+
+    #[test]
+    fn env_without_a_lease_asks_for_no_heartbeat() {
+        assert_eq!(WorkerEnv::from_lookup(lookup(&[])).unwrap(), None);
+        assert_eq!(WorkerEnv::from_lookup(lookup(&FULL[1..])).unwrap(), None);
+        assert_eq!(WorkerEnv::from_lookup(lookup(&[(env::LEASE, "")])).unwrap(), None);
+    }
+
+    fn env_error(vars: &[(&str, &str)]) -> String {
+        WorkerEnv::from_lookup(lookup(vars)).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn env_errors_name_the_variable() {
+        for missing in [env::NAMESPACE, env::POD, env::HEARTBEAT_INTERVAL_SECONDS] {
+            let vars: Vec<_> = FULL.iter().copied().filter(|(k, _)| *k != missing).collect();
+            assert_eq!(env_error(&vars), format!("{missing} is not set (required with NIGHTSHIFT_LEASE)"));
+        }
+        for bad in ["0", "-5", "1.5", "ten", "10s"] {
+            let mut vars = FULL.to_vec();
+            vars[3].1 = bad;
+            assert_eq!(
+                env_error(&vars),
+                format!(
+                    "NIGHTSHIFT_HEARTBEAT_INTERVAL_SECONDS must be a whole number of seconds, at least 1; got {bad:?}"
+                )
+            );
+        }
+    }
+
+    #[test]
+    fn env_rejects_non_utf8() {
+        use std::os::unix::ffi::OsStringExt;
+        let error = WorkerEnv::from_lookup(|name| {
+            if name == env::POD { Some(OsString::from_vec(vec![0xff])) } else { lookup(&FULL)(name) }
+        })
+        .unwrap_err();
+        assert!(error.to_string().starts_with("NIGHTSHIFT_POD is not valid UTF-8"), "{error}");
+    }
+
+    /// A client for a server that is not there: renewals fail as network errors.
+    fn unreachable_client() -> Client {
+        let config = kube::Config::new("http://127.0.0.1:9".parse().unwrap());
+        Client::try_from(config).unwrap()
+    }
+
+    fn test_env() -> WorkerEnv {
+        WorkerEnv {
+            lease: "job-0".into(),
+            namespace: "default".into(),
+            pod: "job-0-1".into(),
+            interval: Duration::from_secs(1),
+        }
+    }
+
+    #[tokio::test]
+    async fn reports_are_kept_for_the_next_renewal_and_bad_results_refused() {
+        let heartbeat = Heartbeat::start(unreachable_client(), &test_env());
+        heartbeat.progress(12, 10, &"m".repeat(300));
+        heartbeat.result(json!({"created": 3})).unwrap();
+        assert!(heartbeat.result(json!([1])).is_err());
+        let report = heartbeat.report();
+        assert_eq!(report.progress, Some(Progress { done: 10, total: 10, message: "m".repeat(256) }));
+        assert_eq!(report.result.as_deref(), Some(r#"{"created":3}"#));
+        assert_eq!(heartbeat.lease(), "job-0");
+        heartbeat.stop().await;
+    }
+
+    #[tokio::test]
+    async fn network_errors_do_not_fence_and_stop_ends_the_loop() {
+        let heartbeat = Heartbeat::start(unreachable_client(), &test_env());
+        let observer = heartbeat.clone();
+        tokio::time::timeout(Duration::from_secs(30), heartbeat.stop()).await.expect("stop returns");
+        assert!(!observer.is_fenced());
+        // fenced() must not resolve for a heartbeat that was stopped, not fenced.
+        assert!(tokio::time::timeout(Duration::from_millis(50), observer.fenced()).await.is_err());
+    }
+}

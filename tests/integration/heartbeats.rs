@@ -1,0 +1,364 @@
+//! Heartbeats on Leases against the real control plane: least-privilege worker tokens, the agent
+//! reporting progress, silent, stalled and fenced workers, clock skew, and the status write rate.
+
+use std::{process::Stdio, time::Duration};
+
+use k8s_openapi::api::{
+    authentication::v1::TokenRequest,
+    coordination::v1::Lease,
+    core::v1::{Pod, ServiceAccount},
+    rbac::v1::{Role, RoleBinding},
+};
+use kube::{
+    Api, ResourceExt,
+    api::{DeleteParams, ListParams, Patch, PatchParams, PostParams},
+    runtime::{WatchStreamExt, watcher},
+};
+use nightshift::{api::Phase, sim};
+use serde_json::json;
+
+use crate::{
+    jobs::{Fixture, WAIT, fixture},
+    support::{api_error, client_with_token, kubeconfig_path, wait_until},
+};
+
+/// A token for the job's worker ServiceAccount, from the TokenRequest API.
+async fn worker_token(f: &Fixture, job: &str) -> String {
+    let sas: Api<ServiceAccount> = f.ns.api();
+    let account = format!("{job}-worker");
+    wait_until(&format!("ServiceAccount {account}"), WAIT, || async {
+        sas.get_opt(&account).await.map_err(|e| e.to_string())?.map(|_| ()).ok_or_else(|| "absent".into())
+    })
+    .await;
+    let request: TokenRequest =
+        serde_json::from_value(json!({"spec": {"audiences": [], "expirationSeconds": 3600}})).unwrap();
+    let token = sas.create_token_request(&account, &PostParams::default(), &request).await.unwrap();
+    token.status.and_then(|s| s.token).expect("a token")
+}
+
+/// One renewal, as any worker would send it: a JSON patch fenced on the holder.
+async fn renew(
+    leases: &Api<Lease>,
+    lease: &str,
+    holder: &str,
+    renew_time: &str,
+    progress: Option<&str>,
+) -> kube::Result<Lease> {
+    let mut ops = vec![
+        json!({"op": "test", "path": "/spec/holderIdentity", "value": holder}),
+        json!({"op": "add", "path": "/spec/renewTime", "value": renew_time}),
+    ];
+    if let Some(p) = progress {
+        ops.push(json!({"op": "add", "path": "/metadata/annotations/nightshift.dev~1progress", "value": p}));
+    }
+    let patch: json_patch::Patch = serde_json::from_value(json!(ops)).unwrap();
+    leases.patch(lease, &PatchParams::default(), &Patch::<()>::Json(patch)).await
+}
+
+fn micro(t: k8s_openapi::jiff::Timestamp) -> String {
+    format!("{t:.6}")
+}
+
+fn now() -> k8s_openapi::jiff::Timestamp {
+    k8s_openapi::jiff::Timestamp::now()
+}
+
+/// Keeps renewing `lease` for `holder` every `every` until dropped; `progress(n)` gives the
+/// progress annotation of the n-th renewal, `renew_time(n)` its renewTime.
+fn keep_renewing(
+    leases: Api<Lease>,
+    lease: String,
+    holder: String,
+    every: Duration,
+    renew_time: impl Fn(u64) -> String + Send + 'static,
+    progress: impl Fn(u64) -> Option<String> + Send + 'static,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        for n in 0u64.. {
+            let _ = renew(&leases, &lease, &holder, &renew_time(n), progress(n).as_deref()).await;
+            tokio::time::sleep(every).await;
+        }
+    })
+}
+
+fn heartbeat_job(timeout: i32, stall: Option<i32>) -> serde_json::Value {
+    let mut hb = json!({"intervalSeconds": 1, "timeoutSeconds": timeout});
+    if let Some(s) = stall {
+        hb["stallSeconds"] = s.into();
+    }
+    json!({"shards": 1, "heartbeat": hb, "retry": {"limit": 3, "backoff": {"initialSeconds": 0, "factor": 1, "maxSeconds": 0}}})
+}
+
+#[tokio::test]
+async fn a_worker_token_renews_its_own_lease_and_nothing_else() {
+    let (f, _operator) = fixture("hb-rbac").await;
+    f.create("alpha", json!({"shards": 2, "heartbeat": {"timeoutSeconds": 30}})).await;
+    f.create("beta", json!({"shards": 1, "heartbeat": {"timeoutSeconds": 30}})).await;
+    f.wait_live("alpha", 2).await;
+    f.wait_live("beta", 1).await;
+    let pod = f.pods.get("alpha-0-1").await.unwrap();
+    assert_eq!(pod.spec.unwrap().service_account_name.as_deref(), Some("alpha-worker"));
+
+    let token = worker_token(&f, "alpha").await;
+    let worker = client_with_token(&token).await;
+    let leases: Api<Lease> = Api::namespaced(worker.clone(), &f.ns.name);
+    wait_until("the worker token to renew its own Lease", WAIT, || async {
+        renew(&leases, "alpha-0", "alpha-0-1", &micro(now()), Some("1/2")).await.map(|_| ()).map_err(|e| e.to_string())
+    })
+    .await;
+    renew(&leases, "alpha-1", "alpha-1-1", &micro(now()), None).await.expect("a sibling shard's Lease of the same job");
+
+    let refused = renew(&leases, "beta-0", "beta-0-1", &micro(now()), None).await.map(|_| ());
+    assert_eq!(api_error(&refused).map(|e| e.0), Some(403), "another job's Lease: {refused:?}");
+    let jobs: Api<nightshift::api::BackgroundJob> = Api::namespaced(worker.clone(), &f.ns.name);
+    let refused = jobs.get("alpha").await.map(|_| ());
+    assert_eq!(api_error(&refused).map(|e| e.0), Some(403), "the BackgroundJob itself: {refused:?}");
+    let pods: Api<Pod> = Api::namespaced(worker.clone(), &f.ns.name);
+    let refused = pods.list(&ListParams::default()).await.map(|_| ());
+    assert_eq!(api_error(&refused).map(|e| e.0), Some(403), "pods: {refused:?}");
+    let refused = leases.list(&ListParams::default()).await.map(|_| ());
+    assert_eq!(api_error(&refused).map(|e| e.0), Some(403), "listing Leases: {refused:?}");
+}
+
+/// A kubeconfig for the test control plane that authenticates with `token` only.
+fn token_kubeconfig(token: &str, dir: &std::path::Path) -> std::path::PathBuf {
+    let admin: serde_json::Value =
+        serde_yaml_ng::from_str(&std::fs::read_to_string(kubeconfig_path()).unwrap()).unwrap();
+    let cluster = admin["clusters"][0]["cluster"].clone();
+    let config = json!({
+        "apiVersion": "v1", "kind": "Config",
+        "clusters": [{"name": "test", "cluster": cluster}],
+        "users": [{"name": "worker", "user": {"token": token}}],
+        "contexts": [{"name": "worker", "context": {"cluster": "test", "user": "worker"}}],
+        "current-context": "worker",
+    });
+    let path = dir.join("worker.kubeconfig");
+    std::fs::write(&path, serde_json::to_string(&config).unwrap()).unwrap();
+    path
+}
+
+#[tokio::test]
+async fn the_agent_run_with_a_worker_token_reports_progress_into_the_status() {
+    let (f, _operator) = fixture("hb-agent").await;
+    f.create("agented", heartbeat_job(30, None)).await;
+    f.wait_live("agented", 1).await;
+    sim::mark_running(&f.pods, "agented-0-1").await.unwrap();
+    let token = worker_token(&f, "agented").await;
+    let dir = std::env::temp_dir().join(format!("nightshift-agent-{}", f.ns.name));
+    std::fs::create_dir_all(&dir).unwrap();
+    let kubeconfig = token_kubeconfig(&token, &dir);
+
+    let mut agent = tokio::process::Command::new(env!("CARGO_BIN_EXE_nightshift"))
+        .args(["agent", "--", "sh", "-c"])
+        .arg(r#"echo "::nightshift:: progress 3/10 loading rows"; echo '::nightshift:: result {"created":3}'; sleep 4; exit 3"#)
+        .env("KUBECONFIG", &kubeconfig)
+        .env("NIGHTSHIFT_NAMESPACE", &f.ns.name)
+        .env("NIGHTSHIFT_LEASE", "agented-0")
+        .env("NIGHTSHIFT_POD", "agented-0-1")
+        .env("NIGHTSHIFT_HEARTBEAT_INTERVAL_SECONDS", "1")
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let status = wait_until("the agent's progress in the job's status", WAIT, || async {
+        let s = f.status("agented").await;
+        let p = s.progress.clone().unwrap_or_default();
+        if p.done == 3 && p.total == 10 { Ok(s) } else { Err(format!("{s:?}")) }
+    })
+    .await;
+    let progress = status.progress.unwrap();
+    assert_eq!((progress.percent, progress.message.as_str()), (30, "loading rows"));
+    assert!(status.last_heartbeat_time.is_some());
+    assert_eq!(status.active[0].progress.as_ref().unwrap().done, 3);
+    assert_eq!(status.result, Some(json!({"created": 3})));
+    let exit = tokio::time::timeout(WAIT, agent.wait()).await.expect("the agent exits").unwrap();
+    assert_eq!(exit.code(), Some(3), "the command's exit code is the agent's");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn a_silent_worker_is_detected_and_its_shard_retried() {
+    let (f, _operator) = fixture("hb-silent").await;
+    f.create("quiet", heartbeat_job(3, None)).await;
+    f.wait_live("quiet", 1).await;
+    sim::mark_running(&f.pods, "quiet-0-1").await.unwrap();
+    let started = std::time::Instant::now();
+    f.wait_live_exactly("quiet", &["quiet-0-2"]).await;
+    let latency = started.elapsed();
+    eprintln!("silent worker detected {:.1}s after it started running (timeoutSeconds 3)", latency.as_secs_f64());
+    let events = f.events("quiet").await;
+    assert!(events.iter().any(|(r, m)| r == "AttemptFailed" && m.contains("HeartbeatTimeout")), "{events:?}");
+    // The new attempt holds the Lease.
+    let leases: Api<Lease> = f.ns.api();
+    let lease = leases.get("quiet-0").await.unwrap();
+    assert_eq!(lease.spec.unwrap().holder_identity.as_deref(), Some("quiet-0-2"));
+}
+
+#[tokio::test]
+async fn a_worker_that_heartbeats_without_progress_fails_as_stalled() {
+    let (f, _operator) = fixture("hb-stall").await;
+    f.create("stuck", heartbeat_job(3, Some(4))).await;
+    f.wait_live("stuck", 1).await;
+    sim::mark_running(&f.pods, "stuck-0-1").await.unwrap();
+    let beats = keep_renewing(
+        f.ns.api(),
+        "stuck-0".into(),
+        "stuck-0-1".into(),
+        Duration::from_millis(500),
+        |_| micro(now()),
+        |_| Some("7/100".into()),
+    );
+    f.wait_live_exactly("stuck", &["stuck-0-2"]).await;
+    beats.abort();
+    let events = f.events("stuck").await;
+    assert!(events.iter().any(|(r, m)| r == "AttemptFailed" && m.contains("Stalled")), "{events:?}");
+    assert!(!events.iter().any(|(_, m)| m.contains("HeartbeatTimeout")), "it did heartbeat: {events:?}");
+}
+
+#[tokio::test]
+async fn worker_clock_skew_changes_nothing() {
+    let (f, _operator) = fixture("hb-skew").await;
+    f.create("skewed", heartbeat_job(3, None)).await;
+    f.wait_live("skewed", 1).await;
+    sim::mark_running(&f.pods, "skewed-0-1").await.unwrap();
+    // The worker's clock is an hour behind: every renewTime is long "expired", yet each is new.
+    let beats = keep_renewing(
+        f.ns.api(),
+        "skewed-0".into(),
+        "skewed-0-1".into(),
+        Duration::from_millis(500),
+        |_| micro(now() - k8s_openapi::jiff::SignedDuration::from_secs(3600)),
+        |n| Some(format!("{n}/1000")),
+    );
+    let status = wait_until("a heartbeat in the status", WAIT, || async {
+        let s = f.status("skewed").await;
+        if s.last_heartbeat_time.is_some() { Ok(s) } else { Err(format!("{s:?}")) }
+    })
+    .await;
+    // The operator's clock stamps heartbeats, not the worker's.
+    let seen = status.last_heartbeat_time.unwrap().0;
+    assert!((now() - seen).get_seconds().abs() < 60, "lastHeartbeatTime {seen} is on the operator's clock");
+    // Three timeouts pass and the attempt lives on.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while tokio::time::Instant::now() < deadline {
+        assert_eq!(f.live_pods("skewed").await.iter().map(|p| p.name_any()).collect::<Vec<_>>(), ["skewed-0-1"]);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    beats.abort();
+    // A clock ahead is no better: once renewals stop, the attempt fails on time.
+    f.wait_live_exactly("skewed", &["skewed-0-2"]).await;
+}
+
+#[tokio::test]
+async fn a_superseded_agent_is_fenced_and_stops() {
+    let (f, _operator) = fixture("hb-fence").await;
+    f.create("fenced", heartbeat_job(30, None)).await;
+    f.wait_live("fenced", 1).await;
+    sim::mark_running(&f.pods, "fenced-0-1").await.unwrap();
+    let mut agent = tokio::process::Command::new(env!("CARGO_BIN_EXE_nightshift"))
+        .args(["agent", "--", "sleep", "120"])
+        .env("KUBECONFIG", kubeconfig_path())
+        .env("NIGHTSHIFT_NAMESPACE", &f.ns.name)
+        .env("NIGHTSHIFT_LEASE", "fenced-0")
+        .env("NIGHTSHIFT_POD", "fenced-0-1")
+        .env("NIGHTSHIFT_HEARTBEAT_INTERVAL_SECONDS", "1")
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let leases: Api<Lease> = f.ns.api();
+    wait_until("the agent's first renewal", WAIT, || async {
+        let lease = leases.get("fenced-0").await.map_err(|e| e.to_string())?;
+        if lease.spec.and_then(|s| s.renew_time).is_some() { Ok(()) } else { Err("not renewed".into()) }
+    })
+    .await;
+    // The pod of attempt 1 is deleted (say, its node went away): attempt 2 takes the Lease over.
+    f.pods.delete("fenced-0-1", &DeleteParams::default()).await.unwrap();
+    f.wait_live_exactly("fenced", &["fenced-0-2"]).await;
+    let exit = tokio::time::timeout(Duration::from_secs(30), agent.wait()).await;
+    assert!(exit.is_ok(), "the fenced agent kept running");
+}
+
+#[tokio::test]
+async fn steady_heartbeats_from_three_workers_stay_within_the_status_write_bound() {
+    let (f, _operator) = fixture("hb-rate").await;
+    f.create("steady", json!({"shards": 3, "heartbeat": {"intervalSeconds": 1, "timeoutSeconds": 10}})).await;
+    let pods = f.wait_live("steady", 3).await;
+    for pod in &pods {
+        sim::mark_running(&f.pods, pod).await.unwrap();
+    }
+    // Let the start settle, then count every change of the job for a minute.
+    wait_until("3 ready workers in the status", WAIT, || async {
+        let s = f.status("steady").await;
+        if s.workers.as_ref().is_some_and(|w| w.ready == 3) { Ok(()) } else { Err(format!("{s:?}")) }
+    })
+    .await;
+    let mut beats = Vec::new();
+    for (shard, pod) in pods.iter().enumerate() {
+        beats.push(keep_renewing(
+            f.ns.api(),
+            format!("steady-{shard}"),
+            pod.clone(),
+            Duration::from_secs(1),
+            |_| micro(now()),
+            |n| Some(format!("{n}/1000")),
+        ));
+    }
+    let jobs = f.jobs.clone();
+    let name = "steady".to_string();
+    let counter = tokio::spawn(async move {
+        let mut writes = 0u32;
+        let mut last_version = None;
+        let stream = watcher(jobs, watcher::Config::default().fields(&format!("metadata.name={name}")))
+            .applied_objects()
+            .take_until(tokio::time::sleep(Duration::from_secs(60)));
+        futures::pin_mut!(stream);
+        use futures::StreamExt;
+        while let Some(Ok(job)) = stream.next().await {
+            if last_version.is_some() && last_version != job.metadata.resource_version {
+                writes += 1;
+            }
+            last_version = job.metadata.resource_version.clone();
+        }
+        writes
+    });
+    let writes = counter.await.unwrap();
+    for b in beats {
+        b.abort();
+    }
+    let renewals = 3 * 60;
+    eprintln!("{renewals} renewals in 60 s became {writes} status writes");
+    // The documented bound: one fold per 15 s, plus one for a fold already due at the start.
+    assert!(writes <= 60 / 15 + 1, "{writes} status writes for {renewals} renewals");
+    assert!(writes >= 2, "heartbeats and progress must still reach the status: {writes} writes");
+    assert_eq!(f.status("steady").await.phase, Some(Phase::Running));
+}
+
+#[tokio::test]
+async fn deleting_a_heartbeat_job_leaves_nothing_of_it() {
+    let (f, _operator) = fixture("hb-delete").await;
+    f.create("gone", json!({"shards": 2, "heartbeat": {"timeoutSeconds": 30}})).await;
+    f.wait_live("gone", 2).await;
+    let leases: Api<Lease> = f.ns.api();
+    let roles: Api<Role> = f.ns.api();
+    let bindings: Api<RoleBinding> = f.ns.api();
+    let sas: Api<ServiceAccount> = f.ns.api();
+    assert!(leases.get_opt("gone-1").await.unwrap().is_some());
+    assert!(roles.get_opt("gone-worker").await.unwrap().is_some());
+    f.jobs.delete("gone", &DeleteParams::background()).await.unwrap();
+    wait_until("no pod, Lease, ServiceAccount, Role or RoleBinding of the job", WAIT, || async {
+        let by_job = ListParams::default().labels("nightshift.dev/job=gone");
+        let left = (
+            f.all_pods("gone").await.len(),
+            leases.list(&by_job).await.map_err(|e| e.to_string())?.items.len(),
+            sas.get_opt("gone-worker").await.map_err(|e| e.to_string())?.is_some(),
+            roles.get_opt("gone-worker").await.map_err(|e| e.to_string())?.is_some(),
+            bindings.get_opt("gone-worker").await.map_err(|e| e.to_string())?.is_some(),
+        );
+        if left == (0, 0, false, false, false) {
+            Ok(())
+        } else {
+            Err(format!("left (pods, leases, sa, role, binding): {left:?}"))
+        }
+    })
+    .await;
+}
