@@ -30,6 +30,9 @@ enum Command {
         /// spec.heartbeat.injectAgent (usually the operator's own image).
         #[arg(long, env = "NIGHTSHIFT_AGENT_IMAGE")]
         agent_image: Option<String>,
+        /// Heartbeats and progress alone change a job's status at most once per this many seconds.
+        #[arg(long, default_value_t = nightshift::decision::FOLD_SECONDS, value_parser = clap::value_parser!(i64).range(1..))]
+        status_fold_seconds: i64,
     },
     /// Copy this binary into DIR (the agent injection's init container runs this).
     InstallAgent {
@@ -99,13 +102,14 @@ async fn run(command: Command) -> Result<(), Box<dyn std::error::Error>> {
             std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o755))?;
             println!("installed {}", target.display());
         }
-        Command::Run { namespace, debounce_ms, concurrency, agent_image } => {
+        Command::Run { namespace, debounce_ms, concurrency, agent_image, status_fold_seconds } => {
             let client = Client::try_default().await.map_err(|e| format!("connecting to Kubernetes: {e}"))?;
             let options = nightshift::controller::Options {
                 namespace,
                 debounce: Duration::from_millis(debounce_ms),
                 concurrency,
                 agent_image,
+                fold_seconds: status_fold_seconds,
             };
             nightshift::controller::run(client, options, shutdown_signal()).await;
         }

@@ -5,7 +5,10 @@
 //! - `sim.nightshift.dev/run-seconds`: how long it "runs" (default: the simulator's setting);
 //! - `sim.nightshift.dev/exit-code`: its exit code (default 0);
 //! - `sim.nightshift.dev/fail-attempts`: attempts up to this number exit with code 1 (so a
-//!   shard fails, is retried and then succeeds).
+//!   shard fails, is retried and then succeeds);
+//! - `sim.nightshift.dev/work-units`: for a job with heartbeats, the simulator also plays the
+//!   worker: it renews the shard's Lease with the crate's worker API and reports progress
+//!   through this many units (default 100) over the run, then a result.
 
 use std::{collections::HashMap, time::Duration};
 
@@ -19,11 +22,15 @@ use kube::{
 use serde_json::json;
 use tracing::{info, warn};
 
-use crate::api;
+use crate::{
+    api,
+    worker::{Heartbeat, WorkerEnv},
+};
 
 pub const ANNOTATION_RUN_SECONDS: &str = "sim.nightshift.dev/run-seconds";
 pub const ANNOTATION_EXIT_CODE: &str = "sim.nightshift.dev/exit-code";
 pub const ANNOTATION_FAIL_ATTEMPTS: &str = "sim.nightshift.dev/fail-attempts";
+pub const ANNOTATION_WORK_UNITS: &str = "sim.nightshift.dev/work-units";
 
 /// Marks a pod Running and Ready, as a kubelet would once its containers started.
 pub async fn mark_running(api: &Api<Pod>, pod: &str) -> Result<Pod, kube::Error> {
@@ -77,6 +84,13 @@ pub async fn mark_finished(api: &Api<Pod>, pod: &str, exit_code: i32) -> Result<
     api.patch_status(pod, &PatchParams::default(), &Patch::Merge(&patch)).await
 }
 
+/// The heartbeat settings the operator put in the pod's first container, if any.
+fn worker_env(pod: &Pod) -> Option<WorkerEnv> {
+    let env = pod.spec.as_ref()?.containers.first()?.env.clone().unwrap_or_default();
+    let vars: HashMap<String, String> = env.into_iter().filter_map(|v| Some((v.name, v.value?))).collect();
+    WorkerEnv::from_lookup(|k| vars.get(k).map(Into::into)).ok().flatten()
+}
+
 async fn container_names(api: &Api<Pod>, pod: &str) -> Result<Vec<String>, kube::Error> {
     let pod = api.get(pod).await?;
     Ok(pod.spec.map(|s| s.containers.into_iter().map(|c| c.name).collect()).unwrap_or_default())
@@ -124,7 +138,24 @@ async fn play(client: Client, pod: Pod, run_for: Duration) {
         warn!(pod = %name, error = %e, "simulator: could not start pod");
         return;
     }
-    tokio::time::sleep(run_for).await;
+    match worker_env(&pod) {
+        Some(env) => {
+            // Play the worker too: heartbeats and progress through the run.
+            let units = number(ANNOTATION_WORK_UNITS).unwrap_or(100).max(1) as u64;
+            let heartbeat = Heartbeat::start(api.clone().into_client(), &env);
+            let steps = run_for.as_secs().max(1);
+            for step in 1..=steps {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                heartbeat.progress(units * step / steps, units, &format!("unit {} of {units}", units * step / steps));
+                if heartbeat.is_fenced() {
+                    break;
+                }
+            }
+            let _ = heartbeat.result(json!({"units": units, "errors": []}));
+            heartbeat.stop().await;
+        }
+        None => tokio::time::sleep(run_for).await,
+    }
     match mark_finished(&api, &name, exit_code).await {
         Ok(_) => info!(namespace = %ns, pod = %name, exit_code, "simulator: pod finished"),
         Err(kube::Error::Api(e)) if e.code == 404 => {}

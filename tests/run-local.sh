@@ -19,7 +19,8 @@ cargo build --quiet
 pids=()
 cleanup() { kill "${pids[@]}" 2>/dev/null || true; }
 trap cleanup EXIT
-target/debug/nightshift run >"$STATE/operator.log" 2>&1 &
+# Heartbeats reach the status every 3 s here (default 15 s), so progress moves between shards.
+target/debug/nightshift run --status-fold-seconds 3 >"$STATE/operator.log" 2>&1 &
 pids+=($!)
 target/debug/nightshift simulate >"$STATE/simulator.log" 2>&1 &
 pids+=($!)

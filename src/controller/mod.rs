@@ -65,11 +65,19 @@ pub struct Options {
     pub concurrency: u16,
     /// The image holding the nightshift binary, copied into workers that ask for the agent.
     pub agent_image: Option<String>,
+    /// Heartbeats alone change a job's status at most once per this many seconds.
+    pub fold_seconds: i64,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Self { namespace: None, debounce: Duration::from_millis(50), concurrency: 16, agent_image: None }
+        Self {
+            namespace: None,
+            debounce: Duration::from_millis(50),
+            concurrency: 16,
+            agent_image: None,
+            fold_seconds: decision::FOLD_SECONDS,
+        }
     }
 }
 
@@ -80,6 +88,7 @@ pub struct Context {
     pods: Store<Pod>,
     leases: Store<Lease>,
     agent_image: Option<String>,
+    fold_seconds: i64,
     /// Per Lease ("namespace/name"): when the operator saw it renewed and its progress move.
     lease_memory: Mutex<HashMap<String, LeaseMemory>>,
     /// Per pod uid: when the operator first saw it Running.
@@ -125,6 +134,7 @@ pub async fn run(
         pods: pod_store.clone(),
         leases: lease_store,
         agent_image: options.agent_image.clone(),
+        fold_seconds: options.fold_seconds,
         lease_memory: Mutex::default(),
         running_since: Mutex::default(),
         folds: Mutex::default(),
@@ -260,7 +270,8 @@ async fn reconcile(job: Arc<BackgroundJob>, ctx: Arc<Context>) -> Result<Action,
     let last_fold = ctx.folds.lock().unwrap().get(&uid).copied();
 
     let now = now();
-    let observed = decision::Observed { job: &job, pods: &views, leases: &leases, last_fold };
+    let observed =
+        decision::Observed { job: &job, pods: &views, leases: &leases, last_fold, fold_seconds: ctx.fold_seconds };
     let mut d = decision::decide(&observed, now);
     if d.folded {
         ctx.folds.lock().unwrap().insert(uid.clone(), now);

@@ -45,16 +45,18 @@ pub struct Observed<'a> {
     pub leases: &'a [LeaseView],
     /// When heartbeats were last folded into this job's status (None: not since the operator started).
     pub last_fold: Option<Timestamp>,
+    /// Heartbeats alone change the status at most once per this many seconds.
+    pub fold_seconds: i64,
 }
 
 impl<'a> Observed<'a> {
     pub fn new(job: &'a BackgroundJob, pods: &'a [PodView]) -> Self {
-        Self { job, pods, leases: &[], last_fold: None }
+        Self { job, pods, leases: &[], last_fold: None, fold_seconds: FOLD_SECONDS }
     }
 }
 
-/// Heartbeats and progress reach the status at most this often per job (unless something else
-/// changes the status anyway): lease renewals must not become status writes one for one.
+/// By default, heartbeats and progress reach the status at most this often per job (unless
+/// something else changes the status anyway): lease renewals must not become status writes one for one.
 pub const FOLD_SECONDS: i64 = 15;
 
 /// What the core needs to know of a worker pod.
@@ -188,7 +190,7 @@ pub fn fail(
 
 /// One step for one job. `now` must be whole seconds (the precision the API stores).
 pub fn decide(observed: &Observed, now: Timestamp) -> Decision {
-    let Observed { job, pods, leases, last_fold } = *observed;
+    let Observed { job, pods, leases, last_fold, fold_seconds } = *observed;
     let spec = &job.spec;
     let leases: BTreeMap<i32, &LeaseView> = leases.iter().map(|l| (l.shard, l)).collect();
     let generation = job.metadata.generation;
@@ -595,7 +597,7 @@ pub fn decide(observed: &Observed, now: Timestamp) -> Decision {
     // recent, keep the previous heartbeat fields and look again when the period is over.
     let stale = with_heartbeats_of(&status, &prev);
     if stale != status {
-        match last_fold.map(|t| plus(t, FOLD_SECONDS)) {
+        match last_fold.map(|t| plus(t, fold_seconds)) {
             Some(next_fold) if stale == prev && now < next_fold => {
                 status = stale;
                 d.requeue_after = min_opt(d.requeue_after, until(now, next_fold));

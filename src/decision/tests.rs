@@ -367,10 +367,16 @@ mod heartbeats {
     fn a_silent_worker_fails_with_heartbeat_timeout() {
         let mut job = hb_job(None);
         let pods = started(&mut job);
-        let d = decide(&Observed { job: &job, pods: &pods, leases: &[], last_fold: None }, at(9));
+        let d = decide(
+            &Observed { job: &job, pods: &pods, leases: &[], last_fold: None, fold_seconds: FOLD_SECONDS },
+            at(9),
+        );
         assert!(d.delete.is_empty());
         assert_eq!(d.requeue_after, Some(std::time::Duration::from_secs(1)));
-        let d = decide(&Observed { job: &job, pods: &pods, leases: &[], last_fold: None }, at(10));
+        let d = decide(
+            &Observed { job: &job, pods: &pods, leases: &[], last_fold: None, fold_seconds: FOLD_SECONDS },
+            at(10),
+        );
         assert_eq!(d.delete, vec!["j-0-1".to_string()]);
         let failure = d.status.retrying[0].last_failure.clone().unwrap();
         assert_eq!(failure.reason, "HeartbeatTimeout");
@@ -382,7 +388,10 @@ mod heartbeats {
         let mut job = hb_job(None);
         let pods = started(&mut job);
         let leases = [lease(Some(8), Some((40, 100, 8)))];
-        let d = decide(&Observed { job: &job, pods: &pods, leases: &leases, last_fold: None }, at(15));
+        let d = decide(
+            &Observed { job: &job, pods: &pods, leases: &leases, last_fold: None, fold_seconds: FOLD_SECONDS },
+            at(15),
+        );
         assert!(d.delete.is_empty(), "{:?}", d.delete);
         assert_eq!(d.requeue_after, Some(std::time::Duration::from_secs(3)));
         assert!(d.folded);
@@ -400,7 +409,10 @@ mod heartbeats {
         let pods = started(&mut job);
         let mut other = lease(Some(9), None);
         other.holder = Some("j-0-0".into());
-        let d = decide(&Observed { job: &job, pods: &pods, leases: &[other], last_fold: None }, at(10));
+        let d = decide(
+            &Observed { job: &job, pods: &pods, leases: &[other], last_fold: None, fold_seconds: FOLD_SECONDS },
+            at(10),
+        );
         assert_eq!(d.status.retrying[0].last_failure.as_ref().unwrap().reason, "HeartbeatTimeout");
     }
 
@@ -409,10 +421,16 @@ mod heartbeats {
         let mut job = hb_job(Some(30));
         let pods = started(&mut job);
         let leases = [lease(Some(29), Some((5, 100, 0)))];
-        let d = decide(&Observed { job: &job, pods: &pods, leases: &leases, last_fold: None }, at(29));
+        let d = decide(
+            &Observed { job: &job, pods: &pods, leases: &leases, last_fold: None, fold_seconds: FOLD_SECONDS },
+            at(29),
+        );
         assert!(d.delete.is_empty());
         let leases = [lease(Some(30), Some((5, 100, 0)))];
-        let d = decide(&Observed { job: &job, pods: &pods, leases: &leases, last_fold: None }, at(30));
+        let d = decide(
+            &Observed { job: &job, pods: &pods, leases: &leases, last_fold: None, fold_seconds: FOLD_SECONDS },
+            at(30),
+        );
         let failure = d.status.retrying[0].last_failure.clone().unwrap();
         assert_eq!(failure.reason, "Stalled");
     }
@@ -422,7 +440,10 @@ mod heartbeats {
         let mut job = hb_job(None);
         let mut pods = started(&mut job);
         pods[0].phase = PodPhase::Pending;
-        let d = decide(&Observed { job: &job, pods: &pods, leases: &[], last_fold: None }, at(600));
+        let d = decide(
+            &Observed { job: &job, pods: &pods, leases: &[], last_fold: None, fold_seconds: FOLD_SECONDS },
+            at(600),
+        );
         assert!(d.delete.is_empty());
     }
 
@@ -432,17 +453,26 @@ mod heartbeats {
         let pods = started(&mut job);
         // A fold at t0+10 took in the renewal of t0+10.
         let leases = [lease(Some(10), Some((10, 100, 10)))];
-        let d = decide(&Observed { job: &job, pods: &pods, leases: &leases, last_fold: None }, at(10));
+        let d = decide(
+            &Observed { job: &job, pods: &pods, leases: &leases, last_fold: None, fold_seconds: FOLD_SECONDS },
+            at(10),
+        );
         job.status = Some(d.status.clone());
         // New renewals and progress within the period: the status stays as it is.
         let leases = [lease(Some(20), Some((30, 100, 20)))];
-        let d = decide(&Observed { job: &job, pods: &pods, leases: &leases, last_fold: Some(at(10)) }, at(20));
+        let d = decide(
+            &Observed { job: &job, pods: &pods, leases: &leases, last_fold: Some(at(10)), fold_seconds: FOLD_SECONDS },
+            at(20),
+        );
         assert_eq!(Some(&d.status), job.status.as_ref(), "nothing written within the period");
         assert!(!d.folded);
         assert_eq!(d.requeue_after, Some(std::time::Duration::from_secs(5)));
         // Once the period is over, they are folded in.
         let leases = [lease(Some(24), Some((40, 100, 24)))];
-        let d = decide(&Observed { job: &job, pods: &pods, leases: &leases, last_fold: Some(at(10)) }, at(25));
+        let d = decide(
+            &Observed { job: &job, pods: &pods, leases: &leases, last_fold: Some(at(10)), fold_seconds: FOLD_SECONDS },
+            at(25),
+        );
         assert!(d.folded);
         assert_eq!(d.status.progress.unwrap().done, 40);
     }
@@ -464,7 +494,10 @@ mod heartbeats {
             result: Some(json!({"created": done, "errors": [format!("e{shard}")]})),
         };
         let leases = [progress(0, 100, "j-0-1"), progress(1, 50, "j-1-1"), progress(2, 25, "j-2-1")];
-        let d = decide(&Observed { job: &job, pods: &w.pods, leases: &leases, last_fold: None }, t0());
+        let d = decide(
+            &Observed { job: &job, pods: &w.pods, leases: &leases, last_fold: None, fold_seconds: FOLD_SECONDS },
+            t0(),
+        );
         let p = d.status.progress.unwrap();
         assert_eq!((p.done, p.total, p.percent), (175, 300, 43)); // (1 + 0.5 + 0.25) / 4
         assert_eq!(d.status.result, Some(json!({"created": 175, "errors": ["e0", "e1", "e2"]})));
