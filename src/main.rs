@@ -30,6 +30,12 @@ enum Command {
         /// spec.heartbeat.injectAgent (usually the operator's own image).
         #[arg(long, env = "NIGHTSHIFT_AGENT_IMAGE")]
         agent_image: Option<String>,
+        /// Most worker pods running at once over all jobs; 0: no limit.
+        #[arg(long, env = "NIGHTSHIFT_MAX_WORKERS", default_value_t = 0)]
+        max_workers: u32,
+        /// Most worker pods running at once in one namespace; 0: no limit.
+        #[arg(long, env = "NIGHTSHIFT_MAX_WORKERS_PER_NAMESPACE", default_value_t = 0)]
+        max_workers_per_namespace: u32,
         /// Heartbeats and progress alone change a job's status at most once per this many seconds.
         #[arg(long, default_value_t = nightshift::decision::FOLD_SECONDS, value_parser = clap::value_parser!(i64).range(1..))]
         status_fold_seconds: i64,
@@ -102,7 +108,16 @@ async fn run(command: Command) -> Result<(), Box<dyn std::error::Error>> {
             std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o755))?;
             println!("installed {}", target.display());
         }
-        Command::Run { namespace, debounce_ms, concurrency, agent_image, status_fold_seconds } => {
+        Command::Run {
+            namespace,
+            debounce_ms,
+            concurrency,
+            agent_image,
+            status_fold_seconds,
+            max_workers,
+            max_workers_per_namespace,
+        } => {
+            let cap = |n: u32| (n > 0).then(|| i32::try_from(n).unwrap_or(i32::MAX));
             let client = Client::try_default().await.map_err(|e| format!("connecting to Kubernetes: {e}"))?;
             let options = nightshift::controller::Options {
                 namespace,
@@ -110,6 +125,10 @@ async fn run(command: Command) -> Result<(), Box<dyn std::error::Error>> {
                 concurrency,
                 agent_image,
                 fold_seconds: status_fold_seconds,
+                budget: nightshift::decision::queue::Budget {
+                    total: cap(max_workers),
+                    per_namespace: cap(max_workers_per_namespace),
+                },
             };
             nightshift::controller::run(client, options, shutdown_signal()).await;
         }

@@ -23,7 +23,7 @@ use kube::{
         Controller, WatchStreamExt,
         controller::Action,
         events::{Event, EventType, Recorder, Reporter},
-        reflector::{self, Store},
+        reflector::{self, ObjectRef, Store},
         watcher,
     },
 };
@@ -32,7 +32,10 @@ use tracing::{debug, info, warn};
 
 use crate::{
     api::{self, BackgroundJob, BackgroundJobStatus},
-    decision::{self, Decision},
+    decision::{
+        self, Decision,
+        queue::{self, Budget},
+    },
 };
 
 use observe::LeaseMemory;
@@ -67,6 +70,8 @@ pub struct Options {
     pub agent_image: Option<String>,
     /// Heartbeats alone change a job's status at most once per this many seconds.
     pub fold_seconds: i64,
+    /// Caps on live worker pods, operator-wide and per namespace.
+    pub budget: Budget,
 }
 
 impl Default for Options {
@@ -77,6 +82,7 @@ impl Default for Options {
             concurrency: 16,
             agent_image: None,
             fold_seconds: decision::FOLD_SECONDS,
+            budget: Budget::default(),
         }
     }
 }
@@ -100,8 +106,17 @@ pub struct Context {
     /// The status we last wrote per job uid, with the resourceVersion it produced: read-your-writes
     /// while the watch has not delivered it yet, so a stale cache never undoes a decision.
     written: Mutex<HashMap<String, (u64, BackgroundJobStatus)>>,
-    /// Pods we created that the watch has not shown yet ("namespace/name" -> when).
-    created: Mutex<HashMap<String, Instant>>,
+    /// Pods we created that the watch has not shown yet ("namespace/name" -> when, job uid).
+    created: Mutex<HashMap<String, (Instant, String)>>,
+    budget: Budget,
+    /// Held while a job's share of the budget is computed and its pods reserved, so concurrent
+    /// reconciles never hand out the same free worker twice.
+    budget_lock: Mutex<()>,
+    /// Pods decided but not yet created ("namespace/name" -> job uid): they count against the budget.
+    in_flight: Mutex<HashMap<String, String>>,
+    jobs: std::sync::OnceLock<Store<BackgroundJob>>,
+    /// Asks the controller to look at jobs again (queued ones, when workers free up).
+    wake: futures::channel::mpsc::UnboundedSender<ObjectRef<BackgroundJob>>,
 }
 
 /// Runs the controller until `shutdown` resolves.
@@ -127,6 +142,7 @@ pub async fn run(
     let lease_events = lease_writer.subscribe().expect("a shared store hands out subscribers");
     let lease_watch = watcher(leases_api, selector).default_backoff().reflect_shared(lease_writer);
 
+    let (wake_tx, wake_rx) = futures::channel::mpsc::unbounded();
     let reporter = Reporter { controller: api::MANAGER.into(), instance: std::env::var("POD_NAME").ok() };
     let ctx = Arc::new(Context {
         client: client.clone(),
@@ -141,6 +157,11 @@ pub async fn run(
         accounts: Mutex::default(),
         written: Mutex::default(),
         created: Mutex::default(),
+        budget: options.budget,
+        budget_lock: Mutex::default(),
+        in_flight: Mutex::default(),
+        jobs: std::sync::OnceLock::new(),
+        wake: wake_tx,
     });
 
     let controller = Controller::new(jobs, watcher::Config::default())
@@ -148,8 +169,10 @@ pub async fn run(
             kube::runtime::controller::Config::default().debounce(options.debounce).concurrency(options.concurrency),
         )
         .owns_shared_stream(pod_events)
-        .owns_shared_stream(lease_events);
+        .owns_shared_stream(lease_events)
+        .reconcile_on(wake_rx);
     let job_store = controller.store();
+    let _ = ctx.jobs.set(job_store.clone());
 
     // Pods of a deleted job: the garbage collector deletes them, and their tracking finalizer,
     // which no reconcile of the (gone) job will release, goes here.
@@ -163,10 +186,14 @@ pub async fn run(
                 match event {
                     Ok(watcher::Event::Apply(pod) | watcher::Event::InitApply(pod)) => {
                         ctx.observe_pod(&pod);
+                        if !is_live(&pod) {
+                            ctx.wake_waiting();
+                        }
                         release_if_orphaned(&ctx, &job_store, &pod).await;
                     }
                     Ok(watcher::Event::Delete(pod)) => {
                         ctx.running_since.lock().unwrap().remove(&pod.uid().unwrap_or_default());
+                        ctx.wake_waiting();
                     }
                     _ => {}
                 }
@@ -270,15 +297,46 @@ async fn reconcile(job: Arc<BackgroundJob>, ctx: Arc<Context>) -> Result<Action,
     let last_fold = ctx.folds.lock().unwrap().get(&uid).copied();
 
     let now = now();
-    let observed =
-        decision::Observed { job: &job, pods: &views, leases: &leases, last_fold, fold_seconds: ctx.fold_seconds };
-    let mut d = decision::decide(&observed, now);
+    let mut d = if ctx.budget.is_unlimited() {
+        let observed = decision::Observed {
+            job: &job,
+            pods: &views,
+            leases: &leases,
+            last_fold,
+            fold_seconds: ctx.fold_seconds,
+            grant: None,
+        };
+        decision::decide(&observed, now)
+    } else {
+        // Share out the budget and reserve this job's new pods in one step.
+        let _turn = ctx.budget_lock.lock().unwrap();
+        let grants = queue::plan(ctx.budget, &ctx.claims());
+        let grant = grants.get(&(ns.clone(), name.clone())).cloned().unwrap_or_default();
+        let observed = decision::Observed {
+            job: &job,
+            pods: &views,
+            leases: &leases,
+            last_fold,
+            fold_seconds: ctx.fold_seconds,
+            grant: Some(&grant),
+        };
+        let d = decision::decide(&observed, now);
+        let mut in_flight = ctx.in_flight.lock().unwrap();
+        for (shard, attempt) in &d.create {
+            in_flight.insert(format!("{ns}/{}", decision::pod::pod_name(&name, *shard, *attempt)), uid.clone());
+        }
+        d
+    };
     if d.folded {
         ctx.folds.lock().unwrap().insert(uid.clone(), now);
     }
     let pods_api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
     let jobs_api: Api<BackgroundJob> = Api::namespaced(ctx.client.clone(), &ns);
 
+    let _reserved = Reservation {
+        ctx: &ctx,
+        keys: d.create.iter().map(|(s, a)| format!("{ns}/{}", decision::pod::pod_name(&name, *s, *a))).collect(),
+    };
     create_pods(&ctx, &job, &pods_api, &mut d, now).await?;
     for pod in &d.delete {
         match pods_api.delete(pod, &DeleteParams::background()).await {
@@ -386,7 +444,8 @@ async fn create_pods(
             .await
         {
             Ok(_) => {
-                ctx.created.lock().unwrap().insert(key, Instant::now());
+                let uid = job.metadata.uid.clone().unwrap_or_default();
+                ctx.created.lock().unwrap().insert(key, (Instant::now(), uid));
             }
             Err(kube::Error::Api(e)) if e.code == 409 => {}
             Err(kube::Error::Api(e)) if e.code == 400 || e.code == 422 => {
@@ -445,6 +504,63 @@ async fn release(api: &Api<Pod>, pod: &Pod) -> Result<(), kube::Error> {
 }
 
 impl Context {
+    /// Every job's claim on the budget, from the pods that exist and those being created.
+    fn claims(&self) -> Vec<queue::Claim> {
+        let Some(jobs) = self.jobs.get() else { return Vec::new() };
+        let mut live: HashMap<String, i32> = HashMap::new();
+        for pod in self.pods.state() {
+            if is_live(&pod)
+                && let Some(owner) = pod.owner_references().iter().find(|o| o.controller == Some(true))
+            {
+                *live.entry(owner.uid.clone()).or_default() += 1;
+            }
+        }
+        for (key, (_, uid)) in self.created.lock().unwrap().iter() {
+            let (ns, name) = key.split_once('/').unwrap_or_default();
+            if self.pods.get(&ObjectRef::new(name).within(ns)).is_none() {
+                *live.entry(uid.clone()).or_default() += 1;
+            }
+        }
+        for uid in self.in_flight.lock().unwrap().values() {
+            *live.entry(uid.clone()).or_default() += 1;
+        }
+        jobs.state()
+            .iter()
+            .filter(|j| j.metadata.deletion_timestamp.is_none() && !j.spec.suspend)
+            .filter(|j| !j.status.as_ref().and_then(|s| s.phase).is_some_and(|p| p.is_finished()))
+            .map(|j| {
+                let status = j.status.clone().unwrap_or_default();
+                let remaining = status.shards.as_ref().map_or(j.spec.shards, |s| s.total - s.succeeded - s.failed);
+                queue::Claim {
+                    namespace: j.namespace().unwrap_or_default(),
+                    name: j.name_any(),
+                    priority: j.spec.priority,
+                    created: j.metadata.creation_timestamp.as_ref().map_or(Timestamp::UNIX_EPOCH, |t| t.0),
+                    admitted: status.phase == Some(api::Phase::Running),
+                    live: live.get(&j.uid().unwrap_or_default()).copied().unwrap_or(0),
+                    wants: remaining.min(j.spec.workers.max).max(0),
+                    min: j.spec.workers.min,
+                }
+            })
+            .collect()
+    }
+
+    /// Workers freed up: jobs waiting for them (queued, or running below what they want) look again.
+    fn wake_waiting(&self) {
+        if self.budget.is_unlimited() {
+            return;
+        }
+        let Some(jobs) = self.jobs.get() else { return };
+        for job in jobs.state() {
+            let status = job.status.as_ref();
+            let phase = status.and_then(|s| s.phase);
+            let short = status.and_then(|s| s.workers.as_ref()).is_some_and(|w| w.active < w.desired);
+            if phase == Some(api::Phase::Queued) || (phase == Some(api::Phase::Running) && short) {
+                let _ = self.wake.unbounded_send(ObjectRef::from_obj(&*job));
+            }
+        }
+    }
+
     fn observe_pod(&self, pod: &Pod) {
         let running = pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running");
         if running {
@@ -478,7 +594,7 @@ impl Context {
 
     fn recently_created(&self, key: &str) -> bool {
         let mut created = self.created.lock().unwrap();
-        created.retain(|_, at| at.elapsed() < Duration::from_secs(60));
+        created.retain(|_, (at, _)| at.elapsed() < Duration::from_secs(60));
         created.contains_key(key)
     }
 
@@ -491,6 +607,26 @@ impl Context {
             created.remove(&format!("{ns}/{}", pod.name_any()));
         }
     }
+}
+
+/// Budget reservations of pods being created, released however the creating ends.
+struct Reservation<'a> {
+    ctx: &'a Context,
+    keys: Vec<String>,
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        let mut in_flight = self.ctx.in_flight.lock().unwrap();
+        for key in &self.keys {
+            in_flight.remove(key);
+        }
+    }
+}
+
+/// A pod that occupies a worker: not finished (being deleted still counts: it may still run).
+fn is_live(pod: &Pod) -> bool {
+    !matches!(pod.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Succeeded" | "Failed"))
 }
 
 /// resourceVersions are etcd revisions: comparable as numbers in practice. Unparseable ones

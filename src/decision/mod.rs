@@ -3,6 +3,7 @@
 //! Pure functions only; the controller carries the decisions out.
 
 pub mod pod;
+pub mod queue;
 pub mod ranges;
 mod step;
 

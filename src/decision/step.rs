@@ -47,11 +47,13 @@ pub struct Observed<'a> {
     pub last_fold: Option<Timestamp>,
     /// Heartbeats alone change the status at most once per this many seconds.
     pub fold_seconds: i64,
+    /// What the worker budget allows this job now (None: no budget).
+    pub grant: Option<&'a super::queue::Grant>,
 }
 
 impl<'a> Observed<'a> {
     pub fn new(job: &'a BackgroundJob, pods: &'a [PodView]) -> Self {
-        Self { job, pods, leases: &[], last_fold: None, fold_seconds: FOLD_SECONDS }
+        Self { job, pods, leases: &[], last_fold: None, fold_seconds: FOLD_SECONDS, grant: None }
     }
 }
 
@@ -190,7 +192,7 @@ pub fn fail(
 
 /// One step for one job. `now` must be whole seconds (the precision the API stores).
 pub fn decide(observed: &Observed, now: Timestamp) -> Decision {
-    let Observed { job, pods, leases, last_fold, fold_seconds } = *observed;
+    let Observed { job, pods, leases, last_fold, fold_seconds, grant } = *observed;
     let spec = &job.spec;
     let leases: BTreeMap<i32, &LeaseView> = leases.iter().map(|l| (l.shard, l)).collect();
     let generation = job.metadata.generation;
@@ -476,8 +478,41 @@ pub fn decide(observed: &Observed, now: Timestamp) -> Decision {
             now,
             generation,
         );
+    } else if let Some((position, reason)) =
+        grant.and_then(|g| g.waiting.clone()).filter(|_| prev.phase != Some(Phase::Running))
+    {
+        // Not started, and the budget has no room yet: wait in the queue.
+        desired = remaining.min(i64::from(spec.workers.max)) as i32;
+        if prev.phase != Some(Phase::Queued) {
+            d.events.push(EventNote {
+                warning: false,
+                reason: "Queued",
+                note: format!("waiting for workers: {reason}"),
+            });
+        }
+        status.phase = Some(Phase::Queued);
+        set_condition(
+            &mut status.conditions,
+            "Admitted",
+            false,
+            "WaitingForWorkers",
+            format!("{reason}; number {position} in the queue"),
+            now,
+            generation,
+        );
+        if prev.phase == Some(Phase::Suspended) {
+            set_condition(
+                &mut status.conditions,
+                "Suspended",
+                false,
+                "Resumed",
+                "spec.suspend is false".into(),
+                now,
+                generation,
+            );
+        }
     } else {
-        // Admit (issue: queueing comes with the worker budget) and run.
+        // Admit and run.
         if status.start_time.is_none() || prev.phase == Some(Phase::Suspended) {
             status.start_time = Some(time(now));
             let note = if prev.phase == Some(Phase::Suspended) {
@@ -521,6 +556,9 @@ pub fn decide(observed: &Observed, now: Timestamp) -> Decision {
 
         desired = remaining.min(i64::from(spec.workers.max)) as i32;
         let mut free = desired as i64 - live_pods.len() as i64 - d.create.len() as i64;
+        if let Some(g) = grant {
+            free = free.min(i64::from(g.extra) - d.create.len() as i64);
+        }
         // Retries that are due first (lowest shard first), then shards never started.
         let due: Vec<i32> = retrying
             .values()

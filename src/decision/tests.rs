@@ -368,13 +368,13 @@ mod heartbeats {
         let mut job = hb_job(None);
         let pods = started(&mut job);
         let d = decide(
-            &Observed { job: &job, pods: &pods, leases: &[], last_fold: None, fold_seconds: FOLD_SECONDS },
+            &Observed { job: &job, pods: &pods, leases: &[], last_fold: None, fold_seconds: FOLD_SECONDS, grant: None },
             at(9),
         );
         assert!(d.delete.is_empty());
         assert_eq!(d.requeue_after, Some(std::time::Duration::from_secs(1)));
         let d = decide(
-            &Observed { job: &job, pods: &pods, leases: &[], last_fold: None, fold_seconds: FOLD_SECONDS },
+            &Observed { job: &job, pods: &pods, leases: &[], last_fold: None, fold_seconds: FOLD_SECONDS, grant: None },
             at(10),
         );
         assert_eq!(d.delete, vec!["j-0-1".to_string()]);
@@ -389,7 +389,14 @@ mod heartbeats {
         let pods = started(&mut job);
         let leases = [lease(Some(8), Some((40, 100, 8)))];
         let d = decide(
-            &Observed { job: &job, pods: &pods, leases: &leases, last_fold: None, fold_seconds: FOLD_SECONDS },
+            &Observed {
+                job: &job,
+                pods: &pods,
+                leases: &leases,
+                last_fold: None,
+                fold_seconds: FOLD_SECONDS,
+                grant: None,
+            },
             at(15),
         );
         assert!(d.delete.is_empty(), "{:?}", d.delete);
@@ -410,7 +417,14 @@ mod heartbeats {
         let mut other = lease(Some(9), None);
         other.holder = Some("j-0-0".into());
         let d = decide(
-            &Observed { job: &job, pods: &pods, leases: &[other], last_fold: None, fold_seconds: FOLD_SECONDS },
+            &Observed {
+                job: &job,
+                pods: &pods,
+                leases: &[other],
+                last_fold: None,
+                fold_seconds: FOLD_SECONDS,
+                grant: None,
+            },
             at(10),
         );
         assert_eq!(d.status.retrying[0].last_failure.as_ref().unwrap().reason, "HeartbeatTimeout");
@@ -422,13 +436,27 @@ mod heartbeats {
         let pods = started(&mut job);
         let leases = [lease(Some(29), Some((5, 100, 0)))];
         let d = decide(
-            &Observed { job: &job, pods: &pods, leases: &leases, last_fold: None, fold_seconds: FOLD_SECONDS },
+            &Observed {
+                job: &job,
+                pods: &pods,
+                leases: &leases,
+                last_fold: None,
+                fold_seconds: FOLD_SECONDS,
+                grant: None,
+            },
             at(29),
         );
         assert!(d.delete.is_empty());
         let leases = [lease(Some(30), Some((5, 100, 0)))];
         let d = decide(
-            &Observed { job: &job, pods: &pods, leases: &leases, last_fold: None, fold_seconds: FOLD_SECONDS },
+            &Observed {
+                job: &job,
+                pods: &pods,
+                leases: &leases,
+                last_fold: None,
+                fold_seconds: FOLD_SECONDS,
+                grant: None,
+            },
             at(30),
         );
         let failure = d.status.retrying[0].last_failure.clone().unwrap();
@@ -441,7 +469,7 @@ mod heartbeats {
         let mut pods = started(&mut job);
         pods[0].phase = PodPhase::Pending;
         let d = decide(
-            &Observed { job: &job, pods: &pods, leases: &[], last_fold: None, fold_seconds: FOLD_SECONDS },
+            &Observed { job: &job, pods: &pods, leases: &[], last_fold: None, fold_seconds: FOLD_SECONDS, grant: None },
             at(600),
         );
         assert!(d.delete.is_empty());
@@ -454,14 +482,28 @@ mod heartbeats {
         // A fold at t0+10 took in the renewal of t0+10.
         let leases = [lease(Some(10), Some((10, 100, 10)))];
         let d = decide(
-            &Observed { job: &job, pods: &pods, leases: &leases, last_fold: None, fold_seconds: FOLD_SECONDS },
+            &Observed {
+                job: &job,
+                pods: &pods,
+                leases: &leases,
+                last_fold: None,
+                fold_seconds: FOLD_SECONDS,
+                grant: None,
+            },
             at(10),
         );
         job.status = Some(d.status.clone());
         // New renewals and progress within the period: the status stays as it is.
         let leases = [lease(Some(20), Some((30, 100, 20)))];
         let d = decide(
-            &Observed { job: &job, pods: &pods, leases: &leases, last_fold: Some(at(10)), fold_seconds: FOLD_SECONDS },
+            &Observed {
+                job: &job,
+                pods: &pods,
+                leases: &leases,
+                last_fold: Some(at(10)),
+                fold_seconds: FOLD_SECONDS,
+                grant: None,
+            },
             at(20),
         );
         assert_eq!(Some(&d.status), job.status.as_ref(), "nothing written within the period");
@@ -470,7 +512,14 @@ mod heartbeats {
         // Once the period is over, they are folded in.
         let leases = [lease(Some(24), Some((40, 100, 24)))];
         let d = decide(
-            &Observed { job: &job, pods: &pods, leases: &leases, last_fold: Some(at(10)), fold_seconds: FOLD_SECONDS },
+            &Observed {
+                job: &job,
+                pods: &pods,
+                leases: &leases,
+                last_fold: Some(at(10)),
+                fold_seconds: FOLD_SECONDS,
+                grant: None,
+            },
             at(25),
         );
         assert!(d.folded);
@@ -495,7 +544,14 @@ mod heartbeats {
         };
         let leases = [progress(0, 100, "j-0-1"), progress(1, 50, "j-1-1"), progress(2, 25, "j-2-1")];
         let d = decide(
-            &Observed { job: &job, pods: &w.pods, leases: &leases, last_fold: None, fold_seconds: FOLD_SECONDS },
+            &Observed {
+                job: &job,
+                pods: &w.pods,
+                leases: &leases,
+                last_fold: None,
+                fold_seconds: FOLD_SECONDS,
+                grant: None,
+            },
             t0(),
         );
         let p = d.status.progress.unwrap();

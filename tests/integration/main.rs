@@ -5,4 +5,5 @@ mod control_plane;
 mod crd_validation;
 mod heartbeats;
 mod jobs;
+mod queue;
 mod support;

@@ -159,7 +159,12 @@ pub struct Operator {
 
 impl Operator {
     pub async fn start(client: &Client, namespace: &str) -> Self {
-        let options = nightshift::controller::Options { namespace: Some(namespace.to_string()), ..Default::default() };
+        Self::start_with(client, namespace, Default::default()).await
+    }
+
+    /// With these options (its namespace is set to `namespace`).
+    pub async fn start_with(client: &Client, namespace: &str, options: nightshift::controller::Options) -> Self {
+        let options = nightshift::controller::Options { namespace: Some(namespace.to_string()), ..options };
         let client = client.clone();
         let task = tokio::spawn(nightshift::controller::run(client, options, std::future::pending()));
         Self { task }

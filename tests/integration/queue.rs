@@ -1,0 +1,222 @@
+//! The worker budget and the queue against the real control plane: the budget is never
+//! exceeded (a watcher sees every pod event), jobs start in queue order, partial admission,
+//! priority changes, suspend freeing capacity, and an operator restart mid-queue.
+
+use std::{
+    collections::BTreeSet,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Pod;
+use kube::{
+    Api, ResourceExt,
+    api::{Patch, PatchParams},
+    runtime::watcher,
+};
+use nightshift::{api::Phase, controller::Options, decision::queue::Budget};
+use serde_json::json;
+
+use crate::{
+    jobs::{Fixture, WAIT, fixture},
+    support::{Operator, wait_until},
+};
+
+fn budget(total: i32) -> Options {
+    Options { budget: Budget { total: Some(total), per_namespace: None }, ..Default::default() }
+}
+
+/// Watches every pod event in the namespace: the most live worker pods seen at once, and the
+/// order in which jobs got their first pod.
+#[derive(Default)]
+struct PodWatch {
+    live: BTreeSet<String>,
+    max_live: usize,
+    first_pod_order: Vec<String>,
+}
+
+fn watch_pods(pods: Api<Pod>) -> (Arc<Mutex<PodWatch>>, tokio::task::JoinHandle<()>) {
+    let seen = Arc::new(Mutex::new(PodWatch::default()));
+    let task = {
+        let seen = seen.clone();
+        tokio::spawn(async move {
+            let mut events = watcher(pods, watcher::Config::default().labels("nightshift.dev/job")).boxed();
+            while let Some(Ok(event)) = events.next().await {
+                let mut w = seen.lock().unwrap();
+                let (pod, gone) = match event {
+                    watcher::Event::Apply(p) | watcher::Event::InitApply(p) => (p, false),
+                    watcher::Event::Delete(p) => (p, true),
+                    _ => continue,
+                };
+                let finished =
+                    matches!(pod.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Succeeded" | "Failed"));
+                let job = pod.labels().get("nightshift.dev/job").cloned().unwrap_or_default();
+                if !w.first_pod_order.contains(&job) {
+                    w.first_pod_order.push(job);
+                }
+                if gone || finished {
+                    w.live.remove(&pod.name_any());
+                } else {
+                    w.live.insert(pod.name_any());
+                }
+                w.max_live = w.max_live.max(w.live.len());
+            }
+        })
+    };
+    (seen, task)
+}
+
+/// Plays the node: every live pod runs and succeeds, round after round.
+fn finish_everything(f: &Fixture) -> tokio::task::JoinHandle<()> {
+    let pods = f.pods.clone();
+    tokio::spawn(async move {
+        loop {
+            let list = pods.list(&Default::default()).await.map(|l| l.items).unwrap_or_default();
+            for pod in list {
+                let pending = pod.status.as_ref().and_then(|s| s.phase.as_deref()).is_none_or(|p| p == "Pending");
+                if pending && pod.metadata.deletion_timestamp.is_none() {
+                    let _ = nightshift::sim::mark_running(&pods, &pod.name_any()).await;
+                    let _ = nightshift::sim::mark_finished(&pods, &pod.name_any(), 0).await;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    })
+}
+
+async fn wait_all_succeeded(f: &Fixture, jobs: &[String]) {
+    wait_until("every job to succeed", Duration::from_secs(180), || async {
+        let mut left = Vec::new();
+        for j in jobs {
+            if f.status(j).await.phase != Some(Phase::Succeeded) {
+                left.push(j.clone());
+            }
+        }
+        if left.is_empty() { Ok(()) } else { Err(format!("not yet: {left:?}")) }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn ten_jobs_share_a_budget_of_four_in_priority_order() {
+    let (f, operator) = fixture("queue-ten").await;
+    operator.kill().await; // jobs first, then an operator with a budget
+    let (seen, watch) = watch_pods(f.pods.clone());
+    let mut names = Vec::new();
+    for i in 0..10 {
+        let name = format!("job-{i}");
+        let priority = (i * 7) % 10; // all different, not in creation order
+        f.create(&name, json!({"shards": 3, "workers": {"min": 2, "max": 3}, "priority": priority})).await;
+        names.push((priority, name));
+    }
+    let _operator = Operator::start_with(&f.client, &f.ns.name, budget(4)).await;
+    let queued = wait_until("jobs waiting in the queue", WAIT, || async {
+        let s = f.status("job-0").await;
+        if s.phase == Some(Phase::Queued) { Ok(s) } else { Err(format!("{s:?}")) }
+    })
+    .await;
+    let admitted = queued.conditions.iter().find(|c| c.type_ == "Admitted").unwrap();
+    assert_eq!((admitted.status.as_str(), admitted.reason.as_str()), ("False", "WaitingForWorkers"));
+    assert!(admitted.message.contains("in the queue"), "{}", admitted.message);
+
+    let driver = finish_everything(&f);
+    let all: Vec<String> = names.iter().map(|(_, n)| n.clone()).collect();
+    wait_all_succeeded(&f, &all).await;
+    driver.abort();
+    watch.abort();
+    let (max_live, first_pod_order) = {
+        let seen = seen.lock().unwrap();
+        (seen.max_live, seen.first_pod_order.clone())
+    };
+    assert!(max_live <= 4, "{max_live} live worker pods at once with a budget of 4");
+    assert!(max_live >= 3, "the budget was used: at most {max_live} at once");
+    names.sort_by_key(|n| std::cmp::Reverse(n.0));
+    let expected: Vec<String> = names.into_iter().map(|(_, n)| n).collect();
+    assert_eq!(first_pod_order, expected, "jobs start in priority order");
+    for name in &all {
+        assert_eq!(f.status(name).await.shards.unwrap().succeeded, 3);
+    }
+}
+
+#[tokio::test]
+async fn partial_admission_starts_with_what_fits_and_grows() {
+    let (f, operator) = fixture("queue-partial").await;
+    operator.kill().await;
+    let _operator = Operator::start_with(&f.client, &f.ns.name, budget(4)).await;
+    f.create("busy", json!({"shards": 2, "workers": {"max": 2}, "priority": 10})).await;
+    let busy = f.wait_live("busy", 2).await;
+    f.create("flexible", json!({"shards": 3, "workers": {"min": 1, "max": 3}, "priority": 5})).await;
+    f.wait_live("flexible", 2).await;
+    f.create("rigid", json!({"shards": 3, "workers": {"min": 3, "max": 3}})).await;
+    let status = f.wait_phase("rigid", Phase::Queued).await;
+    let admitted = status.conditions.iter().find(|c| c.type_ == "Admitted").unwrap();
+    assert!(admitted.message.contains("needs 3 workers"), "{}", admitted.message);
+    assert_eq!(f.status("flexible").await.workers.unwrap().summary, "2/3");
+
+    f.finish(&busy[0], 0).await;
+    f.wait_live("flexible", 3).await;
+    assert!(f.live_pods("rigid").await.is_empty(), "rigid still waits for 3 free workers");
+    assert_eq!(f.status("rigid").await.phase, Some(Phase::Queued));
+}
+
+#[tokio::test]
+async fn raising_a_priority_reorders_the_queue_and_suspending_frees_capacity() {
+    let (f, operator) = fixture("queue-reorder").await;
+    operator.kill().await;
+    let _operator = Operator::start_with(&f.client, &f.ns.name, budget(2)).await;
+    f.create("holder", json!({"shards": 2, "workers": {"max": 2}, "priority": 100})).await;
+    f.wait_live("holder", 2).await;
+    f.create("first", json!({"shards": 1})).await;
+    f.wait_phase("first", Phase::Queued).await;
+    f.create("second", json!({"shards": 1})).await;
+    f.wait_phase("second", Phase::Queued).await;
+
+    f.jobs.patch("second", &PatchParams::default(), &Patch::Merge(json!({"spec": {"priority": 5}}))).await.unwrap();
+    wait_until("second to be first in the queue", WAIT, || async {
+        let s = f.status("second").await;
+        let message =
+            s.conditions.iter().find(|c| c.type_ == "Admitted").map(|c| c.message.clone()).unwrap_or_default();
+        if message.contains("number 1 in the queue") { Ok(()) } else { Err(message) }
+    })
+    .await;
+
+    f.jobs.patch("holder", &PatchParams::default(), &Patch::Merge(json!({"spec": {"suspend": true}}))).await.unwrap();
+    f.wait_phase("holder", Phase::Suspended).await;
+    f.wait_live("second", 1).await;
+    f.wait_live("first", 1).await; // two slots freed: both fit, in order
+    let second_start = f.status("second").await.start_time.unwrap();
+    let first_start = f.status("first").await.start_time.unwrap();
+    assert!(second_start <= first_start, "second (raised) started no later than first");
+    assert_eq!(f.status("holder").await.succeeded_shards, None, "suspending kept holder's (empty) progress");
+}
+
+#[tokio::test]
+async fn an_operator_restart_mid_queue_drains_it_within_the_budget() {
+    let (f, operator) = fixture("queue-restart").await;
+    operator.kill().await;
+    let (seen, watch) = watch_pods(f.pods.clone());
+    let names: Vec<String> = (0..4).map(|i| format!("drain-{i}")).collect();
+    for name in &names {
+        f.create(name, json!({"shards": 2, "workers": {"min": 1, "max": 2}})).await;
+    }
+    let first = Operator::start_with(&f.client, &f.ns.name, budget(2)).await;
+    let running = f.wait_live("drain-0", 2).await;
+    f.finish(&running[0], 0).await;
+    wait_until("the freed worker to be used", WAIT, || async {
+        let live = seen.lock().unwrap().live.len();
+        if live == 2 { Ok(()) } else { Err(format!("{live} live")) }
+    })
+    .await;
+    first.kill().await;
+    let _second = Operator::start_with(&f.client, &f.ns.name, budget(2)).await;
+    let driver = finish_everything(&f);
+    wait_all_succeeded(&f, &names).await;
+    driver.abort();
+    watch.abort();
+    let max_live = seen.lock().unwrap().max_live;
+    assert!(max_live <= 2, "{max_live} live worker pods at once with a budget of 2");
+    for name in &names {
+        assert_eq!(f.status(name).await.shards.unwrap().succeeded, 2, "{name}: exact counts");
+    }
+}
