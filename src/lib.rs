@@ -8,5 +8,6 @@
 pub mod api;
 pub mod controller;
 pub mod decision;
+pub mod runtime;
 pub mod sim;
 pub mod worker;

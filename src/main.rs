@@ -3,14 +3,29 @@
 
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use std::sync::{Arc, atomic::Ordering};
+
+use clap::{Parser, Subcommand, ValueEnum};
 use kube::Client;
+use nightshift::runtime;
 
 #[derive(Parser)]
 #[command(name = "nightshift", version, about = "A Kubernetes operator for long-running background jobs")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Log level: trace, debug, info, warn or error (RUST_LOG overrides it).
+    #[arg(long, global = true, env = "NIGHTSHIFT_LOG_LEVEL", default_value = "info")]
+    log_level: String,
+    /// Log format: text for people, json for log pipelines.
+    #[arg(long, global = true, env = "NIGHTSHIFT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -30,6 +45,27 @@ enum Command {
         /// spec.heartbeat.injectAgent (usually the operator's own image).
         #[arg(long, env = "NIGHTSHIFT_AGENT_IMAGE")]
         agent_image: Option<String>,
+        /// Elect a leader among replicas on a Lease; only the leader reconciles.
+        #[arg(long, env = "NIGHTSHIFT_LEADER_ELECTION", default_value_t = false, action = clap::ArgAction::Set)]
+        leader_election: bool,
+        /// Namespace of the election Lease (default: this pod's namespace, else "default").
+        #[arg(long, env = "POD_NAMESPACE")]
+        leader_election_namespace: Option<String>,
+        /// Name of the election Lease.
+        #[arg(long, default_value = "nightshift-leader")]
+        leader_election_lease: String,
+        /// Seconds a leader's Lease lasts without renewal; a follower takes over after it.
+        #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u64).range(2..))]
+        leader_election_lease_seconds: u64,
+        /// Address serving /metrics, /healthz and /readyz.
+        #[arg(long, env = "NIGHTSHIFT_METRICS_ADDRESS", default_value = "0.0.0.0:8080")]
+        metrics_address: std::net::SocketAddr,
+        /// Client-side limit on API requests per second (0: none).
+        #[arg(long, default_value_t = 50.0)]
+        kube_api_qps: f64,
+        /// Client-side burst of API requests.
+        #[arg(long, default_value_t = 100)]
+        kube_api_burst: u32,
         /// Most worker pods running at once over all jobs; 0: no limit.
         #[arg(long, env = "NIGHTSHIFT_MAX_WORKERS", default_value_t = 0)]
         max_workers: u32,
@@ -53,9 +89,12 @@ enum Command {
         /// Only pods in this namespace (default: all).
         #[arg(long)]
         namespace: Option<String>,
-        /// Seconds a pod runs before it exits.
+        /// Seconds a pod runs before it exits (0: Running, then Succeeded at once).
         #[arg(long, default_value_t = 3)]
         run_seconds: u64,
+        /// Label selector of the pods to play.
+        #[arg(long, default_value = nightshift::api::LABEL_JOB)]
+        selector: String,
     },
     /// Run a worker command and heartbeat for it: renew the shard's Lease (NIGHTSHIFT_LEASE),
     /// report the `::nightshift:: progress DONE/TOTAL [message]` and
@@ -75,12 +114,7 @@ enum Command {
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,kube=warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    runtime::init_logging(&cli.log_level, cli.log_format == LogFormat::Json);
     // The agent's exit code is its command's, not a success or failure of its own.
     if let Command::Agent { grace_seconds, command } = cli.command {
         let code = nightshift::worker::agent::run(&command, Duration::from_secs(grace_seconds)).await;
@@ -116,9 +150,18 @@ async fn run(command: Command) -> Result<(), Box<dyn std::error::Error>> {
             status_fold_seconds,
             max_workers,
             max_workers_per_namespace,
+            leader_election,
+            leader_election_namespace,
+            leader_election_lease,
+            leader_election_lease_seconds,
+            metrics_address,
+            kube_api_qps,
+            kube_api_burst,
         } => {
             let cap = |n: u32| (n > 0).then(|| i32::try_from(n).unwrap_or(i32::MAX));
-            let client = Client::try_default().await.map_err(|e| format!("connecting to Kubernetes: {e}"))?;
+            let config = kube::Config::infer().await.map_err(|e| format!("finding the Kubernetes API: {e}"))?;
+            let client = runtime::client(config, kube_api_qps, kube_api_burst)
+                .map_err(|e| format!("connecting to Kubernetes: {e}"))?;
             let options = nightshift::controller::Options {
                 namespace,
                 debounce: Duration::from_millis(debounce_ms),
@@ -130,17 +173,80 @@ async fn run(command: Command) -> Result<(), Box<dyn std::error::Error>> {
                     per_namespace: cap(max_workers_per_namespace),
                 },
             };
-            nightshift::controller::run(client, options, shutdown_signal()).await;
+            let metrics = Arc::new(runtime::Metrics::default());
+            let listener = runtime::server::bind(metrics_address)
+                .await
+                .map_err(|e| format!("listening on {metrics_address} (--metrics-address): {e}"))?;
+            tokio::spawn(runtime::server::serve(listener, metrics.clone()));
+            if !leader_election {
+                metrics.leadership_known.store(true, Ordering::Relaxed);
+                metrics.leader.set(1);
+                nightshift::controller::run_with_metrics(client, options, shutdown_signal(), metrics).await;
+                return Ok(());
+            }
+            let election = runtime::leader::Election {
+                namespace: leader_election_namespace.unwrap_or_else(|| "default".into()),
+                lease: leader_election_lease,
+                identity: std::env::var("POD_NAME")
+                    .unwrap_or_else(|_| format!("{}-{}", hostname(), std::process::id())),
+                duration: Duration::from_secs(leader_election_lease_seconds),
+            };
+            let (mut leading, election_task) = runtime::leader::join(client.clone(), &election).await.map_err(|e| {
+                format!("joining the leader election on Lease {}/{}: {e}", election.namespace, election.lease)
+            })?;
+            metrics.leadership_known.store(true, Ordering::Relaxed);
+            // A follower runs no controller: it has no caches to sync, and is ready as it is.
+            metrics.caches_synced.store(true, Ordering::Relaxed);
+            tracing::info!(identity = %election.identity, lease = %election.lease, "waiting to lead");
+            let shutdown = shutdown_signal();
+            tokio::pin!(shutdown);
+            loop {
+                tokio::select! {
+                    _ = &mut shutdown => break,
+                    changed = leading.wait_for(|l| *l) => if changed.is_err() { break },
+                }
+                tracing::info!(identity = %election.identity, "leading: reconciling");
+                metrics.leader.set(1);
+                metrics.caches_synced.store(false, Ordering::Relaxed);
+                let mut lost = leading.clone();
+                let controller = nightshift::controller::run_with_metrics(
+                    client.clone(),
+                    options.clone(),
+                    std::future::pending(),
+                    metrics.clone(),
+                );
+                let lost_lease = tokio::select! {
+                    _ = controller => false,
+                    _ = lost.wait_for(|l| !*l) => true,
+                    _ = &mut shutdown => false,
+                };
+                metrics.leader.set(0);
+                if lost_lease {
+                    // Stop at once; whatever was in flight is safe to redo (level-triggered).
+                    tracing::warn!(identity = %election.identity, "lost the leader Lease: stopped reconciling");
+                    metrics.caches_synced.store(true, Ordering::Relaxed);
+                    continue;
+                }
+                break;
+            }
+            drop(leading);
+            let _ = tokio::time::timeout(Duration::from_secs(5), election_task).await;
         }
-        Command::Simulate { namespace, run_seconds } => {
+        Command::Simulate { namespace, run_seconds, selector } => {
             let client = Client::try_default().await.map_err(|e| format!("connecting to Kubernetes: {e}"))?;
             tokio::select! {
-                _ = nightshift::sim::simulate(client, namespace, Duration::from_secs(run_seconds)) => {},
+                _ = nightshift::sim::simulate(client, namespace, &selector, Duration::from_secs(run_seconds)) => {},
                 _ = shutdown_signal() => {},
             }
         }
     }
     Ok(())
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "nightshift".into())
 }
 
 /// Resolves on SIGTERM or Ctrl-C.

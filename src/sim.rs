@@ -98,14 +98,16 @@ async fn container_names(api: &Api<Pod>, pod: &str) -> Result<Vec<String>, kube:
 
 /// Plays the node for every worker pod in `namespace` (all when None) until the process ends:
 /// each new pod runs for `run_for` (or its annotation) and then exits.
-pub async fn simulate(client: Client, namespace: Option<String>, run_for: Duration) {
+/// `selector` picks the pods (a label selector; `nightshift.dev/job` for nightshift's workers,
+/// `batch.kubernetes.io/job-name` for the built-in Job controller's).
+pub async fn simulate(client: Client, namespace: Option<String>, selector: &str, run_for: Duration) {
     let api: Api<Pod> = match &namespace {
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
     };
     let mut seen: HashMap<String, ()> = HashMap::new();
     let mut pods =
-        watcher(api, watcher::Config::default().labels(api::LABEL_JOB)).default_backoff().applied_objects().boxed();
+        watcher(api, watcher::Config::default().labels(selector)).default_backoff().applied_objects().boxed();
     info!("pod simulator started: worker pods run {}s unless annotated", run_for.as_secs());
     while let Some(pod) = pods.next().await {
         let Ok(pod) = pod else { continue };

@@ -20,7 +20,7 @@ pids=()
 cleanup() { kill "${pids[@]}" 2>/dev/null || true; }
 trap cleanup EXIT
 # Heartbeats reach the status every 3 s here (default 15 s), so progress moves between shards.
-target/debug/nightshift run --status-fold-seconds 3 >"$STATE/operator.log" 2>&1 &
+target/debug/nightshift run --status-fold-seconds 3 --metrics-address "127.0.0.1:${METRICS_PORT:-8080}" >"$STATE/operator.log" 2>&1 &
 pids+=($!)
 target/debug/nightshift simulate >"$STATE/simulator.log" 2>&1 &
 pids+=($!)

@@ -36,6 +36,10 @@ use crate::{
         self, Decision,
         queue::{self, Budget},
     },
+    runtime::{
+        Metrics,
+        metrics::{ErrorLabel, JobLabel, PhaseLabel, ReasonLabel},
+    },
 };
 
 use observe::LeaseMemory;
@@ -115,6 +119,7 @@ pub struct Context {
     /// Pods decided but not yet created ("namespace/name" -> job uid): they count against the budget.
     in_flight: Mutex<HashMap<String, String>>,
     jobs: std::sync::OnceLock<Store<BackgroundJob>>,
+    pub metrics: Arc<Metrics>,
     /// Asks the controller to look at jobs again (queued ones, when workers free up).
     wake: futures::channel::mpsc::UnboundedSender<ObjectRef<BackgroundJob>>,
 }
@@ -124,6 +129,16 @@ pub async fn run(
     client: Client,
     options: Options,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    run_with_metrics(client, options, shutdown, Arc::new(Metrics::default())).await
+}
+
+/// [`run`], reporting to `metrics`.
+pub async fn run_with_metrics(
+    client: Client,
+    options: Options,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+    metrics: Arc<Metrics>,
 ) {
     let (jobs, pods_api, leases_api): (Api<BackgroundJob>, Api<Pod>, Api<Lease>) = match &options.namespace {
         Some(ns) => (
@@ -162,7 +177,9 @@ pub async fn run(
         in_flight: Mutex::default(),
         jobs: std::sync::OnceLock::new(),
         wake: wake_tx,
+        metrics: metrics.clone(),
     });
+    metrics.worker_budget.set(options.budget.total.map_or(-1, i64::from));
 
     let controller = Controller::new(jobs, watcher::Config::default())
         .with_config(
@@ -219,16 +236,33 @@ pub async fn run(
         })
     };
 
-    let reconciler = controller.graceful_shutdown_on(shutdown).run(reconcile, error_policy, ctx).for_each(|result| {
-        if let Err(e) = result {
-            debug!(error = %e, "reconcile failed");
+    let reconciler =
+        controller.graceful_shutdown_on(shutdown).run(reconcile, error_policy, ctx.clone()).for_each(|result| {
+            if let Err(e) = result {
+                debug!(error = %e, "reconcile failed");
+            }
+            future::ready(())
+        });
+    // Gauges from the caches, every few seconds; readiness once the caches have synced.
+    let gauges = {
+        let ctx = ctx.clone();
+        let job_store = job_store.clone();
+        async move {
+            let _ = job_store.wait_until_ready().await;
+            let _ = ctx.pods.wait_until_ready().await;
+            let _ = ctx.leases.wait_until_ready().await;
+            ctx.metrics.caches_synced.store(true, std::sync::atomic::Ordering::Relaxed);
+            loop {
+                ctx.update_gauges(&job_store);
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            }
         }
-        future::ready(())
-    });
+    };
     info!(namespace = options.namespace.as_deref().unwrap_or("(all)"), "controller started");
     tokio::select! {
         _ = orphans => {},
         _ = heartbeats => {},
+        _ = gauges => {},
         _ = reconciler => {},
     }
     info!("controller stopped");
@@ -255,7 +289,8 @@ async fn release_if_orphaned(ctx: &Context, jobs: &Store<BackgroundJob>, pod: &P
     }
 }
 
-fn error_policy(job: Arc<BackgroundJob>, error: &Error, _: Arc<Context>) -> Action {
+fn error_policy(job: Arc<BackgroundJob>, error: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics.reconcile_errors.get_or_create(&ErrorLabel { error: error.metric_label().into() }).inc();
     warn!(namespace = %job.namespace().unwrap_or_default(), job = %job.name_any(), error = %error, "reconcile failed; retrying in 5s");
     Action::requeue(Duration::from_secs(5))
 }
@@ -267,6 +302,7 @@ pub fn now() -> Timestamp {
 }
 
 async fn reconcile(job: Arc<BackgroundJob>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let _timer = ctx.metrics.time_reconcile();
     if job.metadata.deletion_timestamp.is_some() {
         // The garbage collector deletes the pods; `release_if_orphaned` lets them go.
         return Ok(Action::await_change());
@@ -355,6 +391,7 @@ async fn reconcile(job: Arc<BackgroundJob>, ctx: Arc<Context>) -> Result<Action,
         let written =
             jobs_api.patch_status(&name, &PatchParams::apply(api::MANAGER).force(), &Patch::Apply(&patch)).await?;
         ctx.remember(&uid, &written);
+        ctx.metrics.status_writes.inc();
         debug!(namespace = %ns, job = %name, phase = ?d.status.phase, "status written");
     }
 
@@ -364,7 +401,13 @@ async fn reconcile(job: Arc<BackgroundJob>, ctx: Arc<Context>) -> Result<Action,
         }
     }
 
+    for reason in &d.failed_attempts {
+        ctx.metrics.attempts_failed.get_or_create(&ReasonLabel { reason: reason.clone() }).inc();
+    }
     for note in &d.events {
+        if note.reason == "WorkerStarted" {
+            ctx.metrics.attempts_started.inc();
+        }
         let event = Event {
             type_: if note.warning { EventType::Warning } else { EventType::Normal },
             reason: note.reason.into(),
@@ -504,6 +547,30 @@ async fn release(api: &Api<Pod>, pod: &Pod) -> Result<(), kube::Error> {
 }
 
 impl Context {
+    fn update_gauges(&self, jobs: &Store<BackgroundJob>) {
+        let mut by_phase: HashMap<String, i64> = HashMap::new();
+        for phase in ["Queued", "Running", "Suspended", "Succeeded", "Failed"] {
+            by_phase.insert(phase.into(), 0);
+        }
+        self.metrics.heartbeat_age.clear();
+        let now = now();
+        for job in jobs.state() {
+            let status = job.status.as_ref();
+            let phase = status.and_then(|s| s.phase).map_or("Queued".to_string(), |p| p.to_string());
+            *by_phase.entry(phase.clone()).or_default() += 1;
+            if phase == "Running"
+                && let Some(beat) = status.and_then(|s| s.last_heartbeat_time.as_ref())
+            {
+                let label = JobLabel { namespace: job.namespace().unwrap_or_default(), job: job.name_any() };
+                self.metrics.heartbeat_age.get_or_create(&label).set(now.duration_since(beat.0).as_secs_f64().max(0.0));
+            }
+        }
+        for (phase, n) in by_phase {
+            self.metrics.jobs.get_or_create(&PhaseLabel { phase }).set(n);
+        }
+        self.metrics.workers.set(self.pods.state().iter().filter(|p| is_live(p)).count() as i64);
+    }
+
     /// Every job's claim on the budget, from the pods that exist and those being created.
     fn claims(&self) -> Vec<queue::Claim> {
         let Some(jobs) = self.jobs.get() else { return Vec::new() };

@@ -121,6 +121,8 @@ pub struct Decision {
     pub delete_job: bool,
     /// `status` carries freshly folded heartbeats: the caller notes `now` as the last fold.
     pub folded: bool,
+    /// Reasons of the attempts this step found failed (for metrics).
+    pub failed_attempts: Vec<String>,
 }
 
 /// Seconds to wait before the retry that follows the `failures`-th failure of a shard.
@@ -276,6 +278,7 @@ pub fn decide(observed: &Observed, now: Timestamp) -> Decision {
     }
 
     // Outcomes of current attempts.
+    let mut failed_attempts: Vec<String> = Vec::new();
     let mut record_failure = |shard: i32,
                               entry: &ActiveShard,
                               failure: Failure,
@@ -283,6 +286,7 @@ pub fn decide(observed: &Observed, now: Timestamp) -> Decision {
                               failed: &mut Ranges,
                               events: &mut Vec<EventNote>| {
         let failures = entry.failures + 1;
+        failed_attempts.push(failure.reason.clone());
         let what = describe(&failure);
         if failures > retry_limit {
             failed.insert(shard);
@@ -393,6 +397,8 @@ pub fn decide(observed: &Observed, now: Timestamp) -> Decision {
             }
         }
     }
+
+    d.failed_attempts = failed_attempts;
 
     // Every other pod: a superseded attempt, or a shard that is done. Stop the live ones; release
     // the finished ones, whose outcome is recorded (or moot).

@@ -5,5 +5,6 @@ mod control_plane;
 mod crd_validation;
 mod heartbeats;
 mod jobs;
+mod operator;
 mod queue;
 mod support;
