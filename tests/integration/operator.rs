@@ -81,7 +81,8 @@ async fn two_replicas_elect_one_leader_and_the_other_takes_over_when_it_dies() {
                     _ => continue,
                 };
                 let shard = pod.labels().get("nightshift.dev/shard").cloned().unwrap_or_default();
-                let finished = matches!(pod.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Succeeded" | "Failed"));
+                let finished =
+                    matches!(pod.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Succeeded" | "Failed"));
                 let mut live = live_by_shard.lock().unwrap();
                 let set = live.entry(shard.clone()).or_default();
                 if gone || finished || pod.metadata.deletion_timestamp.is_some() {
@@ -99,7 +100,8 @@ async fn two_replicas_elect_one_leader_and_the_other_takes_over_when_it_dies() {
     let a = start_replica("replica-a", &f.ns.name);
     let b = start_replica("replica-b", &f.ns.name);
     let leases: Api<Lease> = f.ns.api();
-    let leader = wait_until("a leader", WAIT, || async { holder(&leases).await.ok_or_else(|| "no holder".to_string()) }).await;
+    let leader =
+        wait_until("a leader", WAIT, || async { holder(&leases).await.ok_or_else(|| "no holder".to_string()) }).await;
     let (mut leader, mut follower) = if leader == a.name { (a, b) } else { (b, a) };
 
     // Both answer health; both are ready (the follower knows it follows).
@@ -165,7 +167,8 @@ async fn two_replicas_elect_one_leader_and_the_other_takes_over_when_it_dies() {
     // SIGTERM: a graceful exit, and the Lease handed over (released) rather than left to lapse.
     let pid = follower.child.id().unwrap() as i32;
     unsafe { libc::kill(pid, libc::SIGTERM) };
-    let exit = tokio::time::timeout(Duration::from_secs(15), follower.child.wait()).await.expect("exits on SIGTERM").unwrap();
+    let exit =
+        tokio::time::timeout(Duration::from_secs(15), follower.child.wait()).await.expect("exits on SIGTERM").unwrap();
     assert!(exit.success(), "graceful exit: {exit:?}");
     wait_until("the Lease to be released", WAIT, || async {
         match holder(&leases).await {
