@@ -362,3 +362,31 @@ async fn deleting_a_heartbeat_job_leaves_nothing_of_it() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn agent_injection_wraps_the_worker_and_needs_an_agent_image() {
+    let (f, operator) = fixture("hb-inject").await;
+    let spec = json!({
+        "shards": 1,
+        "heartbeat": {"timeoutSeconds": 30, "injectAgent": true},
+        "template": {"spec": {"containers": [{"name": "w", "image": "registry.example/w:1", "command": ["import"], "args": ["--all"]}]}}
+    });
+    // Without an agent image the operator cannot inject: the job fails with the reason, once.
+    f.create("no-image", spec.clone()).await;
+    let status = f.wait_phase("no-image", Phase::Failed).await;
+    assert_eq!(status.conditions.iter().find(|c| c.type_ == "Failed").unwrap().reason, "AgentImageUnset");
+    operator.kill().await;
+
+    let options = nightshift::controller::Options { agent_image: Some("nightshift:test".into()), ..Default::default() };
+    let _operator = crate::support::Operator::start_with(&f.client, &f.ns.name, options).await;
+    f.create("injected", spec).await;
+    f.wait_live("injected", 1).await;
+    let pod = f.pods.get("injected-0-1").await.unwrap().spec.unwrap();
+    let init = &pod.init_containers.unwrap()[0];
+    assert_eq!(init.image.as_deref(), Some("nightshift:test"));
+    assert_eq!(
+        pod.containers[0].command.clone().unwrap(),
+        ["/nightshift-agent/nightshift", "agent", "--", "import", "--all"]
+    );
+    assert_eq!(pod.service_account_name.as_deref(), Some("injected-worker"));
+}
