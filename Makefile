@@ -5,7 +5,7 @@ CARGO   ?= cargo
 CLUSTER := tests/cluster/cluster.sh
 
 .DEFAULT_GOAL := help
-.PHONY: help run build crd lint unit integration test binaries cluster-up cluster-down cluster-env
+.PHONY: help run build crd chart-crd lint unit integration test binaries cluster-up cluster-down cluster-env image test-image
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -16,15 +16,19 @@ run: ## start the control plane, install the CRD, run the operator and an exampl
 build: ## build the nightshift binary
 	$(CARGO) build
 
-crd: ## regenerate crds/backgroundjob.yaml from the code
+crd: ## regenerate crds/backgroundjob.yaml from the code (and the chart's copy)
 	$(CARGO) run -q -- crd > crds/backgroundjob.yaml
+	cp crds/backgroundjob.yaml charts/nightshift/crds/backgroundjob.yaml
+
+chart-crd: ## copy crds/backgroundjob.yaml into the Helm chart
+	cp crds/backgroundjob.yaml charts/nightshift/crds/backgroundjob.yaml
 
 lint: ## cargo fmt --check and clippy with warnings denied
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets -- -D warnings
 
 unit: ## unit and property tests (no cluster)
-	$(CARGO) test --lib --bins
+	$(CARGO) test --lib --bins --test chart
 
 integration: ## integration tests; starts the control plane if it is not up, and stops what it started
 	tests/run-integration.sh
@@ -39,6 +43,12 @@ cluster-up: ## start the local control plane (builds the binaries on first use)
 
 cluster-down: ## stop the local control plane and remove its state
 	@$(CLUSTER) down
+
+image: ## build a static binary and the nightshift:VERSION image with buildah (no Docker daemon)
+	tests/image/build.sh
+
+test-image: ## build the image, then run `nightshift --version` and `nightshift crd` in it with podman
+	tests/image/test.sh
 
 cluster-env: ## print the export KUBECONFIG=... line for the local control plane
 	@$(CLUSTER) env

@@ -4,6 +4,7 @@ mod agent;
 mod control_plane;
 mod crd_validation;
 mod heartbeats;
+mod helm;
 mod jobs;
 mod operator;
 mod queue;

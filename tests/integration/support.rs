@@ -81,6 +81,18 @@ impl Drop for TestNamespace {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
             rt.block_on(async {
                 let client = client().await;
+                // Worker pods keep their tracking finalizer once the test's operator is gone;
+                // release them, or the namespace would stay Terminating for ever.
+                let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client.clone(), &name);
+                if let Ok(list) = pods.list(&Default::default()).await {
+                    for pod in
+                        list.items.iter().filter(|p| p.metadata.finalizers.as_ref().is_some_and(|f| !f.is_empty()))
+                    {
+                        let patch = serde_json::json!({"metadata": {"finalizers": null}});
+                        let pod_name = pod.metadata.name.clone().unwrap_or_default();
+                        let _ = pods.patch(&pod_name, &Default::default(), &kube::api::Patch::Merge(&patch)).await;
+                    }
+                }
                 let _ = Api::<Namespace>::all(client).delete(&name, &DeleteParams::background()).await;
             });
         })

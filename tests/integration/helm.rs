@@ -1,0 +1,625 @@
+//! The Helm chart (charts/nightshift) against the real control plane, with `helm` on PATH
+//! (tests/run-integration.sh puts it there): lint and the values schema, an install into a
+//! namespace enforcing the `restricted` Pod Security level, upgrade, uninstall, the aggregated
+//! view/edit/admin roles, and the operator binary running with the chart's args on nothing but
+//! the rights the chart grants it.
+
+use std::{process::Output, time::Duration};
+
+use k8s_openapi::{
+    api::{
+        apps::v1::{Deployment, ReplicaSet},
+        authentication::v1::TokenRequest,
+        coordination::v1::Lease,
+        core::v1::{Event, Namespace, Pod, Service, ServiceAccount},
+        events::v1::Event as EventV1,
+        policy::v1::PodDisruptionBudget,
+        rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding},
+    },
+    apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+};
+use kube::{
+    Api, Client, ResourceExt,
+    api::{ListParams, Patch, PatchParams, PostParams},
+};
+use nightshift::api::{BackgroundJob, Phase};
+use serde_json::json;
+
+use crate::support::{TestNamespace, api_error, client, client_with_token, install_crd, kubeconfig_path, wait_until};
+
+const WAIT: Duration = Duration::from_secs(60);
+const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/charts/nightshift");
+const CRD: &str = "backgroundjobs.nightshift.dev";
+
+/// Runs `program --kubeconfig <the harness kubeconfig> args...` from PATH.
+async fn run(program: &str, args: &[&str]) -> Output {
+    tokio::process::Command::new(program)
+        .arg("--kubeconfig")
+        .arg(kubeconfig_path())
+        .args(args)
+        .output()
+        .await
+        .unwrap_or_else(|e| panic!("running {program}: {e}. Is it on PATH? tests/run-integration.sh puts it there"))
+}
+
+fn text(output: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr))
+}
+
+/// `helm args...`, which must succeed; returns its output.
+async fn helm(args: &[&str]) -> String {
+    let output = run("helm", args).await;
+    assert!(output.status.success(), "helm {} failed: {}", args.join(" "), text(&output));
+    text(&output)
+}
+
+/// `helm args...`, which must fail; returns its output.
+async fn helm_fails(args: &[&str]) -> String {
+    let output = run("helm", args).await;
+    assert!(!output.status.success(), "helm {} should have failed, but said: {}", args.join(" "), text(&output));
+    text(&output)
+}
+
+/// A release of the chart, uninstalled when dropped (also when the test panics) so that no
+/// cluster-wide role of a failed run lingers.
+struct Release {
+    name: String,
+    namespace: String,
+    uninstalled: bool,
+}
+
+impl Release {
+    /// `helm install` with `--wait=false`: no kubelet runs the operator pods here.
+    async fn install(ns: &TestNamespace, extra: &[&str]) -> Self {
+        let name = format!("rel-{}", &ns.name[ns.name.len() - 8..]);
+        let mut args = vec!["install", &name, CHART, "--namespace", &ns.name, "--wait=false"];
+        args.extend_from_slice(extra);
+        helm(&args).await;
+        Self { name, namespace: ns.name.clone(), uninstalled: false }
+    }
+
+    /// The chart's object names: RELEASE-nightshift.
+    fn fullname(&self) -> String {
+        format!("{}-nightshift", self.name)
+    }
+
+    fn selector(&self) -> String {
+        format!("app.kubernetes.io/instance={}", self.name)
+    }
+
+    async fn uninstall(&mut self) {
+        helm(&["uninstall", &self.name, "--namespace", &self.namespace, "--wait", "--timeout", "60s"]).await;
+        self.uninstalled = true;
+    }
+}
+
+impl Drop for Release {
+    fn drop(&mut self) {
+        if !self.uninstalled {
+            let _ = std::process::Command::new("helm")
+                .arg("--kubeconfig")
+                .arg(kubeconfig_path())
+                .args(["uninstall", &self.name, "--namespace", &self.namespace])
+                .output();
+        }
+    }
+}
+
+/// A token for a ServiceAccount, from the TokenRequest API.
+async fn token(client: &Client, namespace: &str, account: &str) -> String {
+    let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), namespace);
+    let request: TokenRequest =
+        serde_json::from_value(json!({"spec": {"audiences": [], "expirationSeconds": 3600}})).unwrap();
+    let response = sas
+        .create_token_request(account, &PostParams::default(), &request)
+        .await
+        .unwrap_or_else(|e| panic!("a token for {namespace}/{account}: {e}"));
+    response.status.and_then(|s| s.token).expect("a TokenRequest answers with a token")
+}
+
+/// A ServiceAccount `name` in `ns` bound (RoleBinding) to the built-in ClusterRole `role`.
+async fn account_bound_to(ns: &TestNamespace, name: &str, role: &str) {
+    let pp = PostParams::default();
+    ns.api::<ServiceAccount>()
+        .create(&pp, &serde_json::from_value(json!({"metadata": {"name": name}})).unwrap())
+        .await
+        .unwrap();
+    let binding = json!({
+        "metadata": {"name": name},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
+        "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": ns.name}]
+    });
+    ns.api::<RoleBinding>().create(&pp, &serde_json::from_value(binding).unwrap()).await.unwrap();
+}
+
+fn minimal_job(name: &str) -> BackgroundJob {
+    serde_json::from_value(json!({
+        "apiVersion": "nightshift.dev/v1alpha1", "kind": "BackgroundJob",
+        "metadata": {"name": name},
+        "spec": {"template": {"spec": {"containers": [{"name": "w", "image": "w"}]}}}
+    }))
+    .unwrap()
+}
+
+async fn wait_default_account(ns: &TestNamespace) {
+    let sas: Api<ServiceAccount> = ns.api();
+    wait_until("the namespace's default ServiceAccount", WAIT, || async {
+        sas.get_opt("default").await.map_err(|e| e.to_string())?.map(|_| ()).ok_or_else(|| "absent".into())
+    })
+    .await;
+}
+
+/// KIND/NAME of the objects `selector` finds.
+async fn names<K>(api: Api<K>, selector: &ListParams) -> Result<Vec<String>, String>
+where
+    K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let list = api.list(selector).await.map_err(|e| e.to_string())?;
+    Ok(list.iter().map(|o| format!("{}/{}", K::kind(&()), o.name_any())).collect())
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// GET http://127.0.0.1:PORT/PATH: the status code and the whole response.
+async fn get(port: u16, path: &str) -> Result<(u16, String), String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.map_err(|e| e.to_string())?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.map_err(|e| e.to_string())?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.map_err(|e| e.to_string())?;
+    let code = response.split_whitespace().nth(1).and_then(|c| c.parse().ok()).ok_or("no status line")?;
+    Ok((code, response))
+}
+
+/// The harness kubeconfig with its user replaced by a bearer token.
+fn token_kubeconfig(token: &str) -> String {
+    let path = kubeconfig_path();
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    let mut config: serde_json::Value = serde_yaml_ng::from_str(&text).expect("the kubeconfig is YAML");
+    config["users"] = json!([{"name": "token", "user": {"token": token}}]);
+    for context in config["contexts"].as_array_mut().expect("kubeconfig contexts") {
+        context["context"]["user"] = json!("token");
+    }
+    config.to_string() // JSON is YAML
+}
+
+/// The operator binary with `args` and a ServiceAccount token, as its pod would run it (POD_NAME
+/// operator-0); killed when the test ends.
+struct OperatorProcess {
+    exited: tokio::sync::watch::Receiver<Option<String>>,
+    log: TempFile,
+    _kubeconfig: TempFile,
+}
+
+impl OperatorProcess {
+    fn start(args: &[String], token: &str, namespace: &str) -> Self {
+        let kubeconfig = TempFile::new(&format!("{namespace}.kubeconfig"), &token_kubeconfig(token));
+        let log = TempFile::new(&format!("{namespace}-operator.log"), "");
+        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_nightshift"))
+            .args(args)
+            .env("KUBECONFIG", &kubeconfig.0)
+            .env("POD_NAME", "operator-0")
+            .env("POD_NAMESPACE", namespace)
+            .env_remove("RUST_LOG")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log.0).unwrap())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("starting the operator binary");
+        let (tx, exited) = tokio::sync::watch::channel(None);
+        // The task owns the child: the runtime drops it at the end of the test, which kills it.
+        tokio::spawn(async move {
+            let status = child.wait().await;
+            let _ = tx.send(Some(format!("{status:?}")));
+        });
+        Self { exited, log, _kubeconfig: kubeconfig }
+    }
+
+    /// Fails the test at once, with the operator's log, when it has exited.
+    fn assert_running(&self) {
+        if let Some(status) = self.exited.borrow().as_ref() {
+            let log = std::fs::read_to_string(&self.log.0).unwrap_or_default();
+            panic!("the operator exited ({status}):\n{log}");
+        }
+    }
+}
+
+/// A file in the temp folder, removed when dropped.
+struct TempFile(std::path::PathBuf);
+
+impl TempFile {
+    fn new(name: &str, content: &str) -> Self {
+        let path = std::env::temp_dir().join(name);
+        std::fs::write(&path, content).unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
+        Self(path)
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+fn container_args(deployment: &Deployment) -> Vec<String> {
+    let spec = deployment.spec.template.spec.as_ref().expect("a pod template");
+    spec.containers[0].args.clone().unwrap_or_default()
+}
+
+#[tokio::test]
+async fn lint_passes_and_bad_values_are_refused_naming_the_value() {
+    helm(&["lint", "--strict", CHART]).await;
+
+    // The values schema: each bad value is refused by lint, template and install alike, and the
+    // message names it.
+    for (set, named) in [
+        ("replicas=0", "/replicas"),
+        ("logFormat=xml", "/logFormat"),
+        ("logLevel=loud", "/logLevel"),
+        ("workerBudget=-1", "/workerBudget"),
+        ("metrics.port=70000", "/metrics/port"),
+        ("replica=2", "'replica' not allowed"),
+        ("image.tagg=1.0", "'tagg' not allowed"),
+        ("leaderElection.enabled=maybe", "/leaderElection/enabled"),
+        ("watchNamespaces={a,b}", "/watchNamespaces"),
+    ] {
+        let lint = helm_fails(&["lint", "--strict", CHART, "--set", set]).await;
+        assert!(lint.contains(named), "helm lint --set {set} should name {named}: {lint}");
+        let template = helm_fails(&["template", "bad", CHART, "--set", set]).await;
+        assert!(template.contains(named), "helm template --set {set} should name {named}: {template}");
+    }
+    // What the schema cannot say: several replicas without leader election.
+    let message = helm_fails(&["template", "bad", CHART, "--set", "replicas=2,leaderElection.enabled=false"]).await;
+    assert!(message.contains("leaderElection.enabled is false"), "{message}");
+    helm(&["template", "ok", CHART, "--set", "replicas=1,leaderElection.enabled=false"]).await;
+}
+
+#[tokio::test]
+async fn install_into_a_restricted_namespace_then_upgrade_and_uninstall() {
+    let client = client().await;
+    install_crd(&client).await;
+    let ns = TestNamespace::new(&client, "helm-install").await;
+    let restricted = json!({"metadata": {"labels": {
+        "pod-security.kubernetes.io/enforce": "restricted",
+        "pod-security.kubernetes.io/warn": "restricted",
+        "pod-security.kubernetes.io/audit": "restricted",
+    }}});
+    Api::<Namespace>::all(client.clone())
+        .patch(&ns.name, &PatchParams::default(), &Patch::Merge(&restricted))
+        .await
+        .unwrap();
+    wait_default_account(&ns).await;
+
+    // Pod Security admission does enforce here: a pod without the restricted settings is refused.
+    let bare: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "bare"}, "spec": {"containers": [{"name": "c", "image": "c"}]}
+    }))
+    .unwrap();
+    let refused = ns.api::<Pod>().create(&PostParams::default(), &bare).await.map(|_| ());
+    match api_error(&refused) {
+        Some((403, message)) if message.contains("violates PodSecurity") => {}
+        _ => panic!("a bare pod in a restricted namespace should be refused by Pod Security admission: {refused:?}"),
+    }
+
+    let mut release = Release::install(&ns, &[]).await;
+    let name = release.fullname();
+    let selector = ListParams::default().labels(&release.selector());
+
+    // What the release made, namespaced and cluster-wide.
+    let deployment = ns.api::<Deployment>().get(&name).await.unwrap();
+    assert_eq!(deployment.spec.replicas, Some(2));
+    let args = container_args(&deployment);
+    for want in [
+        "run".to_string(),
+        "--leader-election=true".into(),
+        format!("--leader-election-namespace={}", ns.name),
+        "--leader-election-lease=nightshift-leader".into(),
+        "--metrics-address=0.0.0.0:8080".into(),
+        "--max-workers=0".into(),
+        "--max-workers-per-namespace=0".into(),
+        "--log-level=info".into(),
+        "--log-format=text".into(),
+        "--agent-image=nightshift:0.1.0".into(),
+    ] {
+        assert!(args.contains(&want), "the operator's args {args:?} lack {want}");
+    }
+    assert!(!args.iter().any(|a| a.starts_with("--namespace")), "all namespaces by default: {args:?}");
+    let pod_spec = deployment.spec.template.spec.clone().unwrap();
+    let container = &pod_spec.containers[0];
+    assert_eq!(container.image.as_deref(), Some("nightshift:0.1.0"));
+    let env: Vec<&str> = container.env.iter().flatten().map(|e| e.name.as_str()).collect();
+    assert!(env.contains(&"POD_NAME") && env.contains(&"POD_NAMESPACE"), "{env:?}");
+    let probe_path = |p: &Option<k8s_openapi::api::core::v1::Probe>| {
+        p.as_ref().and_then(|p| p.http_get.as_ref()).and_then(|h| h.path.clone())
+    };
+    assert_eq!(probe_path(&container.liveness_probe).as_deref(), Some("/healthz"));
+    assert_eq!(probe_path(&container.readiness_probe).as_deref(), Some("/readyz"));
+    let security = container.security_context.as_ref().expect("a container securityContext");
+    assert_eq!(security.read_only_root_filesystem, Some(true));
+    assert_eq!(security.run_as_user, Some(65532));
+    assert_eq!(security.allow_privilege_escalation, Some(false));
+    assert_eq!(pod_spec.service_account_name.as_deref(), Some(name.as_str()));
+
+    ns.api::<ServiceAccount>().get(&name).await.expect("the operator's ServiceAccount");
+    let service = ns.api::<Service>().get(&format!("{name}-metrics")).await.expect("the metrics Service");
+    let ports = service.spec.unwrap().ports.unwrap_or_default();
+    assert!(ports.iter().any(|p| p.name.as_deref() == Some("metrics") && p.port == 8080), "{ports:?}");
+    assert_eq!(
+        service.metadata.annotations.unwrap_or_default().get("prometheus.io/scrape").map(String::as_str),
+        Some("true")
+    );
+    let pdb = ns.api::<PodDisruptionBudget>().get(&name).await.expect("the PodDisruptionBudget");
+    assert_eq!(
+        pdb.spec.unwrap().max_unavailable,
+        Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(1))
+    );
+    let role = ns.api::<Role>().get(&format!("{name}-leader-election")).await.expect("the leader-election Role");
+    let rules = role.rules.unwrap_or_default();
+    assert!(
+        rules.iter().any(|r| r.resource_names.as_deref() == Some(&["nightshift-leader".to_string()][..])),
+        "the election Role is restricted to its Lease: {rules:?}"
+    );
+    ns.api::<RoleBinding>().get(&format!("{name}-leader-election")).await.expect("the leader-election RoleBinding");
+    let cluster_roles: Vec<String> =
+        Api::<ClusterRole>::all(client.clone()).list(&selector).await.unwrap().iter().map(|r| r.name_any()).collect();
+    for want in [name.clone(), format!("{name}-view"), format!("{name}-edit")] {
+        assert!(cluster_roles.contains(&want), "ClusterRole {want} missing from {cluster_roles:?}");
+    }
+    let binding = Api::<ClusterRoleBinding>::all(client.clone()).get(&name).await.expect("the ClusterRoleBinding");
+    let subject = &binding.subjects.unwrap()[0];
+    assert_eq!((subject.name.as_str(), subject.namespace.as_deref()), (name.as_str(), Some(ns.name.as_str())));
+
+    // The Deployment and ReplicaSet controllers create the operator pods, and Pod Security
+    // admission lets them in (no kubelet runs them: they stay Pending).
+    let pods: Api<Pod> = ns.api();
+    wait_until("the ReplicaSet to create 2 operator pods", WAIT, || async {
+        let found = pods.list(&selector).await.map_err(|e| e.to_string())?.items.len();
+        let events = ns.api::<Event>().list(&ListParams::default()).await.map_err(|e| e.to_string())?;
+        let refused: Vec<String> = events
+            .items
+            .into_iter()
+            .filter(|e| e.reason.as_deref() == Some("FailedCreate"))
+            .filter_map(|e| e.message)
+            .collect();
+        if let Some(message) = refused.iter().find(|m| m.contains("violates PodSecurity")) {
+            panic!("Pod Security admission refused the operator pods: {message}");
+        }
+        if found == 2 { Ok(()) } else { Err(format!("{found} pods; FailedCreate events {refused:?}")) }
+    })
+    .await;
+    for rs in ns.api::<ReplicaSet>().list(&selector).await.unwrap() {
+        let conditions = rs.status.and_then(|s| s.conditions).unwrap_or_default();
+        assert!(!conditions.iter().any(|c| c.type_.as_deref() == Some("ReplicaFailure")), "{conditions:?}");
+    }
+
+    // Upgrade with other values.
+    let chart = CHART;
+    helm(&[
+        "upgrade",
+        &release.name,
+        chart,
+        "--namespace",
+        &ns.name,
+        "--wait=false",
+        "--set",
+        "replicas=3,logFormat=json",
+    ])
+    .await;
+    let deployment = ns.api::<Deployment>().get(&name).await.unwrap();
+    assert_eq!(deployment.spec.replicas, Some(3));
+    let args = container_args(&deployment);
+    assert!(args.contains(&"--log-format=json".to_string()), "{args:?}");
+    assert!(!args.contains(&"--log-format=text".to_string()), "{args:?}");
+    wait_until("the upgraded operator pods", WAIT, || async {
+        let pods = pods.list(&selector).await.map_err(|e| e.to_string())?;
+        let upgraded = pods
+            .iter()
+            .filter(|p| {
+                p.spec.as_ref().is_some_and(|s| s.containers[0].args.iter().flatten().any(|a| a == "--log-format=json"))
+            })
+            .count();
+        if upgraded >= 1 { Ok(()) } else { Err(format!("{} pods, none with --log-format=json", pods.items.len())) }
+    })
+    .await;
+
+    // Uninstall: nothing of the release is left, but the CRD (and with it every job) is.
+    release.uninstall().await;
+    let leftovers = || async {
+        let cluster = client.clone();
+        let left = [
+            names(ns.api::<Deployment>(), &selector).await?,
+            names(ns.api::<ServiceAccount>(), &selector).await?,
+            names(ns.api::<Service>(), &selector).await?,
+            names(ns.api::<PodDisruptionBudget>(), &selector).await?,
+            names(ns.api::<Role>(), &selector).await?,
+            names(ns.api::<RoleBinding>(), &selector).await?,
+            names(Api::<ClusterRole>::all(cluster.clone()), &selector).await?,
+            names(Api::<ClusterRoleBinding>::all(cluster), &selector).await?,
+        ]
+        .concat();
+        if left.is_empty() { Ok(()) } else { Err(format!("left behind: {left:?}")) }
+    };
+    wait_until("nothing of the release to be left", WAIT, leftovers).await;
+    let releases = helm(&["list", "--namespace", &ns.name, "--short"]).await;
+    assert!(!releases.contains(&release.name), "helm still lists the release: {releases}");
+    Api::<CustomResourceDefinition>::all(client.clone()).get(CRD).await.expect("the CRD stays after helm uninstall");
+}
+
+#[tokio::test]
+async fn the_aggregated_roles_let_view_read_and_edit_and_admin_write_backgroundjobs() {
+    let client = client().await;
+    install_crd(&client).await;
+    let ops = TestNamespace::new(&client, "helm-agg").await;
+    let _release = Release::install(&ops, &["--set", "replicas=1"]).await;
+
+    let ns = TestNamespace::new(&client, "helm-users").await;
+    account_bound_to(&ns, "viewer", "view").await;
+    account_bound_to(&ns, "editor", "edit").await;
+    account_bound_to(&ns, "administrator", "admin").await;
+    let pp = PostParams::default();
+
+    // view: read, not write. The aggregation controller folds the chart's roles in shortly.
+    let as_viewer: Api<BackgroundJob> =
+        Api::namespaced(client_with_token(&token(&client, &ns.name, "viewer").await).await, &ns.name);
+    wait_until("view to allow listing backgroundjobs", WAIT, || async {
+        as_viewer.list(&ListParams::default()).await.map(|_| ()).map_err(|e| e.to_string())
+    })
+    .await;
+    let refused = as_viewer.create(&pp, &minimal_job("by-viewer")).await.map(|_| ());
+    match api_error(&refused) {
+        Some((403, message)) => assert!(message.contains("backgroundjobs"), "{message}"),
+        _ => panic!("view must not create backgroundjobs: {refused:?}"),
+    }
+
+    // edit: create.
+    let as_editor: Api<BackgroundJob> =
+        Api::namespaced(client_with_token(&token(&client, &ns.name, "editor").await).await, &ns.name);
+    wait_until("edit to allow creating a backgroundjob", WAIT, || async {
+        as_editor.create(&pp, &minimal_job("by-editor")).await.map(|_| ()).map_err(|e| e.to_string())
+    })
+    .await;
+    // The viewer sees it.
+    let listed = as_viewer.list(&ListParams::default()).await.unwrap();
+    assert_eq!(listed.items.iter().map(|j| j.name_any()).collect::<Vec<_>>(), vec!["by-editor".to_string()]);
+
+    // admin: delete.
+    let as_admin: Api<BackgroundJob> =
+        Api::namespaced(client_with_token(&token(&client, &ns.name, "administrator").await).await, &ns.name);
+    wait_until("admin to allow deleting a backgroundjob", WAIT, || async {
+        as_admin.delete("by-editor", &Default::default()).await.map(|_| ()).map_err(|e| e.to_string())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn the_operator_runs_a_job_on_the_rights_the_chart_gives_it_in_one_namespace() {
+    let client = client().await;
+    install_crd(&client).await;
+    let ops = TestNamespace::new(&client, "helm-ops").await;
+    let watched = TestNamespace::new(&client, "helm-watched").await;
+    wait_default_account(&watched).await;
+    let release = Release::install(&ops, &["--set", &format!("replicas=1,watchNamespaces={{{}}}", watched.name)]).await;
+    let name = release.fullname();
+    let selector = ListParams::default().labels(&release.selector());
+
+    // One namespace: a Role and RoleBinding there, no cluster-wide binding, --namespace, and no
+    // PodDisruptionBudget for a single replica.
+    watched.api::<Role>().get(&name).await.expect("the operator's Role in the watched namespace");
+    watched.api::<RoleBinding>().get(&name).await.expect("the operator's RoleBinding in the watched namespace");
+    let bindings = Api::<ClusterRoleBinding>::all(client.clone()).list(&selector).await.unwrap();
+    assert!(bindings.items.is_empty(), "no ClusterRoleBinding when watching one namespace: {:?}", bindings.items);
+    assert!(Api::<ClusterRole>::all(client.clone()).get_opt(&name).await.unwrap().is_none());
+    assert!(ops.api::<PodDisruptionBudget>().get_opt(&name).await.unwrap().is_none(), "no PDB for one replica");
+    let args = container_args(&ops.api::<Deployment>().get(&name).await.unwrap());
+    assert!(args.contains(&format!("--namespace={}", watched.name)), "{args:?}");
+
+    // The operator's own token, as its pods would have it: nothing outside the watched namespace
+    // but the election Lease.
+    let operator_token = token(&client, &ops.name, &name).await;
+    let operator_client = client_with_token(&operator_token).await;
+    let other = Api::<Lease>::namespaced(operator_client.clone(), &ops.name).get("other").await.map(|_| ());
+    assert_eq!(api_error(&other).map(|(code, _)| code), Some(403), "only the election Lease: {other:?}");
+    let unwatched =
+        Api::<BackgroundJob>::namespaced(operator_client.clone(), &ops.name).list(&ListParams::default()).await;
+    assert_eq!(api_error(&unwatched).map(|(code, _)| code), Some(403), "{unwatched:?}");
+
+    // The operator binary with the chart's args (the metrics address moved to a free local port)
+    // and that token, as its pod would run it: it wins the election, gets ready, admits a job
+    // with heartbeats (a worker account, Role and binding, a Lease per shard), runs its pods,
+    // writes the status, removes the tracking finalizers, publishes events, and deletes the job
+    // after its TTL.
+    let port = free_port();
+    let args: Vec<String> = args
+        .into_iter()
+        .map(|a| if a.starts_with("--metrics-address=") { format!("--metrics-address=127.0.0.1:{port}") } else { a })
+        .collect();
+    let operator = OperatorProcess::start(&args, &operator_token, &ops.name);
+    wait_until("the operator to be ready and lead", WAIT, || async {
+        operator.assert_running();
+        match (get(port, "/readyz").await, get(port, "/metrics").await) {
+            (Ok((200, _)), Ok((200, metrics))) if metrics.lines().any(|l| l == "nightshift_leader 1") => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    let election = Api::<Lease>::namespaced(client.clone(), &ops.name).get("nightshift-leader").await.unwrap();
+    assert_eq!(election.spec.and_then(|s| s.holder_identity).as_deref(), Some("operator-0"));
+
+    // The node: `nightshift simulate` with the harness's (admin) kubeconfig.
+    let _simulator = tokio::process::Command::new(env!("CARGO_BIN_EXE_nightshift"))
+        .args(["simulate", "--namespace", &watched.name, "--run-seconds", "1"])
+        .env("KUBECONFIG", kubeconfig_path())
+        .env_remove("RUST_LOG")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("starting the pod simulator");
+    let jobs: Api<BackgroundJob> = watched.api();
+    let job: BackgroundJob = serde_json::from_value(json!({
+        "apiVersion": "nightshift.dev/v1alpha1", "kind": "BackgroundJob",
+        "metadata": {"name": "chart-rbac"},
+        "spec": {
+            "shards": 2,
+            "heartbeat": {"timeoutSeconds": 30},
+            "ttlSecondsAfterFinished": 3,
+            "template": {"spec": {"containers": [{"name": "w", "image": "w"}]}}
+        }
+    }))
+    .unwrap();
+    jobs.create(&PostParams::default(), &job).await.unwrap();
+
+    wait_until("the worker account, Role and RoleBinding", WAIT, || async {
+        operator.assert_running();
+        let e = |e: kube::Error| e.to_string();
+        let sa = watched.api::<ServiceAccount>().get_opt("chart-rbac-worker").await.map_err(e)?;
+        let role = watched.api::<Role>().get_opt("chart-rbac-worker").await.map_err(e)?;
+        let binding = watched.api::<RoleBinding>().get_opt("chart-rbac-worker").await.map_err(e)?;
+        match (sa, role, binding) {
+            (Some(_), Some(_), Some(_)) => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    wait_until("the job to succeed", WAIT, || async {
+        operator.assert_running();
+        let job = jobs.get_opt("chart-rbac").await.map_err(|e| e.to_string())?;
+        match job.as_ref().and_then(|j| j.status.as_ref()).and_then(|s| s.phase) {
+            Some(Phase::Succeeded) => Ok(()),
+            other => Err(format!("phase {other:?}")),
+        }
+    })
+    .await;
+    let shard_leases = watched.api::<Lease>().list(&ListParams::default()).await.unwrap();
+    assert!(
+        shard_leases.items.iter().any(|l| l.name_any() == "chart-rbac-0"),
+        "a Lease per shard: {:?}",
+        shard_leases.items.iter().map(|l| l.name_any()).collect::<Vec<_>>()
+    );
+    wait_until("the tracking finalizers to be removed", WAIT, || async {
+        operator.assert_running();
+        let pods = watched.api::<Pod>().list(&ListParams::default()).await.map_err(|e| e.to_string())?;
+        let tracked: Vec<String> = pods.iter().filter(|p| !p.finalizers().is_empty()).map(|p| p.name_any()).collect();
+        if tracked.is_empty() { Ok(()) } else { Err(format!("still tracked: {tracked:?}")) }
+    })
+    .await;
+    wait_until("the operator to delete the job after its TTL", WAIT, || async {
+        operator.assert_running();
+        match jobs.get_opt("chart-rbac").await.map_err(|e| e.to_string())? {
+            None => Ok(()),
+            Some(_) => Err("still there".into()),
+        }
+    })
+    .await;
+    let events = watched.api::<EventV1>().list(&ListParams::default()).await.unwrap();
+    let reasons: Vec<String> = events
+        .items
+        .iter()
+        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("chart-rbac"))
+        .filter_map(|e| e.reason.clone())
+        .collect();
+    assert!(reasons.iter().any(|r| r == "Succeeded"), "the operator's events on the job: {reasons:?}");
+}
