@@ -110,6 +110,8 @@ pub struct Context {
     /// The status we last wrote per job uid, with the resourceVersion it produced: read-your-writes
     /// while the watch has not delivered it yet, so a stale cache never undoes a decision.
     written: Mutex<HashMap<String, (u64, BackgroundJobStatus)>>,
+    /// Pods (uid) whose tracking finalizer we removed, while the watch may not show it yet.
+    released: Mutex<HashMap<String, Instant>>,
     /// Pods we created that the watch has not shown yet ("namespace/name" -> when, job uid).
     created: Mutex<HashMap<String, (Instant, String)>>,
     budget: Budget,
@@ -172,6 +174,7 @@ pub async fn run_with_metrics(
         accounts: Mutex::default(),
         written: Mutex::default(),
         created: Mutex::default(),
+        released: Mutex::default(),
         budget: options.budget,
         budget_lock: Mutex::default(),
         in_flight: Mutex::default(),
@@ -395,34 +398,57 @@ async fn reconcile(job: Arc<BackgroundJob>, ctx: Arc<Context>) -> Result<Action,
         debug!(namespace = %ns, job = %name, phase = ?d.status.phase, "status written");
     }
 
-    for pod_name in &d.release {
-        if let Some(pod) = pods.iter().find(|p| p.metadata.name.as_deref() == Some(pod_name.as_str())) {
-            release(&pods_api, pod).await?;
-        }
+    // Release concurrently, and never twice: a lagging cache still shows a released finalizer.
+    let to_release: Vec<&Arc<Pod>> = d
+        .release
+        .iter()
+        .filter_map(|n| pods.iter().find(|p| p.metadata.name.as_deref() == Some(n.as_str())))
+        .filter(|p| !ctx.recently_released(&p.uid().unwrap_or_default()))
+        .collect();
+    let released = futures::future::join_all(to_release.iter().map(|p| release(&pods_api, p))).await;
+    for (pod, result) in to_release.iter().zip(released) {
+        result?;
+        ctx.released.lock().unwrap().insert(pod.uid().unwrap_or_default(), Instant::now());
     }
 
     for reason in &d.failed_attempts {
         ctx.metrics.attempts_failed.get_or_create(&ReasonLabel { reason: reason.clone() }).inc();
     }
+    // One event per kind per reconcile (three workers started is one event, not three), sent
+    // in the background: events are for people, and must not slow the work down.
+    let mut events: Vec<decision::EventNote> = Vec::new();
     for note in &d.events {
         if note.reason == "WorkerStarted" {
             ctx.metrics.attempts_started.inc();
-        }
-        let event = Event {
-            type_: if note.warning { EventType::Warning } else { EventType::Normal },
-            reason: note.reason.into(),
-            note: Some(note.note.clone()),
-            action: note.reason.into(),
-            secondary: None,
-        };
-        if let Err(e) = ctx.recorder.publish(&event, &job.object_ref(&())).await {
-            debug!(namespace = %ns, job = %name, error = %e, "publishing an event");
         }
         if note.warning {
             warn!(namespace = %ns, job = %name, reason = note.reason, "{}", note.note);
         } else {
             info!(namespace = %ns, job = %name, reason = note.reason, "{}", note.note);
         }
+        match events.last_mut() {
+            Some(last) if last.reason == note.reason && last.warning == note.warning && last.note.len() < 512 => {
+                last.note = format!("{}; {}", last.note, note.note);
+            }
+            _ => events.push(note.clone()),
+        }
+    }
+    if !events.is_empty() {
+        let (ctx, reference) = (ctx.clone(), job.object_ref(&()));
+        tokio::spawn(async move {
+            for note in events {
+                let event = Event {
+                    type_: if note.warning { EventType::Warning } else { EventType::Normal },
+                    reason: note.reason.into(),
+                    note: Some(note.note),
+                    action: note.reason.into(),
+                    secondary: None,
+                };
+                if let Err(e) = ctx.recorder.publish(&event, &reference).await {
+                    debug!(error = %e, "publishing an event");
+                }
+            }
+        });
     }
 
     if d.delete_job {
@@ -470,49 +496,56 @@ async fn create_pods(
             ctx.accounts.lock().unwrap().insert(uid);
         }
     }
-    for (shard, attempt) in std::mem::take(&mut d.create) {
-        let pod = decision::pod::worker_pod(job, shard, attempt, ctx.agent_image.as_deref());
-        if job.spec.heartbeat.is_some() {
-            // The Lease names the new attempt before its pod exists: an older attempt still
-            // running is fenced from this moment on.
-            workers::apply_lease(&ctx.client, job, shard, &pod.name_any(), now).await?;
-        }
+    // Pods (and their Leases) are created concurrently: a reconcile costs one round trip, not one per pod.
+    let todo: Vec<(i32, Pod)> = std::mem::take(&mut d.create)
+        .into_iter()
+        .map(|(shard, attempt)| (shard, decision::pod::worker_pod(job, shard, attempt, ctx.agent_image.as_deref())))
+        .filter(|(_, pod)| !ctx.recently_created(&format!("{ns}/{}", pod.name_any())))
+        .collect();
+    if job.spec.heartbeat.is_some() {
+        // The Lease names the new attempt before its pod exists: an older attempt still
+        // running is fenced from this moment on.
+        futures::future::try_join_all(todo.iter().map(|(shard, pod)| {
+            workers::apply_lease(&ctx.client, job, *shard, pod.metadata.name.as_deref().unwrap_or_default(), now)
+        }))
+        .await?;
+    }
+    let params = PostParams { field_manager: Some(api::MANAGER.into()), ..Default::default() };
+    let results = futures::future::join_all(todo.iter().map(|(_, pod)| pods_api.create(&params, pod))).await;
+    let mut failure = None;
+    for ((shard, pod), result) in todo.iter().zip(results) {
         let pod_name = pod.name_any();
-        let key = format!("{ns}/{pod_name}");
-        if ctx.recently_created(&key) {
-            continue;
-        }
-        match pods_api
-            .create(&PostParams { field_manager: Some(api::MANAGER.into()), ..Default::default() }, &pod)
-            .await
-        {
+        match result {
             Ok(_) => {
                 let uid = job.metadata.uid.clone().unwrap_or_default();
-                ctx.created.lock().unwrap().insert(key, (Instant::now(), uid));
+                ctx.created.lock().unwrap().insert(format!("{ns}/{pod_name}"), (Instant::now(), uid));
             }
             Err(kube::Error::Api(e)) if e.code == 409 => {}
             Err(kube::Error::Api(e)) if e.code == 400 || e.code == 422 => {
-                let message = format!("the API server refused worker pod {pod_name}: {}", e.message);
-                d.events.push(decision::EventNote { warning: true, reason: "Failed", note: message.clone() });
-                d.status = decision::fail(job, std::mem::take(&mut d.status), "InvalidPodTemplate", message, now);
-                d.status.active.clear();
-                d.status.retrying.clear();
-                return Ok(());
+                if d.status.phase != Some(api::Phase::Failed) {
+                    let message = format!("the API server refused worker pod {pod_name}: {}", e.message);
+                    d.events.push(decision::EventNote { warning: true, reason: "Failed", note: message.clone() });
+                    d.status = decision::fail(job, std::mem::take(&mut d.status), "InvalidPodTemplate", message, now);
+                    d.status.active.clear();
+                    d.status.retrying.clear();
+                }
             }
             Err(kube::Error::Api(e)) if e.code == 403 => {
                 // Quota or Pod Security: may pass later. Say so in the status, retry calmly.
                 let message = format!("the API server refused worker pod {pod_name}: {}", e.message);
                 warn!(namespace = %ns, job = %job.name_any(), "{message}");
-                d.status.active.retain(|a| a.shard != shard);
+                d.status.active.retain(|a| a.shard != *shard);
                 set_blocked_condition(&mut d.status, message, now);
                 d.requeue_after =
                     Some(d.requeue_after.map_or(Duration::from_secs(30), |r| r.min(Duration::from_secs(30))));
-                return Ok(());
             }
-            Err(e) => return Err(e.into()),
+            Err(e) => failure = Some(e),
         }
     }
-    Ok(())
+    match failure {
+        Some(e) => Err(e.into()),
+        None => Ok(()),
+    }
 }
 
 fn set_blocked_condition(status: &mut BackgroundJobStatus, message: String, now: Timestamp) {
@@ -657,6 +690,12 @@ impl Context {
         if let Some(status) = &written.status {
             self.written.lock().unwrap().insert(uid.to_string(), (resource_version(written), status.clone()));
         }
+    }
+
+    fn recently_released(&self, uid: &str) -> bool {
+        let mut released = self.released.lock().unwrap();
+        released.retain(|_, at| at.elapsed() < Duration::from_secs(60));
+        released.contains_key(uid)
     }
 
     fn recently_created(&self, key: &str) -> bool {

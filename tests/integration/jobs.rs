@@ -210,7 +210,11 @@ async fn a_failed_shard_is_retried_after_backoff_and_then_succeeds() {
         assert_eq!(r.last_failure.as_ref().unwrap().exit_code, Some(3));
     }
     f.wait_live_exactly("flaky", &["flaky-0-2"]).await;
-    let active = f.status("flaky").await.active;
+    let active = wait_until("the status to record attempt 2", WAIT, || async {
+        let active = f.status("flaky").await.active;
+        if active.first().is_some_and(|a| a.attempt == 2) { Ok(active) } else { Err(format!("{active:?}")) }
+    })
+    .await;
     assert_eq!((active[0].attempt, active[0].failures), (2, 1));
     f.finish("flaky-0-2", 0).await;
     let status = f.wait_phase("flaky", Phase::Succeeded).await;

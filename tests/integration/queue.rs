@@ -152,7 +152,11 @@ async fn partial_admission_starts_with_what_fits_and_grows() {
     let status = f.wait_phase("rigid", Phase::Queued).await;
     let admitted = status.conditions.iter().find(|c| c.type_ == "Admitted").unwrap();
     assert!(admitted.message.contains("needs 3 workers"), "{}", admitted.message);
-    assert_eq!(f.status("flexible").await.workers.unwrap().summary, "2/3");
+    wait_until("flexible to show 2 of 3 workers", WAIT, || async {
+        let w = f.status("flexible").await.workers.unwrap_or_default();
+        if w.summary == "2/3" { Ok(()) } else { Err(format!("{w:?}")) }
+    })
+    .await;
 
     f.finish(&busy[0], 0).await;
     f.wait_live("flexible", 3).await;
@@ -185,8 +189,9 @@ async fn raising_a_priority_reorders_the_queue_and_suspending_frees_capacity() {
     f.wait_phase("holder", Phase::Suspended).await;
     f.wait_live("second", 1).await;
     f.wait_live("first", 1).await; // two slots freed: both fit, in order
-    let second_start = f.status("second").await.start_time.unwrap();
-    let first_start = f.status("first").await.start_time.unwrap();
+    // Pods are created before the status that records them is written: wait for both.
+    let second_start = f.wait_phase("second", Phase::Running).await.start_time.unwrap();
+    let first_start = f.wait_phase("first", Phase::Running).await.start_time.unwrap();
     assert!(second_start <= first_start, "second (raised) started no later than first");
     assert_eq!(f.status("holder").await.succeeded_shards, None, "suspending kept holder's (empty) progress");
 }
