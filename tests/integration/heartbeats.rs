@@ -186,8 +186,7 @@ async fn a_silent_worker_is_detected_and_its_shard_retried() {
     f.wait_live_exactly("quiet", &["quiet-0-2"]).await;
     let latency = started.elapsed();
     eprintln!("silent worker detected {:.1}s after it started running (timeoutSeconds 3)", latency.as_secs_f64());
-    let events = f.events("quiet").await;
-    assert!(events.iter().any(|(r, m)| r == "AttemptFailed" && m.contains("HeartbeatTimeout")), "{events:?}");
+    f.wait_event("quiet", "AttemptFailed", "HeartbeatTimeout").await;
     // The new attempt holds the Lease.
     let leases: Api<Lease> = f.ns.api();
     let lease = leases.get("quiet-0").await.unwrap();
@@ -210,8 +209,7 @@ async fn a_worker_that_heartbeats_without_progress_fails_as_stalled() {
     );
     f.wait_live_exactly("stuck", &["stuck-0-2"]).await;
     beats.abort();
-    let events = f.events("stuck").await;
-    assert!(events.iter().any(|(r, m)| r == "AttemptFailed" && m.contains("Stalled")), "{events:?}");
+    let events = f.wait_event("stuck", "AttemptFailed", "Stalled").await;
     assert!(!events.iter().any(|(_, m)| m.contains("HeartbeatTimeout")), "it did heartbeat: {events:?}");
 }
 

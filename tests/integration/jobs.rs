@@ -114,6 +114,20 @@ impl Fixture {
         sim::mark_finished(&self.pods, pod, exit_code).await.unwrap();
     }
 
+    /// Waits until the job has an event with `reason` whose message contains `text`, and returns
+    /// all its events (events are published in the background, a moment after the change).
+    pub async fn wait_event(&self, job: &str, reason: &str, text: &str) -> Vec<(String, String)> {
+        wait_until(&format!("a {reason} event of {job} saying {text:?}"), WAIT, || async {
+            let events = self.events(job).await;
+            if events.iter().any(|(r, m)| r == reason && m.contains(text)) {
+                Ok(events)
+            } else {
+                Err(format!("{events:?}"))
+            }
+        })
+        .await
+    }
+
     pub async fn events(&self, job: &str) -> Vec<(String, String)> {
         let events: Api<Event> = self.ns.api();
         events
@@ -183,9 +197,8 @@ async fn five_shards_run_on_at_most_three_workers_to_success() {
     })
     .await;
     assert_eq!(f.all_pods("import").await.len(), 5, "one pod per shard, none twice");
-    let reasons: Vec<String> = f.events("import").await.into_iter().map(|(r, _)| r).collect();
     for reason in ["Admitted", "WorkerStarted", "Succeeded"] {
-        assert!(reasons.iter().any(|r| r == reason), "no {reason} event in {reasons:?}");
+        f.wait_event("import", reason, "").await;
     }
 }
 
@@ -219,8 +232,7 @@ async fn a_failed_shard_is_retried_after_backoff_and_then_succeeds() {
     f.finish("flaky-0-2", 0).await;
     let status = f.wait_phase("flaky", Phase::Succeeded).await;
     assert_eq!(status.shards.unwrap().succeeded, 1);
-    let events = f.events("flaky").await;
-    assert!(events.iter().any(|(r, m)| r == "AttemptFailed" && m.contains("exit code 3")), "{events:?}");
+    f.wait_event("flaky", "AttemptFailed", "exit code 3").await;
 }
 
 #[tokio::test]
@@ -271,8 +283,7 @@ async fn an_attempt_past_its_deadline_is_stopped_and_retried() {
         }
     })
     .await;
-    let events = f.events("slow").await;
-    assert!(events.iter().any(|(r, m)| r == "AttemptFailed" && m.contains("AttemptDeadlineExceeded")), "{events:?}");
+    f.wait_event("slow", "AttemptFailed", "AttemptDeadlineExceeded").await;
     f.finish("slow-0-2", 0).await;
     f.wait_phase("slow", Phase::Succeeded).await;
 }
@@ -419,6 +430,6 @@ async fn a_pod_template_the_api_server_refuses_fails_the_job_with_its_message() 
     assert!(failed.message.contains("Not_A_DNS_Label"), "{}", failed.message);
     assert!(f.all_pods("invalid").await.is_empty());
     // No retry storm: the job stays failed and quiet.
-    let events = f.events("invalid").await;
+    let events = f.wait_event("invalid", "Failed", "Not_A_DNS_Label").await;
     assert_eq!(events.iter().filter(|(r, _)| r == "Failed").count(), 1, "{events:?}");
 }
