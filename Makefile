@@ -5,7 +5,7 @@ CARGO   ?= cargo
 CLUSTER := tests/cluster/cluster.sh
 
 .DEFAULT_GOAL := help
-.PHONY: help run build crd chart-crd lint unit integration test binaries cluster-up cluster-down cluster-env image test-image
+.PHONY: help run build crd chart-crd lint unit integration test binaries cluster-up cluster-down cluster-env image test-image bench
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -52,3 +52,6 @@ test-image: ## build the image, then run `nightshift --version` and `nightshift 
 
 cluster-env: ## print the export KUBECONFIG=... line for the local control plane
 	@$(CLUSTER) env
+
+bench: ## nightshift vs the Job controller vs raw pod creation; writes BENCHMARKS.md (N=10000 for more)
+	N="$(N)" bench/run.sh

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# `make bench`: builds nightshift in release mode, runs the harness (bench/bench.rs) against a
+# control plane of its own in NIGHTSHIFT_CLUSTER_DIR (default /tmp/nightshift-bench-cluster),
+# writes BENCHMARKS.md, and stops that control plane however the run ends.
+#
+#   make bench                      N = 100 and 1000, client QPS 20, 100 and no limit, memory run
+#   make bench N=10000              N = 10000 (also: N="100 1000 10000", or BENCH_N=...)
+#   BENCH_QPS=0 make bench          only the run with no client limit
+#   BENCH_STOP_AT=01:05 make bench  start no run after 01:05 UTC (what finished is reported)
+#   BENCH_MEMORY_JOBS=0 make bench  skip the memory run
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export NIGHTSHIFT_CLUSTER_DIR="${NIGHTSHIFT_CLUSTER_DIR:-/tmp/nightshift-bench-cluster}"
+CARGO="${CARGO:-cargo}"
+
+if [[ -n "${N:-}" ]]; then export BENCH_N="${N// /,}"; fi
+if [[ -n "${BENCH_STOP_AT:-}" ]]; then BENCH_DEADLINE="$(date -u -d "$BENCH_STOP_AT" +%s)"; export BENCH_DEADLINE; fi
+cmd="make bench"
+[[ -n "${N:-}" ]] && cmd="make bench N=\"$N\""
+for v in BENCH_N BENCH_QPS BENCH_MEMORY_JOBS BENCH_STOP_AT BENCH_RUN_TIMEOUT; do
+  if [[ -n "${!v:-}" && ! ( "$v" == BENCH_N && -n "${N:-}" ) ]]; then cmd="$v=${!v} $cmd"; fi
+done
+export BENCH_COMMAND="${BENCH_COMMAND:-$cmd}"
+
+trap 'tests/cluster/cluster.sh down >/dev/null 2>&1 || true' EXIT
+$CARGO build --release --bin nightshift
+# A whole bench is bounded: runs * sides * BENCH_RUN_TIMEOUT at worst; `timeout` caps it anyway.
+timeout --signal=INT --kill-after=60 "${BENCH_TOTAL_TIMEOUT:-14400}" \
+  $CARGO bench --bench bench -- "$@"
