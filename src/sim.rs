@@ -10,7 +10,10 @@
 //!   worker: it renews the shard's Lease with the crate's worker API and reports progress
 //!   through this many units (default 100) over the run, then a result.
 
-use std::{collections::HashMap, time::Duration};
+use std::{
+    collections::{HashMap, HashSet},
+    time::Duration,
+};
 
 use futures::StreamExt;
 use k8s_openapi::{api::core::v1::Pod, jiff::Timestamp};
@@ -105,7 +108,7 @@ pub async fn simulate(client: Client, namespace: Option<String>, selector: &str,
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
     };
-    let mut seen: HashMap<String, ()> = HashMap::new();
+    let mut seen: HashSet<String> = HashSet::new();
     let mut pods =
         watcher(api, watcher::Config::default().labels(selector)).default_backoff().applied_objects().boxed();
     info!("pod simulator started: worker pods run {}s unless annotated", run_for.as_secs());
@@ -114,10 +117,10 @@ pub async fn simulate(client: Client, namespace: Option<String>, selector: &str,
         let key =
             format!("{}/{}/{}", pod.namespace().unwrap_or_default(), pod.name_any(), pod.uid().unwrap_or_default());
         let pending = pod.status.as_ref().and_then(|s| s.phase.as_deref()).is_none_or(|p| p == "Pending");
-        if !pending || pod.metadata.deletion_timestamp.is_some() || seen.contains_key(&key) {
+        if !pending || pod.metadata.deletion_timestamp.is_some() || seen.contains(&key) {
             continue;
         }
-        seen.insert(key, ());
+        seen.insert(key);
         let client = client.clone();
         tokio::spawn(async move { play(client, pod, run_for).await });
     }

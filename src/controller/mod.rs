@@ -18,7 +18,7 @@ use k8s_openapi::{
 };
 use kube::{
     Api, Client, Resource, ResourceExt,
-    api::{DeleteParams, ListParams, Patch, PatchParams, PostParams},
+    api::{DeleteParams, Patch, PatchParams, PostParams},
     runtime::{
         Controller, WatchStreamExt,
         controller::Action,
@@ -339,30 +339,22 @@ async fn reconcile(job: Arc<BackgroundJob>, ctx: Arc<Context>) -> Result<Action,
     let last_fold = ctx.folds.lock().unwrap().get(&uid).copied();
 
     let now = now();
+    let observe = |grant| decision::Observed {
+        job: &job,
+        pods: &views,
+        leases: &leases,
+        last_fold,
+        fold_seconds: ctx.fold_seconds,
+        grant,
+    };
     let mut d = if ctx.budget.is_unlimited() {
-        let observed = decision::Observed {
-            job: &job,
-            pods: &views,
-            leases: &leases,
-            last_fold,
-            fold_seconds: ctx.fold_seconds,
-            grant: None,
-        };
-        decision::decide(&observed, now)
+        decision::decide(&observe(None), now)
     } else {
         // Share out the budget and reserve this job's new pods in one step.
         let _turn = ctx.budget_lock.lock().unwrap();
         let grants = queue::plan(ctx.budget, &ctx.claims());
         let grant = grants.get(&(ns.clone(), name.clone())).cloned().unwrap_or_default();
-        let observed = decision::Observed {
-            job: &job,
-            pods: &views,
-            leases: &leases,
-            last_fold,
-            fold_seconds: ctx.fold_seconds,
-            grant: Some(&grant),
-        };
-        let d = decision::decide(&observed, now);
+        let d = decision::decide(&observe(Some(&grant)), now);
         let mut in_flight = ctx.in_flight.lock().unwrap();
         for (shard, attempt) in &d.create {
             in_flight.insert(format!("{ns}/{}", decision::pod::pod_name(&name, *shard, *attempt)), uid.clone());
@@ -748,10 +740,4 @@ fn is_live(pod: &Pod) -> bool {
 /// count as newest, so the cache is then simply not used.
 fn resource_version(job: &BackgroundJob) -> u64 {
     job.metadata.resource_version.as_deref().and_then(|v| v.parse().ok()).unwrap_or(u64::MAX)
-}
-
-/// Lists a job's pods directly (for tools and tests).
-pub async fn list_pods(client: &Client, job: &BackgroundJob) -> Result<Vec<Pod>, kube::Error> {
-    let api: Api<Pod> = Api::namespaced(client.clone(), &job.namespace().unwrap_or_default());
-    Ok(api.list(&ListParams::default().labels(&format!("{}={}", api::LABEL_JOB, job.name_any()))).await?.items)
 }

@@ -206,7 +206,7 @@ pub fn decide(observed: &Observed, now: Timestamp) -> Decision {
     let total = spec.shards.max(0);
 
     // A finished job only lets go of what it still holds, and waits for its TTL.
-    if let Some(phase) = prev.phase.filter(|p| p.is_finished()) {
+    if prev.phase.is_some_and(|p| p.is_finished()) {
         for pod in pods {
             if pod.live() {
                 d.delete.push(pod.name.clone());
@@ -222,7 +222,6 @@ pub fn decide(observed: &Observed, now: Timestamp) -> Decision {
                 d.requeue_after = Some(until(now, expiry));
             }
         }
-        let _ = phase;
         d.status = status;
         return d;
     }
@@ -369,8 +368,7 @@ pub fn decide(observed: &Observed, now: Timestamp) -> Decision {
                     active.remove(&shard);
                     retrying.insert(shard, interrupted(&entry));
                     d.delete.push(pod.name.clone());
-                } else if let Some(deadline) = deadline.filter(|t| now >= *t) {
-                    let _ = deadline;
+                } else if deadline.is_some_and(|t| now >= t) {
                     active.remove(&shard);
                     d.delete.push(pod.name.clone());
                     let failure = Failure {
@@ -506,17 +504,6 @@ pub fn decide(observed: &Observed, now: Timestamp) -> Decision {
             now,
             generation,
         );
-        if prev.phase == Some(Phase::Suspended) {
-            set_condition(
-                &mut status.conditions,
-                "Suspended",
-                false,
-                "Resumed",
-                "spec.suspend is false".into(),
-                now,
-                generation,
-            );
-        }
     } else {
         // Admit and run.
         if status.start_time.is_none() || prev.phase == Some(Phase::Suspended) {
@@ -546,17 +533,6 @@ pub fn decide(observed: &Observed, now: Timestamp) -> Decision {
                 d.requeue_after =
                     min_opt(d.requeue_after, std::time::Duration::from_secs(spec.timeouts.job_seconds as u64));
             }
-        }
-        if prev.phase == Some(Phase::Suspended) {
-            set_condition(
-                &mut status.conditions,
-                "Suspended",
-                false,
-                "Resumed",
-                "spec.suspend is false".into(),
-                now,
-                generation,
-            );
         }
         status.phase = Some(Phase::Running);
 
@@ -602,6 +578,19 @@ pub fn decide(observed: &Observed, now: Timestamp) -> Decision {
                 d.requeue_after = min_opt(d.requeue_after, until(now, t.0));
             }
         }
+    }
+
+    // Out of a suspend, whether straight back to work or into the queue.
+    if prev.phase == Some(Phase::Suspended) && matches!(status.phase, Some(Phase::Queued | Phase::Running)) {
+        set_condition(
+            &mut status.conditions,
+            "Suspended",
+            false,
+            "Resumed",
+            "spec.suspend is false".into(),
+            now,
+            generation,
+        );
     }
 
     // Counts and summaries.
@@ -804,11 +793,8 @@ fn with_heartbeats_of(status: &BackgroundJobStatus, prev: &BackgroundJobStatus) 
     stale.last_heartbeat_time = prev.last_heartbeat_time.clone();
     stale.result = prev.result.clone();
     // Progress from shard completions is not a heartbeat; from worker reports it is.
-    if let (Some(new), Some(old)) = (&status.progress, &prev.progress)
-        && status.succeeded_shards == prev.succeeded_shards
-    {
-        let _ = new;
-        stale.progress = Some(old.clone());
+    if status.succeeded_shards == prev.succeeded_shards {
+        stale.progress = prev.progress.clone();
     }
     stale
 }
