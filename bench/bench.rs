@@ -602,7 +602,7 @@ impl RunCtx<'_> {
         c.arg("run")
             .args(["--metrics-address", &format!("127.0.0.1:{port}")])
             .args(["--kube-api-qps", &q.to_string(), "--kube-api-burst", &b.to_string()])
-            .args(["--max-workers", "0", "--leader-election=false", "--debounce-ms", "50", "--concurrency", "16"])
+            .args(["--max-workers", "0", "--leader-election=false"])
             .env("KUBECONFIG", &self.operator_kubeconfig)
             .env("RUST_LOG", "warn");
         Proc::spawn(c, &self.s.work.join(log))
@@ -1346,7 +1346,7 @@ async fn main() {
         settings: format!(
             "Settings: N = {:?}, client QPS = {:?} (0: no limit; burst 1.5× QPS; kube-controller-manager's \
              --kube-api-qps/--kube-api-burst, 100000/100000 for no limit, and nightshift's, 0 for no limit), \
-             nightshift `--concurrency 16 --debounce-ms 50 --max-workers 0 --leader-election=false`, \
+             nightshift with its defaults (`--concurrency 64 --debounce-ms 50`) and `--max-workers 0 --leader-election=false`, \
              kube-controller-manager defaults otherwise (`--concurrent-job-syncs 5`), a fresh control plane \
              per (QPS, N), memory run with {} jobs, {} s timeout per wait.",
             s.ns,

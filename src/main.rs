@@ -39,7 +39,7 @@ enum Command {
         #[arg(long, default_value_t = 50)]
         debounce_ms: u64,
         /// Jobs reconciled at once.
-        #[arg(long, default_value_t = 16)]
+        #[arg(long, default_value_t = 64)]
         concurrency: u16,
         /// Image holding this binary at /nightshift, copied into the workers of jobs with
         /// spec.heartbeat.injectAgent (usually the operator's own image).

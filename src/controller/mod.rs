@@ -83,7 +83,7 @@ impl Default for Options {
         Self {
             namespace: None,
             debounce: Duration::from_millis(50),
-            concurrency: 16,
+            concurrency: 64,
             agent_image: None,
             fold_seconds: decision::FOLD_SECONDS,
             budget: Budget::default(),
@@ -155,9 +155,9 @@ pub async fn run_with_metrics(
     let (pod_store, pod_writer) = reflector::store_shared(1024);
     let pod_events = pod_writer.subscribe().expect("a shared store hands out subscribers");
     let pod_watch = watcher(pods_api, selector.clone()).default_backoff().modify(lean).reflect_shared(pod_writer);
-    let (lease_store, lease_writer) = reflector::store_shared(1024);
-    let lease_events = lease_writer.subscribe().expect("a shared store hands out subscribers");
-    let lease_watch = watcher(leases_api, selector).default_backoff().modify(lean).reflect_shared(lease_writer);
+    // Leases are cached but do not trigger reconciles: renewals are folded in on a timer.
+    let (lease_store, lease_writer) = reflector::store();
+    let lease_watch = watcher(leases_api, selector).default_backoff().modify(lean).reflect(lease_writer);
 
     let (wake_tx, wake_rx) = futures::channel::mpsc::unbounded();
     let reporter = Reporter { controller: api::MANAGER.into(), instance: std::env::var("POD_NAME").ok() };
@@ -192,7 +192,6 @@ pub async fn run_with_metrics(
             kube::runtime::controller::Config::default().debounce(options.debounce).concurrency(options.concurrency),
         )
         .owns_shared_stream(pod_events)
-        .owns_shared_stream(lease_events)
         .reconcile_on(wake_rx);
     let job_store = controller.store();
     let _ = ctx.jobs.set(job_store.clone());
@@ -361,9 +360,6 @@ async fn reconcile(job: Arc<BackgroundJob>, ctx: Arc<Context>) -> Result<Action,
         }
         d
     };
-    if d.folded {
-        ctx.folds.lock().unwrap().insert(uid.clone(), now);
-    }
     let pods_api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
     let jobs_api: Api<BackgroundJob> = Api::namespaced(ctx.client.clone(), &ns);
 
@@ -389,6 +385,9 @@ async fn reconcile(job: Arc<BackgroundJob>, ctx: Arc<Context>) -> Result<Action,
         let written =
             jobs_api.patch_status(&name, &PatchParams::apply(api::MANAGER).force(), &Patch::Apply(&patch)).await?;
         ctx.remember(&uid, &written);
+        if d.folded {
+            ctx.folds.lock().unwrap().insert(uid.clone(), now);
+        }
         ctx.metrics.status_writes.inc();
         debug!(namespace = %ns, job = %name, phase = ?d.status.phase, "status written");
     }
@@ -409,8 +408,9 @@ async fn reconcile(job: Arc<BackgroundJob>, ctx: Arc<Context>) -> Result<Action,
     for reason in &d.failed_attempts {
         ctx.metrics.attempts_failed.get_or_create(&ReasonLabel { reason: reason.clone() }).inc();
     }
-    // One event per kind per reconcile (three workers started is one event, not three), sent
-    // in the background: events are for people, and must not slow the work down.
+    // One event per kind per reconcile (three workers started is one event, not three; the
+    // workers a job starts with are part of its Admitted event), sent in the background:
+    // events are for people, and must not slow the work down.
     let mut events: Vec<decision::EventNote> = Vec::new();
     for note in &d.events {
         if note.reason == "WorkerStarted" {
@@ -424,6 +424,13 @@ async fn reconcile(job: Arc<BackgroundJob>, ctx: Arc<Context>) -> Result<Action,
         match events.last_mut() {
             Some(last) if last.reason == note.reason && last.warning == note.warning && last.note.len() < 512 => {
                 last.note = format!("{}; {}", last.note, note.note);
+            }
+            Some(last)
+                if matches!(last.reason, "Admitted" | "Resumed")
+                    && note.reason == "WorkerStarted"
+                    && last.note.len() < 512 =>
+            {
+                last.note = format!("{}; started {}", last.note, note.note);
             }
             _ => events.push(note.clone()),
         }

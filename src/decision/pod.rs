@@ -34,15 +34,15 @@ const AGENT_VOLUME: &str = "nightshift-agent";
 pub fn worker_pod(job: &BackgroundJob, shard: i32, attempt: i32, agent_image: Option<&str>) -> Pod {
     let name = job.name_any();
     let namespace = job.namespace().unwrap_or_default();
-    let template = &job.spec.template;
-    let tmeta = template.metadata.clone().unwrap_or_default();
+    let template = job.spec.template.get();
+    let tmeta = template.metadata.unwrap_or_default();
 
     let mut labels: BTreeMap<String, String> = tmeta.labels.unwrap_or_default();
     labels.insert(api::LABEL_JOB.into(), name.clone());
     labels.insert(api::LABEL_SHARD.into(), shard.to_string());
     labels.insert(api::LABEL_ATTEMPT.into(), attempt.to_string());
 
-    let mut spec: PodSpec = template.spec.clone().unwrap_or_default();
+    let mut spec: PodSpec = template.spec.unwrap_or_default();
     spec.restart_policy = Some("Never".into());
     let pod = pod_name(&name, shard, attempt);
     let mut env = vec![

@@ -119,7 +119,7 @@ pub struct Decision {
     pub requeue_after: Option<std::time::Duration>,
     /// The job's TTL after finishing has passed: delete it.
     pub delete_job: bool,
-    /// `status` carries freshly folded heartbeats: the caller notes `now` as the last fold.
+    /// `status` is to be written, with the current heartbeats: the caller notes `now` as the last fold.
     pub folded: bool,
     /// Reasons of the attempts this step found failed (for metrics).
     pub failed_attempts: Vec<String>,
@@ -193,7 +193,51 @@ pub fn fail(
 }
 
 /// One step for one job. `now` must be whole seconds (the precision the API stores).
+///
+/// A shard that succeeded while its job goes on running, and that is all that changed, waits
+/// for the next fold of the job's status (at most `fold_seconds`) instead of a write of its own:
+/// the shards of a job tend to finish close together, and the write that records the last of
+/// them (the job is done) goes out at once. Its pod keeps its finalizer until then, so nothing
+/// is lost; a shard that frees a worker for a waiting one is never held back.
 pub fn decide(observed: &Observed, now: Timestamp) -> Decision {
+    let d = decide_now(observed, now);
+    let prev = observed.job.status.as_ref();
+    let next_fold = observed.last_fold.map(|t| plus(t, observed.fold_seconds)).filter(|t| now < *t);
+    let (Some(prev), Some(next_fold)) = (prev, next_fold) else { return d };
+    let quiet = d.create.is_empty() && d.delete.is_empty() && d.events.is_empty() && d.failed_attempts.is_empty();
+    if !quiet || prev.phase != Some(Phase::Running) || d.status.phase != Some(Phase::Running) {
+        return d;
+    }
+    // The pods of shards that just succeeded, seen as still running.
+    let newly_done =
+        |p: &PodView| p.phase == PodPhase::Succeeded && !p.deleting && prev.active.iter().any(|a| a.pod == p.name);
+    if !observed.pods.iter().any(newly_done) {
+        return d;
+    }
+    let held: Vec<PodView> = observed
+        .pods
+        .iter()
+        .map(|p| {
+            if newly_done(p) {
+                PodView { phase: PodPhase::Running, running_since: p.running_since.or(Some(now)), ..p.clone() }
+            } else {
+                p.clone()
+            }
+        })
+        .collect();
+    let mut later = decide_now(&Observed { pods: &held, ..*observed }, now);
+    let still_quiet = later.create.is_empty()
+        && later.delete.is_empty()
+        && later.events.is_empty()
+        && later.failed_attempts.is_empty();
+    if !still_quiet || later.status != *prev {
+        return d;
+    }
+    later.requeue_after = min_opt(later.requeue_after, until(now, next_fold));
+    later
+}
+
+fn decide_now(observed: &Observed, now: Timestamp) -> Decision {
     let Observed { job, pods, leases, last_fold, fold_seconds, grant } = *observed;
     let spec = &job.spec;
     let leases: BTreeMap<i32, &LeaseView> = leases.iter().map(|l| (l.shard, l)).collect();
@@ -626,17 +670,27 @@ pub fn decide(observed: &Observed, now: Timestamp) -> Decision {
     }
     status.result = merged_result(leases.values().filter_map(|l| l.result.as_ref()));
 
-    // Fold heartbeats in at a bounded rate: when they are all that changed and the last fold is
-    // recent, keep the previous heartbeat fields and look again when the period is over.
+    // Fold heartbeats (and readiness) in at a bounded rate: when they are all that changed and
+    // the last fold is recent, keep their previous values and look again when the period is over.
     let stale = with_heartbeats_of(&status, &prev);
-    if stale != status {
-        match last_fold.map(|t| plus(t, fold_seconds)) {
-            Some(next_fold) if stale == prev && now < next_fold => {
-                status = stale;
-                d.requeue_after = min_opt(d.requeue_after, until(now, next_fold));
-            }
-            _ => d.folded = true,
-        }
+    if stale != status
+        && stale == prev
+        && let Some(next_fold) = last_fold.map(|t| plus(t, fold_seconds)).filter(|t| now < *t)
+    {
+        status = stale;
+        d.requeue_after = min_opt(d.requeue_after, until(now, next_fold));
+    }
+    // Any write carries the current heartbeats along: it counts as a fold.
+    d.folded = status != prev;
+    // Lease renewals do not wake the controller (every renewal of every worker would, and a
+    // burst of them would keep pushing the job's reconcile back): a job whose workers heartbeat
+    // is looked at again when the fold period is over. Missed heartbeats have their own timer.
+    if spec.heartbeat.is_some() && !status.active.is_empty() {
+        let next_fold = match last_fold.map(|t| plus(t, fold_seconds)) {
+            Some(next) if !d.folded && next > now => next,
+            _ => plus(now, fold_seconds),
+        };
+        d.requeue_after = min_opt(d.requeue_after, until(now, next_fold));
     }
 
     d.status = status;
@@ -791,6 +845,11 @@ fn with_heartbeats_of(status: &BackgroundJobStatus, prev: &BackgroundJobStatus) 
         entry.progress = old.and_then(|a| a.progress.clone());
     }
     stale.last_heartbeat_time = prev.last_heartbeat_time.clone();
+    // Workers turning ready is worth a write of its own only once per fold period: a job's
+    // status is written when it starts its workers and when they finish anyway.
+    if let (Some(now), Some(before)) = (stale.workers.as_mut(), prev.workers.as_ref()) {
+        now.ready = before.ready;
+    }
     stale.result = prev.result.clone();
     // Progress from shard completions is not a heartbeat; from worker reports it is.
     if status.succeeded_shards == prev.succeeded_shards {

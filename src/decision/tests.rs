@@ -559,3 +559,78 @@ mod heartbeats {
         assert_eq!(d.status.result, Some(json!({"created": 175, "errors": ["e0", "e1", "e2"]})));
     }
 }
+
+#[test]
+fn workers_turning_ready_are_folded_not_written_at_once() {
+    let mut job = job(3, 3, json!({}));
+    let mut w = World::default();
+    let d = step(&mut job, &mut w, t0());
+    assert!(d.folded, "the admission write counts as a fold");
+    for p in w.pods.iter_mut() {
+        p.phase = PodPhase::Running;
+        p.ready = true;
+        p.running_since = Some(t0());
+    }
+    fn observe<'a>(job: &'a BackgroundJob, pods: &'a [PodView], last_fold: Option<Timestamp>) -> Observed<'a> {
+        Observed { last_fold, ..Observed::new(job, pods) }
+    }
+    // Within the fold period, readiness alone writes nothing and looks again when it is over.
+    let d = decide(&observe(&job, &w.pods, Some(t0())), t0() + SignedDuration::from_secs(5));
+    assert_eq!(Some(&d.status), job.status.as_ref(), "readiness alone is not written within the period");
+    assert!(!d.folded);
+    assert_eq!(d.requeue_after, Some(std::time::Duration::from_secs(10)));
+    // After it, it is.
+    let d = decide(&observe(&job, &w.pods, Some(t0())), t0() + SignedDuration::from_secs(15));
+    assert!(d.folded);
+    assert_eq!(d.status.workers.as_ref().map(|w| w.ready), Some(3));
+    // A shard failing is written at once, with the readiness of the others.
+    finish(&mut w, "j-0-1", false);
+    let d = decide(&observe(&job, &w.pods, Some(t0())), t0() + SignedDuration::from_secs(5));
+    assert!(d.folded);
+    assert_eq!(d.status.retrying.len(), 1);
+    assert_eq!(d.status.workers.as_ref().map(|w| w.ready), Some(2));
+}
+
+#[test]
+fn a_shard_done_while_its_job_runs_on_waits_for_the_next_fold() {
+    fn observe<'a>(job: &'a BackgroundJob, pods: &'a [PodView], last_fold: Option<Timestamp>) -> Observed<'a> {
+        Observed { last_fold, ..Observed::new(job, pods) }
+    }
+    let at = |s: i64| t0() + SignedDuration::from_secs(s);
+    let mut job = job(3, 3, json!({}));
+    let mut w = World::default();
+    step(&mut job, &mut w, t0());
+    finish(&mut w, "j-0-1", true);
+    let d = decide(&observe(&job, &w.pods, Some(t0())), at(5));
+    assert_eq!(Some(&d.status), job.status.as_ref(), "one shard of three done: no write of its own");
+    assert!(d.release.is_empty(), "its finalizer stays until the outcome is written");
+    assert_eq!(d.requeue_after, Some(std::time::Duration::from_secs(10)));
+    // Without a recent write (after a restart, or when the period is over) it is written at once.
+    let d = decide(&observe(&job, &w.pods, None), at(5));
+    assert_eq!(d.status.shards.as_ref().map(|s| s.succeeded), Some(1));
+    assert_eq!(d.release, vec!["j-0-1".to_string()]);
+    let d = decide(&observe(&job, &w.pods, Some(t0())), at(15));
+    assert_eq!(d.status.shards.as_ref().map(|s| s.succeeded), Some(1));
+    // The last one finishes the job: one write records all three and releases every pod.
+    finish(&mut w, "j-1-1", true);
+    finish(&mut w, "j-2-1", true);
+    let d = decide(&observe(&job, &w.pods, Some(t0())), at(6));
+    assert_eq!(d.status.phase, Some(Phase::Succeeded));
+    assert_eq!(d.release.len(), 3);
+
+    // A shard that frees a worker for a waiting shard is written at once, with the new pod.
+    let mut job = self::job(5, 3, json!({}));
+    let mut w = World::default();
+    step(&mut job, &mut w, t0());
+    finish(&mut w, "j-0-1", true);
+    let d = decide(&observe(&job, &w.pods, Some(t0())), at(5));
+    assert_eq!(d.create, vec![(3, 1)]);
+    assert_eq!(d.status.shards.as_ref().map(|s| s.succeeded), Some(1));
+    // A failure is never held back.
+    let mut job = self::job(3, 3, json!({}));
+    let mut w = World::default();
+    step(&mut job, &mut w, t0());
+    finish(&mut w, "j-0-1", false);
+    let d = decide(&observe(&job, &w.pods, Some(t0())), at(5));
+    assert_ne!(Some(&d.status), job.status.as_ref());
+}

@@ -283,7 +283,10 @@ async fn shards_and_template_are_frozen_once_the_job_is_admitted() {
     ]}}}});
     let changed = jobs.patch("frozen", &pp, &Patch::Merge(image)).await;
     let changed = changed.expect("changing spec.template of a job not yet admitted");
-    assert_eq!(changed.spec.template.spec.unwrap().containers[0].image.as_deref(), Some("registry.example/import:2"));
+    assert_eq!(
+        changed.spec.template.get().spec.unwrap().containers[0].image.as_deref(),
+        Some("registry.example/import:2")
+    );
 
     // Admit it, as the controller does.
     let admitted = jobs
@@ -321,9 +324,9 @@ async fn shards_and_template_are_frozen_once_the_job_is_admitted() {
         .expect("suspend and workers may change after admission");
     assert!(suspended.spec.suspend);
     assert_eq!(suspended.spec.shards, 3);
-    let template = suspended.spec.template.spec.unwrap();
+    let template = suspended.spec.template.get().spec.unwrap();
     assert_eq!(template.containers[0].image.as_deref(), Some("registry.example/import:2"));
-    assert!(suspended.spec.template.metadata.and_then(|m| m.labels).is_none());
+    assert!(suspended.spec.template.get().metadata.and_then(|m| m.labels).is_none());
 }
 
 #[tokio::test]

@@ -284,12 +284,6 @@ async fn steady_heartbeats_from_three_workers_stay_within_the_status_write_bound
     for pod in &pods {
         sim::mark_running(&f.pods, pod).await.unwrap();
     }
-    // Let the start settle, then count every change of the job for a minute.
-    wait_until("3 ready workers in the status", WAIT, || async {
-        let s = f.status("steady").await;
-        if s.workers.as_ref().is_some_and(|w| w.ready == 3) { Ok(()) } else { Err(format!("{s:?}")) }
-    })
-    .await;
     let mut beats = Vec::new();
     for (shard, pod) in pods.iter().enumerate() {
         beats.push(keep_renewing(
@@ -301,6 +295,12 @@ async fn steady_heartbeats_from_three_workers_stay_within_the_status_write_bound
             |n| Some(format!("{n}/1000")),
         ));
     }
+    // Let the start settle (readiness is folded in too), then count every change of the job for a minute.
+    wait_until("3 ready workers in the status", WAIT, || async {
+        let s = f.status("steady").await;
+        if s.workers.as_ref().is_some_and(|w| w.ready == 3) { Ok(()) } else { Err(format!("{s:?}")) }
+    })
+    .await;
     let jobs = f.jobs.clone();
     let name = "steady".to_string();
     let counter = tokio::spawn(async move {
