@@ -72,7 +72,8 @@ enum Command {
         /// Most worker pods running at once in one namespace; 0: no limit.
         #[arg(long, env = "NIGHTSHIFT_MAX_WORKERS_PER_NAMESPACE", default_value_t = 0)]
         max_workers_per_namespace: u32,
-        /// Heartbeats and progress alone change a job's status at most once per this many seconds.
+        /// Heartbeats, progress, readiness and shard successes in the middle of a job change its
+        /// status at most once per this many seconds.
         #[arg(long, default_value_t = nightshift::decision::FOLD_SECONDS, value_parser = clap::value_parser!(i64).range(1..))]
         status_fold_seconds: i64,
     },

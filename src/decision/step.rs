@@ -57,8 +57,9 @@ impl<'a> Observed<'a> {
     }
 }
 
-/// By default, heartbeats and progress reach the status at most this often per job (unless
-/// something else changes the status anyway): lease renewals must not become status writes one for one.
+/// By default, heartbeats, progress, readiness and mid-job shard successes reach the status at
+/// most this often per job (unless something else changes the status anyway): lease renewals
+/// must not become status writes one for one, nor each of a job's shards a write of its own.
 pub const FOLD_SECONDS: i64 = 15;
 
 /// What the core needs to know of a worker pod.

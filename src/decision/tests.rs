@@ -39,6 +39,9 @@ fn t0() -> Timestamp {
 struct World {
     pods: Vec<PodView>,
     max_live_seen: usize,
+    /// Fold as the operator does (the last write counts as a fold); off: every change is written.
+    fold: bool,
+    last_fold: Option<Timestamp>,
 }
 
 impl World {
@@ -65,9 +68,20 @@ impl World {
                 p.deleting = true;
             }
         }
+        if d.folded {
+            self.last_fold = Some(now);
+        }
         job.status = Some(d.status.clone());
         for name in &d.release {
             if let Some(p) = self.pods.iter_mut().find(|p| &p.name == name) {
+                // Only what the status written with it (or before) records may go.
+                let s = &d.status;
+                let recorded = ranges::Ranges::from_opt(s.succeeded_shards.as_ref()).contains(p.shard)
+                    || ranges::Ranges::from_opt(s.failed_shards.as_ref()).contains(p.shard)
+                    || s.active.iter().any(|a| a.shard == p.shard && a.attempt > p.attempt)
+                    || s.retrying.iter().any(|r| r.shard == p.shard && r.attempt > p.attempt)
+                    || s.phase.is_some_and(|ph| ph.is_finished());
+                assert!(recorded, "{name} released before its outcome was recorded: {s:?}");
                 p.tracked = false;
             }
         }
@@ -88,7 +102,8 @@ impl World {
 }
 
 fn step(job: &mut BackgroundJob, world: &mut World, now: Timestamp) -> Decision {
-    let d = decide(&Observed::new(job, &world.pods), now);
+    let last_fold = if world.fold { world.last_fold } else { None };
+    let d = decide(&Observed { last_fold, ..Observed::new(job, &world.pods) }, now);
     world.apply(job, &d, now);
     let s = d.status.shards.as_ref().unwrap();
     assert_eq!(s.pending + s.running + s.succeeded + s.failed, s.total, "counts add up: {s:?}");
@@ -279,9 +294,10 @@ proptest! {
         max in 1..4i32,
         limit in 0..3i32,
         events in prop::collection::vec(world_event(), 0..80),
+        fold in any::<bool>(),
     ) {
         let mut job = job(shards, max, json!({"retry": {"limit": limit, "backoff": {"initialSeconds": 5, "factor": 2, "maxSeconds": 30}}}));
-        let mut w = World::default();
+        let mut w = World { fold, ..World::default() };
         let mut now = t0();
         step(&mut job, &mut w, now);
         for event in events {
