@@ -144,13 +144,15 @@ fn run_in(mut c: Command, input: &str) -> Res<()> {
 /// A process this bench started: stopped (SIGTERM, then SIGKILL after 10 s) when dropped.
 struct Proc {
     child: Child,
+    /// Where the operator serves /metrics.
+    metrics_port: Option<u16>,
 }
 
 impl Proc {
     fn spawn(mut c: Command, log: &Path) -> Res<Self> {
         let out = fs::File::create(log)?;
         let child = c.stdin(Stdio::null()).stdout(out.try_clone()?).stderr(out).spawn()?;
-        Ok(Self { child })
+        Ok(Self { child, metrics_port: None })
     }
     fn pid(&self) -> u32 {
         self.child.id()
@@ -552,6 +554,16 @@ fn watch(client: Client, side: Side, pods_wanted: usize, jobs_wanted: usize) -> 
     marks
 }
 
+/// The operator's nightshift_events_pending, from its /metrics.
+async fn events_pending(port: u16) -> Option<i64> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok()?;
+    conn.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n").await.ok()?;
+    let mut body = String::new();
+    conn.read_to_string(&mut body).await.ok()?;
+    body.lines().find_map(|l| l.strip_prefix("nightshift_events_pending ")).and_then(|v| v.trim().parse().ok())
+}
+
 /// Empties a side's namespace once it is measured, so that each side starts on a control plane
 /// holding the same objects (the sides run one after the other on one etcd).
 async fn clear(client: &Client, side: Side, timeout: Duration) {
@@ -607,6 +619,9 @@ struct SideResult {
     all_pods_secs: Option<f64>,
     all_finished_secs: Option<f64>,
     settled_secs: Option<f64>,
+    /// nightshift: until its last event was sent (its metric nightshift_events_pending is 0).
+    #[serde(default)]
+    events_sent_secs: Option<f64>,
     failed_jobs: usize,
     controller_cpu: f64,
     controller_hwm_mib: f64,
@@ -637,7 +652,9 @@ impl RunCtx<'_> {
             .args(["--max-workers", "0", "--leader-election=false"])
             .env("KUBECONFIG", &self.operator_kubeconfig)
             .env("RUST_LOG", "warn");
-        Proc::spawn(c, &self.s.work.join(log))
+        let mut p = Proc::spawn(c, &self.s.work.join(log))?;
+        p.metrics_port = Some(port);
+        Ok(p)
     }
 
     async fn side(&self, side: Side, n: usize) -> Res<SideResult> {
@@ -667,6 +684,7 @@ impl RunCtx<'_> {
         let etcd = self.cluster.pid("etcd")?;
         let (cpu0, api0, etcd0) = (cpu_seconds(controller_pid), cpu_seconds(apiserver), cpu_seconds(etcd));
 
+        let mut events_sent = None;
         let t0 = Instant::now();
         let (ar, count) = match side {
             Side::Raw => (pod_resource(), pods_wanted),
@@ -687,6 +705,14 @@ impl RunCtx<'_> {
             let remaining = Duration::from_secs(120).min(timeout.saturating_sub(t0.elapsed()));
             wait_until("all pods Succeeded without finalizers", remaining, || marks.lock().unwrap().settled.is_some())
                 .await;
+            // nightshift sends events behind its other requests: let them all go out (and count).
+            if let Some(port) = operator.as_ref().and_then(|p| p.metrics_port) {
+                let deadline = Instant::now() + timeout.saturating_sub(t0.elapsed());
+                while Instant::now() < deadline && events_pending(port).await.is_none_or(|n| n > 0) {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                events_sent = Some(t0.elapsed().as_secs_f64());
+            }
             // Stragglers (late events, status writes) land in the audit log too.
             tokio::time::sleep(Duration::from_secs(3)).await;
         }
@@ -705,6 +731,7 @@ impl RunCtx<'_> {
             all_pods_secs: secs(m.all_pods),
             all_finished_secs: if side == Side::Raw { None } else { secs(m.all_finished) },
             settled_secs: if side == Side::Raw { None } else { secs(m.settled) },
+            events_sent_secs: events_sent,
             failed_jobs: m.jobs.values().filter(|f| **f == Some(false)).count(),
             controller_cpu,
             controller_hwm_mib,
@@ -1077,7 +1104,8 @@ fn render(rep: &Report) -> String {
         "Times are seconds from the first create of the N objects (the controller already running). *Create* is \
          the admin creating the N objects (3N pods for the limit), 64 requests in flight. *Pods* is until all 3N \
          pods exist (seen by a watch), *finished* until all N jobs are finished (Job: condition Complete; \
-         BackgroundJob: phase Succeeded), *settled* until every pod is Succeeded without finalizers. Requests are \
+         BackgroundJob: phase Succeeded), *settled* until every pod is Succeeded without finalizers (for \
+         nightshift, in brackets: until its last event was sent; it sends events behind its other requests). Requests are \
          the controller's own mutating requests per job from the audit log (events excluded, then events alone). \
          CPU is the controller process's utime+stime during the side (kube-controller-manager: all its \
          controllers); RSS is its peak (VmHWM; kube-controller-manager's since it started, nightshift's for this \
@@ -1113,7 +1141,10 @@ fn render(rep: &Report) -> String {
                 if r.create_failures > 0 { format!(" ({} failed)", r.create_failures) } else { String::new() },
                 f(r.all_pods_secs),
                 f(r.all_finished_secs),
-                f(r.settled_secs),
+                match r.events_sent_secs {
+                    Some(e) => format!("{} (events {e:.1})", f(r.settled_secs)),
+                    None => f(r.settled_secs),
+                },
                 r.apiserver_cpu,
                 r.load
             );

@@ -409,8 +409,9 @@ async fn reconcile(job: Arc<BackgroundJob>, ctx: Arc<Context>) -> Result<Action,
         ctx.metrics.attempts_failed.get_or_create(&ReasonLabel { reason: reason.clone() }).inc();
     }
     // One event per kind per reconcile (three workers started is one event, not three; the
-    // workers a job starts with are part of its Admitted event), sent in the background:
-    // events are for people, and must not slow the work down.
+    // workers a job starts with are part of its Admitted event), sent in the background and
+    // behind every other request (runtime::limit): events are for people, and must not slow the
+    // work down.
     let mut events: Vec<decision::EventNote> = Vec::new();
     for note in &d.events {
         if note.reason == "WorkerStarted" {
@@ -437,8 +438,10 @@ async fn reconcile(job: Arc<BackgroundJob>, ctx: Arc<Context>) -> Result<Action,
     }
     if !events.is_empty() {
         let (ctx, reference) = (ctx.clone(), job.object_ref(&()));
+        ctx.metrics.events_pending.inc_by(events.len() as i64);
         tokio::spawn(async move {
             for note in events {
+                let _sent = PendingEvent(&ctx.metrics);
                 let event = Event {
                     type_: if note.warning { EventType::Warning } else { EventType::Normal },
                     reason: note.reason.into(),
@@ -721,6 +724,15 @@ impl Context {
 /// often half of an object's size (measured: a BackgroundJob is 5.4 KB with them, 2.0 KB without).
 fn lean<K: Resource>(object: &mut K) {
     object.meta_mut().managed_fields = None;
+}
+
+/// An event on its way out: no longer pending once sent (or given up on).
+struct PendingEvent<'a>(&'a Metrics);
+
+impl Drop for PendingEvent<'_> {
+    fn drop(&mut self) {
+        self.0.events_pending.dec();
+    }
 }
 
 /// Budget reservations of pods being created, released however the creating ends.

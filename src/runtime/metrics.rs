@@ -48,6 +48,8 @@ pub struct Metrics {
     pub reconcile_duration: Histogram,
     pub reconcile_errors: Family<ErrorLabel, Counter>,
     pub status_writes: Counter,
+    /// Events decided but not sent yet (they wait behind the work for the client's API budget).
+    pub events_pending: Gauge,
     pub leader: Gauge,
     /// The controller's caches have synced (or it does not run: a follower).
     pub caches_synced: AtomicBool,
@@ -68,6 +70,7 @@ impl Default for Metrics {
             reconcile_duration: Histogram::new([0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0]),
             reconcile_errors: Family::default(),
             status_writes: Counter::default(),
+            events_pending: Gauge::default(),
             leader: Gauge::default(),
             caches_synced: AtomicBool::new(false),
             leadership_known: AtomicBool::new(false),
@@ -75,6 +78,11 @@ impl Default for Metrics {
         };
         registry.register("jobs", "BackgroundJobs by phase", m.jobs.clone());
         registry.register("workers", "Live worker pods", m.workers.clone());
+        registry.register(
+            "events_pending",
+            "Events decided but not sent yet (events wait behind other requests for the API budget)",
+            m.events_pending.clone(),
+        );
         registry.register("worker_budget", "Most worker pods allowed at once (-1: no limit)", m.worker_budget.clone());
         registry.register("attempts_started", "Shard attempts started", m.attempts_started.clone());
         registry.register("attempts_failed", "Shard attempts failed, by reason", m.attempts_failed.clone());

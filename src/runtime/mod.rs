@@ -2,24 +2,28 @@
 //! the health and metrics server, leader election, and logging.
 
 pub mod leader;
+pub mod limit;
 pub mod metrics;
 pub mod server;
 
-use std::time::Duration;
+use std::sync::Arc;
 
 use kube::{Client, Config, client::ClientBuilder};
 
 pub use metrics::Metrics;
 
-/// A client whose requests are limited to `qps` per second on average, `burst` at once
-/// (tower's rate limit: `burst` requests per `burst / qps` seconds). `qps` 0: no limit.
+/// A client whose requests are limited to `qps` per second on average and `burst` at once, with
+/// Events last (see [`limit`]). `qps` 0: no limit.
 pub fn client(config: Config, qps: f64, burst: u32) -> Result<Client, kube::Error> {
     if qps <= 0.0 {
         return Client::try_from(config);
     }
-    let burst = burst.max(1);
-    let period = Duration::from_secs_f64(f64::from(burst) / qps);
-    let layer = tower::limit::RateLimitLayer::new(u64::from(burst), period);
+    let budget = Arc::new(limit::Budget::new(qps, burst));
+    // The buffer makes the stack below cloneable: a request waits for its token on a clone.
+    let layer = tower::layer::layer_fn(move |inner| limit::Limited {
+        inner: tower::buffer::Buffer::new(inner, 1024),
+        budget: budget.clone(),
+    });
     Ok(ClientBuilder::try_from(config)?.with_layer(&layer).build())
 }
 

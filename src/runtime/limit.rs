@@ -1,0 +1,202 @@
+//! The client-side limit on API requests: one token bucket for the whole operator (client-go's
+//! scheme: `qps` tokens a second, at most `burst` saved up), in which Events go last. An event
+//! takes a token only when no other request is waiting for one, so with a tight budget the
+//! work (pods, status, finalizers) goes first and events trail behind it; they are still sent,
+//! and still count against the budget.
+
+use std::{
+    sync::{Arc, Mutex},
+    task::{Context, Poll},
+    time::{Duration, Instant},
+};
+
+use futures::future::BoxFuture;
+use hyper::Request;
+use tower::{Service, ServiceExt};
+
+/// The bucket itself, on a clock passed in.
+#[derive(Debug)]
+pub struct Bucket {
+    qps: f64,
+    burst: f64,
+    tokens: f64,
+    at: Instant,
+}
+
+impl Bucket {
+    /// Full: `burst` requests may go at once.
+    pub fn new(qps: f64, burst: u32, now: Instant) -> Self {
+        let burst = f64::from(burst.max(1));
+        Self { qps, burst, tokens: burst, at: now }
+    }
+
+    /// Takes a token, or says how long until one is free. An event (`urgent` false) yields to
+    /// `others_waiting` urgent requests.
+    pub fn take(&mut self, now: Instant, urgent: bool, others_waiting: bool) -> Result<(), Duration> {
+        let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * self.qps).min(self.burst);
+        self.at = now;
+        let one = Duration::from_secs_f64(1.0 / self.qps);
+        if !urgent && others_waiting {
+            return Err(one);
+        }
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            Ok(())
+        } else {
+            Err(Duration::from_secs_f64((1.0 - self.tokens) / self.qps).min(one))
+        }
+    }
+}
+
+/// The bucket shared by every request of a client, and how many urgent requests wait on it.
+#[derive(Debug)]
+pub struct Budget {
+    state: Mutex<(Bucket, usize)>,
+}
+
+impl Budget {
+    pub fn new(qps: f64, burst: u32) -> Self {
+        Self { state: Mutex::new((Bucket::new(qps, burst, Instant::now()), 0)) }
+    }
+
+    /// Waits for a token.
+    pub async fn acquire(&self, urgent: bool) {
+        let mut waiting: Option<Waiting<'_>> = None;
+        loop {
+            let wait = {
+                let mut state = self.state.lock().unwrap();
+                let others = state.1 > 0;
+                match state.0.take(Instant::now(), urgent, others) {
+                    Ok(()) => return,
+                    Err(wait) => {
+                        if urgent && waiting.is_none() {
+                            state.1 += 1;
+                            waiting = Some(Waiting(self));
+                        }
+                        wait
+                    }
+                }
+            };
+            tokio::time::sleep(wait).await;
+        }
+    }
+}
+
+/// An urgent request waiting for a token: counted until it gets one or is dropped.
+struct Waiting<'a>(&'a Budget);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.state.lock().unwrap().1 -= 1;
+    }
+}
+
+/// Whether a request is about Events (`/api/v1/namespaces/NS/events...`,
+/// `/apis/events.k8s.io/v1/namespaces/NS/events...`).
+pub fn is_event(path: &str) -> bool {
+    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    segments.iter().position(|s| *s == "namespaces").and_then(|i| segments.get(i + 2)) == Some(&"events")
+}
+
+/// A service whose requests wait for a token of `budget` first.
+#[derive(Clone)]
+pub struct Limited<S> {
+    pub inner: S,
+    pub budget: Arc<Budget>,
+}
+
+impl<S, B> Service<Request<B>> for Limited<S>
+where
+    S: Service<Request<B>> + Clone + Send + 'static,
+    S::Future: Send,
+    S::Error: Send,
+    S::Response: Send,
+    B: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = BoxFuture<'static, Result<S::Response, S::Error>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        // Readiness is awaited on a clone, after the token: see `call`.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        let urgent = !is_event(request.uri().path());
+        let (budget, inner) = (self.budget.clone(), self.inner.clone());
+        Box::pin(async move {
+            budget.acquire(urgent).await;
+            inner.oneshot(request).await
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_bucket_lets_burst_go_at_once_then_qps() {
+        let t0 = Instant::now();
+        let mut b = Bucket::new(10.0, 5, t0);
+        for _ in 0..5 {
+            assert!(b.take(t0, true, false).is_ok());
+        }
+        let wait = b.take(t0, true, false).unwrap_err();
+        assert_eq!(wait, Duration::from_millis(100));
+        // One second later ten tokens were earned, but the bucket holds at most burst.
+        let t1 = t0 + Duration::from_secs(1);
+        let granted = (0..20).filter(|_| b.take(t1, true, false).is_ok()).count();
+        assert_eq!(granted, 5, "the bucket holds at most burst tokens");
+        // Over a long run the rate is qps.
+        let mut granted = 0;
+        for ms in (0..10_000).step_by(10) {
+            let now = t1 + Duration::from_millis(ms);
+            while b.take(now, true, false).is_ok() {
+                granted += 1;
+            }
+        }
+        assert!((99..=101).contains(&granted), "{granted} in 10 s at 10 qps");
+    }
+
+    #[test]
+    fn events_yield_to_waiting_work() {
+        let t0 = Instant::now();
+        let mut b = Bucket::new(10.0, 5, t0);
+        assert!(b.take(t0, false, true).is_err(), "an event waits while work waits, even with tokens left");
+        assert!(b.take(t0, false, false).is_ok(), "and goes when nothing else waits");
+        assert!(b.take(t0, true, true).is_ok(), "work never yields");
+    }
+
+    #[test]
+    fn event_paths_are_recognised() {
+        assert!(is_event("/api/v1/namespaces/ns/events"));
+        assert!(is_event("/apis/events.k8s.io/v1/namespaces/ns/events/job.18ea83ee598fed81"));
+        assert!(!is_event("/api/v1/namespaces/ns/pods/events"), "a pod named events");
+        assert!(!is_event("/api/v1/namespaces/events/pods"), "a namespace named events");
+        assert!(!is_event("/apis/nightshift.dev/v1alpha1/namespaces/ns/backgroundjobs/j/status"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_event_waits_until_the_work_is_through() {
+        let budget = Arc::new(Budget::new(10.0, 1));
+        budget.acquire(true).await;
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let mut tasks = Vec::new();
+        for (i, urgent) in [(0, false), (1, true), (2, true)] {
+            let (budget, order) = (budget.clone(), order.clone());
+            tasks.push(tokio::spawn(async move {
+                budget.acquire(urgent).await;
+                order.lock().unwrap().push(i);
+            }));
+            tokio::task::yield_now().await;
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let order = order.lock().unwrap();
+        assert_eq!((order.len(), order.last()), (3, Some(&0)), "the event, asked first, goes last: {order:?}");
+    }
+}
