@@ -5,7 +5,10 @@
 //! and still count against the budget.
 
 use std::{
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
     task::{Context, Poll},
     time::{Duration, Instant},
 };
@@ -49,46 +52,55 @@ impl Bucket {
     }
 }
 
-/// The bucket shared by every request of a client, and how many urgent requests wait on it.
+/// The bucket shared by every request of a client. Requests of one kind wait in line (first
+/// come, first served), and only the first in each line looks at the bucket, so a long queue
+/// costs no CPU; the line of events also waits while any other request does.
 #[derive(Debug)]
 pub struct Budget {
-    state: Mutex<(Bucket, usize)>,
+    bucket: Mutex<Bucket>,
+    /// Requests other than events waiting for a token (or about to).
+    urgent_waiting: AtomicUsize,
+    /// The two lines: [events, everything else].
+    lines: [tokio::sync::Mutex<()>; 2],
 }
 
 impl Budget {
     pub fn new(qps: f64, burst: u32) -> Self {
-        Self { state: Mutex::new((Bucket::new(qps, burst, Instant::now()), 0)) }
+        Self {
+            bucket: Mutex::new(Bucket::new(qps, burst, Instant::now())),
+            urgent_waiting: AtomicUsize::new(0),
+            lines: [tokio::sync::Mutex::new(()), tokio::sync::Mutex::new(())],
+        }
     }
 
     /// Waits for a token.
     pub async fn acquire(&self, urgent: bool) {
-        let mut waiting: Option<Waiting<'_>> = None;
+        let _counted = urgent.then(|| Waiting::new(&self.urgent_waiting));
+        let _turn = self.lines[usize::from(urgent)].lock().await;
         loop {
-            let wait = {
-                let mut state = self.state.lock().unwrap();
-                let others = state.1 > 0;
-                match state.0.take(Instant::now(), urgent, others) {
-                    Ok(()) => return,
-                    Err(wait) => {
-                        if urgent && waiting.is_none() {
-                            state.1 += 1;
-                            waiting = Some(Waiting(self));
-                        }
-                        wait
-                    }
-                }
-            };
-            tokio::time::sleep(wait).await;
+            let others = self.urgent_waiting.load(Ordering::SeqCst) > 0;
+            let taken = self.bucket.lock().unwrap().take(Instant::now(), urgent, others);
+            match taken {
+                Ok(()) => return,
+                Err(wait) => tokio::time::sleep(wait).await,
+            }
         }
     }
 }
 
-/// An urgent request waiting for a token: counted until it gets one or is dropped.
-struct Waiting<'a>(&'a Budget);
+/// A request other than an event, counted while it waits (however its waiting ends).
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    fn new(count: &'a AtomicUsize) -> Self {
+        count.fetch_add(1, Ordering::SeqCst);
+        Self(count)
+    }
+}
 
 impl Drop for Waiting<'_> {
     fn drop(&mut self) {
-        self.0.state.lock().unwrap().1 -= 1;
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -196,7 +208,10 @@ mod tests {
         for t in tasks {
             t.await.unwrap();
         }
-        let order = order.lock().unwrap();
-        assert_eq!((order.len(), order.last()), (3, Some(&0)), "the event, asked first, goes last: {order:?}");
+        assert_eq!(
+            *order.lock().unwrap(),
+            vec![1, 2, 0],
+            "work first come, first served; the event, asked first, last"
+        );
     }
 }
