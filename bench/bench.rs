@@ -1441,9 +1441,10 @@ async fn main() {
     rep.notes.push(
         "Events: the Job controller hands its events to client-go's broadcaster, which sends them in the \
          background and drops them when its queue is full (hence fewer than 4 per job at N = 1000); nightshift \
-         publishes each event (events.k8s.io, a create, then patches for a repeated reason) from within the \
-         reconcile. kube-controller-manager's peak RSS covers all its controllers and the objects of every side \
-         so far."
+         sends its events (events.k8s.io) in the background too, and behind its other requests in its client \
+         rate limit; the harness waits until it has sent them all (its metric nightshift_events_pending) before \
+         it stops it, so they are all counted. kube-controller-manager's peak RSS covers all its controllers and \
+         the objects of every side so far."
             .into(),
     );
     let mut ok = true;
