@@ -259,6 +259,7 @@ pub async fn run_with_metrics(
             ctx.metrics.caches_synced.store(true, std::sync::atomic::Ordering::Relaxed);
             loop {
                 ctx.update_gauges(&job_store);
+                ctx.forget_gone_jobs(&job_store);
                 tokio::time::sleep(Duration::from_secs(5)).await;
             }
         }
@@ -607,6 +608,16 @@ impl Context {
             self.metrics.jobs.get_or_create(&PhaseLabel { phase }).set(n);
         }
         self.metrics.workers.set(self.pods.state().iter().filter(|p| is_live(p)).count() as i64);
+    }
+
+    /// Drops what the operator remembers per job (last fold, applied accounts, last written
+    /// status) for jobs no longer in the cache: kube-runtime never reconciles a deleted job, so
+    /// this is where its entries go.
+    fn forget_gone_jobs(&self, jobs: &Store<BackgroundJob>) {
+        let uids: std::collections::HashSet<String> = jobs.state().iter().filter_map(|j| j.uid()).collect();
+        self.folds.lock().unwrap().retain(|uid, _| uids.contains(uid));
+        self.accounts.lock().unwrap().retain(|uid| uids.contains(uid));
+        self.written.lock().unwrap().retain(|uid, _| uids.contains(uid));
     }
 
     /// Every job's claim on the budget, from the pods that exist and those being created.
