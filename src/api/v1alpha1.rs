@@ -485,12 +485,6 @@ impl PodTemplate {
     }
 }
 
-impl Default for PodTemplate {
-    fn default() -> Self {
-        PodTemplateSpec::default().into()
-    }
-}
-
 impl From<PodTemplateSpec> for PodTemplate {
     fn from(template: PodTemplateSpec) -> Self {
         Self(serde_json::to_string(&template).expect("a PodTemplateSpec serializes").into())

@@ -205,8 +205,11 @@ pub fn decide(observed: &Observed, now: Timestamp) -> Decision {
     let prev = observed.job.status.as_ref();
     let next_fold = observed.last_fold.map(|t| plus(t, observed.fold_seconds)).filter(|t| now < *t);
     let (Some(prev), Some(next_fold)) = (prev, next_fold) else { return d };
-    let quiet = d.create.is_empty() && d.delete.is_empty() && d.events.is_empty() && d.failed_attempts.is_empty();
-    if !quiet || prev.phase != Some(Phase::Running) || d.status.phase != Some(Phase::Running) {
+    // Nothing to do but record outcomes: no pod to create or delete, nothing to tell.
+    let quiet = |d: &Decision| {
+        d.create.is_empty() && d.delete.is_empty() && d.events.is_empty() && d.failed_attempts.is_empty()
+    };
+    if !quiet(&d) || prev.phase != Some(Phase::Running) || d.status.phase != Some(Phase::Running) {
         return d;
     }
     // The pods of shards that just succeeded, seen as still running.
@@ -227,11 +230,7 @@ pub fn decide(observed: &Observed, now: Timestamp) -> Decision {
         })
         .collect();
     let mut later = decide_now(&Observed { pods: &held, ..*observed }, now);
-    let still_quiet = later.create.is_empty()
-        && later.delete.is_empty()
-        && later.events.is_empty()
-        && later.failed_attempts.is_empty();
-    if !still_quiet || later.status != *prev {
+    if !quiet(&later) || later.status != *prev {
         return d;
     }
     later.requeue_after = min_opt(later.requeue_after, until(now, next_fold));
