@@ -5,12 +5,12 @@ CARGO   ?= cargo
 CLUSTER := tests/cluster/cluster.sh
 
 .DEFAULT_GOAL := help
-.PHONY: help run build crd chart-crd lint unit integration test binaries cluster-up cluster-down cluster-env image test-image bench
+.PHONY: help root run build crd chart-crd lint unit integration test binaries cluster-up cluster-down cluster-env image test-image bench
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
 
-run: ## start the control plane, install the CRD, run the operator and an example job, watch it
+run: ## a one-node cluster, the chart installed, an example job run on real pods and watched (root)
 	tests/run-local.sh
 
 build: ## build the nightshift binary
@@ -33,15 +33,18 @@ unit: ## unit and property tests (no cluster)
 integration: ## integration tests; starts the control plane if it is not up, and stops what it started
 	tests/run-integration.sh
 
-test: lint unit integration ## everything CI runs
+test: root lint unit integration ## everything CI runs (root: the cluster has a real node)
 
-binaries: ## build etcd, kube-apiserver, kube-controller-manager, kubectl and helm into the cache
+root:
+	@[ "$$(id -u)" = 0 ] || { echo "make: the local cluster runs a real node (containerd, a network namespace, iptables), which needs root: run 'sudo make $(MAKECMDGOALS)'" >&2; exit 1; }
+
+binaries: ## build etcd, the Kubernetes control plane and node, kubectl and helm into the cache; prints the folder
 	@tests/cluster/build-binaries.sh
 
-cluster-up: ## start the local control plane (builds the binaries on first use)
+cluster-up: ## start the local one-node cluster (builds the binaries and images on first use; root)
 	@$(CLUSTER) up
 
-cluster-down: ## stop the local control plane and remove its state
+cluster-down: ## stop the local cluster and remove all of it (processes, namespace, mounts, state)
 	@$(CLUSTER) down
 
 image: ## build a static binary and the nightshift:VERSION image with buildah (no Docker daemon)
@@ -50,7 +53,7 @@ image: ## build a static binary and the nightshift:VERSION image with buildah (n
 test-image: ## build the image, then run `nightshift --version` and `nightshift crd` in it with podman
 	tests/image/test.sh
 
-cluster-env: ## print the export KUBECONFIG=... line for the local control plane
+cluster-env: ## print the export KUBECONFIG=... line for the local cluster
 	@$(CLUSTER) env
 
 bench: ## nightshift vs the Job controller vs raw pod creation; writes BENCHMARKS.md (N=10000 for more)

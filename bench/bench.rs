@@ -7,7 +7,9 @@
 //! 2. the Job controller: N Indexed Jobs (3 completions, parallelism 3);
 //! 3. nightshift: N BackgroundJobs of 3 shards (workers.max 3), the operator started for the run.
 //!
-//! One `nightshift simulate` per side plays the node (Running, then Succeeded at once).
+//! One `nightshift simulate` per side plays the node (Running, then Succeeded at once): every
+//! pod template of every side names the simulator's scheduler (`schedulerName:
+//! nightshift-simulator`), so no kube-scheduler or kubelet of the cluster touches them.
 //! Then a memory run: 10,000 suspended BackgroundJobs, the operator started twice on them.
 //! Results: BENCHMARKS.md (rewritten after each run) and target/bench/results.json.
 //!
@@ -419,8 +421,12 @@ fn pod_resource() -> ApiResource {
     ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk("", "v1", "Pod"), "pods")
 }
 
+/// The pod spec of every side: the raw pods', the Jobs' and the BackgroundJobs' templates. Its
+/// scheduler name keeps the pods off any real node: the simulator plays them (the raw pods
+/// stay Pending, as no simulator watches their namespace).
 fn container() -> Value {
-    json!({"restartPolicy": "Never", "containers": [{"name": "w", "image": "w"}]})
+    json!({"restartPolicy": "Never", "schedulerName": nightshift::sim::SCHEDULER_NAME,
+           "containers": [{"name": "w", "image": "w"}]})
 }
 
 fn object(side: Side, i: usize, suspend: bool) -> Value {
@@ -890,6 +896,8 @@ async fn one_run(s: &Settings, qps: u32, n: usize) -> Res<RunResult> {
     let (operator_kubeconfig, sim_kubeconfig) = cluster.setup()?;
     let admin = client_from(&cluster.admin_kubeconfig()).await?;
     let mut sims = Vec::new();
+    // Label selectors per side; `simulate` itself also selects spec.schedulerName, which
+    // container() sets for every side.
     for (ns, selector) in [("bench-job", "batch.kubernetes.io/job-name"), ("bench-nightshift", "nightshift.dev/job")] {
         let mut c = Command::new(&s.nightshift);
         c.args(["simulate", "--namespace", ns, "--selector", selector, "--run-seconds", "0"])

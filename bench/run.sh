@@ -11,6 +11,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export NIGHTSHIFT_CLUSTER_DIR="${NIGHTSHIFT_CLUSTER_DIR:-/tmp/nightshift-bench-cluster}"
+# The control plane alone: the pod simulator plays the node for thousands of pods.
+export NIGHTSHIFT_NODE=0
 CARGO="${CARGO:-cargo}"
 
 if [[ -n "${N:-}" ]]; then export BENCH_N="${N// /,}"; fi

@@ -84,8 +84,9 @@ enum Command {
     },
     /// Print the BackgroundJob CustomResourceDefinition as YAML.
     Crd,
-    /// Play the node on a cluster without kubelets: move worker pods to Running, then to
-    /// Succeeded (or Failed, as their sim.nightshift.dev/* annotations ask).
+    /// Play the node for pods no kubelet runs: move worker pods with schedulerName
+    /// nightshift-simulator to Running, then to Succeeded (or Failed, as their
+    /// sim.nightshift.dev/* annotations ask).
     Simulate {
         /// Only pods in this namespace (default: all).
         #[arg(long)]

@@ -1,5 +1,11 @@
-//! A pod simulator that plays the node where there is no kubelet (the local control plane,
-//! `make run`, tests): it moves worker pods to Running, then to Succeeded or Failed.
+//! A pod simulator that plays the node where no kubelet should (the local cluster, `make run`,
+//! tests, the benchmark): it moves worker pods to Running, then to Succeeded or Failed.
+//!
+//! It plays only pods whose `spec.schedulerName` is [`SCHEDULER_NAME`]: kube-scheduler leaves
+//! them alone, so no kubelet runs them, while pods meant for a real node never reach the
+//! simulator. A job for the simulator says so in its pod template
+//! (`spec.template.spec.schedulerName: nightshift-simulator`); a pod without a scheduler name
+//! gets kube-scheduler's (`default-scheduler`) and is not played.
 //!
 //! A pod's template can steer it with annotations:
 //! - `sim.nightshift.dev/run-seconds`: how long it "runs" (default: the simulator's setting);
@@ -29,6 +35,12 @@ use crate::{
     api,
     worker::{Heartbeat, WorkerEnv},
 };
+
+/// The `spec.schedulerName` of pods the simulator plays. No scheduler of that name exists:
+/// kube-scheduler schedules only pods that name it (or none), so these pods are never bound to
+/// a real node and no kubelet fights the simulator over their status; and the simulator
+/// watches only pods with this name, so it never plays a pod a kubelet runs.
+pub const SCHEDULER_NAME: &str = "nightshift-simulator";
 
 pub const ANNOTATION_RUN_SECONDS: &str = "sim.nightshift.dev/run-seconds";
 pub const ANNOTATION_EXIT_CODE: &str = "sim.nightshift.dev/exit-code";
@@ -102,16 +114,20 @@ async fn container_names(api: &Api<Pod>, pod: &str) -> Result<Vec<String>, kube:
 /// Plays the node for every worker pod in `namespace` (all when None) until the process ends:
 /// each new pod runs for `run_for` (or its annotation) and then exits.
 /// `selector` picks the pods (a label selector; `nightshift.dev/job` for nightshift's workers,
-/// `batch.kubernetes.io/job-name` for the built-in Job controller's).
+/// `batch.kubernetes.io/job-name` for the built-in Job controller's); of those, only the pods
+/// with `spec.schedulerName` [`SCHEDULER_NAME`] are played.
 pub async fn simulate(client: Client, namespace: Option<String>, selector: &str, run_for: Duration) {
     let api: Api<Pod> = match &namespace {
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
     };
     let mut seen: HashSet<String> = HashSet::new();
-    let mut pods =
-        watcher(api, watcher::Config::default().labels(selector)).default_backoff().applied_objects().boxed();
-    info!("pod simulator started: worker pods run {}s unless annotated", run_for.as_secs());
+    let config = watcher::Config::default().labels(selector).fields(&format!("spec.schedulerName={SCHEDULER_NAME}"));
+    let mut pods = watcher(api, config).default_backoff().applied_objects().boxed();
+    info!(
+        "pod simulator started: pods with schedulerName {SCHEDULER_NAME} run {}s unless annotated",
+        run_for.as_secs()
+    );
     while let Some(pod) = pods.next().await {
         let Ok(pod) = pod else { continue };
         let key =

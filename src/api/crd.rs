@@ -61,7 +61,14 @@ pub fn crd() -> CustomResourceDefinition {
     );
     // A template without a spec, or without a container, is no worker at all.
     template["required"] = json!(["spec"]);
-    template["properties"]["spec"]["properties"]["containers"]["minItems"] = json!(1);
+    let pod_spec = &mut template["properties"]["spec"]["properties"];
+    pod_spec["containers"]["minItems"] = json!(1);
+    // The Job API would refuse a container without an image only when the pod is created;
+    // refusing it at `kubectl apply` names the field (`...containers[0].image: Required value`).
+    // Ephemeral containers are never in a template that creates a pod.
+    for list in ["containers", "initContainers"] {
+        require(&mut pod_spec[list]["items"], &["name", "image"]);
+    }
     serde_json::from_value(value).expect("the edited CRD deserializes")
 }
 
@@ -75,6 +82,17 @@ fn add_rules(schema: &mut Value, rules: &[(String, String)]) {
         schema.as_object_mut().expect("a schema object").entry("x-kubernetes-validations").or_insert_with(|| json!([]));
     for (rule, message) in rules {
         list.as_array_mut().unwrap().push(json!({"rule": rule, "message": message}));
+    }
+}
+
+/// Adds `fields` to the schema's `required` list (keeping those already there, in order).
+fn require(schema: &mut Value, fields: &[&str]) {
+    let obj = schema.as_object_mut().expect("a schema object");
+    let list = obj.entry("required").or_insert_with(|| json!([])).as_array_mut().expect("required is a list");
+    for field in fields {
+        if !list.iter().any(|f| f == field) {
+            list.push(json!(field));
+        }
     }
 }
 
@@ -154,6 +172,18 @@ mod tests {
         );
         assert_eq!(props["timeouts"]["properties"]["attemptSeconds"]["minimum"].as_f64(), Some(1.0));
         assert_eq!(props["timeouts"]["properties"]["jobSeconds"]["minimum"].as_f64(), Some(1.0));
+        // The pod template: a spec with at least one container, and every container (init ones
+        // too) with a name and an image.
+        let template = &props["template"];
+        assert_eq!(template["required"], json!(["spec"]));
+        let pod_spec = &template["properties"]["spec"];
+        assert_eq!(pod_spec["required"], json!(["containers"]));
+        assert_eq!(pod_spec["properties"]["containers"]["minItems"], 1);
+        for list in ["containers", "initContainers"] {
+            let items = &pod_spec["properties"][list]["items"];
+            assert_eq!(items["required"], json!(["name", "image"]), "{list}");
+            assert_eq!(items["properties"]["image"]["type"], "string", "{list}");
+        }
         // Every field of ours is described; the pod template's fields are not (size).
         fn undescribed(schema: &Value, path: &str, out: &mut Vec<String>) {
             if path.ends_with(".template") {

@@ -13,7 +13,10 @@ use std::{
 
 use futures::{StreamExt, future};
 use k8s_openapi::{
-    api::{coordination::v1::Lease, core::v1::Pod},
+    api::{
+        coordination::v1::Lease,
+        core::v1::{ObjectReference, Pod},
+    },
     jiff::Timestamp,
 };
 use kube::{
@@ -448,7 +451,13 @@ async fn reconcile(job: Arc<BackgroundJob>, ctx: Arc<Context>) -> Result<Action,
                     reason: note.reason.into(),
                     note: Some(note.note),
                     action: note.reason.into(),
-                    secondary: None,
+                    secondary: note.pod.map(|pod| ObjectReference {
+                        api_version: Some("v1".into()),
+                        kind: Some("Pod".into()),
+                        name: Some(pod),
+                        namespace: reference.namespace.clone(),
+                        ..Default::default()
+                    }),
                 };
                 if let Err(e) = ctx.recorder.publish(&event, &reference).await {
                     debug!(error = %e, "publishing an event");
@@ -489,7 +498,7 @@ async fn create_pods(
     if let Some(hb) = &job.spec.heartbeat {
         if hb.inject_agent && ctx.agent_image.is_none() {
             let message = "spec.heartbeat.injectAgent is true, but this operator has no agent image (nightshift run --agent-image)".to_string();
-            d.events.push(decision::EventNote { warning: true, reason: "Failed", note: message.clone() });
+            d.events.push(decision::EventNote { warning: true, reason: "Failed", note: message.clone(), pod: None });
             d.status = decision::fail(job, std::mem::take(&mut d.status), "AgentImageUnset", message, now);
             d.status.active.clear();
             d.status.retrying.clear();
@@ -530,7 +539,12 @@ async fn create_pods(
             Err(kube::Error::Api(e)) if e.code == 400 || e.code == 422 => {
                 if d.status.phase != Some(api::Phase::Failed) {
                     let message = format!("the API server refused worker pod {pod_name}: {}", e.message);
-                    d.events.push(decision::EventNote { warning: true, reason: "Failed", note: message.clone() });
+                    d.events.push(decision::EventNote {
+                        warning: true,
+                        reason: "Failed",
+                        note: message.clone(),
+                        pod: None,
+                    });
                     d.status = decision::fail(job, std::mem::take(&mut d.status), "InvalidPodTemplate", message, now);
                     d.status.active.clear();
                     d.status.retrying.clear();

@@ -121,6 +121,7 @@ pub fn pod_view(pod: &Pod, running_since: Option<Timestamp>) -> Option<PodView> 
             exit_code: terminated.map(|t| t.exit_code),
         }
     });
+    let cannot_start = (phase == PodPhase::Pending).then(|| cannot_start(pod)).flatten();
     Some(PodView {
         name: pod.name_any(),
         shard,
@@ -132,6 +133,28 @@ pub fn pod_view(pod: &Pod, running_since: Option<Timestamp>) -> Option<PodView> 
         failure,
         created: pod.metadata.creation_timestamp.as_ref().map(|t| t.0),
         running_since,
+        cannot_start,
+    })
+}
+
+/// Waiting reasons of the kubelet after which a container does not start without a change
+/// elsewhere: an image it cannot pull, a config it cannot build.
+const CANNOT_START: [&str; 5] =
+    ["ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull", "CreateContainerConfigError"];
+
+/// Why a container of a pending pod cannot start, in the kubelet's words.
+fn cannot_start(pod: &Pod) -> Option<Failure> {
+    let status = pod.status.as_ref()?;
+    let containers = status.init_container_statuses.iter().flatten().chain(status.container_statuses.iter().flatten());
+    containers.into_iter().find_map(|c| {
+        let waiting = c.state.as_ref()?.waiting.as_ref()?;
+        let reason = waiting.reason.as_deref().filter(|r| CANNOT_START.contains(r))?;
+        let message = waiting.message.as_deref().unwrap_or_default();
+        Some(Failure {
+            reason: reason.to_string(),
+            message: truncate(&format!("container {} cannot start: {message}", c.name), 256),
+            exit_code: None,
+        })
     })
 }
 

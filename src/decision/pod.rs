@@ -186,6 +186,17 @@ mod tests {
         assert_eq!(get("NIGHTSHIFT_ATTEMPT"), vec!["3"]);
         assert_eq!(get("NIGHTSHIFT_NAMESPACE"), vec!["shop"]);
     }
+
+    #[test]
+    fn pod_keeps_the_templates_scheduler_name() {
+        let mut j = job();
+        let mut template = j.spec.template.get();
+        template.spec.as_mut().unwrap().scheduler_name = Some(crate::sim::SCHEDULER_NAME.into());
+        j.spec.template = template.into();
+        let spec = worker_pod(&j, 0, 1, None).spec.unwrap();
+        assert_eq!(spec.scheduler_name.as_deref(), Some("nightshift-simulator"));
+        assert_eq!(worker_pod(&job(), 0, 1, None).spec.unwrap().scheduler_name, None);
+    }
 }
 
 #[cfg(test)]

@@ -79,6 +79,9 @@ pub struct PodView {
     pub created: Option<Timestamp>,
     /// When the operator first saw it Running.
     pub running_since: Option<Timestamp>,
+    /// For a pod not running yet: why a container cannot start, as the kubelet says (an image
+    /// that cannot be pulled, a missing Secret key, ...), which fails the attempt.
+    pub cannot_start: Option<Failure>,
 }
 
 impl PodView {
@@ -102,6 +105,9 @@ pub struct EventNote {
     pub warning: bool,
     pub reason: &'static str,
     pub note: String,
+    /// The worker pod it is about, if one: the event's related object. It also keeps two events
+    /// of one reason apart (the event recorder would fold them into one series otherwise).
+    pub pod: Option<String>,
 }
 
 /// What to do for one job.
@@ -337,6 +343,7 @@ fn decide_now(observed: &Observed, now: Timestamp) -> Decision {
                 warning: true,
                 reason: "AttemptFailed",
                 note: format!("shard {shard} attempt {} failed ({what}); no retries left", entry.attempt),
+                pod: Some(entry.pod.clone()),
             });
             failure_of_job.get_or_insert((
                 "RetriesExhausted",
@@ -350,6 +357,7 @@ fn decide_now(observed: &Observed, now: Timestamp) -> Decision {
                 warning: true,
                 reason: "AttemptFailed",
                 note: format!("shard {shard} attempt {} failed ({what}); retrying in {wait}s", entry.attempt),
+                pod: Some(entry.pod.clone()),
             });
             retrying.insert(
                 shard,
@@ -424,6 +432,11 @@ fn decide_now(observed: &Observed, now: Timestamp) -> Decision {
                         exit_code: None,
                     };
                     record_failure(shard, &entry, failure, &mut retrying, &mut failed, &mut d.events);
+                } else if let Some(failure) = pod.cannot_start.clone() {
+                    // The kubelet would retry forever (ImagePullBackOff): spec.retry decides instead.
+                    active.remove(&shard);
+                    d.delete.push(pod.name.clone());
+                    record_failure(shard, &entry, failure, &mut retrying, &mut failed, &mut d.events);
                 } else if let Some(failure) =
                     heartbeat_failure(spec, &entry, pod, leases.get(&shard).copied(), now, &mut d)
                 {
@@ -490,7 +503,7 @@ fn decide_now(observed: &Observed, now: Timestamp) -> Decision {
         d.create.clear();
         live_pods.clear();
         active.clear();
-        d.events.push(EventNote { warning: true, reason: "Failed", note: message.clone() });
+        d.events.push(EventNote { warning: true, reason: "Failed", note: message.clone(), pod: None });
         status = fail(job, status, reason, message, now);
     } else if remaining == 0 {
         status.phase = Some(Phase::Succeeded);
@@ -504,7 +517,12 @@ fn decide_now(observed: &Observed, now: Timestamp) -> Decision {
             now,
             generation,
         );
-        d.events.push(EventNote { warning: false, reason: "Succeeded", note: format!("all {total} shards succeeded") });
+        d.events.push(EventNote {
+            warning: false,
+            reason: "Succeeded",
+            note: format!("all {total} shards succeeded"),
+            pod: None,
+        });
         if let Some(ttl) = spec.ttl_seconds_after_finished {
             d.requeue_after = min_opt(d.requeue_after, std::time::Duration::from_secs(ttl.max(0) as u64));
         }
@@ -514,6 +532,7 @@ fn decide_now(observed: &Observed, now: Timestamp) -> Decision {
                 warning: false,
                 reason: "Suspended",
                 note: "spec.suspend is true: workers stopped, progress kept".into(),
+                pod: None,
             });
         }
         status.phase = Some(Phase::Suspended);
@@ -536,6 +555,7 @@ fn decide_now(observed: &Observed, now: Timestamp) -> Decision {
                 warning: false,
                 reason: "Queued",
                 note: format!("waiting for workers: {reason}"),
+                pod: None,
             });
         }
         status.phase = Some(Phase::Queued);
@@ -561,6 +581,7 @@ fn decide_now(observed: &Observed, now: Timestamp) -> Decision {
                 warning: false,
                 reason: if prev.phase == Some(Phase::Suspended) { "Resumed" } else { "Admitted" },
                 note,
+                pod: None,
             });
             if prev.phase != Some(Phase::Suspended) {
                 set_condition(
@@ -711,6 +732,7 @@ fn start(
         warning: false,
         reason: "WorkerStarted",
         note: format!("shard {shard} attempt {attempt} on pod {pod}"),
+        pod: Some(pod.clone()),
     });
     d.create.push((shard, attempt));
     active.insert(

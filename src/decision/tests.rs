@@ -60,6 +60,7 @@ impl World {
                     failure: None,
                     created: Some(now),
                     running_since: None,
+                    cannot_start: None,
                 });
             }
         }
@@ -207,6 +208,29 @@ fn attempt_deadline_fails_the_attempt_and_job_deadline_fails_the_job() {
     let d = step(&mut job, &mut w, now + SignedDuration::from_secs(100));
     assert_eq!(d.status.phase, Some(Phase::Failed));
     assert_eq!(d.status.conditions.iter().find(|c| c.type_ == "Failed").unwrap().reason, "DeadlineExceeded");
+}
+
+#[test]
+fn a_worker_that_cannot_start_fails_its_attempt_and_is_retried() {
+    let mut job = job(1, 1, json!({}));
+    let mut w = World::default();
+    let now = t0();
+    step(&mut job, &mut w, now);
+    // Pending and waiting on an image: nothing to judge yet.
+    let d = step(&mut job, &mut w, now + SignedDuration::from_secs(1));
+    assert!(d.delete.is_empty());
+    w.pods[0].cannot_start = Some(Failure {
+        reason: "ErrImagePull".into(),
+        message: "container w cannot start: not found".into(),
+        exit_code: None,
+    });
+    let d = step(&mut job, &mut w, now + SignedDuration::from_secs(2));
+    assert_eq!(d.delete, vec!["j-0-1".to_string()]);
+    let failure = d.status.retrying[0].last_failure.clone().unwrap();
+    assert_eq!(
+        (failure.reason.as_str(), failure.message.as_str()),
+        ("ErrImagePull", "container w cannot start: not found")
+    );
 }
 
 #[test]

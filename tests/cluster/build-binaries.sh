@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds the test control plane from source, once, into a cache outside the repo:
-# kube-apiserver, kube-controller-manager and kubectl (k8s.io/kubernetes), etcd, helm.
+# the control plane (kube-apiserver, kube-controller-manager, kube-scheduler), the node (kubelet,
+# kube-proxy) and kubectl from k8s.io/kubernetes, etcd, helm.
 # Prints the folder holding them. With KUBEBUILDER_ASSETS set to a folder that already has
 # them, builds nothing and prints that folder.
 set -euo pipefail
@@ -8,7 +9,7 @@ set -euo pipefail
 K8S_VERSION="${K8S_VERSION:-v1.37.2}"
 ETCD_VERSION="${ETCD_VERSION:-v3.6.16}"
 HELM_VERSION="${HELM_VERSION:-v3.22.0}"
-BINARIES=(etcd kube-apiserver kube-controller-manager kubectl helm)
+BINARIES=(etcd kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl helm)
 
 log() { echo "build-binaries: $*" >&2; }
 
@@ -73,10 +74,13 @@ build_kubernetes() {
   local ldflags="-s -w -X $pkg.gitVersion=$K8S_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor \
     -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z \
     -X k8s.io/client-go/pkg/version.gitVersion=$K8S_VERSION"
-  log "building kube-apiserver, kube-controller-manager, kubectl $K8S_VERSION (the long part)"
+  log "building kube-apiserver, kube-controller-manager, kube-scheduler, kubelet, kube-proxy, kubectl $K8S_VERSION (the long part)"
   (cd "$dir" && go build -trimpath -ldflags "$ldflags" -o "$BIN/" \
     k8s.io/kubernetes/cmd/kube-apiserver \
     k8s.io/kubernetes/cmd/kube-controller-manager \
+    k8s.io/kubernetes/cmd/kube-scheduler \
+    k8s.io/kubernetes/cmd/kubelet \
+    k8s.io/kubernetes/cmd/kube-proxy \
     k8s.io/kubernetes/cmd/kubectl)
 }
 
@@ -106,7 +110,7 @@ build_helm() {
 
 [[ -x "$BIN/etcd" ]] || build_etcd
 [[ -x "$BIN/helm" ]] || build_helm
-[[ -x "$BIN/kube-apiserver" && -x "$BIN/kube-controller-manager" && -x "$BIN/kubectl" ]] || build_kubernetes
+has_all "$BIN" || build_kubernetes
 has_all "$BIN" || { log "build finished without all binaries in $BIN"; exit 1; }
 log "built in $(( $(date +%s) - start ))s: $(du -sh "$BIN" | cut -f1) in $BIN"
 echo "$BIN"

@@ -1,27 +1,57 @@
 #!/usr/bin/env bash
-# A real local control plane for tests and `make run`: etcd, kube-apiserver and
-# kube-controller-manager as processes on 127.0.0.1, with TLS, RBAC and service-account tokens.
+# The local cluster for tests and `make run`: a real one-node Kubernetes cluster. etcd,
+# kube-apiserver, kube-controller-manager, kube-scheduler, and a node (containerd + runc + the
+# CNI bridge, kubelet, kube-proxy), all inside a network namespace this script creates, so that
+# pods, their bridge and Service IPs have no route off the machine. The host reaches the API
+# server over loopback only, through a socat pair joined by a unix socket.
 #
 #   cluster.sh up      start it (harmless when already up; a half-dead one is restarted)
-#   cluster.sh down    stop exactly the processes `up` started, remove the state
+#   cluster.sh down    stop exactly what `up` started, unmount, remove the namespace and state,
+#                      restore the host-wide settings the kubelet changes
 #   cluster.sh env     print the `export KUBECONFIG=...` line
 #   cluster.sh status  exit 0 when it is up and healthy
+#   cluster.sh containerd-address   the node's containerd socket (for tests/cluster/images.sh)
+#
+# NIGHTSHIFT_NODE=0 starts the control plane alone (no scheduler, no node: the pod simulator
+# plays the node; the benchmark's cluster). NIGHTSHIFT_CLUSTER_DIR names another state folder
+# (default .cluster/ of the clone), so two clusters can run side by side (at most one with a node).
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO="$(cd "$HERE/../.." && pwd)"
 STATE="${NIGHTSHIFT_CLUSTER_DIR:-$REPO/.cluster}"
-COMPONENTS=(etcd kube-apiserver kube-controller-manager)
+mkdir -p "$(dirname "$STATE")"
+STATE="$(cd "$(dirname "$STATE")" && pwd)/$(basename "$STATE")"
+ID="$(printf '%s' "$STATE" | sha256sum | cut -c1-8)"
+NETNS="nightshift-$ID"
+RUN="/run/nightshift-$ID" # sockets: unix socket paths must stay short
+NODE_NAME=nightshift-node
+NODE_IP=10.200.0.1
+POD_CIDR=10.244.0.0/24
+SERVICE_CIDR=10.96.0.0/24
+SERVICE_IP=10.96.0.1
+# Host-wide settings the kubelet changes (it sets the values it needs for its OOM policy).
+SYSCTLS=(vm/overcommit_memory vm/panic_on_oom kernel/panic kernel/panic_on_oops
+  kernel/keys/root_maxkeys kernel/keys/root_maxbytes)
 
 log() { echo "cluster: $*" >&2; }
 
+with_node() {
+  if [[ -f "$STATE/mode" ]]; then [[ "$(cat "$STATE/mode")" == node ]]; else [[ "${NIGHTSHIFT_NODE:-1}" != 0 ]]; fi
+}
+components() {
+  echo etcd kube-apiserver socat-inside socat-host kube-controller-manager
+  if with_node; then echo kube-scheduler containerd kubelet kube-proxy; fi
+}
+
 pid_of() { cat "$STATE/$1.pid" 2>/dev/null || true; }
+comm_of() { case "$1" in socat-*) echo socat ;; *) echo "${1:0:15}" ;; esac; }
 
 # A recorded pid counts only while it is still that binary: pids get reused.
 alive() {
   local pid
   pid="$(pid_of "$1")"
-  [[ -n "$pid" ]] && [[ "$(cat "/proc/$pid/comm" 2>/dev/null)" == "${1:0:15}" ]]
+  [[ -n "$pid" ]] && [[ "$(cat "/proc/$pid/comm" 2>/dev/null)" == "$(comm_of "$1")" ]]
 }
 
 port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
@@ -35,27 +65,107 @@ free_port() {
   log "no free port found"; exit 1
 }
 
+inside() { nsenter --net="/run/netns/$NETNS" -- "$@"; }
 kubectl_() { "$BIN/kubectl" --kubeconfig "$STATE/admin.kubeconfig" "$@"; }
+
+node_ready() {
+  [[ "$(kubectl_ get node "$NODE_NAME" -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}' 2>/dev/null)" == True ]]
+}
 
 healthy() {
   [[ -f "$STATE/admin.kubeconfig" && -f "$STATE/bin" ]] || return 1
   BIN="$(cat "$STATE/bin")"
   local c
-  for c in "${COMPONENTS[@]}"; do alive "$c" || return 1; done
-  [[ "$(kubectl_ get --raw /readyz 2>/dev/null)" == ok ]]
+  for c in $(components); do alive "$c" || return 1; done
+  [[ "$(kubectl_ get --raw /readyz 2>/dev/null)" == ok ]] || return 1
+  if with_node; then node_ready; fi
+}
+
+need_root() {
+  if [[ $(id -u) != 0 ]]; then
+    log "the local cluster runs a real node (containerd, a network namespace, iptables), which needs root: run this as root (sudo make ...), or use NIGHTSHIFT_NODE=0 for the control plane alone"
+    exit 1
+  fi
+}
+
+# ---- stop -------------------------------------------------------------------------------------
+
+stop_component() {
+  local c="$1" pid
+  alive "$c" || return 0
+  pid="$(pid_of "$c")"
+  kill "$pid" 2>/dev/null || true
+  for _ in $(seq 1 100); do alive "$c" || return 0; sleep 0.1; done
+  kill -9 "$pid" 2>/dev/null || true
+}
+
+# Every process in the kubelet's pod cgroups, in every hierarchy (cgroup v1) or the one (v2).
+kill_pods() {
+  local d
+  for _ in 1 2 3; do
+    for d in /sys/fs/cgroup/kubepods /sys/fs/cgroup/*/kubepods; do
+      [[ -d "$d" ]] || continue
+      find "$d" -name cgroup.procs -exec cat {} + 2>/dev/null | xargs -r kill -9 2>/dev/null || true
+    done
+    sleep 0.2
+  done
+  # The shims of this containerd (their pod processes are gone now).
+  pgrep -f "containerd-shim.*-address $RUN/containerd.sock" | xargs -r kill -9 2>/dev/null || true
+  for d in /sys/fs/cgroup/kubepods /sys/fs/cgroup/*/kubepods; do
+    [[ -d "$d" ]] && find "$d" -depth -type d -exec rmdir {} + 2>/dev/null || true
+  done
+}
+
+unmount_ours() {
+  local m
+  # Deepest first; /run/netns/cni-* are the pods' network namespaces, made by this containerd.
+  while read -r m; do umount -l "$m" 2>/dev/null || true; done < <(
+    awk '{print $2}' /proc/mounts | grep -E "^($STATE|$RUN)/" | sort -r
+  )
+  if [[ -f "$STATE/netns.before" ]]; then
+    for m in /run/netns/cni-*; do
+      [[ -e "$m" ]] || continue
+      grep -qxF "$m" "$STATE/netns.before" && continue
+      umount -l "$m" 2>/dev/null || true
+      rm -f "$m"
+    done
+  fi
+}
+
+restore_host() {
+  local s
+  if [[ -f "$STATE/sysctl.saved" ]]; then
+    while read -r s v; do echo "$v" >"/proc/sys/$s" 2>/dev/null || true; done <"$STATE/sysctl.saved"
+  fi
+  # What the kubelet and CNI write outside the state folder.
+  rm -f /var/lib/cni/results/"nightshift-$ID"-* 2>/dev/null || true
+  rmdir /var/lib/cni/results /var/lib/cni 2>/dev/null || true
+  if [[ -d /var/log/containers ]]; then
+    find /var/log/containers -maxdepth 1 -type l -lname "$STATE/*" -delete 2>/dev/null || true
+    rmdir /var/log/containers 2>/dev/null || true
+  fi
+  rmdir /run/containerd/s /run/containerd 2>/dev/null || true
 }
 
 stop() {
-  local c pid
-  for c in kube-controller-manager kube-apiserver etcd; do
-    if alive "$c"; then
-      pid="$(pid_of "$c")"
-      kill "$pid" 2>/dev/null || true
-      for _ in $(seq 1 100); do alive "$c" || break; sleep 0.1; done
-      alive "$c" && kill -9 "$pid" 2>/dev/null || true
-    fi
+  local c
+  if with_node; then
+    stop_component kube-proxy
+    stop_component kubelet
+    kill_pods
+    stop_component containerd
+  fi
+  for c in kube-scheduler kube-controller-manager socat-host socat-inside kube-apiserver etcd; do
+    stop_component "$c"
   done
-  rm -rf "$STATE"
+  unmount_ours
+  if [[ -e "/run/netns/$NETNS" ]]; then
+    # Anything still inside (a shim that outlived its containerd) goes with it.
+    ip netns pids "$NETNS" 2>/dev/null | xargs -r kill -9 2>/dev/null || true
+    ip netns delete "$NETNS" 2>/dev/null || true
+  fi
+  restore_host
+  rm -rf "$STATE" "$RUN"
 }
 
 # ---- certificates -----------------------------------------------------------------------------
@@ -63,63 +173,73 @@ stop() {
 make_certs() {
   local d="$STATE/pki"
   mkdir -p "$d"
-  openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=nightshift-test-ca" \
-    -keyout "$d/ca.key" -out "$d/ca.crt" 2>/dev/null
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 3650 \
+    -subj "/CN=nightshift-test-ca" -keyout "$d/ca.key" -out "$d/ca.crt" 2>/dev/null
   # name, subject, extensions
   issue() {
-    openssl req -newkey rsa:2048 -nodes -subj "$2" -keyout "$d/$1.key" -out "$d/$1.csr" 2>/dev/null
+    openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj "$2" \
+      -keyout "$d/$1.key" -out "$d/$1.csr" 2>/dev/null
     printf '%s\n' "$3" >"$d/$1.ext"
     openssl x509 -req -in "$d/$1.csr" -CA "$d/ca.crt" -CAkey "$d/ca.key" -CAcreateserial \
       -days 3650 -extfile "$d/$1.ext" -out "$d/$1.crt" 2>/dev/null
   }
-  issue apiserver "/CN=kube-apiserver" "subjectAltName=IP:127.0.0.1,IP:10.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local
+  local client="extendedKeyUsage=clientAuth"
+  issue apiserver "/CN=kube-apiserver" "subjectAltName=IP:127.0.0.1,IP:$NODE_IP,IP:$SERVICE_IP,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local
 extendedKeyUsage=serverAuth"
-  issue admin "/O=system:masters/CN=nightshift-admin" "extendedKeyUsage=clientAuth"
-  issue controller-manager "/CN=system:kube-controller-manager" "extendedKeyUsage=clientAuth"
+  issue admin "/O=system:masters/CN=nightshift-admin" "$client"
+  issue controller-manager "/CN=system:kube-controller-manager" "$client"
+  if with_node; then
+    issue scheduler "/CN=system:kube-scheduler" "$client"
+    issue kubelet "/O=system:nodes/CN=system:node:$NODE_NAME" "$client"
+    issue kube-proxy "/CN=system:kube-proxy" "$client"
+    issue apiserver-kubelet-client "/O=system:masters/CN=kube-apiserver-kubelet-client" "$client"
+    issue kubelet-serving "/O=system:nodes/CN=system:node:$NODE_NAME" "subjectAltName=IP:$NODE_IP,DNS:$NODE_NAME
+extendedKeyUsage=serverAuth"
+  fi
   # Service-account token signing (TokenRequest) and verification.
   openssl genrsa -out "$d/sa.key" 2048 2>/dev/null
   openssl rsa -in "$d/sa.key" -pubout -out "$d/sa.pub" 2>/dev/null
 }
 
-kubeconfig() { # file, user cert name
+kubeconfig() { # file, server, user cert name
   cat >"$1" <<KC
 apiVersion: v1
 kind: Config
 clusters:
 - name: nightshift-test
   cluster:
-    server: https://127.0.0.1:$API_PORT
+    server: $2
     certificate-authority-data: $(base64 -w0 "$STATE/pki/ca.crt")
 users:
-- name: $2
+- name: $3
   user:
-    client-certificate-data: $(base64 -w0 "$STATE/pki/$2.crt")
-    client-key-data: $(base64 -w0 "$STATE/pki/$2.key")
+    client-certificate-data: $(base64 -w0 "$STATE/pki/$3.crt")
+    client-key-data: $(base64 -w0 "$STATE/pki/$3.key")
 contexts:
 - name: nightshift-test
-  context: {cluster: nightshift-test, user: $2}
+  context: {cluster: nightshift-test, user: $3}
 current-context: nightshift-test
 KC
 }
 
 # ---- start ------------------------------------------------------------------------------------
 
-spawn() { # name, args...
+spawn() { # name, command... (run inside the namespace)
   local name="$1"; shift
-  setsid "$BIN/$name" "$@" >"$STATE/$name.log" 2>&1 </dev/null &
+  setsid nsenter --net="/run/netns/$NETNS" -- "$@" >"$STATE/$name.log" 2>&1 </dev/null &
   echo $! >"$STATE/$name.pid"
 }
 
 wait_for() { # what, seconds, command...
   local what="$1" secs="$2"; shift 2
-  local deadline=$(( $(date +%s) + secs ))
+  local deadline=$(( $(date +%s) + secs )) c
   until "$@" >/dev/null 2>&1; do
     if (( $(date +%s) >= deadline )); then
       log "timed out after ${secs}s waiting for $what; logs in $STATE"
-      tail -n 20 "$STATE"/*.log >&2 || true
+      for c in $(components); do [[ -f "$STATE/$c.log" ]] && { echo "--- $c" >&2; tail -n 8 "$STATE/$c.log" >&2; }; done
       exit 1
     fi
-    for c in "${COMPONENTS[@]}"; do
+    for c in $(components); do
       if [[ -f "$STATE/$c.pid" ]] && ! alive "$c"; then
         log "$c exited while waiting for $what:"; tail -n 30 "$STATE/$c.log" >&2; exit 1
       fi
@@ -128,51 +248,204 @@ wait_for() { # what, seconds, command...
   done
 }
 
+make_netns() {
+  ip netns add "$NETNS"
+  inside ip link set lo up
+  # The node's address: on lo (no dummy interface on these kernels; the kubelet only refuses
+  # loopback addresses, not loopback interfaces).
+  inside ip addr add "$NODE_IP/32" dev lo
+  if with_node; then
+    inside sysctl -qw net.ipv4.ip_forward=1
+    inside sysctl -qw net.bridge.bridge-nf-call-iptables=1
+  fi
+}
+
+start_node_runtime() {
+  mkdir -p "$STATE/cni" "$STATE/containerd" "$RUN"
+  cat >"$STATE/cni/10-nightshift.conflist" <<CNI
+{
+  "cniVersion": "1.0.0",
+  "name": "nightshift-$ID",
+  "plugins": [{
+    "type": "bridge", "bridge": "cni0", "isGateway": true, "ipMasq": false, "hairpinMode": true,
+    "ipam": {"type": "host-local", "ranges": [[{"subnet": "$POD_CIDR"}]],
+             "routes": [{"dst": "0.0.0.0/0"}], "dataDir": "$STATE/cni-ipam"}
+  }]
+}
+CNI
+  cat >"$STATE/containerd/config.toml" <<TOML
+version = 2
+root = "$STATE/containerd/root"
+state = "$RUN/containerd"
+disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs",
+  "io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.aufs"]
+[grpc]
+  address = "$RUN/containerd.sock"
+[plugins."io.containerd.internal.v1.opt"]
+  path = "$STATE/containerd/opt"
+[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "registry.k8s.io/pause:3.10"
+  # Root here lacks CAP_SYS_RESOURCE: nobody may lower an oom_score_adj.
+  restrict_oom_score_adj = true
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    snapshotter = "overlayfs"
+    default_runtime_name = "runc"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+        SystemdCgroup = false
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "/usr/lib/cni"
+    conf_dir = "$STATE/cni"
+TOML
+  spawn containerd containerd --config "$STATE/containerd/config.toml"
+}
+
+start_kubelet() {
+  local s
+  if [[ ! -f "$STATE/sysctl.saved" ]]; then
+    for s in "${SYSCTLS[@]}"; do echo "$s $(cat "/proc/sys/$s")"; done >"$STATE/sysctl.saved"
+  fi
+  : >"$STATE/resolv.conf"
+  mkdir -p "$STATE/kubelet" "$STATE/pod-logs"
+  kubeconfig "$STATE/kubelet.kubeconfig" "https://$NODE_IP:6443" kubelet
+  cat >"$STATE/kubelet.yaml" <<YAML
+apiVersion: kubelet.config.k8s.io/v1beta1
+kind: KubeletConfiguration
+address: $NODE_IP
+readOnlyPort: 0
+authentication:
+  anonymous: {enabled: false}
+  webhook: {enabled: true}
+  x509: {clientCAFile: $STATE/pki/ca.crt}
+authorization: {mode: Webhook}
+tlsCertFile: $STATE/pki/kubelet-serving.crt
+tlsPrivateKeyFile: $STATE/pki/kubelet-serving.key
+containerRuntimeEndpoint: unix://$RUN/containerd.sock
+# These hosts use cgroup v1, which kubelet >= 1.35 refuses unless told.
+failCgroupV1: false
+cgroupDriver: cgroupfs
+failSwapOn: false
+resolvConf: $STATE/resolv.conf
+podLogsDir: $STATE/pod-logs
+hairpinMode: hairpin-veth
+serializeImagePulls: false
+# Images are imported, never pulled: never collect them, never evict for a full disk.
+imageGCHighThresholdPercent: 100
+imageGCLowThresholdPercent: 99
+evictionHard: {memory.available: 100Mi, nodefs.available: "1%", imagefs.available: "1%", nodefs.inodesFree: "1%"}
+syncFrequency: 10s
+fileCheckFrequency: 0s
+YAML
+  spawn kubelet "$BIN/kubelet" --config "$STATE/kubelet.yaml" --kubeconfig "$STATE/kubelet.kubeconfig" \
+    --root-dir "$STATE/kubelet" --hostname-override "$NODE_NAME" --node-ip "$NODE_IP"
+}
+
+start_kube_proxy() {
+  kubeconfig "$STATE/kube-proxy.kubeconfig" "https://$NODE_IP:6443" kube-proxy
+  cat >"$STATE/kube-proxy.yaml" <<YAML
+apiVersion: kubeproxy.config.k8s.io/v1alpha1
+kind: KubeProxyConfiguration
+clientConnection: {kubeconfig: $STATE/kube-proxy.kubeconfig}
+mode: iptables
+clusterCIDR: $POD_CIDR
+hostnameOverride: $NODE_NAME
+bindAddress: $NODE_IP
+healthzBindAddress: 127.0.0.1:10256
+metricsBindAddress: 127.0.0.1:10249
+# Host-wide conntrack limits stay as they are.
+conntrack: {maxPerCore: 0, min: 0, tcpEstablishedTimeout: 0s, tcpCloseWaitTimeout: 0s}
+nodePortAddresses: [primary]
+YAML
+  spawn kube-proxy "$BIN/kube-proxy" --config "$STATE/kube-proxy.yaml"
+}
+
 start() {
   local t0; t0=$(date +%s%N)
+  need_root
   BIN="$("$HERE/build-binaries.sh")"
+  if [[ "${NIGHTSHIFT_NODE:-1}" != 0 ]]; then "$HERE/setup.sh"; fi
   mkdir -p "$STATE"
   echo "$BIN" >"$STATE/bin"
+  if [[ "${NIGHTSHIFT_NODE:-1}" != 0 ]]; then echo node >"$STATE/mode"; else echo control-plane >"$STATE/mode"; fi
+  ls -d /run/netns/cni-* 2>/dev/null >"$STATE/netns.before" || true
+  make_netns
   make_certs
-  ETCD_PORT=$(free_port); ETCD_PEER_PORT=$(free_port); API_PORT=$(free_port)
-  kubeconfig "$STATE/admin.kubeconfig" admin
-  kubeconfig "$STATE/controller-manager.kubeconfig" controller-manager
-  printf 'ETCD_PORT=%s\nAPI_PORT=%s\n' "$ETCD_PORT" "$API_PORT" >"$STATE/ports"
+  API_PORT=$(free_port)
+  local images_pid=""
+  if with_node; then
+    start_node_runtime
+    # Images are imported while the control plane starts.
+    ( wait_for "containerd" 30 test -S "$RUN/containerd.sock"
+      "$HERE/images.sh" import "$RUN/containerd.sock" ) >"$STATE/images.log" 2>&1 &
+    images_pid=$!
+  fi
+  kubeconfig "$STATE/admin.kubeconfig" "https://127.0.0.1:$API_PORT" admin
+  kubeconfig "$STATE/controller-manager.kubeconfig" "https://127.0.0.1:6443" controller-manager
+  printf 'API_PORT=%s\n' "$API_PORT" >"$STATE/ports"
 
-  spawn etcd --name default --data-dir "$STATE/etcd" \
-    --listen-client-urls "http://127.0.0.1:$ETCD_PORT" --advertise-client-urls "http://127.0.0.1:$ETCD_PORT" \
-    --listen-peer-urls "http://127.0.0.1:$ETCD_PEER_PORT" \
-    --initial-advertise-peer-urls "http://127.0.0.1:$ETCD_PEER_PORT" \
-    --initial-cluster "default=http://127.0.0.1:$ETCD_PEER_PORT" \
+  spawn etcd "$BIN/etcd" --name default --data-dir "$STATE/etcd" \
+    --listen-client-urls http://127.0.0.1:2379 --advertise-client-urls http://127.0.0.1:2379 \
+    --listen-peer-urls http://127.0.0.1:2380 --initial-advertise-peer-urls http://127.0.0.1:2380 \
+    --initial-cluster default=http://127.0.0.1:2380 \
     --unsafe-no-fsync --quota-backend-bytes 8589934592 --log-level warn
-  wait_for "etcd" 30 curl -fsS "http://127.0.0.1:$ETCD_PORT/health"
 
-  local p="$STATE/pki"
-  spawn kube-apiserver --etcd-servers "http://127.0.0.1:$ETCD_PORT" \
-    --bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port "$API_PORT" \
+  # The host's way in: 127.0.0.1:API_PORT -> unix socket -> 127.0.0.1:6443 in the namespace.
+  mkdir -p "$RUN"
+  spawn socat-inside socat "UNIX-LISTEN:$RUN/apiserver.sock,fork,unlink-early" TCP:127.0.0.1:6443
+  setsid socat "TCP-LISTEN:$API_PORT,bind=127.0.0.1,fork,reuseaddr" "UNIX-CONNECT:$RUN/apiserver.sock" \
+    >"$STATE/socat-host.log" 2>&1 </dev/null &
+  echo $! >"$STATE/socat-host.pid"
+
+  wait_for "etcd" 30 inside curl -fsS http://127.0.0.1:2379/health
+  local p="$STATE/pki" node_flags=(--endpoint-reconciler-type none)
+  if with_node; then
+    # The default endpoint reconciler publishes `kubernetes` = NODE_IP:6443, which kube-proxy
+    # makes reachable from pods as SERVICE_IP:443: in-cluster config works as anywhere.
+    node_flags=(--kubelet-client-certificate "$p/apiserver-kubelet-client.crt"
+      --kubelet-client-key "$p/apiserver-kubelet-client.key"
+      --kubelet-certificate-authority "$p/ca.crt" --kubelet-preferred-address-types InternalIP)
+  fi
+  spawn kube-apiserver "$BIN/kube-apiserver" --etcd-servers http://127.0.0.1:2379 \
+    --bind-address 0.0.0.0 --advertise-address "$NODE_IP" --secure-port 6443 \
     --tls-cert-file "$p/apiserver.crt" --tls-private-key-file "$p/apiserver.key" \
-    --client-ca-file "$p/ca.crt" --authorization-mode RBAC \
+    --client-ca-file "$p/ca.crt" --authorization-mode Node,RBAC --enable-admission-plugins NodeRestriction \
     --service-account-issuer https://kubernetes.default.svc.cluster.local \
     --service-account-key-file "$p/sa.pub" --service-account-signing-key-file "$p/sa.key" \
     --api-audiences https://kubernetes.default.svc.cluster.local \
-    --service-cluster-ip-range 10.0.0.0/24 --allow-privileged=true --endpoint-reconciler-type none \
+    --service-cluster-ip-range "$SERVICE_CIDR" --allow-privileged=true "${node_flags[@]}" \
     --cert-dir "$STATE/apiserver-certs" ${NIGHTSHIFT_APISERVER_FLAGS:-}
   wait_for "kube-apiserver /readyz" 90 bash -c "[[ \"\$('$BIN/kubectl' --kubeconfig '$STATE/admin.kubeconfig' get --raw /readyz)\" == ok ]]"
 
-  # The default controller set: garbage collector, namespace, service accounts and their tokens,
-  # job, ttl-after-finished, deployment, replicaset, ... (everything a kubelet-less cluster can run).
-  spawn kube-controller-manager --kubeconfig "$STATE/controller-manager.kubeconfig" \
+  # The default controller set: garbage collector, namespaces, service accounts and their tokens,
+  # job, ttl-after-finished, deployment, replicaset, endpoints, node lifecycle ...
+  spawn kube-controller-manager "$BIN/kube-controller-manager" --kubeconfig "$STATE/controller-manager.kubeconfig" \
     --authentication-kubeconfig "$STATE/controller-manager.kubeconfig" \
     --authorization-kubeconfig "$STATE/controller-manager.kubeconfig" \
     --bind-address 127.0.0.1 --secure-port 0 --leader-elect=false \
     --use-service-account-credentials --controllers '*' \
     --service-account-private-key-file "$p/sa.key" --root-ca-file "$p/ca.crt" \
     --cluster-signing-cert-file "$p/ca.crt" --cluster-signing-key-file "$p/ca.key" \
+    --service-cluster-ip-range "$SERVICE_CIDR" \
     --concurrent-gc-syncs 10 ${NIGHTSHIFT_CONTROLLER_MANAGER_FLAGS:-}
+
+  if with_node; then
+    kubeconfig "$STATE/scheduler.kubeconfig" "https://127.0.0.1:6443" scheduler
+    spawn kube-scheduler "$BIN/kube-scheduler" --kubeconfig "$STATE/scheduler.kubeconfig" \
+      --authentication-kubeconfig "$STATE/scheduler.kubeconfig" --authorization-kubeconfig "$STATE/scheduler.kubeconfig" \
+      --bind-address 127.0.0.1 --secure-port 10259 --leader-elect=false
+    if ! wait "$images_pid"; then
+      log "importing the images into the node failed:"; cat "$STATE/images.log" >&2; exit 1
+    fi
+    start_kubelet
+    wait_for "the node to be Ready" 60 node_ready
+    # After the node exists: kube-proxy exits when it sees the node's IPs change.
+    start_kube_proxy
+  fi
   # The service-account controller creating `default` proves the controller manager works.
   wait_for "kube-controller-manager (the default ServiceAccount)" 60 kubectl_ -n default get serviceaccount default
   local ms=$(( ($(date +%s%N) - t0) / 1000000 ))
-  log "up in $((ms / 1000)).$(printf '%03d' $((ms % 1000)))s; $(env_line)"
+  log "up in $((ms / 1000)).$(printf '%03d' $((ms % 1000)))s ($(cat "$STATE/mode")); $(env_line)"
 }
 
 env_line() { echo "export KUBECONFIG=$STATE/admin.kubeconfig"; }
@@ -180,14 +453,20 @@ env_line() { echo "export KUBECONFIG=$STATE/admin.kubeconfig"; }
 case "${1:-}" in
   up)
     if healthy; then log "already up; $(env_line)"; exit 0; fi
-    if [[ -d "$STATE" ]]; then log "found a half-dead cluster in $STATE; restarting it"; stop; fi
+    need_root
+    if [[ -d "$STATE" || -e "/run/netns/$NETNS" ]]; then log "found a half-dead cluster in $STATE; restarting it"; stop; fi
     start
     ;;
-  down) stop; log "down" ;;
+  down)
+    [[ -d "$STATE" || -e "/run/netns/$NETNS" ]] || { log "not running"; exit 0; }
+    need_root
+    stop; log "down"
+    ;;
   env)
     [[ -f "$STATE/admin.kubeconfig" ]] || { log "no cluster: run 'make cluster-up'"; exit 1; }
     env_line
     ;;
   status) healthy ;;
-  *) echo "usage: $0 up|down|env|status" >&2; exit 2 ;;
+  containerd-address) echo "$RUN/containerd.sock" ;;
+  *) echo "usage: $0 up|down|env|status|containerd-address" >&2; exit 2 ;;
 esac

@@ -172,6 +172,7 @@ async fn built_in_job_controller_creates_the_pod_of_a_job() {
         sas.get_opt("default").await.map_err(|e| e.to_string())?.ok_or_else(|| "absent".to_string())
     })
     .await;
+    // The pod is only looked at: the simulator's scheduler name keeps it off the real node.
     ns.api::<Job>()
         .create(
             &PostParams::default(),
@@ -179,6 +180,7 @@ async fn built_in_job_controller_creates_the_pod_of_a_job() {
                 "metadata": {"name": "hello"},
                 "spec": {"template": {"spec": {
                     "restartPolicy": "Never",
+                    "schedulerName": nightshift::sim::SCHEDULER_NAME,
                     "containers": [{"name": "hello", "image": "busybox", "command": ["true"]}]
                 }}}
             })),

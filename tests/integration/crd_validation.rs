@@ -187,6 +187,19 @@ fn bad_manifests() -> Vec<Bad> {
             says: &["should have at least 1 items"],
         },
         Bad {
+            what: "container without image",
+            // A merge patch replaces the whole list: its one container has a name only.
+            patch: json!({"spec": {"template": {"spec": {"containers": [{"name": "worker"}]}}}}),
+            field: Some("spec.template.spec.containers[0].image"),
+            says: &["Required value"],
+        },
+        Bad {
+            what: "init container without image",
+            patch: json!({"spec": {"template": {"spec": {"initContainers": [{"name": "setup"}]}}}}),
+            field: Some("spec.template.spec.initContainers[0].image"),
+            says: &["Required value"],
+        },
+        Bad {
             what: "metadata.name of 53 characters",
             patch: json!({"metadata": {"name": "n".repeat(53)}}),
             field: None,

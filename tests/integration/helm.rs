@@ -30,6 +30,8 @@ use crate::support::{TestNamespace, api_error, client, client_with_token, instal
 const WAIT: Duration = Duration::from_secs(60);
 const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/charts/nightshift");
 const CRD: &str = "backgroundjobs.nightshift.dev";
+/// Operator pods with this node selector are never scheduled (no node has the label).
+const PARKED: &[&str] = &["--set-string", "nodeSelector.nightshift\\.dev/parked=true"];
 
 /// Runs `program --kubeconfig <the harness kubeconfig> args...` from PATH.
 async fn run(program: &str, args: &[&str]) -> Output {
@@ -69,8 +71,17 @@ struct Release {
 }
 
 impl Release {
-    /// `helm install` with `--wait=false`: no kubelet runs the operator pods here.
+    /// `helm install` with `--wait=false` and the operator pods parked: created (so Pod Security
+    /// admission judges them) but never scheduled, so that an operator of all namespaces never
+    /// runs beside the tests' own operators.
     async fn install(ns: &TestNamespace, extra: &[&str]) -> Self {
+        let mut args = PARKED.to_vec();
+        args.extend_from_slice(extra);
+        Self::install_running(ns, &args).await
+    }
+
+    /// `helm install` with `--wait=false`: the node runs the operator pods.
+    async fn install_running(ns: &TestNamespace, extra: &[&str]) -> Self {
         let name = format!("rel-{}", &ns.name[ns.name.len() - 8..]);
         let mut args = vec!["install", &name, CHART, "--namespace", &ns.name, "--wait=false"];
         args.extend_from_slice(extra);
@@ -139,6 +150,19 @@ fn minimal_job(name: &str) -> BackgroundJob {
         "spec": {"template": {"spec": {"containers": [{"name": "w", "image": "w"}]}}}
     }))
     .unwrap()
+}
+
+/// Makes the namespace enforce the `restricted` Pod Security level.
+async fn restrict(ns: &TestNamespace) {
+    let restricted = json!({"metadata": {"labels": {
+        "pod-security.kubernetes.io/enforce": "restricted",
+        "pod-security.kubernetes.io/warn": "restricted",
+        "pod-security.kubernetes.io/audit": "restricted",
+    }}});
+    Api::<Namespace>::all(ns.client.clone())
+        .patch(&ns.name, &PatchParams::default(), &Patch::Merge(&restricted))
+        .await
+        .unwrap();
 }
 
 async fn wait_default_account(ns: &TestNamespace) {
@@ -282,20 +306,13 @@ async fn install_into_a_restricted_namespace_then_upgrade_and_uninstall() {
     let client = client().await;
     install_crd(&client).await;
     let ns = TestNamespace::new(&client, "helm-install").await;
-    let restricted = json!({"metadata": {"labels": {
-        "pod-security.kubernetes.io/enforce": "restricted",
-        "pod-security.kubernetes.io/warn": "restricted",
-        "pod-security.kubernetes.io/audit": "restricted",
-    }}});
-    Api::<Namespace>::all(client.clone())
-        .patch(&ns.name, &PatchParams::default(), &Patch::Merge(&restricted))
-        .await
-        .unwrap();
+    restrict(&ns).await;
     wait_default_account(&ns).await;
 
     // Pod Security admission does enforce here: a pod without the restricted settings is refused.
     let bare: Pod = serde_json::from_value(json!({
-        "metadata": {"name": "bare"}, "spec": {"containers": [{"name": "c", "image": "c"}]}
+        "metadata": {"name": "bare"},
+        "spec": {"schedulerName": nightshift::sim::SCHEDULER_NAME, "containers": [{"name": "c", "image": "c"}]}
     }))
     .unwrap();
     let refused = ns.api::<Pod>().create(&PostParams::default(), &bare).await.map(|_| ());
@@ -373,7 +390,7 @@ async fn install_into_a_restricted_namespace_then_upgrade_and_uninstall() {
     assert_eq!((subject.name.as_str(), subject.namespace.as_deref()), (name.as_str(), Some(ns.name.as_str())));
 
     // The Deployment and ReplicaSet controllers create the operator pods, and Pod Security
-    // admission lets them in (no kubelet runs them: they stay Pending).
+    // admission lets them in (parked: they stay Pending; the test below runs them).
     let pods: Api<Pod> = ns.api();
     wait_until("the ReplicaSet to create 2 operator pods", WAIT, || async {
         let found = pods.list(&selector).await.map_err(|e| e.to_string())?.items.len();
@@ -406,6 +423,8 @@ async fn install_into_a_restricted_namespace_then_upgrade_and_uninstall() {
         "--wait=false",
         "--set",
         "replicas=3,logFormat=json",
+        PARKED[0],
+        PARKED[1],
     ])
     .await;
     let deployment = ns.api::<Deployment>().get(&name).await.unwrap();
@@ -566,7 +585,8 @@ async fn the_operator_runs_a_job_on_the_rights_the_chart_gives_it_in_one_namespa
             "shards": 2,
             "heartbeat": {"timeoutSeconds": 30},
             "ttlSecondsAfterFinished": 3,
-            "template": {"spec": {"containers": [{"name": "w", "image": "w"}]}}
+            // For the simulator below, not the real node.
+            "template": {"spec": {"schedulerName": nightshift::sim::SCHEDULER_NAME, "containers": [{"name": "w", "image": "w"}]}}
         }
     }))
     .unwrap();
@@ -622,4 +642,132 @@ async fn the_operator_runs_a_job_on_the_rights_the_chart_gives_it_in_one_namespa
         .filter_map(|e| e.reason.clone())
         .collect();
     assert!(reasons.iter().any(|r| r == "Succeeded"), "the operator's events on the job: {reasons:?}");
+}
+
+/// The path a user takes, on the real node: `helm install` into a namespace enforcing the
+/// `restricted` Pod Security level runs the operator pods (Running, Ready, one leader, /metrics
+/// through the chart's Service); a job applied with kubectl runs on real pods, with the agent
+/// injected, through a crash of the leader (its pod force-deleted: the follower takes over) and
+/// finishes exactly; `helm uninstall` leaves only the CRD.
+#[tokio::test]
+async fn on_the_node_the_chart_runs_a_job_through_a_leader_crash() {
+    let client = client().await;
+    install_crd(&client).await;
+    let ns = TestNamespace::new(&client, "helm-node").await;
+    restrict(&ns).await;
+    wait_default_account(&ns).await;
+    // Only this namespace: the tests' own operators run in the others.
+    let scope = format!("watchNamespaces={{{}}}", ns.name);
+    let mut release = Release::install_running(&ns, &["--set", &scope, "--set", "statusFoldSeconds=2"]).await;
+    let name = release.fullname();
+    let selector = ListParams::default().labels(&release.selector());
+    let pods: Api<Pod> = ns.api();
+    let leases: Api<Lease> = ns.api();
+
+    let ready = |p: &Pod| {
+        p.metadata.deletion_timestamp.is_none()
+            && p.status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+    };
+    let ready_pods = || async {
+        let list = pods.list(&selector).await.map_err(|e| e.to_string())?;
+        let names: Vec<String> = list.iter().filter(|p| ready(p)).map(|p| p.name_any()).collect();
+        if names.len() == 2 {
+            Ok(names)
+        } else {
+            Err(format!(
+                "ready {names:?} of {:?}",
+                list.iter().map(|p| (p.name_any(), p.status.clone())).collect::<Vec<_>>()
+            ))
+        }
+    };
+    let operators = wait_until("2 operator pods Running and Ready on the node", WAIT * 2, ready_pods).await;
+    let leader = || async {
+        let lease = leases.get_opt("nightshift-leader").await.map_err(|e| e.to_string())?.ok_or("no Lease yet")?;
+        lease.spec.and_then(|s| s.holder_identity).filter(|h| !h.is_empty()).ok_or_else(|| "no holder".to_string())
+    };
+    let first = wait_until("a leader", WAIT, leader).await;
+    assert!(operators.contains(&first), "the leader {first} is one of the operator pods {operators:?}");
+
+    // /metrics through the chart's Service (the API server's service proxy reaches it).
+    let path = format!("/api/v1/namespaces/{}/services/{name}-metrics:metrics/proxy/metrics", ns.name);
+    let metrics = wait_until("/metrics through the Service", WAIT, || async {
+        let output = run("kubectl", &["get", "--raw", &path]).await;
+        if output.status.success() {
+            Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+        } else {
+            Err(text(&output))
+        }
+    })
+    .await;
+    assert!(metrics.contains("nightshift_leader"), "{metrics}");
+
+    // A job, applied with kubectl, on real pods that pass the restricted level.
+    let manifest = json!({
+        "apiVersion": "nightshift.dev/v1alpha1", "kind": "BackgroundJob",
+        "metadata": {"name": "import", "namespace": ns.name},
+        "spec": {
+            "shards": 4, "workers": {"min": 1, "max": 2},
+            "heartbeat": {"intervalSeconds": 1, "timeoutSeconds": 30, "injectAgent": true},
+            "template": {"spec": {"containers": [{
+                "name": "importer", "image": format!("nightshift-example:{}", env!("CARGO_PKG_VERSION")),
+                "command": ["/bulk-import.sh"],
+                "env": [{"name": "BATCH_SIZE", "value": "250"}, {"name": "BATCH_SECONDS", "value": "1"}],
+                "securityContext": {"allowPrivilegeEscalation": false, "runAsNonRoot": true, "runAsUser": 65532,
+                    "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"}}
+            }]}}
+        }
+    });
+    let file = TempFile::new(&format!("{}-job.json", ns.name), &manifest.to_string());
+    let applied = run("kubectl", &["apply", "-f", file.0.to_str().unwrap()]).await;
+    assert!(applied.status.success(), "kubectl apply: {}", text(&applied));
+    let jobs: Api<BackgroundJob> = ns.api();
+    let status = || async {
+        Ok::<_, String>(jobs.get_status("import").await.map_err(|e| e.to_string())?.status.unwrap_or_default())
+    };
+    wait_until("a worker of the job running", WAIT, || async {
+        let s = status().await?;
+        if s.workers.as_ref().is_some_and(|w| w.ready > 0) { Ok(()) } else { Err(format!("{s:?}")) }
+    })
+    .await;
+
+    // The leader crashes: its pod is force-deleted, it never hands its Lease over.
+    let first_pod = Api::<Pod>::namespaced(client.clone(), &ns.name);
+    first_pod
+        .delete(&first, &kube::api::DeleteParams { grace_period_seconds: Some(0), ..Default::default() })
+        .await
+        .unwrap();
+    let second = wait_until("another leader", WAIT, || async {
+        let holder = leader().await?;
+        if holder != first { Ok(holder) } else { Err(format!("still {holder}")) }
+    })
+    .await;
+    let done = wait_until("the job to succeed", WAIT * 2, || async {
+        let s = status().await?;
+        if s.phase == Some(Phase::Succeeded) { Ok(s) } else { Err(format!("{s:?}")) }
+    })
+    .await;
+    let shards = done.shards.expect("shard counts");
+    assert_eq!((shards.succeeded, shards.failed), (4, 0), "{shards:?}");
+    assert_eq!(done.result.as_ref().map(|r| r["imported"].clone()), Some(json!(7000)), "{:?}", done.result);
+    let workers = pods.list(&ListParams::default().labels("nightshift.dev/job=import")).await.unwrap();
+    assert_eq!(
+        workers.items.len(),
+        4,
+        "one attempt per shard, none repeated: {:?}",
+        workers.iter().map(|p| p.name_any()).collect::<Vec<_>>()
+    );
+    assert!(operators.contains(&second) || second.starts_with(&name), "{second}");
+
+    // Uninstall: only the CRD (and the job) stay.
+    release.uninstall().await;
+    wait_until("the operator pods to be gone", WAIT, || async {
+        let left = names(ns.api::<Pod>(), &selector).await?;
+        if left.is_empty() { Ok(()) } else { Err(format!("{left:?}")) }
+    })
+    .await;
+    Api::<CustomResourceDefinition>::all(client.clone()).get(CRD).await.expect("the CRD stays after helm uninstall");
+    jobs.get("import").await.expect("the job stays after helm uninstall");
 }

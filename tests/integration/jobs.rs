@@ -41,6 +41,9 @@ pub async fn fixture(prefix: &str) -> (Fixture, Operator) {
     (f, operator)
 }
 
+/// A job for the tests' node, which is the test itself (or the simulator): its pods carry the
+/// simulator's scheduler name, also when `spec` brings its own template, so that no kubelet of
+/// the cluster runs them.
 fn manifest(name: &str, spec: serde_json::Value) -> BackgroundJob {
     let mut full = json!({
         "template": {"spec": {"containers": [{"name": "worker", "image": "registry.example/worker:1"}]}}
@@ -48,6 +51,8 @@ fn manifest(name: &str, spec: serde_json::Value) -> BackgroundJob {
     for (k, v) in spec.as_object().unwrap() {
         full[k] = v.clone();
     }
+    let pod_spec = full["template"]["spec"].as_object_mut().expect("the template has a spec");
+    pod_spec.entry("schedulerName").or_insert_with(|| json!(sim::SCHEDULER_NAME));
     serde_json::from_value(json!({
         "apiVersion": "nightshift.dev/v1alpha1", "kind": "BackgroundJob",
         "metadata": {"name": name}, "spec": full
@@ -159,6 +164,7 @@ async fn five_shards_run_on_at_most_three_workers_to_success() {
     assert_eq!(pod.finalizers(), [FINALIZER_TRACKING]);
     let spec = pod.spec.unwrap();
     assert_eq!(spec.restart_policy.as_deref(), Some("Never"));
+    assert_eq!(spec.scheduler_name.as_deref(), Some(sim::SCHEDULER_NAME), "the template's, for the simulator");
     let env: BTreeMap<String, String> =
         spec.containers[0].env.clone().unwrap().into_iter().map(|e| (e.name, e.value.unwrap_or_default())).collect();
     assert_eq!(env["NIGHTSHIFT_SHARD"], "1");

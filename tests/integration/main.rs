@@ -1,4 +1,5 @@
-//! Integration tests against the real local control plane (`make cluster-up`).
+//! Integration tests against the real local cluster (`make cluster-up`): its control plane, and
+//! (`node`, and `helm`'s last test) its real node.
 
 mod agent;
 mod control_plane;
@@ -6,6 +7,7 @@ mod crd_validation;
 mod heartbeats;
 mod helm;
 mod jobs;
+mod node;
 mod operator;
 mod queue;
 mod support;

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Installs the Debian packages the local node needs, when one is missing: containerd and runc
+# (the container runtime), the CNI plugins (the pods' bridge), socat (the host's way to the API
+# server), iptables (kube-proxy), buildah (builds the images the node runs, without a registry),
+# busybox-static (the example worker image) and gcc (the pause binary). Idempotent and quiet.
+set -euo pipefail
+
+need=()
+have() { command -v "$1" >/dev/null; }
+have containerd || need+=(containerd)
+have ctr || need+=(containerd)
+have runc || need+=(runc)
+[[ -x /usr/lib/cni/bridge && -x /usr/lib/cni/host-local && -x /usr/lib/cni/loopback ]] || need+=(containernetworking-plugins)
+have socat || need+=(socat)
+have iptables || need+=(iptables)
+have buildah || need+=(buildah)
+have file || need+=(file)
+have gcc || need+=(gcc libc6-dev)
+have nsenter || need+=(util-linux)
+have ip || need+=(iproute2)
+have openssl || need+=(openssl)
+have curl || need+=(curl)
+dpkg -s busybox-static >/dev/null 2>&1 || need+=(busybox-static)
+((${#need[@]} == 0)) && exit 0
+mapfile -t need < <(printf '%s\n' "${need[@]}" | sort -u)
+
+if [[ $(id -u) != 0 ]]; then
+  echo "cluster setup: missing ${need[*]}; install them (apt-get install ${need[*]}) or run this as root" >&2
+  exit 1
+fi
+echo "cluster setup: installing ${need[*]}" >&2
+export DEBIAN_FRONTEND=noninteractive
+log="$(mktemp)"
+trap 'rm -f "$log"' EXIT
+if ! { apt-get update -qq && apt-get install -y -qq --no-install-recommends "${need[@]}"; } >"$log" 2>&1; then
+  cat "$log" >&2
+  echo "cluster setup: installing ${need[*]} failed" >&2
+  exit 1
+fi

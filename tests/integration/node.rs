@@ -1,0 +1,392 @@
+//! On the real node: worker pods run real containers (containerd + runc), from the images
+//! `tests/cluster/images.sh` built and imported. The operator runs in this process; its pods
+//! are scheduled by kube-scheduler and run by the kubelet, so exit codes, OOM kills, image pull
+//! errors, SIGTERM, heartbeats from inside pods, the mounted token and `kubectl logs` are real.
+
+use std::time::Duration;
+
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::{coordination::v1::Lease, core::v1::Pod};
+use kube::{
+    Api, Client, ResourceExt,
+    api::{DeleteParams, ListParams, Patch, PatchParams, PostParams},
+    runtime::{WatchStreamExt, watcher},
+};
+use nightshift::api::{BackgroundJob, BackgroundJobStatus, LABEL_JOB, Phase};
+use serde_json::json;
+
+use crate::support::{Operator, TestNamespace, api_error, client, client_with_token, install_crd, wait_until};
+
+/// Real pods start in about a second; a job of a few shards ends well within this.
+const WAIT: Duration = Duration::from_secs(120);
+const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+fn example_image() -> String {
+    format!("nightshift-example:{VERSION}")
+}
+
+struct Node {
+    client: Client,
+    ns: TestNamespace,
+    jobs: Api<BackgroundJob>,
+    pods: Api<Pod>,
+    _operator: Operator,
+}
+
+/// A namespace with its own operator (agent image: the operator image built here).
+async fn node(prefix: &str) -> Node {
+    let client = client().await;
+    install_crd(&client).await;
+    let ns = TestNamespace::new(&client, prefix).await;
+    let sas: Api<k8s_openapi::api::core::v1::ServiceAccount> = ns.api();
+    wait_until("the default ServiceAccount", WAIT, || async {
+        sas.get_opt("default").await.map_err(|e| e.to_string())?.map(|_| ()).ok_or_else(|| "absent".into())
+    })
+    .await;
+    let options = nightshift::controller::Options {
+        agent_image: Some(format!("nightshift:{VERSION}")),
+        fold_seconds: 1,
+        ..Default::default()
+    };
+    let operator = Operator::start_with(&client, &ns.name, options).await;
+    Node { jobs: ns.api(), pods: ns.api(), client, ns, _operator: operator }
+}
+
+/// A job whose one container runs `script` with busybox sh in the example image.
+fn job(name: &str, script: &str, spec: serde_json::Value) -> BackgroundJob {
+    let mut full = json!({
+        "retry": {"limit": 1, "backoff": {"initialSeconds": 1, "factor": 1, "maxSeconds": 1}},
+        "template": {"spec": {
+            "terminationGracePeriodSeconds": 10,
+            "containers": [{"name": "worker", "image": example_image(), "imagePullPolicy": "IfNotPresent",
+                            "command": ["sh", "-c", script]}]
+        }}
+    });
+    for (k, v) in spec.as_object().unwrap() {
+        if k == "template" {
+            full[k] = merge(full[k].clone(), v.clone());
+        } else {
+            full[k] = v.clone();
+        }
+    }
+    serde_json::from_value(json!({
+        "apiVersion": "nightshift.dev/v1alpha1", "kind": "BackgroundJob",
+        "metadata": {"name": name}, "spec": full
+    }))
+    .unwrap()
+}
+
+/// `over` merged into `base`: objects key by key, arrays of objects item by item (so a test can
+/// change the first container's command alone), anything else replaced.
+fn merge(base: serde_json::Value, over: serde_json::Value) -> serde_json::Value {
+    use serde_json::Value::{Array, Object};
+    match (base, over) {
+        (Object(mut b), Object(o)) => {
+            for (k, v) in o {
+                let merged = match b.remove(&k) {
+                    Some(old) => merge(old, v),
+                    None => v,
+                };
+                b.insert(k, merged);
+            }
+            Object(b)
+        }
+        (Array(b), Array(o)) if o.iter().all(|v| v.is_object()) => {
+            let n = b.len().max(o.len());
+            let (mut b, mut o) = (b.into_iter(), o.into_iter());
+            Array(
+                (0..n)
+                    .map(|_| match (b.next(), o.next()) {
+                        (Some(old), Some(v)) => merge(old, v),
+                        (old, v) => v.or(old).unwrap(),
+                    })
+                    .collect(),
+            )
+        }
+        (_, over) => over,
+    }
+}
+
+impl Node {
+    async fn create(&self, job: &BackgroundJob) {
+        self.jobs.create(&PostParams::default(), job).await.unwrap();
+    }
+
+    async fn status(&self, name: &str) -> BackgroundJobStatus {
+        self.jobs.get_status(name).await.unwrap().status.unwrap_or_default()
+    }
+
+    async fn wait_status<T>(&self, name: &str, what: &str, check: impl Fn(&BackgroundJobStatus) -> Option<T>) -> T {
+        wait_until(&format!("{name}: {what}"), WAIT, || async {
+            let status = self.status(name).await;
+            check(&status).ok_or_else(|| format!("{status:?}"))
+        })
+        .await
+    }
+
+    async fn wait_phase(&self, name: &str, phase: Phase) -> BackgroundJobStatus {
+        self.wait_status(name, &format!("phase {phase}"), |s| (s.phase == Some(phase)).then(|| s.clone())).await
+    }
+
+    async fn pods_of(&self, job: &str) -> Vec<Pod> {
+        self.pods.list(&ListParams::default().labels(&format!("{LABEL_JOB}={job}"))).await.unwrap().items
+    }
+
+    /// Waits until the pod's first container has terminated; returns (exit code, reason).
+    async fn wait_terminated(&self, pod: &str) -> (i32, String) {
+        wait_until(&format!("{pod}'s container to terminate"), WAIT, || async {
+            let pod = self.pods.get(pod).await.map_err(|e| e.to_string())?;
+            terminated(&pod).ok_or_else(|| format!("{:?}", pod.status.and_then(|s| s.container_statuses)))
+        })
+        .await
+    }
+
+    /// Waits until the pod is Running on the node (its main container started).
+    async fn wait_running(&self, pod: &str) {
+        wait_until(&format!("{pod} to run"), WAIT, || async {
+            let p = self.pods.get_opt(pod).await.map_err(|e| e.to_string())?.ok_or("not created yet")?;
+            let phase = p.status.as_ref().and_then(|s| s.phase.clone()).unwrap_or_default();
+            if phase == "Running" { Ok(()) } else { Err(format!("phase {phase}: {:?}", p.status)) }
+        })
+        .await
+    }
+}
+
+fn terminated(pod: &Pod) -> Option<(i32, String)> {
+    let statuses = pod.status.as_ref()?.container_statuses.as_ref()?;
+    let t = statuses.first()?.state.as_ref()?.terminated.as_ref()?;
+    Some((t.exit_code, t.reason.clone().unwrap_or_default()))
+}
+
+/// `kubectl --kubeconfig <harness> args...` from PATH; its stdout, or a panic with its stderr.
+async fn kubectl(args: &[&str]) -> String {
+    let output = tokio::process::Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(crate::support::kubeconfig_path())
+        .args(args)
+        .output()
+        .await
+        .expect("kubectl on PATH (tests/run-integration.sh puts it there)");
+    assert!(output.status.success(), "kubectl {} failed: {}", args.join(" "), String::from_utf8_lossy(&output.stderr));
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// Watches the job's pods and returns the first terminated state (exit code) of a pod
+/// `matching`, as the kubelet reported it, even if the pod is deleted right after.
+async fn exit_code_seen(pods: Api<Pod>, job: &str, matching: impl Fn(&Pod) -> bool) -> i32 {
+    let stream = watcher(pods, watcher::Config::default().labels(&format!("{LABEL_JOB}={job}")))
+        .applied_objects()
+        .try_filter_map(|p| {
+            let code = if matching(&p) { terminated(&p).map(|(c, _)| c) } else { None };
+            futures::future::ready(Ok(code))
+        });
+    let mut stream = std::pin::pin!(stream);
+    tokio::time::timeout(WAIT, stream.next())
+        .await
+        .unwrap_or_else(|_| panic!("no terminated pod of {job} seen within {WAIT:?}"))
+        .expect("the watch ended")
+        .expect("the watch failed")
+}
+
+/// The example worker (`examples/worker/bulk-import.sh`) wrapped by the injected agent: its
+/// progress and result lines become the job's progress and result, from inside real pods;
+/// `kubectl logs` shows what it printed.
+#[tokio::test]
+async fn the_injected_agent_runs_the_real_worker_and_its_progress_reaches_the_status() {
+    let n = node("node-agent").await;
+    let spec = json!({
+        "shards": 2,
+        "heartbeat": {"intervalSeconds": 1, "timeoutSeconds": 20, "injectAgent": true},
+        "template": {"spec": {"containers": [{
+            "name": "worker", "image": example_image(), "command": ["/bulk-import.sh"],
+            "env": [{"name": "BATCH_SIZE", "value": "100"}, {"name": "BATCH_SECONDS", "value": "0.5"}]
+        }]}}
+    });
+    n.create(&job("import", "", spec)).await;
+    n.wait_status("import", "progress reported from inside a running worker", |s| {
+        s.active.iter().find_map(|a| a.progress.as_ref().filter(|p| p.done > 0 && p.total > 0).map(|_| ()))
+    })
+    .await;
+    let status = n.wait_phase("import", Phase::Succeeded).await;
+    let progress = status.progress.expect("the job's progress");
+    assert_eq!(progress.percent, 100, "{progress:?}");
+    let result = status.result.expect("the workers' merged result");
+    assert_eq!(result["imported"], json!(7000), "the two shards imported all 7,000 rows: {result}");
+
+    // The agent passed the worker's output through: `kubectl logs` shows it.
+    let logs = kubectl(&["-n", &n.ns.name, "logs", "import-0-1"]).await;
+    assert!(logs.contains("shard 0: imported rows"), "kubectl logs import-0-1:\n{logs}");
+    let pod = n.pods.get("import-0-1").await.unwrap();
+    assert_eq!(terminated(&pod), Some((0, "Completed".into())));
+}
+
+/// A worker that exits 3 (through the agent, which keeps the code): the failure is recorded
+/// with exit code 3 and the shard retried; after the retries the job fails saying so.
+#[tokio::test]
+async fn a_real_exit_code_is_recorded_and_retried() {
+    let n = node("node-exit").await;
+    let spec = json!({"heartbeat": {"intervalSeconds": 1, "timeoutSeconds": 20, "injectAgent": true}});
+    n.create(&job("exit3", "echo 'bad row 17'; exit 3", spec)).await;
+    let status = n.wait_phase("exit3", Phase::Failed).await;
+    let failed = status.conditions.iter().find(|c| c.type_ == "Failed").expect("a Failed condition");
+    assert_eq!(failed.reason, "RetriesExhausted");
+    assert!(failed.message.contains("exit code 3"), "{}", failed.message);
+    for pod in ["exit3-0-1", "exit3-0-2"] {
+        let (code, _) = n.wait_terminated(pod).await;
+        assert_eq!(code, 3, "{pod}'s exit code");
+    }
+}
+
+/// A container over its memory limit is killed by the kernel and reported as OOMKilled.
+#[tokio::test]
+async fn a_worker_over_its_memory_limit_is_reported_as_oom_killed() {
+    let n = node("node-oom").await;
+    let spec = json!({
+        "retry": {"limit": 0},
+        "template": {"spec": {"containers": [{
+            "name": "worker", "resources": {"limits": {"memory": "16Mi"}, "requests": {"memory": "16Mi"}}
+        }]}}
+    });
+    // dd's 64 MiB buffer, filled from /dev/zero, does not fit in 16 MiB.
+    n.create(&job("oom", "dd if=/dev/zero of=/dev/null bs=64M count=1", spec)).await;
+    let status = n.wait_phase("oom", Phase::Failed).await;
+    let failed = status.conditions.iter().find(|c| c.type_ == "Failed").expect("a Failed condition");
+    assert!(failed.message.contains("OOMKilled"), "{}", failed.message);
+    let (code, reason) = n.wait_terminated("oom-0-1").await;
+    assert_eq!((code, reason.as_str()), (137, "OOMKilled"));
+}
+
+/// An image that does not exist: the kubelet would back off for ever (ImagePullBackOff); the
+/// attempt fails at the kubelet's first report, the shard is retried under spec.retry, and the
+/// job fails with the kubelet's reason and message.
+#[tokio::test]
+async fn an_image_that_does_not_exist_fails_the_job_with_the_kubelets_reason() {
+    let n = node("node-image").await;
+    let spec =
+        json!({"template": {"spec": {"containers": [{"name": "worker", "image": "nightshift-no-such-image:1"}]}}});
+    n.create(&job("noimage", "true", spec)).await;
+    let status = n.wait_phase("noimage", Phase::Failed).await;
+    let failed = status.conditions.iter().find(|c| c.type_ == "Failed").expect("a Failed condition");
+    assert_eq!(failed.reason, "RetriesExhausted");
+    assert!(
+        ["ErrImagePull", "ImagePullBackOff"].iter().any(|r| failed.message.contains(r))
+            && failed.message.contains("nightshift-no-such-image"),
+        "{}",
+        failed.message
+    );
+    assert!(n.pods_of("noimage").await.iter().all(|p| p.metadata.deletion_timestamp.is_some()
+        || p.status.as_ref().and_then(|s| s.phase.as_deref()) != Some("Running")));
+}
+
+/// Suspend and delete stop real worker processes with SIGTERM, forwarded by the agent: the
+/// worker's trap runs (exit 42, where SIGKILL at the end of the grace period would give 137).
+#[tokio::test]
+async fn suspend_and_delete_send_sigterm_to_the_real_worker() {
+    let n = node("node-term").await;
+    let script = "trap 'echo got SIGTERM; exit 42' TERM; echo working; while true; do sleep 1 & wait $!; done";
+    let spec = json!({"heartbeat": {"intervalSeconds": 1, "timeoutSeconds": 20, "injectAgent": true}});
+    n.create(&job("term", script, spec)).await;
+    n.wait_running("term-0-1").await;
+
+    let seen = tokio::spawn(exit_code_seen(n.pods.clone(), "term", |p| p.name_any() == "term-0-1"));
+    n.jobs.patch("term", &PatchParams::default(), &Patch::Merge(json!({"spec": {"suspend": true}}))).await.unwrap();
+    assert_eq!(seen.await.unwrap(), 42, "the worker's SIGTERM trap ran on suspend");
+    n.wait_phase("term", Phase::Suspended).await;
+
+    n.jobs.patch("term", &PatchParams::default(), &Patch::Merge(json!({"spec": {"suspend": false}}))).await.unwrap();
+    let resumed =
+        n.wait_status("term", "a new attempt after resume", |s| s.active.first().map(|a| a.pod.clone())).await;
+    n.wait_running(&resumed).await;
+    let seen = tokio::spawn(exit_code_seen(n.pods.clone(), "term", move |p| p.name_any() == resumed));
+    n.jobs.delete("term", &DeleteParams::background()).await.unwrap();
+    assert_eq!(seen.await.unwrap(), 42, "the worker's SIGTERM trap ran when its job was deleted");
+}
+
+/// attemptSeconds kills a real hung process (sh as PID 1 ignores SIGTERM: SIGKILL after the
+/// grace period) and the shard is retried.
+#[tokio::test]
+async fn attempt_seconds_kills_a_hung_process_and_retries() {
+    let n = node("node-hung").await;
+    let spec = json!({
+        "timeouts": {"attemptSeconds": 3},
+        "template": {"spec": {"terminationGracePeriodSeconds": 1}}
+    });
+    n.create(&job("hung", "echo hanging; sleep 3600", spec)).await;
+    n.wait_running("hung-0-2").await;
+    let status = n.status("hung").await;
+    let failure = status.retrying.first().and_then(|r| r.last_failure.clone()).or_else(|| {
+        status.conditions.iter().find(|c| c.type_ == "Failed").map(|c| nightshift::api::Failure {
+            reason: c.reason.clone(),
+            message: c.message.clone(),
+            exit_code: None,
+        })
+    });
+    let events = kubectl(&["-n", &n.ns.name, "get", "events", "--field-selector", "involvedObject.name=hung"]).await;
+    assert!(events.contains("AttemptDeadlineExceeded"), "events of hung:\n{events}\nstatus failure {failure:?}");
+    wait_until("the hung attempt's pod to be gone", WAIT, || async {
+        match n.pods.get_opt("hung-0-1").await.map_err(|e| e.to_string())? {
+            None => Ok(()),
+            Some(p) => Err(format!("still there: {:?}", p.status.and_then(|s| s.container_statuses))),
+        }
+    })
+    .await;
+}
+
+/// A worker whose process is alive but never heartbeats (a sleep instead of the agent) is
+/// detected as HeartbeatTimeout and retried.
+#[tokio::test]
+async fn a_silent_real_worker_is_detected_and_retried() {
+    let n = node("node-silent").await;
+    let spec = json!({"heartbeat": {"intervalSeconds": 1, "timeoutSeconds": 3}});
+    n.create(&job("silent", "sleep 3600", spec)).await;
+    n.wait_running("silent-0-2").await;
+    let events = kubectl(&["-n", &n.ns.name, "get", "events", "--field-selector", "involvedObject.name=silent"]).await;
+    assert!(events.contains("HeartbeatTimeout"), "events of silent:\n{events}");
+}
+
+/// A superseded attempt's agent is fenced: when the Lease names another holder, the agent
+/// stops its worker (SIGTERM: the trap's exit 42) and exits. The pod's own mounted token
+/// renews its shard's Lease and is refused on another job's Lease.
+#[tokio::test]
+async fn a_fenced_agent_exits_and_the_mounted_token_is_least_privileged() {
+    let n = node("node-fence").await;
+    let script = "trap 'echo fenced; exit 42' TERM; while true; do sleep 1 & wait $!; done";
+    let spec = json!({"heartbeat": {"intervalSeconds": 1, "timeoutSeconds": 30, "injectAgent": true}});
+    n.create(&job("fence", script, spec.clone())).await;
+    n.create(&job("other", script, spec)).await;
+    n.wait_running("fence-0-1").await;
+    n.wait_running("other-0-1").await;
+
+    // The token the kubelet mounted into the worker, read from inside the container.
+    let token = kubectl(&[
+        "-n",
+        &n.ns.name,
+        "exec",
+        "fence-0-1",
+        "-c",
+        "worker",
+        "--",
+        "cat",
+        "/var/run/secrets/kubernetes.io/serviceaccount/token",
+    ])
+    .await;
+    let worker = client_with_token(token.trim()).await;
+    let leases: Api<Lease> = Api::namespaced(worker, &n.ns.name);
+    let now = k8s_openapi::jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%S%.6fZ").to_string();
+    let renew = json!({"spec": {"renewTime": now}});
+    leases.patch("fence-0", &PatchParams::default(), &Patch::Merge(&renew)).await.expect("renewing its own Lease");
+    let refused = leases.patch("other-0", &PatchParams::default(), &Patch::Merge(&renew)).await.map(|_| ());
+    assert_eq!(api_error(&refused).map(|e| e.0), Some(403), "another job's Lease: {refused:?}");
+
+    // Another attempt takes the Lease: the running agent must stop its worker and exit.
+    let seen = tokio::spawn(exit_code_seen(n.pods.clone(), "fence", |p| p.name_any() == "fence-0-1"));
+    let admin: Api<Lease> = n.ns.api();
+    admin
+        .patch("fence-0", &PatchParams::default(), &Patch::Merge(json!({"spec": {"holderIdentity": "fence-0-99"}})))
+        .await
+        .unwrap();
+    assert_eq!(seen.await.unwrap(), 42, "the fenced agent stopped its worker with SIGTERM");
+    let logs = kubectl(&["-n", &n.ns.name, "logs", "fence-0-1"]).await;
+    assert!(logs.contains("fenced"), "kubectl logs fence-0-1:\n{logs}");
+    let _ = &n.client;
+}
