@@ -144,7 +144,14 @@ restore_host() {
     find /var/log/containers -maxdepth 1 -type l -lname "$STATE/*" -delete 2>/dev/null || true
     rmdir /var/log/containers 2>/dev/null || true
   fi
-  rmdir /run/containerd/s /run/containerd 2>/dev/null || true
+  # Folders the node's tools make on the host: gone again when `up` made them (and they are empty).
+  local d
+  for d in /run/containerd /run/netns; do
+    [[ -d "$d" ]] || continue
+    grep -qxF "$d" "$STATE/host.before" 2>/dev/null && continue
+    [[ "$d" == /run/netns ]] && { umount "$d" 2>/dev/null || true; }
+    find "$d" -depth -type d -empty -delete 2>/dev/null || true
+  done
 }
 
 stop() {
@@ -369,6 +376,7 @@ start() {
   echo "$BIN" >"$STATE/bin"
   if [[ "${NIGHTSHIFT_NODE:-1}" != 0 ]]; then echo node >"$STATE/mode"; else echo control-plane >"$STATE/mode"; fi
   ls -d /run/netns/cni-* 2>/dev/null >"$STATE/netns.before" || true
+  ls -d /run/containerd /run/netns 2>/dev/null >"$STATE/host.before" || true
   make_netns
   make_certs
   API_PORT=$(free_port)
