@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs the integration tests against the local control plane. Starts it when it is not up and
+# Runs the integration tests against the local cluster. Starts it when it is not up and
 # then stops it afterwards, also when a test fails; a cluster that was already up is left alone.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,4 +14,15 @@ fi
 KUBECONFIG_PATH="$($CLUSTER env | sed 's/^export KUBECONFIG=//')"
 export NIGHTSHIFT_TEST_KUBECONFIG="$KUBECONFIG_PATH"
 export PATH="$(tests/cluster/build-binaries.sh):$PATH"
+# The operator `make run` installed watches every namespace: it would act on the tests' jobs
+# beside their own operators. It sleeps (0 replicas) while the tests run, and wakes afterwards.
+replicas="$(kubectl --kubeconfig "$KUBECONFIG_PATH" -n nightshift get deployment nightshift \
+  -o jsonpath='{.spec.replicas}' 2>/dev/null || true)"
+if [[ -n "$replicas" && "$replicas" != 0 ]]; then
+  echo "integration: scaling make run's operator (nightshift/nightshift) to 0 while the tests run" >&2
+  kubectl --kubeconfig "$KUBECONFIG_PATH" -n nightshift scale deployment nightshift --replicas 0 >/dev/null
+  kubectl --kubeconfig "$KUBECONFIG_PATH" -n nightshift wait --for=delete pod -l app.kubernetes.io/instance=nightshift --timeout 60s >/dev/null || true
+  # (Only on a cluster that was already up, so no other EXIT trap is set.)
+  trap 'kubectl --kubeconfig "$KUBECONFIG_PATH" -n nightshift scale deployment nightshift --replicas "$replicas" >/dev/null || true' EXIT
+fi
 cargo test --test integration -- "$@"
