@@ -145,8 +145,9 @@ const CANNOT_START: [&str; 5] =
 /// Why a container of a pending pod cannot start, in the kubelet's words.
 fn cannot_start(pod: &Pod) -> Option<Failure> {
     let status = pod.status.as_ref()?;
-    let containers = status.init_container_statuses.iter().flatten().chain(status.container_statuses.iter().flatten());
-    containers.into_iter().find_map(|c| {
+    let mut containers =
+        status.init_container_statuses.iter().flatten().chain(status.container_statuses.iter().flatten());
+    containers.find_map(|c| {
         let waiting = c.state.as_ref()?.waiting.as_ref()?;
         let reason = waiting.reason.as_deref().filter(|r| CANNOT_START.contains(r))?;
         let message = waiting.message.as_deref().unwrap_or_default();

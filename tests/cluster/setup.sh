@@ -3,6 +3,9 @@
 # (the container runtime), the CNI plugins (the pods' bridge), socat (the host's way to the API
 # server), iptables (kube-proxy), buildah (builds the images the node runs, without a registry),
 # busybox-static (the example worker image) and gcc (the pause binary). Idempotent and quiet.
+#
+#   setup.sh [PACKAGE...]   also these packages, each checked by the command of its name
+#                           (tests/image/setup.sh asks for podman this way)
 set -euo pipefail
 
 need=()
@@ -21,19 +24,20 @@ have ip || need+=(iproute2)
 have openssl || need+=(openssl)
 have curl || need+=(curl)
 dpkg -s busybox-static >/dev/null 2>&1 || need+=(busybox-static)
+for extra in "$@"; do have "$extra" || need+=("$extra"); done
 ((${#need[@]} == 0)) && exit 0
 mapfile -t need < <(printf '%s\n' "${need[@]}" | sort -u)
 
 if [[ $(id -u) != 0 ]]; then
-  echo "cluster setup: missing ${need[*]}; install them (apt-get install ${need[*]}) or run this as root" >&2
+  echo "setup: missing ${need[*]}; install them (apt-get install ${need[*]}) or run this as root" >&2
   exit 1
 fi
-echo "cluster setup: installing ${need[*]}" >&2
+echo "setup: installing ${need[*]}" >&2
 export DEBIAN_FRONTEND=noninteractive
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT
 if ! { apt-get update -qq && apt-get install -y -qq --no-install-recommends "${need[@]}"; } >"$log" 2>&1; then
   cat "$log" >&2
-  echo "cluster setup: installing ${need[*]} failed" >&2
+  echo "setup: installing ${need[*]} failed" >&2
   exit 1
 fi

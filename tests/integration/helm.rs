@@ -152,6 +152,15 @@ fn minimal_job(name: &str) -> BackgroundJob {
     .unwrap()
 }
 
+/// A test namespace enforcing the `restricted` Pod Security level, with its default account.
+async fn restricted_namespace(client: &Client, prefix: &str) -> TestNamespace {
+    install_crd(client).await;
+    let ns = TestNamespace::new(client, prefix).await;
+    restrict(&ns).await;
+    wait_default_account(&ns).await;
+    ns
+}
+
 /// Makes the namespace enforce the `restricted` Pod Security level.
 async fn restrict(ns: &TestNamespace) {
     let restricted = json!({"metadata": {"labels": {
@@ -304,10 +313,7 @@ async fn lint_passes_and_bad_values_are_refused_naming_the_value() {
 #[tokio::test]
 async fn install_into_a_restricted_namespace_then_upgrade_and_uninstall() {
     let client = client().await;
-    install_crd(&client).await;
-    let ns = TestNamespace::new(&client, "helm-install").await;
-    restrict(&ns).await;
-    wait_default_account(&ns).await;
+    let ns = restricted_namespace(&client, "helm-install").await;
 
     // Pod Security admission does enforce here: a pod without the restricted settings is refused.
     let bare: Pod = serde_json::from_value(json!({
@@ -652,10 +658,7 @@ async fn the_operator_runs_a_job_on_the_rights_the_chart_gives_it_in_one_namespa
 #[tokio::test]
 async fn on_the_node_the_chart_runs_a_job_through_a_leader_crash() {
     let client = client().await;
-    install_crd(&client).await;
-    let ns = TestNamespace::new(&client, "helm-node").await;
-    restrict(&ns).await;
-    wait_default_account(&ns).await;
+    let ns = restricted_namespace(&client, "helm-node").await;
     // Only this namespace: the tests' own operators run in the others.
     let scope = format!("watchNamespaces={{{}}}", ns.name);
     let mut release = Release::install_running(&ns, &["--set", &scope, "--set", "statusFoldSeconds=2"]).await;

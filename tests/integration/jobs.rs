@@ -27,6 +27,11 @@ pub struct Fixture {
 }
 
 pub async fn fixture(prefix: &str) -> (Fixture, Operator) {
+    fixture_with(prefix, Default::default()).await
+}
+
+/// A namespace with an operator of its own, run with these options.
+pub async fn fixture_with(prefix: &str, options: nightshift::controller::Options) -> (Fixture, Operator) {
     let client = client().await;
     install_crd(&client).await;
     let ns = TestNamespace::new(&client, prefix).await;
@@ -36,7 +41,7 @@ pub async fn fixture(prefix: &str) -> (Fixture, Operator) {
         sas.get_opt("default").await.map_err(|e| e.to_string())?.map(|_| ()).ok_or_else(|| "absent".into())
     })
     .await;
-    let operator = Operator::start(&client, &ns.name).await;
+    let operator = Operator::start_with(&client, &ns.name, options).await;
     let f = Fixture { jobs: ns.api(), pods: ns.api(), client, ns };
     (f, operator)
 }

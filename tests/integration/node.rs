@@ -8,14 +8,17 @@ use std::time::Duration;
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::{coordination::v1::Lease, core::v1::Pod};
 use kube::{
-    Api, Client, ResourceExt,
-    api::{DeleteParams, ListParams, Patch, PatchParams, PostParams},
+    Api, ResourceExt,
+    api::{DeleteParams, Patch, PatchParams, PostParams},
     runtime::{WatchStreamExt, watcher},
 };
 use nightshift::api::{BackgroundJob, BackgroundJobStatus, LABEL_JOB, Phase};
 use serde_json::json;
 
-use crate::support::{Operator, TestNamespace, api_error, client, client_with_token, install_crd, wait_until};
+use crate::{
+    jobs::{Fixture, fixture_with},
+    support::{Operator, api_error, client_with_token, wait_until},
+};
 
 /// Real pods start in about a second; a job of a few shards ends well within this.
 const WAIT: Duration = Duration::from_secs(120);
@@ -25,31 +28,15 @@ fn example_image() -> String {
     format!("nightshift-example:{VERSION}")
 }
 
-struct Node {
-    client: Client,
-    ns: TestNamespace,
-    jobs: Api<BackgroundJob>,
-    pods: Api<Pod>,
-    _operator: Operator,
-}
-
-/// A namespace with its own operator (agent image: the operator image built here).
-async fn node(prefix: &str) -> Node {
-    let client = client().await;
-    install_crd(&client).await;
-    let ns = TestNamespace::new(&client, prefix).await;
-    let sas: Api<k8s_openapi::api::core::v1::ServiceAccount> = ns.api();
-    wait_until("the default ServiceAccount", WAIT, || async {
-        sas.get_opt("default").await.map_err(|e| e.to_string())?.map(|_| ()).ok_or_else(|| "absent".into())
-    })
-    .await;
+/// A namespace with its own operator (agent image: the operator image built here; heartbeats
+/// folded every second so progress shows quickly).
+async fn node(prefix: &str) -> (Fixture, Operator) {
     let options = nightshift::controller::Options {
         agent_image: Some(format!("nightshift:{VERSION}")),
         fold_seconds: 1,
         ..Default::default()
     };
-    let operator = Operator::start_with(&client, &ns.name, options).await;
-    Node { jobs: ns.api(), pods: ns.api(), client, ns, _operator: operator }
+    fixture_with(prefix, options).await
 }
 
 /// A job whose one container runs `script` with busybox sh in the example image.
@@ -107,13 +94,18 @@ fn merge(base: serde_json::Value, over: serde_json::Value) -> serde_json::Value 
     }
 }
 
-impl Node {
-    async fn create(&self, job: &BackgroundJob) {
-        self.jobs.create(&PostParams::default(), job).await.unwrap();
-    }
+/// What the real node adds to the fixture: jobs as written (no simulator scheduler name), and
+/// waits on what the kubelet reports.
+trait OnTheNode {
+    async fn create_job(&self, job: &BackgroundJob);
+    async fn wait_status<T>(&self, name: &str, what: &str, check: impl Fn(&BackgroundJobStatus) -> Option<T>) -> T;
+    async fn wait_terminated(&self, pod: &str) -> (i32, String);
+    async fn wait_running(&self, pod: &str);
+}
 
-    async fn status(&self, name: &str) -> BackgroundJobStatus {
-        self.jobs.get_status(name).await.unwrap().status.unwrap_or_default()
+impl OnTheNode for Fixture {
+    async fn create_job(&self, job: &BackgroundJob) {
+        self.jobs.create(&PostParams::default(), job).await.unwrap();
     }
 
     async fn wait_status<T>(&self, name: &str, what: &str, check: impl Fn(&BackgroundJobStatus) -> Option<T>) -> T {
@@ -122,14 +114,6 @@ impl Node {
             check(&status).ok_or_else(|| format!("{status:?}"))
         })
         .await
-    }
-
-    async fn wait_phase(&self, name: &str, phase: Phase) -> BackgroundJobStatus {
-        self.wait_status(name, &format!("phase {phase}"), |s| (s.phase == Some(phase)).then(|| s.clone())).await
-    }
-
-    async fn pods_of(&self, job: &str) -> Vec<Pod> {
-        self.pods.list(&ListParams::default().labels(&format!("{LABEL_JOB}={job}"))).await.unwrap().items
     }
 
     /// Waits until the pod's first container has terminated; returns (exit code, reason).
@@ -193,7 +177,7 @@ async fn exit_code_seen(pods: Api<Pod>, job: &str, matching: impl Fn(&Pod) -> bo
 /// `kubectl logs` shows what it printed.
 #[tokio::test]
 async fn the_injected_agent_runs_the_real_worker_and_its_progress_reaches_the_status() {
-    let n = node("node-agent").await;
+    let (n, _operator) = node("node-agent").await;
     let spec = json!({
         "shards": 2,
         "heartbeat": {"intervalSeconds": 1, "timeoutSeconds": 20, "injectAgent": true},
@@ -202,7 +186,7 @@ async fn the_injected_agent_runs_the_real_worker_and_its_progress_reaches_the_st
             "env": [{"name": "BATCH_SIZE", "value": "100"}, {"name": "BATCH_SECONDS", "value": "0.5"}]
         }]}}
     });
-    n.create(&job("import", "", spec)).await;
+    n.create_job(&job("import", "", spec)).await;
     n.wait_status("import", "progress reported from inside a running worker", |s| {
         s.active.iter().find_map(|a| a.progress.as_ref().filter(|p| p.done > 0 && p.total > 0).map(|_| ()))
     })
@@ -224,9 +208,9 @@ async fn the_injected_agent_runs_the_real_worker_and_its_progress_reaches_the_st
 /// with exit code 3 and the shard retried; after the retries the job fails saying so.
 #[tokio::test]
 async fn a_real_exit_code_is_recorded_and_retried() {
-    let n = node("node-exit").await;
+    let (n, _operator) = node("node-exit").await;
     let spec = json!({"heartbeat": {"intervalSeconds": 1, "timeoutSeconds": 20, "injectAgent": true}});
-    n.create(&job("exit3", "echo 'bad row 17'; exit 3", spec)).await;
+    n.create_job(&job("exit3", "echo 'bad row 17'; exit 3", spec)).await;
     let status = n.wait_phase("exit3", Phase::Failed).await;
     let failed = status.conditions.iter().find(|c| c.type_ == "Failed").expect("a Failed condition");
     assert_eq!(failed.reason, "RetriesExhausted");
@@ -240,7 +224,7 @@ async fn a_real_exit_code_is_recorded_and_retried() {
 /// A container over its memory limit is killed by the kernel and reported as OOMKilled.
 #[tokio::test]
 async fn a_worker_over_its_memory_limit_is_reported_as_oom_killed() {
-    let n = node("node-oom").await;
+    let (n, _operator) = node("node-oom").await;
     let spec = json!({
         "retry": {"limit": 0},
         "template": {"spec": {"containers": [{
@@ -248,7 +232,7 @@ async fn a_worker_over_its_memory_limit_is_reported_as_oom_killed() {
         }]}}
     });
     // dd's 64 MiB buffer, filled from /dev/zero, does not fit in 16 MiB.
-    n.create(&job("oom", "dd if=/dev/zero of=/dev/null bs=64M count=1", spec)).await;
+    n.create_job(&job("oom", "dd if=/dev/zero of=/dev/null bs=64M count=1", spec)).await;
     let status = n.wait_phase("oom", Phase::Failed).await;
     let failed = status.conditions.iter().find(|c| c.type_ == "Failed").expect("a Failed condition");
     assert!(failed.message.contains("OOMKilled"), "{}", failed.message);
@@ -261,10 +245,10 @@ async fn a_worker_over_its_memory_limit_is_reported_as_oom_killed() {
 /// job fails with the kubelet's reason and message.
 #[tokio::test]
 async fn an_image_that_does_not_exist_fails_the_job_with_the_kubelets_reason() {
-    let n = node("node-image").await;
+    let (n, _operator) = node("node-image").await;
     let spec =
         json!({"template": {"spec": {"containers": [{"name": "worker", "image": "nightshift-no-such-image:1"}]}}});
-    n.create(&job("noimage", "true", spec)).await;
+    n.create_job(&job("noimage", "true", spec)).await;
     let status = n.wait_phase("noimage", Phase::Failed).await;
     let failed = status.conditions.iter().find(|c| c.type_ == "Failed").expect("a Failed condition");
     assert_eq!(failed.reason, "RetriesExhausted");
@@ -274,18 +258,16 @@ async fn an_image_that_does_not_exist_fails_the_job_with_the_kubelets_reason() {
         "{}",
         failed.message
     );
-    assert!(n.pods_of("noimage").await.iter().all(|p| p.metadata.deletion_timestamp.is_some()
-        || p.status.as_ref().and_then(|s| s.phase.as_deref()) != Some("Running")));
 }
 
 /// Suspend and delete stop real worker processes with SIGTERM, forwarded by the agent: the
 /// worker's trap runs (exit 42, where SIGKILL at the end of the grace period would give 137).
 #[tokio::test]
 async fn suspend_and_delete_send_sigterm_to_the_real_worker() {
-    let n = node("node-term").await;
+    let (n, _operator) = node("node-term").await;
     let script = "trap 'echo got SIGTERM; exit 42' TERM; echo working; while true; do sleep 1 & wait $!; done";
     let spec = json!({"heartbeat": {"intervalSeconds": 1, "timeoutSeconds": 20, "injectAgent": true}});
-    n.create(&job("term", script, spec)).await;
+    n.create_job(&job("term", script, spec)).await;
     n.wait_running("term-0-1").await;
 
     let seen = tokio::spawn(exit_code_seen(n.pods.clone(), "term", |p| p.name_any() == "term-0-1"));
@@ -306,23 +288,15 @@ async fn suspend_and_delete_send_sigterm_to_the_real_worker() {
 /// grace period) and the shard is retried.
 #[tokio::test]
 async fn attempt_seconds_kills_a_hung_process_and_retries() {
-    let n = node("node-hung").await;
+    let (n, _operator) = node("node-hung").await;
     let spec = json!({
         "timeouts": {"attemptSeconds": 3},
         "template": {"spec": {"terminationGracePeriodSeconds": 1}}
     });
-    n.create(&job("hung", "echo hanging; sleep 3600", spec)).await;
+    n.create_job(&job("hung", "echo hanging; sleep 3600", spec)).await;
     n.wait_running("hung-0-2").await;
-    let status = n.status("hung").await;
-    let failure = status.retrying.first().and_then(|r| r.last_failure.clone()).or_else(|| {
-        status.conditions.iter().find(|c| c.type_ == "Failed").map(|c| nightshift::api::Failure {
-            reason: c.reason.clone(),
-            message: c.message.clone(),
-            exit_code: None,
-        })
-    });
     let events = kubectl(&["-n", &n.ns.name, "get", "events", "--field-selector", "involvedObject.name=hung"]).await;
-    assert!(events.contains("AttemptDeadlineExceeded"), "events of hung:\n{events}\nstatus failure {failure:?}");
+    assert!(events.contains("AttemptDeadlineExceeded"), "events of hung:\n{events}");
     wait_until("the hung attempt's pod to be gone", WAIT, || async {
         match n.pods.get_opt("hung-0-1").await.map_err(|e| e.to_string())? {
             None => Ok(()),
@@ -336,9 +310,9 @@ async fn attempt_seconds_kills_a_hung_process_and_retries() {
 /// detected as HeartbeatTimeout and retried.
 #[tokio::test]
 async fn a_silent_real_worker_is_detected_and_retried() {
-    let n = node("node-silent").await;
+    let (n, _operator) = node("node-silent").await;
     let spec = json!({"heartbeat": {"intervalSeconds": 1, "timeoutSeconds": 3}});
-    n.create(&job("silent", "sleep 3600", spec)).await;
+    n.create_job(&job("silent", "sleep 3600", spec)).await;
     n.wait_running("silent-0-2").await;
     let events = kubectl(&["-n", &n.ns.name, "get", "events", "--field-selector", "involvedObject.name=silent"]).await;
     assert!(events.contains("HeartbeatTimeout"), "events of silent:\n{events}");
@@ -349,11 +323,11 @@ async fn a_silent_real_worker_is_detected_and_retried() {
 /// renews its shard's Lease and is refused on another job's Lease.
 #[tokio::test]
 async fn a_fenced_agent_exits_and_the_mounted_token_is_least_privileged() {
-    let n = node("node-fence").await;
+    let (n, _operator) = node("node-fence").await;
     let script = "trap 'echo fenced; exit 42' TERM; while true; do sleep 1 & wait $!; done";
     let spec = json!({"heartbeat": {"intervalSeconds": 1, "timeoutSeconds": 30, "injectAgent": true}});
-    n.create(&job("fence", script, spec.clone())).await;
-    n.create(&job("other", script, spec)).await;
+    n.create_job(&job("fence", script, spec.clone())).await;
+    n.create_job(&job("other", script, spec)).await;
     n.wait_running("fence-0-1").await;
     n.wait_running("other-0-1").await;
 
@@ -388,5 +362,4 @@ async fn a_fenced_agent_exits_and_the_mounted_token_is_least_privileged() {
     assert_eq!(seen.await.unwrap(), 42, "the fenced agent stopped its worker with SIGTERM");
     let logs = kubectl(&["-n", &n.ns.name, "logs", "fence-0-1"]).await;
     assert!(logs.contains("fenced"), "kubectl logs fence-0-1:\n{logs}");
-    let _ = &n.client;
 }
