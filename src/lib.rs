@@ -3,11 +3,12 @@
 //! From `kubectl apply` to a worker pod: [`api`] defines the BackgroundJob; [`controller`]
 //! watches it and its pods and asks [`decision::decide`] what to do; [`decision::pod`] builds
 //! the worker pod; [`sim`] plays the node where there is no kubelet; [`worker`] is the side of
-//! the heartbeat protocol that runs in worker pods (a Rust API and `nightshift agent`).
+//! the heartbeat protocol that runs in worker pods (a Rust API and `nightshift agent`); [`operator`]
+//! is the process around the controller (rate-limited client, metrics, leader election).
 
 pub mod api;
 pub mod controller;
 pub mod decision;
-pub mod runtime;
+pub mod operator;
 pub mod sim;
 pub mod worker;

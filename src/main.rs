@@ -7,7 +7,7 @@ use std::sync::{Arc, atomic::Ordering};
 
 use clap::{Parser, Subcommand, ValueEnum};
 use kube::Client;
-use nightshift::runtime;
+use nightshift::operator;
 
 #[derive(Parser)]
 #[command(name = "nightshift", version, about = "A Kubernetes operator for long-running background jobs")]
@@ -116,7 +116,7 @@ enum Command {
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    runtime::init_logging(&cli.log_level, cli.log_format == LogFormat::Json);
+    operator::init_logging(&cli.log_level, cli.log_format == LogFormat::Json);
     // The agent's exit code is its command's, not a success or failure of its own.
     if let Command::Agent { grace_seconds, command } = cli.command {
         let code = nightshift::worker::agent::run(&command, Duration::from_secs(grace_seconds)).await;
@@ -162,7 +162,7 @@ async fn run(command: Command) -> Result<(), Box<dyn std::error::Error>> {
         } => {
             let cap = |n: u32| (n > 0).then(|| i32::try_from(n).unwrap_or(i32::MAX));
             let config = kube::Config::infer().await.map_err(|e| format!("finding the Kubernetes API: {e}"))?;
-            let client = runtime::client(config, kube_api_qps, kube_api_burst)
+            let client = operator::client(config, kube_api_qps, kube_api_burst)
                 .map_err(|e| format!("connecting to Kubernetes: {e}"))?;
             let options = nightshift::controller::Options {
                 namespace,
@@ -175,27 +175,28 @@ async fn run(command: Command) -> Result<(), Box<dyn std::error::Error>> {
                     per_namespace: cap(max_workers_per_namespace),
                 },
             };
-            let metrics = Arc::new(runtime::Metrics::default());
-            let listener = runtime::server::bind(metrics_address)
+            let metrics = Arc::new(operator::Metrics::default());
+            let listener = operator::server::bind(metrics_address)
                 .await
                 .map_err(|e| format!("listening on {metrics_address} (--metrics-address): {e}"))?;
-            tokio::spawn(runtime::server::serve(listener, metrics.clone()));
+            tokio::spawn(operator::server::serve(listener, metrics.clone()));
             if !leader_election {
                 metrics.leadership_known.store(true, Ordering::Relaxed);
                 metrics.leader.set(1);
                 nightshift::controller::run_with_metrics(client, options, shutdown_signal(), metrics).await;
                 return Ok(());
             }
-            let election = runtime::leader::Election {
+            let election = operator::leader::Election {
                 namespace: leader_election_namespace.unwrap_or_else(|| "default".into()),
                 lease: leader_election_lease,
                 identity: std::env::var("POD_NAME")
                     .unwrap_or_else(|_| format!("{}-{}", hostname(), std::process::id())),
                 duration: Duration::from_secs(leader_election_lease_seconds),
             };
-            let (mut leading, election_task) = runtime::leader::join(client.clone(), &election).await.map_err(|e| {
-                format!("joining the leader election on Lease {}/{}: {e}", election.namespace, election.lease)
-            })?;
+            let (mut leading, election_task) =
+                operator::leader::join(client.clone(), &election).await.map_err(|e| {
+                    format!("joining the leader election on Lease {}/{}: {e}", election.namespace, election.lease)
+                })?;
             metrics.leadership_known.store(true, Ordering::Relaxed);
             // A follower runs no controller: it has no caches to sync, and is ready as it is.
             metrics.caches_synced.store(true, Ordering::Relaxed);

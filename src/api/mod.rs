@@ -2,6 +2,7 @@
 //! workers share (labels, finalizers, environment variables).
 
 pub mod crd;
+pub mod names;
 pub mod v1alpha1;
 
 pub use v1alpha1::*;
@@ -19,8 +20,6 @@ pub const LABEL_SHARD: &str = "nightshift.dev/shard";
 pub const LABEL_ATTEMPT: &str = "nightshift.dev/attempt";
 /// Finalizer on worker pods, removed once the job's status records the pod's outcome.
 pub const FINALIZER_TRACKING: &str = "nightshift.dev/tracking";
-/// Finalizer on jobs, so deleting one releases its pods' tracking finalizers.
-pub const FINALIZER_CLEANUP: &str = "nightshift.dev/cleanup";
 
 /// Lease annotation a worker writes: its progress as "DONE/TOTAL" (integers).
 pub const ANNOTATION_PROGRESS: &str = "nightshift.dev/progress";
@@ -45,4 +44,34 @@ pub mod env {
     pub const LEASE: &str = "NIGHTSHIFT_LEASE";
     /// Seconds between Lease renewals (only when the job has spec.heartbeat).
     pub const HEARTBEAT_INTERVAL_SECONDS: &str = "NIGHTSHIFT_HEARTBEAT_INTERVAL_SECONDS";
+}
+
+/// The longest prefix of `s` of at most `max` bytes that ends on a character boundary.
+pub fn truncate(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::truncate;
+
+    #[test]
+    fn truncation_keeps_whole_characters() {
+        assert_eq!(truncate("short", 256), "short");
+        assert_eq!(truncate("abcdef", 3), "abc");
+        // "é" is 2 bytes: cutting at 3 would split the second one.
+        assert_eq!(truncate("éé", 3), "é");
+        assert_eq!(truncate("✓✓", 5), "✓");
+        let long = "✓".repeat(100);
+        let cut = truncate(&long, 256);
+        assert_eq!(cut.len(), 255);
+        assert!(long.starts_with(cut));
+    }
 }

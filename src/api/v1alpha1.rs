@@ -339,7 +339,7 @@ pub struct BackgroundJobStatus {
     pub retrying: Vec<RetryingShard>,
     /// Work done over all shards.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub progress: Option<Progress>,
+    pub progress: Option<JobProgress>,
     /// The latest heartbeat of any worker, on the operator's clock (folded in at most every 15 s).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_heartbeat_time: Option<Time>,
@@ -452,7 +452,7 @@ pub struct Failure {
 /// Work done, as the workers report it.
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
-pub struct Progress {
+pub struct JobProgress {
     /// Units done.
     pub done: i64,
     /// Units in all (as known so far).

@@ -159,13 +159,8 @@ fn cannot_start(pod: &Pod) -> Option<Failure> {
     })
 }
 
+/// At most `max` bytes of `s`, marked with "…" where it was cut.
 fn truncate(s: &str, max: usize) -> String {
-    if s.len() <= max {
-        return s.to_string();
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &s[..end])
+    let cut = api::truncate(s, max);
+    if cut.len() < s.len() { format!("{cut}…") } else { cut.to_string() }
 }

@@ -1,15 +1,20 @@
-//! The decision core: from what is observed (the job, its pods) and `now` to what should be
-//! done (pods to create and delete, finalizers to release, events) and the new status.
-//! Pure functions only; the controller carries the decisions out.
+//! The decision core: from what is observed (the job, its pods and Leases, the last act's
+//! refusal) and `now` to what should be done (pods to create and delete, finalizers to release,
+//! events) and the new status. Pure functions only; the controller carries the decisions out.
+//!
+//! A reading order: `view` (what `decide` is given), `step` (the pipeline), `book` (the shards'
+//! states and the phases that move them), `status` (the status written from the book).
 
+mod book;
 pub mod pod;
 pub mod queue;
 pub mod ranges;
+mod status;
 mod step;
+mod view;
 
-pub use step::{
-    Decision, EventNote, FOLD_SECONDS, LeaseView, Observed, PodPhase, PodView, backoff_seconds, decide, fail,
-};
+pub use step::{Decision, EventNote, backoff_seconds, decide};
+pub use view::{FOLD_SECONDS, FORBIDDEN_PAUSE_SECONDS, LeaseView, Observed, PodPhase, PodView, Refusal};
 
 #[cfg(test)]
 mod tests;

@@ -11,6 +11,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::jiff::Timestamp;
+use kube::ResourceExt;
+
+use crate::api::{BackgroundJob, Phase};
 
 /// Operator-wide and per-namespace caps on live worker pods. None: no cap.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -32,7 +35,7 @@ pub struct Claim {
     pub name: String,
     pub priority: i32,
     pub created: Timestamp,
-    /// Started already (status.startTime is set).
+    /// Running already: admitted, and not suspended since (a resumed job queues again).
     pub admitted: bool,
     /// Live worker pods, including those being created.
     pub live: i32,
@@ -40,6 +43,29 @@ pub struct Claim {
     pub wants: i32,
     /// workers.min.
     pub min: i32,
+}
+
+impl Claim {
+    /// The claim of `job`, which has `live` worker pods (existing or being created); None for a
+    /// job that claims nothing (finished, suspended or being deleted).
+    pub fn of(job: &BackgroundJob, live: i32) -> Option<Claim> {
+        let status = job.status.as_ref();
+        let phase = status.and_then(|s| s.phase);
+        if job.metadata.deletion_timestamp.is_some() || job.spec.suspend || phase.is_some_and(|p| p.is_finished()) {
+            return None;
+        }
+        let left = status.and_then(|s| s.shards.as_ref()).map_or(job.spec.shards, |s| s.total - s.succeeded - s.failed);
+        Some(Claim {
+            namespace: job.namespace().unwrap_or_default(),
+            name: job.name_any(),
+            priority: job.spec.priority,
+            created: job.metadata.creation_timestamp.as_ref().map_or(Timestamp::UNIX_EPOCH, |t| t.0),
+            admitted: phase == Some(Phase::Running),
+            live,
+            wants: left.min(job.spec.workers.max).max(0),
+            min: job.spec.workers.min,
+        })
+    }
 }
 
 /// What one job may do now.
@@ -217,6 +243,22 @@ mod tests {
     fn unlimited_budget_grants_everything() {
         let g = plan(Budget::default(), &[claim("a", 0, 1, false, 0, 3, 3)]);
         assert_eq!(get(&g, "a").extra, 3);
+    }
+
+    #[test]
+    fn a_claim_wants_the_shards_left_up_to_workers_max() {
+        let mut job: BackgroundJob = serde_json::from_value(serde_json::json!({
+            "apiVersion": "nightshift.dev/v1alpha1", "kind": "BackgroundJob",
+            "metadata": {"name": "j", "namespace": "ns"},
+            "spec": {"shards": 10, "workers": {"min": 2, "max": 4},
+                     "template": {"spec": {"containers": [{"name": "w", "image": "w"}]}}},
+            "status": {"phase": "Running", "shards": {"total": 10, "pending": 0, "running": 2, "succeeded": 7, "failed": 1, "summary": "7/10"}}
+        }))
+        .unwrap();
+        let c = Claim::of(&job, 2).unwrap();
+        assert_eq!((c.wants, c.min, c.live, c.admitted), (2, 2, 2, true), "10 - 7 - 1 shards left");
+        job.spec.suspend = true;
+        assert_eq!(Claim::of(&job, 2), None, "a suspended job claims nothing");
     }
 
     fn claims() -> impl Strategy<Value = Vec<Claim>> {

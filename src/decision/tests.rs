@@ -6,7 +6,7 @@ use proptest::prelude::*;
 use serde_json::json;
 
 use super::*;
-use crate::api::{BackgroundJob, Backoff, Failure, Phase};
+use crate::api::{BackgroundJob, Backoff, Failure, Phase, names::EventReason};
 
 fn job(shards: i32, max: i32, extra: serde_json::Value) -> BackgroundJob {
     let mut spec = json!({
@@ -32,6 +32,10 @@ fn job(shards: i32, max: i32, extra: serde_json::Value) -> BackgroundJob {
 
 fn t0() -> Timestamp {
     Timestamp::from_second(1_800_000_000).unwrap()
+}
+
+fn at(s: i64) -> Timestamp {
+    t0() + SignedDuration::from_secs(s)
 }
 
 /// The pods of a job as the API server would hold them, changed by the controller's actions.
@@ -104,7 +108,7 @@ impl World {
 
 fn step(job: &mut BackgroundJob, world: &mut World, now: Timestamp) -> Decision {
     let last_fold = if world.fold { world.last_fold } else { None };
-    let d = decide(&Observed { last_fold, ..Observed::new(job, &world.pods) }, now);
+    let d = decide(&Observed::new(job, &world.pods).last_fold(last_fold), now);
     world.apply(job, &d, now);
     let s = d.status.shards.as_ref().unwrap();
     assert_eq!(s.pending + s.running + s.succeeded + s.failed, s.total, "counts add up: {s:?}");
@@ -127,7 +131,7 @@ fn happy_path_runs_max_workers_and_succeeds() {
     let d = step(&mut job, &mut w, now);
     assert_eq!(d.create, vec![(0, 1), (1, 1), (2, 1)]);
     assert_eq!(d.status.phase, Some(Phase::Running));
-    assert!(d.events.iter().any(|e| e.reason == "Admitted"));
+    assert!(d.events.iter().any(|e| e.reason == EventReason::Admitted));
     // Nothing changed: nothing to do, same status.
     let again = step(&mut job, &mut w, now);
     assert!(again.create.is_empty() && again.delete.is_empty());
@@ -231,6 +235,68 @@ fn a_worker_that_cannot_start_fails_its_attempt_and_is_retried() {
         (failure.reason.as_str(), failure.message.as_str()),
         ("ErrImagePull", "container w cannot start: not found")
     );
+}
+
+/// The job's condition of `type_`: (status, reason, lastTransitionTime).
+fn condition(job: &BackgroundJob, type_: &str) -> Option<(String, String, Timestamp)> {
+    let c = job.status.as_ref()?.conditions.iter().find(|c| c.type_ == type_)?;
+    Some((c.status.clone(), c.reason.clone(), c.last_transition_time.0))
+}
+
+/// Decides with `refusal` observed, and applies the decision as the controller would.
+fn step_refused(job: &mut BackgroundJob, w: &mut World, refusal: Option<&Refusal>, now: Timestamp) -> Decision {
+    let d = decide(&Observed::new(job, &w.pods).refusal(refusal), now);
+    w.apply(job, &d, now);
+    d
+}
+
+#[test]
+fn a_forbidden_pod_blocks_new_workers_for_a_while_and_the_condition_clears_after() {
+    let mut job = job(3, 2, json!({}));
+    let mut w = World::default();
+    let forbidden = Refusal::Forbidden { message: "exceeded quota: pods".into(), at: t0() };
+    let d = step_refused(&mut job, &mut w, Some(&forbidden), t0());
+    assert!(d.create.is_empty(), "no worker starts while the API server forbids them");
+    assert_eq!(d.requeue_after, Some(std::time::Duration::from_secs(FORBIDDEN_PAUSE_SECONDS as u64)));
+    let blocked = condition(&job, "WorkersBlocked").unwrap();
+    assert_eq!((blocked.0.as_str(), blocked.1.as_str()), ("True", "PodCreationForbidden"));
+    // Still blocked 10 s later: the condition keeps its transition time.
+    step_refused(&mut job, &mut w, Some(&forbidden), at(10));
+    assert_eq!(condition(&job, "WorkersBlocked").unwrap().2, t0());
+    // The pause is over: workers start (and the condition holds until a create succeeds).
+    let d = step_refused(&mut job, &mut w, Some(&forbidden), at(FORBIDDEN_PAUSE_SECONDS));
+    assert_eq!(d.create.len(), 2);
+    assert_eq!(condition(&job, "WorkersBlocked").unwrap().0, "True");
+    // A create succeeded: the controller forgets the refusal, and the condition turns False.
+    step_refused(&mut job, &mut w, None, at(FORBIDDEN_PAUSE_SECONDS + 1));
+    let cleared = condition(&job, "WorkersBlocked").unwrap();
+    assert_eq!((cleared.0.as_str(), cleared.1.as_str()), ("False", "PodCreationAllowed"));
+    assert_eq!(cleared.2, at(FORBIDDEN_PAUSE_SECONDS + 1));
+}
+
+#[test]
+fn an_invalid_pod_fails_the_job_with_the_api_servers_message() {
+    let mut job = job(3, 2, json!({}));
+    let mut w = World::default();
+    step(&mut job, &mut w, t0());
+    let invalid = Refusal::Invalid { message: "the API server refused worker pod j-2-1: spec.x: Invalid".into() };
+    let d = step_refused(&mut job, &mut w, Some(&invalid), at(1));
+    assert_eq!(job.status.as_ref().unwrap().phase, Some(Phase::Failed));
+    assert_eq!(condition(&job, "Failed").unwrap().1, "InvalidPodTemplate");
+    assert_eq!(d.delete.len(), 2, "the workers that did start are stopped");
+    assert!(d.events.iter().any(|e| e.reason == EventReason::Failed && e.note.contains("spec.x: Invalid")));
+}
+
+#[test]
+fn a_job_asking_for_the_agent_fails_when_the_operator_has_no_agent_image() {
+    let mut job = job(2, 2, json!({"heartbeat": {"injectAgent": true}}));
+    let d = decide(&Observed::new(&job, &[]).agent_image(false), t0());
+    assert!(d.create.is_empty());
+    job.status = Some(d.status);
+    assert_eq!(condition(&job, "Failed").unwrap().1, "AgentImageUnset");
+    // With an image, the same job starts its workers.
+    job.status = None;
+    assert_eq!(decide(&Observed::new(&job, &[]), t0()).create.len(), 2);
 }
 
 #[test]
@@ -399,24 +465,14 @@ mod heartbeats {
         }
     }
 
-    fn at(s: i64) -> Timestamp {
-        t0() + SignedDuration::from_secs(s)
-    }
-
     #[test]
     fn a_silent_worker_fails_with_heartbeat_timeout() {
         let mut job = hb_job(None);
         let pods = started(&mut job);
-        let d = decide(
-            &Observed { job: &job, pods: &pods, leases: &[], last_fold: None, fold_seconds: FOLD_SECONDS, grant: None },
-            at(9),
-        );
+        let d = decide(&Observed::new(&job, &pods), at(9));
         assert!(d.delete.is_empty());
         assert_eq!(d.requeue_after, Some(std::time::Duration::from_secs(1)));
-        let d = decide(
-            &Observed { job: &job, pods: &pods, leases: &[], last_fold: None, fold_seconds: FOLD_SECONDS, grant: None },
-            at(10),
-        );
+        let d = decide(&Observed::new(&job, &pods), at(10));
         assert_eq!(d.delete, vec!["j-0-1".to_string()]);
         let failure = d.status.retrying[0].last_failure.clone().unwrap();
         assert_eq!(failure.reason, "HeartbeatTimeout");
@@ -428,17 +484,7 @@ mod heartbeats {
         let mut job = hb_job(None);
         let pods = started(&mut job);
         let leases = [lease(Some(8), Some((40, 100, 8)))];
-        let d = decide(
-            &Observed {
-                job: &job,
-                pods: &pods,
-                leases: &leases,
-                last_fold: None,
-                fold_seconds: FOLD_SECONDS,
-                grant: None,
-            },
-            at(15),
-        );
+        let d = decide(&Observed::new(&job, &pods).leases(&leases), at(15));
         assert!(d.delete.is_empty(), "{:?}", d.delete);
         assert_eq!(d.requeue_after, Some(std::time::Duration::from_secs(3)));
         assert!(d.folded);
@@ -456,17 +502,7 @@ mod heartbeats {
         let pods = started(&mut job);
         let mut other = lease(Some(9), None);
         other.holder = Some("j-0-0".into());
-        let d = decide(
-            &Observed {
-                job: &job,
-                pods: &pods,
-                leases: &[other],
-                last_fold: None,
-                fold_seconds: FOLD_SECONDS,
-                grant: None,
-            },
-            at(10),
-        );
+        let d = decide(&Observed::new(&job, &pods).leases(&[other]), at(10));
         assert_eq!(d.status.retrying[0].last_failure.as_ref().unwrap().reason, "HeartbeatTimeout");
     }
 
@@ -475,30 +511,10 @@ mod heartbeats {
         let mut job = hb_job(Some(30));
         let pods = started(&mut job);
         let leases = [lease(Some(29), Some((5, 100, 0)))];
-        let d = decide(
-            &Observed {
-                job: &job,
-                pods: &pods,
-                leases: &leases,
-                last_fold: None,
-                fold_seconds: FOLD_SECONDS,
-                grant: None,
-            },
-            at(29),
-        );
+        let d = decide(&Observed::new(&job, &pods).leases(&leases), at(29));
         assert!(d.delete.is_empty());
         let leases = [lease(Some(30), Some((5, 100, 0)))];
-        let d = decide(
-            &Observed {
-                job: &job,
-                pods: &pods,
-                leases: &leases,
-                last_fold: None,
-                fold_seconds: FOLD_SECONDS,
-                grant: None,
-            },
-            at(30),
-        );
+        let d = decide(&Observed::new(&job, &pods).leases(&leases), at(30));
         let failure = d.status.retrying[0].last_failure.clone().unwrap();
         assert_eq!(failure.reason, "Stalled");
     }
@@ -508,10 +524,7 @@ mod heartbeats {
         let mut job = hb_job(None);
         let mut pods = started(&mut job);
         pods[0].phase = PodPhase::Pending;
-        let d = decide(
-            &Observed { job: &job, pods: &pods, leases: &[], last_fold: None, fold_seconds: FOLD_SECONDS, grant: None },
-            at(600),
-        );
+        let d = decide(&Observed::new(&job, &pods), at(600));
         assert!(d.delete.is_empty());
     }
 
@@ -521,47 +534,17 @@ mod heartbeats {
         let pods = started(&mut job);
         // A fold at t0+10 took in the renewal of t0+10.
         let leases = [lease(Some(10), Some((10, 100, 10)))];
-        let d = decide(
-            &Observed {
-                job: &job,
-                pods: &pods,
-                leases: &leases,
-                last_fold: None,
-                fold_seconds: FOLD_SECONDS,
-                grant: None,
-            },
-            at(10),
-        );
+        let d = decide(&Observed::new(&job, &pods).leases(&leases), at(10));
         job.status = Some(d.status.clone());
         // New renewals and progress within the period: the status stays as it is.
         let leases = [lease(Some(20), Some((30, 100, 20)))];
-        let d = decide(
-            &Observed {
-                job: &job,
-                pods: &pods,
-                leases: &leases,
-                last_fold: Some(at(10)),
-                fold_seconds: FOLD_SECONDS,
-                grant: None,
-            },
-            at(20),
-        );
+        let d = decide(&Observed::new(&job, &pods).leases(&leases).last_fold(Some(at(10))), at(20));
         assert_eq!(Some(&d.status), job.status.as_ref(), "nothing written within the period");
         assert!(!d.folded);
         assert_eq!(d.requeue_after, Some(std::time::Duration::from_secs(5)));
         // Once the period is over, they are folded in.
         let leases = [lease(Some(24), Some((40, 100, 24)))];
-        let d = decide(
-            &Observed {
-                job: &job,
-                pods: &pods,
-                leases: &leases,
-                last_fold: Some(at(10)),
-                fold_seconds: FOLD_SECONDS,
-                grant: None,
-            },
-            at(25),
-        );
+        let d = decide(&Observed::new(&job, &pods).leases(&leases).last_fold(Some(at(10))), at(25));
         assert!(d.folded);
         assert_eq!(d.status.progress.unwrap().done, 40);
     }
@@ -583,17 +566,7 @@ mod heartbeats {
             result: Some(json!({"created": done, "errors": [format!("e{shard}")]})),
         };
         let leases = [progress(0, 100, "j-0-1"), progress(1, 50, "j-1-1"), progress(2, 25, "j-2-1")];
-        let d = decide(
-            &Observed {
-                job: &job,
-                pods: &w.pods,
-                leases: &leases,
-                last_fold: None,
-                fold_seconds: FOLD_SECONDS,
-                grant: None,
-            },
-            t0(),
-        );
+        let d = decide(&Observed::new(&job, &w.pods).leases(&leases), t0());
         let p = d.status.progress.unwrap();
         assert_eq!((p.done, p.total, p.percent), (175, 300, 43)); // (1 + 0.5 + 0.25) / 4
         assert_eq!(d.status.result, Some(json!({"created": 175, "errors": ["e0", "e1", "e2"]})));
@@ -612,7 +585,7 @@ fn workers_turning_ready_are_folded_not_written_at_once() {
         p.running_since = Some(t0());
     }
     fn observe<'a>(job: &'a BackgroundJob, pods: &'a [PodView], last_fold: Option<Timestamp>) -> Observed<'a> {
-        Observed { last_fold, ..Observed::new(job, pods) }
+        Observed::new(job, pods).last_fold(last_fold)
     }
     // Within the fold period, readiness alone writes nothing and looks again when it is over.
     let d = decide(&observe(&job, &w.pods, Some(t0())), t0() + SignedDuration::from_secs(5));
@@ -634,7 +607,7 @@ fn workers_turning_ready_are_folded_not_written_at_once() {
 #[test]
 fn a_shard_done_while_its_job_runs_on_waits_for_the_next_fold() {
     fn observe<'a>(job: &'a BackgroundJob, pods: &'a [PodView], last_fold: Option<Timestamp>) -> Observed<'a> {
-        Observed { last_fold, ..Observed::new(job, pods) }
+        Observed::new(job, pods).last_fold(last_fold)
     }
     let at = |s: i64| t0() + SignedDuration::from_secs(s);
     let mut job = job(3, 3, json!({}));

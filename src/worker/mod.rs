@@ -28,7 +28,7 @@ use tracing::{debug, info, warn};
 
 pub use directive::{Directive, PREFIX, parse_line};
 
-use crate::api::{self, env};
+use crate::api::{self, ShardProgress, env};
 
 /// Longest progress message sent, in bytes; longer ones are cut on a character boundary.
 pub const MAX_MESSAGE_BYTES: usize = 256;
@@ -109,17 +109,9 @@ impl WorkerEnv {
 /// What a worker has reported so far; every renewal carries all of it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Report {
-    pub progress: Option<Progress>,
+    pub progress: Option<ShardProgress>,
     /// The result as compact JSON (an object, at most [`api::MAX_RESULT_BYTES`]).
     pub result: Option<String>,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Progress {
-    pub done: u64,
-    pub total: u64,
-    /// At most [`MAX_MESSAGE_BYTES`].
-    pub message: String,
 }
 
 /// The one JSON patch of a renewal: fenced by a test of the holder, so that it applies entirely
@@ -170,18 +162,6 @@ pub fn encode_result(value: &Value) -> Result<String, Error> {
     Ok(encoded)
 }
 
-/// The longest prefix of `s` of at most `max` bytes that ends on a character boundary.
-fn truncate(s: &str, max: usize) -> &str {
-    if s.len() <= max {
-        return s;
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
-}
-
 /// A running heartbeat: renews the shard's Lease every interval and carries the progress and
 /// result reported so far. Clones share one renew loop. Dropping every clone without
 /// [`Heartbeat::stop`] also ends it (with a final flush), but only `stop` waits for that flush.
@@ -229,7 +209,9 @@ impl Heartbeat {
     /// Reports progress: sent with the next renewal. `done` is capped at `total`, and `message`
     /// cut to [`MAX_MESSAGE_BYTES`]; an empty message clears the previous one.
     pub fn progress(&self, done: u64, total: u64, message: &str) {
-        let progress = Progress { done: done.min(total), total, message: truncate(message, MAX_MESSAGE_BYTES).into() };
+        let count = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        let message = api::truncate(message, MAX_MESSAGE_BYTES).into();
+        let progress = ShardProgress { done: count(done.min(total)), total: count(total), message };
         self.shared.report.lock().expect("the report lock is never poisoned").progress = Some(progress);
     }
 
@@ -376,7 +358,7 @@ mod tests {
     #[test]
     fn renewal_carries_progress_message_and_result() {
         let report = Report {
-            progress: Some(Progress { done: 40, total: 100, message: "loading rows".into() }),
+            progress: Some(ShardProgress { done: 40, total: 100, message: "loading rows".into() }),
             result: Some(r#"{"created":3}"#.into()),
         };
         assert_eq!(
@@ -400,7 +382,7 @@ mod tests {
         );
         assert_eq!(ops(&renewal_patch("p", now(), &result_only)).as_array().unwrap().len(), 3);
         let progress_only =
-            Report { progress: Some(Progress { done: 0, total: 7, message: String::new() }), result: None };
+            Report { progress: Some(ShardProgress { done: 0, total: 7, message: String::new() }), result: None };
         let patch = ops(&renewal_patch("p", now(), &progress_only));
         assert_eq!(patch.as_array().unwrap().len(), 4);
         assert_eq!(patch[2]["value"], "0/7");
@@ -414,7 +396,7 @@ mod tests {
             "spec": {"holderIdentity": "job-0-2"}
         });
         let report = Report {
-            progress: Some(Progress { done: 1, total: 2, message: "half".into() }),
+            progress: Some(ShardProgress { done: 1, total: 2, message: "half".into() }),
             result: Some(r#"{"ok":true}"#.into()),
         };
         let mut held = lease.clone();
@@ -448,19 +430,6 @@ mod tests {
             Err(Error::ResultTooLarge { size, max }) => assert_eq!((size, max), (api::MAX_RESULT_BYTES + 1, 4096)),
             other => panic!("expected ResultTooLarge, got {other:?}"),
         }
-    }
-
-    #[test]
-    fn truncation_keeps_whole_characters() {
-        assert_eq!(truncate("short", 256), "short");
-        assert_eq!(truncate("abcdef", 3), "abc");
-        // "é" is 2 bytes: cutting at 3 would split the second one.
-        assert_eq!(truncate("éé", 3), "é");
-        assert_eq!(truncate("✓✓", 5), "✓");
-        let long = "✓".repeat(100);
-        let cut = truncate(&long, MAX_MESSAGE_BYTES);
-        assert_eq!(cut.len(), 255);
-        assert!(long.starts_with(cut));
     }
 
     fn lookup(vars: &[(&str, &str)]) -> impl Fn(&str) -> Option<OsString> {
@@ -549,7 +518,7 @@ mod tests {
         heartbeat.result(json!({"created": 3})).unwrap();
         assert!(heartbeat.result(json!([1])).is_err());
         let report = heartbeat.report();
-        assert_eq!(report.progress, Some(Progress { done: 10, total: 10, message: "m".repeat(256) }));
+        assert_eq!(report.progress, Some(ShardProgress { done: 10, total: 10, message: "m".repeat(256) }));
         assert_eq!(report.result.as_deref(), Some(r#"{"created":3}"#));
         assert_eq!(heartbeat.lease(), "job-0");
         heartbeat.stop().await;

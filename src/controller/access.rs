@@ -8,6 +8,7 @@ use k8s_openapi::{
         core::v1::ServiceAccount,
         rbac::v1::{Role, RoleBinding},
     },
+    apimachinery::pkg::apis::meta::v1::MicroTime,
     jiff::Timestamp,
 };
 use kube::{
@@ -54,7 +55,7 @@ pub async fn apply_lease(
         "spec": {
             "holderIdentity": pod,
             "leaseDurationSeconds": timeout,
-            "acquireTime": micro_time(now),
+            "acquireTime": MicroTime(now),
         }
     });
     let api: Api<Lease> = Api::namespaced(client.clone(), &job.namespace().unwrap_or_default());
@@ -102,18 +103,4 @@ pub async fn apply_account(client: &Client, job: &BackgroundJob) -> Result<(), k
         .patch(&account, &apply_params(), &Patch::Apply(&binding))
         .await?;
     Ok(())
-}
-
-/// A MicroTime as the API writes it.
-pub fn micro_time(t: Timestamp) -> String {
-    format!("{t:.6}")
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn micro_time_has_microseconds() {
-        let t: k8s_openapi::jiff::Timestamp = "2026-11-22T23:10:00.5Z".parse().unwrap();
-        assert_eq!(super::micro_time(t), "2026-11-22T23:10:00.500000Z");
-    }
 }

@@ -1,4 +1,4 @@
-//! The operator's runtime around the controller: its client (rate limited), Prometheus metrics,
+//! The operator process around the controller: its client (rate limited), Prometheus metrics,
 //! the health and metrics server, leader election, and logging.
 
 pub mod leader;
@@ -18,11 +18,11 @@ pub fn client(config: Config, qps: f64, burst: u32) -> Result<Client, kube::Erro
     if qps <= 0.0 {
         return Client::try_from(config);
     }
-    let budget = Arc::new(limit::Budget::new(qps, burst));
+    let limiter = Arc::new(limit::Limiter::new(qps, burst));
     // The buffer makes the stack below cloneable: a request waits for its token on a clone.
     let layer = tower::layer::layer_fn(move |inner| limit::Limited {
         inner: tower::buffer::Buffer::new(inner, 1024),
-        budget: budget.clone(),
+        limiter: limiter.clone(),
     });
     Ok(ClientBuilder::try_from(config)?.with_layer(&layer).build())
 }

@@ -1,8 +1,8 @@
 //! The client-side limit on API requests: one token bucket for the whole operator (client-go's
 //! scheme: `qps` tokens a second, at most `burst` saved up), in which Events go last. An event
-//! takes a token only when no other request is waiting for one, so with a tight budget the
+//! takes a token only when no other request is waiting for one, so with a tight bucket the
 //! work (pods, status, finalizers) goes first and events trail behind it; they are still sent,
-//! and still count against the budget.
+//! and still count against the bucket.
 
 use std::{
     sync::{
@@ -56,7 +56,7 @@ impl Bucket {
 /// come, first served), and only the first in each line looks at the bucket, so a long queue
 /// costs no CPU; the line of events also waits while any other request does.
 #[derive(Debug)]
-pub struct Budget {
+pub struct Limiter {
     bucket: Mutex<Bucket>,
     /// Requests other than events waiting for a token (or about to).
     urgent_waiting: AtomicUsize,
@@ -64,7 +64,7 @@ pub struct Budget {
     lines: [tokio::sync::Mutex<()>; 2],
 }
 
-impl Budget {
+impl Limiter {
     pub fn new(qps: f64, burst: u32) -> Self {
         Self {
             bucket: Mutex::new(Bucket::new(qps, burst, Instant::now())),
@@ -111,11 +111,11 @@ pub fn is_event(path: &str) -> bool {
     segments.iter().position(|s| *s == "namespaces").and_then(|i| segments.get(i + 2)) == Some(&"events")
 }
 
-/// A service whose requests wait for a token of `budget` first.
+/// A service whose requests wait for a token of `limiter` first.
 #[derive(Clone)]
 pub struct Limited<S> {
     pub inner: S,
-    pub budget: Arc<Budget>,
+    pub limiter: Arc<Limiter>,
 }
 
 impl<S, B> Service<Request<B>> for Limited<S>
@@ -137,9 +137,9 @@ where
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
         let urgent = !is_event(request.uri().path());
-        let (budget, inner) = (self.budget.clone(), self.inner.clone());
+        let (limiter, inner) = (self.limiter.clone(), self.inner.clone());
         Box::pin(async move {
-            budget.acquire(urgent).await;
+            limiter.acquire(urgent).await;
             inner.oneshot(request).await
         })
     }
@@ -193,14 +193,14 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn an_event_waits_until_the_work_is_through() {
-        let budget = Arc::new(Budget::new(10.0, 1));
-        budget.acquire(true).await;
+        let limiter = Arc::new(Limiter::new(10.0, 1));
+        limiter.acquire(true).await;
         let order = Arc::new(Mutex::new(Vec::new()));
         let mut tasks = Vec::new();
         for (i, urgent) in [(0, false), (1, true), (2, true)] {
-            let (budget, order) = (budget.clone(), order.clone());
+            let (limiter, order) = (limiter.clone(), order.clone());
             tasks.push(tokio::spawn(async move {
-                budget.acquire(urgent).await;
+                limiter.acquire(urgent).await;
                 order.lock().unwrap().push(i);
             }));
             tokio::task::yield_now().await;

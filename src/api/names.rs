@@ -1,0 +1,111 @@
+//! The words of the status and of Events, in one place: condition types, their reasons, Event
+//! reasons and the reasons an attempt fails. Users read and match them (`kubectl wait
+//! --for=condition=Complete`, alerts on reasons), so each is part of the API.
+
+/// An enum whose variants are written as their own names.
+macro_rules! names {
+    ($(#[$meta:meta])* $name:ident { $($(#[$vmeta:meta])* $variant:ident),+ $(,)? }) => {
+        $(#[$meta])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        pub enum $name {
+            $($(#[$vmeta])* $variant),+
+        }
+
+        impl $name {
+            pub const fn as_str(self) -> &'static str {
+                match self {
+                    $(Self::$variant => stringify!($variant)),+
+                }
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+names! {
+    /// The conditions of a BackgroundJob's status.
+    ConditionType {
+        /// True once workers may start; False while the job waits in the queue.
+        Admitted,
+        /// True while spec.suspend holds the job.
+        Suspended,
+        /// True when every shard succeeded; False once the job failed.
+        Complete,
+        /// True when the job failed.
+        Failed,
+        /// True while the API server refuses the job's worker pods (quota, Pod Security).
+        WorkersBlocked,
+    }
+}
+
+names! {
+    /// Why a condition has its status; for Failed, why the job failed.
+    Reason {
+        Admitted,
+        WaitingForWorkers,
+        Suspended,
+        Resumed,
+        Succeeded,
+        /// A shard failed more often than spec.retry.limit allows.
+        RetriesExhausted,
+        /// The job ran longer than spec.timeouts.jobSeconds.
+        DeadlineExceeded,
+        /// The job asks for the agent, and the operator has no agent image.
+        AgentImageUnset,
+        /// The API server refused a worker pod as invalid.
+        InvalidPodTemplate,
+        /// The API server forbade a worker pod (403).
+        PodCreationForbidden,
+        /// Worker pods are no longer refused.
+        PodCreationAllowed,
+    }
+}
+
+names! {
+    /// Reasons of the Events published on a job.
+    EventReason {
+        Admitted,
+        Resumed,
+        Queued,
+        Suspended,
+        WorkerStarted,
+        AttemptFailed,
+        Succeeded,
+        Failed,
+    }
+}
+
+names! {
+    /// Why the operator ended an attempt (a pod that failed by itself says its own reason).
+    AttemptReason {
+        /// The pod failed without saying why.
+        Error,
+        PodDeleted,
+        AttemptDeadlineExceeded,
+        HeartbeatTimeout,
+        Stalled,
+    }
+}
+
+impl From<AttemptReason> for String {
+    fn from(reason: AttemptReason) -> Self {
+        reason.as_str().into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_written_as_declared() {
+        assert_eq!(ConditionType::WorkersBlocked.as_str(), "WorkersBlocked");
+        assert_eq!(Reason::RetriesExhausted.to_string(), "RetriesExhausted");
+        assert_eq!(String::from(AttemptReason::HeartbeatTimeout), "HeartbeatTimeout");
+    }
+}

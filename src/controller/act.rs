@@ -1,0 +1,108 @@
+//! The act step: creates the decided worker pods (with their Leases, and the workers' access
+//! on a job's first pods) and deletes the decided ones. Reports how the API server refused a
+//! pod, if it did; every other error fails the reconcile, which is retried.
+
+use std::time::Instant;
+
+use k8s_openapi::{api::core::v1::Pod, jiff::Timestamp};
+use kube::{
+    Api, ResourceExt,
+    api::{DeleteParams, PostParams},
+};
+use tracing::{info, warn};
+
+use super::{Error, access, context::Context};
+use crate::{
+    api::{self, BackgroundJob},
+    decision::{Decision, Refusal, pod::worker_pod},
+};
+
+pub async fn act(ctx: &Context, job: &BackgroundJob, d: &Decision, now: Timestamp) -> Result<Option<Refusal>, Error> {
+    let refusal = create_pods(ctx, job, &d.create, now).await?;
+    delete_pods(ctx, job, &d.delete).await?;
+    Ok(refusal)
+}
+
+/// Creates the pods concurrently: a reconcile costs one round trip, not one per pod.
+async fn create_pods(
+    ctx: &Context,
+    job: &BackgroundJob,
+    create: &[(i32, i32)],
+    now: Timestamp,
+) -> Result<Option<Refusal>, Error> {
+    if create.is_empty() {
+        return Ok(None);
+    }
+    let (ns, uid) = (job.namespace().unwrap_or_default(), job.uid().unwrap_or_default());
+    if job.spec.heartbeat.is_some() {
+        let applied = ctx.memory().jobs.get(&uid).is_some_and(|m| m.access_applied);
+        if !applied {
+            access::apply_account(&ctx.client, job).await?;
+            ctx.memory().jobs.entry(uid.clone()).or_default().access_applied = true;
+        }
+    }
+    let agent_image = ctx.options.agent_image.as_deref();
+    let pods: Vec<(i32, Pod)> =
+        create.iter().map(|&(shard, attempt)| (shard, worker_pod(job, shard, attempt, agent_image))).collect();
+    if job.spec.heartbeat.is_some() {
+        // The Lease names the new attempt before its pod exists: an older attempt still
+        // running is fenced from this moment on.
+        futures::future::try_join_all(pods.iter().map(|(shard, pod)| {
+            access::apply_lease(&ctx.client, job, *shard, pod.metadata.name.as_deref().unwrap_or_default(), now)
+        }))
+        .await?;
+    }
+    let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
+    let params = PostParams { field_manager: Some(api::MANAGER.into()), ..Default::default() };
+    let results = futures::future::join_all(pods.iter().map(|(_, pod)| api.create(&params, pod))).await;
+
+    let (mut refusal, mut failure, mut created) = (None, None, false);
+    let at = Instant::now();
+    let mut memory = ctx.memory();
+    for ((_, pod), result) in pods.iter().zip(results) {
+        let key = format!("{ns}/{}", pod.name_any());
+        let refused = |message: &str| format!("the API server refused worker pod {}: {message}", pod.name_any());
+        match result {
+            Ok(_) => {
+                created = true;
+                memory.creating.sent(&key, at);
+            }
+            Err(kube::Error::Api(e)) if e.code == 409 => memory.creating.sent(&key, at),
+            Err(kube::Error::Api(e)) if e.code == 400 || e.code == 422 => {
+                memory.creating.forget(&key);
+                refusal = Some(Refusal::Invalid { message: refused(&e.message) });
+            }
+            Err(kube::Error::Api(e)) if e.code == 403 => {
+                // Quota or Pod Security: may pass later.
+                memory.creating.forget(&key);
+                warn!("{}", refused(&e.message));
+                if refusal.is_none() {
+                    refusal = Some(Refusal::Forbidden { message: refused(&e.message), at: now });
+                }
+            }
+            Err(e) => {
+                memory.creating.forget(&key);
+                failure = Some(e);
+            }
+        }
+    }
+    if created {
+        memory.jobs.entry(uid).or_default().refusal = None;
+    }
+    match failure {
+        Some(e) => Err(e.into()),
+        None => Ok(refusal),
+    }
+}
+
+async fn delete_pods(ctx: &Context, job: &BackgroundJob, delete: &[String]) -> Result<(), Error> {
+    let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &job.namespace().unwrap_or_default());
+    for pod in delete {
+        match api.delete(pod, &DeleteParams::background()).await {
+            Ok(_) => info!(pod, "deleted worker pod"),
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}

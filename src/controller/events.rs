@@ -1,0 +1,131 @@
+//! Events for people: logged, merged to one per kind per reconcile (three workers started is
+//! one event, not three; the workers a job starts with are part of its Admitted event), and sent
+//! in the background behind every other request (`operator::limit`), so they never slow the
+//! work down.
+
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::ObjectReference;
+use kube::{
+    Resource,
+    runtime::events::{Event, EventType},
+};
+use tracing::{debug, info, warn};
+
+use super::context::Context;
+use crate::{
+    api::{BackgroundJob, names::EventReason},
+    decision::EventNote,
+    operator::Metrics,
+};
+
+/// A merged note stops growing at this many bytes; the next starts an event of its own.
+const MERGE_UP_TO: usize = 512;
+
+pub fn publish(ctx: &Arc<Context>, job: &BackgroundJob, notes: &[EventNote]) {
+    for note in notes {
+        if note.reason == EventReason::WorkerStarted {
+            ctx.metrics.attempts_started.inc();
+        }
+        if note.warning {
+            warn!(reason = %note.reason, "{}", note.note);
+        } else {
+            info!(reason = %note.reason, "{}", note.note);
+        }
+    }
+    let events = merge(notes);
+    if events.is_empty() {
+        return;
+    }
+    let (ctx, reference) = (ctx.clone(), job.object_ref(&()));
+    ctx.metrics.events_pending.inc_by(events.len() as i64);
+    tokio::spawn(async move {
+        for note in events {
+            let _sent = Pending(&ctx.metrics);
+            let event = Event {
+                type_: if note.warning { EventType::Warning } else { EventType::Normal },
+                reason: note.reason.to_string(),
+                note: Some(note.note),
+                action: note.reason.to_string(),
+                secondary: note.pod.map(|pod| ObjectReference {
+                    api_version: Some("v1".into()),
+                    kind: Some("Pod".into()),
+                    name: Some(pod),
+                    namespace: reference.namespace.clone(),
+                    ..Default::default()
+                }),
+            };
+            if let Err(e) = ctx.recorder.publish(&event, &reference).await {
+                debug!(error = %e, "publishing an event");
+            }
+        }
+    });
+}
+
+/// Notes in a row of one reason (and type) become one; workers started right after a job's
+/// Admitted or Resumed join that note.
+pub fn merge(notes: &[EventNote]) -> Vec<EventNote> {
+    let mut events: Vec<EventNote> = Vec::new();
+    for note in notes {
+        match events.last_mut() {
+            Some(last)
+                if last.reason == note.reason && last.warning == note.warning && last.note.len() < MERGE_UP_TO =>
+            {
+                last.note = format!("{}; {}", last.note, note.note);
+            }
+            Some(last)
+                if matches!(last.reason, EventReason::Admitted | EventReason::Resumed)
+                    && note.reason == EventReason::WorkerStarted
+                    && last.note.len() < MERGE_UP_TO =>
+            {
+                last.note = format!("{}; started {}", last.note, note.note);
+            }
+            _ => events.push(note.clone()),
+        }
+    }
+    events
+}
+
+/// An event on its way out: no longer pending once sent (or given up on).
+struct Pending<'a>(&'a Metrics);
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        self.0.events_pending.dec();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn started(pod: &str) -> EventNote {
+        EventNote::normal(EventReason::WorkerStarted, format!("on pod {pod}")).about(pod)
+    }
+
+    #[test]
+    fn workers_started_with_the_job_join_its_admitted_event() {
+        let notes = [EventNote::normal(EventReason::Admitted, "admitted"), started("j-0-1"), started("j-1-1")];
+        let merged = merge(&notes);
+        assert_eq!(merged.len(), 1);
+        assert_eq!(merged[0].note, "admitted; started on pod j-0-1; started on pod j-1-1");
+    }
+
+    #[test]
+    fn different_reasons_and_types_stay_apart() {
+        let failed = EventNote::warning(EventReason::AttemptFailed, "shard 0 failed");
+        let notes = [started("j-0-2"), failed.clone(), failed, EventNote::normal(EventReason::Succeeded, "done")];
+        let merged = merge(&notes);
+        let reasons: Vec<EventReason> = merged.iter().map(|e| e.reason).collect();
+        assert_eq!(reasons, [EventReason::WorkerStarted, EventReason::AttemptFailed, EventReason::Succeeded]);
+        assert_eq!(merged[1].note, "shard 0 failed; shard 0 failed");
+    }
+
+    #[test]
+    fn a_long_note_stops_merging() {
+        let notes: Vec<EventNote> = (0..100).map(|i| started(&format!("job-with-a-long-name-{i}-1"))).collect();
+        let merged = merge(&notes);
+        assert!(merged.len() > 1, "one event per ~{MERGE_UP_TO} bytes");
+        assert!(merged.iter().all(|e| e.note.len() < MERGE_UP_TO + 64));
+    }
+}

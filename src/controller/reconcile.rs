@@ -1,0 +1,140 @@
+//! One reconcile of one job: observe → decide → act → record.
+//!
+//! - observe: the job (with the status this process last wrote), its pods and Leases from the
+//!   caches, and what the operator remembers of them (`observe.rs`, `context.rs`);
+//! - decide: [`decision::decide`], pure, given the worker budget's grant for this job;
+//! - act: create and delete pods (`act.rs`); a create the API server refuses ends the
+//!   reconcile here, and the refusal is observed by the next one, which decides again;
+//! - record: write the status, then release finalizers, publish events, delete a job whose
+//!   TTL passed (`record.rs`).
+//!
+//! kube-runtime runs each reconcile in a span naming the job, so log lines need not.
+
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use k8s_openapi::{api::core::v1::Pod, jiff::Timestamp};
+use kube::{ResourceExt, runtime::controller::Action};
+
+use super::{Error, act, context::Context, now, observe, record};
+use crate::{
+    api::BackgroundJob,
+    decision::{self, Decision, LeaseView, Observed, PodView, Refusal, pod::pod_name, queue},
+};
+
+pub async fn reconcile(job: Arc<BackgroundJob>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let _timer = ctx.metrics.time_reconcile();
+    if job.metadata.deletion_timestamp.is_some() {
+        // The garbage collector deletes the pods; the orphan queue releases their finalizers.
+        return Ok(Action::await_change());
+    }
+    let now = now();
+    let seen = observe(&ctx, job);
+    let d = decide(&ctx, &seen, now);
+    let _creating = Creating::new(&ctx, &seen.job, &d);
+    if let Some(refusal) = act::act(&ctx, &seen.job, &d, now).await? {
+        return Ok(refused(&ctx, &seen.job, refusal));
+    }
+    record::record(&ctx, &seen.job, &seen.pods, d, now).await
+}
+
+/// What a reconcile saw of one job.
+pub struct Seen {
+    /// The job, with the status this process last wrote if the cache is behind.
+    pub job: Arc<BackgroundJob>,
+    pub pods: Vec<Arc<Pod>>,
+    views: Vec<PodView>,
+    leases: Vec<LeaseView>,
+    last_fold: Option<Timestamp>,
+    refusal: Option<Refusal>,
+}
+
+fn observe(ctx: &Context, job: Arc<BackgroundJob>) -> Seen {
+    let job = ctx.with_latest_status(job);
+    let (ns, uid) = (job.namespace().unwrap_or_default(), job.uid().unwrap_or_default());
+    let owned = |meta: &kube::api::ObjectMeta| {
+        meta.namespace.as_deref() == Some(ns.as_str())
+            && meta.owner_references.iter().flatten().any(|o| o.uid == uid && o.controller == Some(true))
+    };
+    let pods = ctx.pods.state_filter(|p| owned(&p.metadata));
+    let leases = ctx.leases.state_filter(|l| owned(&l.metadata));
+    let mut memory = ctx.memory();
+    if !memory.creating.is_empty() {
+        for pod in &pods {
+            memory.creating.forget(&format!("{ns}/{}", pod.name_any()));
+        }
+    }
+    let running = &memory.running_since;
+    let views = pods.iter().filter_map(|p| observe::pod_view(p, running.get(&p.uid()?).copied())).collect();
+    let leases = leases
+        .iter()
+        .filter_map(|l| observe::lease_view(l, memory.leases.get(&format!("{ns}/{}", l.name_any()))))
+        .collect();
+    let job_memory = memory.jobs.get(&uid);
+    let (last_fold, refusal) = (job_memory.and_then(|m| m.last_fold), job_memory.and_then(|m| m.refusal.clone()));
+    Seen { job, pods, views, leases, last_fold, refusal }
+}
+
+/// Decides, and reserves the pods to create. Under a worker budget, the job's share is
+/// computed and its pods reserved in one turn of the lock, so concurrent reconciles never hand
+/// out the same free worker twice. Pods already being created, or created and not yet seen,
+/// are not created again.
+fn decide(ctx: &Context, seen: &Seen, now: Timestamp) -> Decision {
+    let observed = Observed::new(&seen.job, &seen.views)
+        .leases(&seen.leases)
+        .last_fold(seen.last_fold)
+        .fold_seconds(ctx.options.fold_seconds)
+        .agent_image(ctx.options.agent_image.is_some())
+        .refusal(seen.refusal.as_ref());
+    let budget = ctx.options.budget;
+    let (mut d, mut memory) = if budget.is_unlimited() {
+        (decision::decide(&observed, now), ctx.memory())
+    } else {
+        let mut memory = ctx.memory();
+        let grants = queue::plan(budget, &ctx.claims(&mut memory));
+        let grant = grants.get(&(seen.job.namespace().unwrap_or_default(), seen.job.name_any()));
+        (decision::decide(&observed.grant(Some(grant.cloned().unwrap_or_default()).as_ref()), now), memory)
+    };
+    let (ns, name, uid) = (seen.job.namespace().unwrap_or_default(), seen.job.name_any(), seen.job.uid());
+    let at = Instant::now();
+    d.create.retain(|(shard, attempt)| {
+        !memory.creating.expects(&format!("{ns}/{}", pod_name(&name, *shard, *attempt)), at)
+    });
+    for (shard, attempt) in &d.create {
+        memory.creating.sending(format!("{ns}/{}", pod_name(&name, *shard, *attempt)), uid.clone().unwrap_or_default());
+    }
+    d
+}
+
+/// The API server refused a worker pod: the decision is not recorded (it counted on that pod),
+/// and the job is decided again at once, with the refusal observed.
+fn refused(ctx: &Context, job: &BackgroundJob, refusal: Refusal) -> Action {
+    let mut memory = ctx.memory();
+    memory.jobs.entry(job.uid().unwrap_or_default()).or_default().refusal = Some(refusal);
+    Action::requeue(Duration::ZERO)
+}
+
+/// Pods this reconcile creates: when it ends, those whose create never returned (an error
+/// before it, or the reconcile dropped) stop counting against the budget.
+struct Creating<'a> {
+    ctx: &'a Context,
+    keys: Vec<String>,
+}
+
+impl<'a> Creating<'a> {
+    fn new(ctx: &'a Context, job: &BackgroundJob, d: &Decision) -> Self {
+        let (ns, name) = (job.namespace().unwrap_or_default(), job.name_any());
+        Self { ctx, keys: d.create.iter().map(|(s, a)| format!("{ns}/{}", pod_name(&name, *s, *a))).collect() }
+    }
+}
+
+impl Drop for Creating<'_> {
+    fn drop(&mut self) {
+        let mut memory = self.ctx.memory();
+        for key in &self.keys {
+            memory.creating.forget_unsent(key);
+        }
+    }
+}

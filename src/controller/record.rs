@@ -1,0 +1,128 @@
+//! The record step: writes the decided status (server-side apply, only when it changed), then
+//! releases the tracking finalizers of pods whose outcome it holds, counts, publishes events,
+//! and deletes a job whose TTL after finishing passed.
+
+use std::{sync::Arc, time::Instant};
+
+use k8s_openapi::{api::core::v1::Pod, jiff::Timestamp};
+use kube::{
+    Api, Resource, ResourceExt,
+    api::{DeleteParams, Patch, PatchParams, Preconditions},
+    runtime::controller::Action,
+};
+use serde_json::json;
+use tracing::{debug, info};
+
+use super::{
+    Error,
+    context::{Context, resource_version},
+    events,
+};
+use crate::{
+    api::{self, BackgroundJob},
+    decision::Decision,
+    operator::metrics::ReasonLabel,
+};
+
+pub async fn record(
+    ctx: &Arc<Context>,
+    job: &BackgroundJob,
+    pods: &[Arc<Pod>],
+    d: Decision,
+    now: Timestamp,
+) -> Result<Action, Error> {
+    write_status(ctx, job, &d, now).await?;
+    release_finalizers(ctx, job, pods, &d.release).await?;
+    for reason in &d.failed_attempts {
+        ctx.metrics.attempts_failed.get_or_create(&ReasonLabel { reason: reason.clone() }).inc();
+    }
+    events::publish(ctx, job, &d.events);
+    if d.delete_job {
+        delete_job(ctx, job).await?;
+        return Ok(Action::await_change());
+    }
+    Ok(d.requeue_after.map(Action::requeue).unwrap_or_else(Action::await_change))
+}
+
+async fn write_status(ctx: &Context, job: &BackgroundJob, d: &Decision, now: Timestamp) -> Result<(), Error> {
+    if job.status.as_ref() == Some(&d.status) {
+        return Ok(());
+    }
+    let patch = json!({
+        "apiVersion": BackgroundJob::api_version(&()),
+        "kind": BackgroundJob::kind(&()),
+        "status": d.status,
+    });
+    let api: Api<BackgroundJob> = Api::namespaced(ctx.client.clone(), &job.namespace().unwrap_or_default());
+    let params = PatchParams::apply(api::MANAGER).force();
+    let written = api.patch_status(&job.name_any(), &params, &Patch::Apply(&patch)).await?;
+    let mut memory = ctx.memory();
+    let entry = memory.jobs.entry(job.uid().unwrap_or_default()).or_default();
+    entry.written = written.status.clone().map(|status| (resource_version(&written), status));
+    if d.folded {
+        entry.last_fold = Some(now);
+    }
+    ctx.metrics.status_writes.inc();
+    debug!(phase = ?d.status.phase, "status written");
+    Ok(())
+}
+
+/// Releases concurrently, and never twice: a lagging cache still shows a released finalizer.
+async fn release_finalizers(
+    ctx: &Context,
+    job: &BackgroundJob,
+    pods: &[Arc<Pod>],
+    names: &[String],
+) -> Result<(), Error> {
+    if names.is_empty() {
+        return Ok(());
+    }
+    let at = Instant::now();
+    let todo: Vec<&Arc<Pod>> = {
+        let mut memory = ctx.memory();
+        pods.iter()
+            .filter(|p| names.iter().any(|n| p.metadata.name.as_ref() == Some(n)))
+            .filter(|p| !memory.released.expects(&p.uid().unwrap_or_default(), at))
+            .collect()
+    };
+    let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &job.namespace().unwrap_or_default());
+    let results = futures::future::join_all(todo.iter().map(|p| release(&api, p))).await;
+    for (pod, result) in todo.iter().zip(results) {
+        result?;
+        ctx.memory().released.expect(pod.uid().unwrap_or_default(), (), Instant::now());
+    }
+    Ok(())
+}
+
+/// Removes the tracking finalizer, guarded by a test so a stale index removes nothing else.
+pub async fn release(api: &Api<Pod>, pod: &Pod) -> Result<(), kube::Error> {
+    let Some(index) = pod.finalizers().iter().position(|f| f == api::FINALIZER_TRACKING) else {
+        return Ok(());
+    };
+    let patch: json_patch::Patch = serde_json::from_value(json!([
+        {"op": "test", "path": format!("/metadata/finalizers/{index}"), "value": api::FINALIZER_TRACKING},
+        {"op": "remove", "path": format!("/metadata/finalizers/{index}")}
+    ]))
+    .expect("a valid JSON patch");
+    match api.patch(&pod.name_any(), &PatchParams::default(), &Patch::<()>::Json(patch)).await {
+        Ok(_) => Ok(()),
+        // Gone, or the finalizers changed under us (released already): nothing to do.
+        Err(kube::Error::Api(e)) if e.code == 404 || e.code == 422 => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Deletes the job (its TTL after finishing passed), if it is still the one decided on.
+async fn delete_job(ctx: &Context, job: &BackgroundJob) -> Result<(), Error> {
+    info!("ttlSecondsAfterFinished passed; deleting the job");
+    let api: Api<BackgroundJob> = Api::namespaced(ctx.client.clone(), &job.namespace().unwrap_or_default());
+    let dp = DeleteParams {
+        preconditions: Some(Preconditions { uid: job.uid(), resource_version: None }),
+        ..DeleteParams::background()
+    };
+    match api.delete(&job.name_any(), &dp).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}

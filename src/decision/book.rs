@@ -1,0 +1,393 @@
+//! The shard book: every shard of a running job in exactly one state, read from the last status
+//! and corrected by the pods seen — succeeded or failed (ranges), active (one live attempt),
+//! retrying (waiting for its next attempt) or pending (never started) — and the phases of a
+//! step that move shards between those states. Each phase is a method; `step::decide_now` runs
+//! them in order.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::jiff::Timestamp;
+use kube::ResourceExt;
+
+use super::{
+    ranges::Ranges,
+    step::{Decision, EventNote, backoff_seconds, min_opt, plus, time, until},
+    view::{LeaseView, PodPhase, PodView},
+};
+use crate::api::{
+    ActiveShard, BackgroundJob, BackgroundJobStatus, Failure, RetryingShard,
+    names::{AttemptReason, EventReason, Reason},
+};
+
+pub(super) struct Book<'a> {
+    pub job: &'a BackgroundJob,
+    pub now: Timestamp,
+    pub total: i32,
+    pub succeeded: Ranges,
+    pub failed: Ranges,
+    pub active: BTreeMap<i32, ActiveShard>,
+    pub retrying: BTreeMap<i32, RetryingShard>,
+    /// The pods of each shard the spec has.
+    pods: BTreeMap<i32, Vec<&'a PodView>>,
+    /// Pods of current attempts that go on.
+    pub live: Vec<&'a PodView>,
+    /// The first reason found to fail the whole job.
+    pub job_failure: Option<(Reason, String)>,
+    /// The actions decided so far.
+    pub d: Decision,
+}
+
+impl<'a> Book<'a> {
+    /// The book as the last status left it, with the pods seen sorted by shard. Pods of shards
+    /// the spec does not have are let go of at once.
+    pub fn open(job: &'a BackgroundJob, prev: &BackgroundJobStatus, pods: &'a [PodView], now: Timestamp) -> Self {
+        let total = job.spec.shards.max(0);
+        let mut book = Book {
+            job,
+            now,
+            total,
+            succeeded: Ranges::from_opt(prev.succeeded_shards.as_ref()),
+            failed: Ranges::from_opt(prev.failed_shards.as_ref()),
+            // Entries for shards the spec no longer has cannot happen through the API; be safe.
+            active: prev.active.iter().filter(|a| a.shard < total).map(|a| (a.shard, a.clone())).collect(),
+            retrying: prev.retrying.iter().filter(|r| r.shard < total).map(|r| (r.shard, r.clone())).collect(),
+            pods: BTreeMap::new(),
+            live: Vec::new(),
+            job_failure: None,
+            d: Decision::default(),
+        };
+        for pod in pods {
+            if (0..total).contains(&pod.shard) {
+                book.pods.entry(pod.shard).or_default().push(pod);
+            } else {
+                book.let_go(pod);
+            }
+        }
+        book
+    }
+
+    /// Stops a live pod, or releases a finished one whose outcome is recorded (or moot).
+    fn let_go(&mut self, pod: &PodView) {
+        if pod.live() {
+            self.stop(&pod.name);
+        } else if pod.tracked {
+            self.d.release.push(pod.name.clone());
+        }
+    }
+
+    fn stop(&mut self, pod: &str) {
+        if !self.d.delete.iter().any(|p| p == pod) {
+            self.d.delete.push(pod.to_string());
+        }
+    }
+
+    /// Adopts pods of attempts the status does not know yet (created just before a crash or a
+    /// failed status write): the newest attempt of a shard is its current one.
+    pub fn adopt(&mut self) {
+        for (&shard, pods) in &self.pods {
+            if self.succeeded.contains(shard) || self.failed.contains(shard) {
+                continue;
+            }
+            let Some(newest) = pods.iter().max_by_key(|p| p.attempt) else { continue };
+            let known = self
+                .active
+                .get(&shard)
+                .map(|a| a.attempt)
+                .or_else(|| self.retrying.get(&shard).map(|r| r.attempt - 1))
+                .unwrap_or(0);
+            if newest.attempt > known {
+                let failures = self
+                    .retrying
+                    .remove(&shard)
+                    .map(|r| r.failures)
+                    .or(self.active.get(&shard).map(|a| a.failures))
+                    .unwrap_or(0);
+                self.active.insert(
+                    shard,
+                    ActiveShard {
+                        shard,
+                        attempt: newest.attempt,
+                        failures,
+                        pod: newest.name.clone(),
+                        start_time: time(newest.created.unwrap_or(self.now)),
+                        last_heartbeat_time: None,
+                        progress: None,
+                    },
+                );
+            }
+        }
+    }
+
+    /// Judges the current attempt of every active shard: succeeded, failed (by itself, deleted,
+    /// past its deadline, unable to start, silent or stalled), interrupted by a suspend, or
+    /// going on.
+    pub fn judge_attempts(&mut self, leases: &BTreeMap<i32, &LeaseView>) {
+        let spec = &self.job.spec;
+        let shards: Vec<i32> = self.active.keys().copied().collect();
+        for shard in shards {
+            let entry = self.active[&shard].clone();
+            let current = self.pods.get(&shard).and_then(|ps| ps.iter().find(|p| p.attempt == entry.attempt)).copied();
+            let Some(pod) = current else {
+                // Created but not seen yet, or gone without our finalizer: (re)create, by the same name.
+                if spec.suspend {
+                    self.interrupt(&entry);
+                } else {
+                    self.d.create.push((shard, entry.attempt));
+                }
+                continue;
+            };
+            match pod.phase {
+                PodPhase::Succeeded => {
+                    self.active.remove(&shard);
+                    self.succeeded.insert(shard);
+                    continue;
+                }
+                PodPhase::Failed => {
+                    let failure = pod.failure.clone().unwrap_or_else(|| Failure {
+                        reason: AttemptReason::Error.into(),
+                        message: String::new(),
+                        exit_code: None,
+                    });
+                    self.fail_attempt(&entry, failure);
+                    continue;
+                }
+                PodPhase::Pending | PodPhase::Running => {}
+            }
+            if spec.suspend {
+                self.interrupt(&entry);
+                if !pod.deleting {
+                    self.d.delete.push(pod.name.clone());
+                }
+                continue;
+            }
+            if pod.deleting {
+                let failure = Failure {
+                    reason: AttemptReason::PodDeleted.into(),
+                    message: format!("pod {} was deleted before it finished", pod.name),
+                    exit_code: None,
+                };
+                self.fail_attempt(&entry, failure);
+                continue;
+            }
+            let deadline = spec.timeouts.attempt_seconds.map(|s| plus(entry.start_time.0, s));
+            let failure = if deadline.is_some_and(|t| self.now >= t) {
+                Some(Failure {
+                    reason: AttemptReason::AttemptDeadlineExceeded.into(),
+                    message: format!(
+                        "attempt ran longer than spec.timeouts.attemptSeconds ({}s)",
+                        spec.timeouts.attempt_seconds.unwrap_or(0)
+                    ),
+                    exit_code: None,
+                })
+            } else if let Some(failure) = pod.cannot_start.clone() {
+                // The kubelet would retry forever (ImagePullBackOff): spec.retry decides instead.
+                Some(failure)
+            } else {
+                self.heartbeat_failure(&entry, pod, leases.get(&shard).copied())
+            };
+            match failure {
+                Some(failure) => {
+                    self.d.delete.push(pod.name.clone());
+                    self.fail_attempt(&entry, failure);
+                }
+                None => {
+                    self.live.push(pod);
+                    if let Some(deadline) = deadline {
+                        self.d.requeue_after = min_opt(self.d.requeue_after, until(self.now, deadline));
+                    }
+                }
+            }
+        }
+    }
+
+    /// A shard whose attempt was stopped by a suspend: not a failure; it runs again on resume.
+    fn interrupt(&mut self, entry: &ActiveShard) {
+        self.active.remove(&entry.shard);
+        self.retrying.insert(
+            entry.shard,
+            RetryingShard {
+                shard: entry.shard,
+                attempt: entry.attempt + 1,
+                failures: entry.failures,
+                next_retry_time: None,
+                last_failure: None,
+            },
+        );
+    }
+
+    /// Records a failed attempt: the shard waits for its retry, or fails for good (and with it
+    /// the job) once spec.retry.limit is used up.
+    fn fail_attempt(&mut self, entry: &ActiveShard, failure: Failure) {
+        let (shard, spec) = (entry.shard, &self.job.spec);
+        let limit = spec.retry.limit;
+        let failures = entry.failures + 1;
+        self.active.remove(&shard);
+        self.d.failed_attempts.push(failure.reason.clone());
+        let what = describe(&failure);
+        let note = if failures > limit {
+            self.failed.insert(shard);
+            self.job_failure.get_or_insert((
+                Reason::RetriesExhausted,
+                format!("shard {shard} failed {failures} times (spec.retry.limit is {limit}); last failure: {what}"),
+            ));
+            format!("shard {shard} attempt {} failed ({what}); no retries left", entry.attempt)
+        } else {
+            let wait = backoff_seconds(&spec.retry.backoff, failures);
+            self.retrying.insert(
+                shard,
+                RetryingShard {
+                    shard,
+                    attempt: entry.attempt + 1,
+                    failures,
+                    next_retry_time: Some(time(plus(self.now, wait))),
+                    last_failure: Some(failure),
+                },
+            );
+            format!("shard {shard} attempt {} failed ({what}); retrying in {wait}s", entry.attempt)
+        };
+        self.d.events.push(EventNote::warning(EventReason::AttemptFailed, note).about(&entry.pod));
+    }
+
+    /// Fails a running attempt whose worker went silent (HeartbeatTimeout) or stopped making
+    /// progress (Stalled); otherwise asks to look again when that could next happen.
+    fn heartbeat_failure(&mut self, entry: &ActiveShard, pod: &PodView, lease: Option<&LeaseView>) -> Option<Failure> {
+        let hb = self.job.spec.heartbeat.as_ref()?;
+        // A pod that is not running yet (pulling its image, say) cannot heartbeat.
+        if pod.phase != PodPhase::Running {
+            return None;
+        }
+        let now = self.now;
+        let baseline = pod.running_since.unwrap_or(now).max(entry.start_time.0);
+        let lease = lease.filter(|l| l.holder.as_deref() == Some(pod.name.as_str()));
+        let beat = lease.and_then(|l| l.last_renewal).map_or(baseline, |b| b.max(baseline));
+        let silent_at = plus(beat, i64::from(hb.timeout_seconds));
+        if now >= silent_at {
+            return Some(Failure {
+                reason: AttemptReason::HeartbeatTimeout.into(),
+                message: format!(
+                    "no heartbeat for {}s (spec.heartbeat.timeoutSeconds is {})",
+                    now.duration_since(beat).as_secs(),
+                    hb.timeout_seconds
+                ),
+                exit_code: None,
+            });
+        }
+        self.d.requeue_after = min_opt(self.d.requeue_after, until(now, silent_at));
+        if let Some(stall) = hb.stall_seconds {
+            let moved = lease.and_then(|l| l.progress_since).map_or(baseline, |p| p.max(baseline));
+            let stalled_at = plus(moved, i64::from(stall));
+            if now >= stalled_at {
+                return Some(Failure {
+                    reason: AttemptReason::Stalled.into(),
+                    message: format!(
+                        "heartbeats but no progress for {}s (spec.heartbeat.stallSeconds is {stall})",
+                        now.duration_since(moved).as_secs()
+                    ),
+                    exit_code: None,
+                });
+            }
+            self.d.requeue_after = min_opt(self.d.requeue_after, until(now, stalled_at));
+        }
+        None
+    }
+
+    /// Every other pod: a superseded attempt, or a shard that is done. Stops the live ones and
+    /// releases the finished ones.
+    pub fn stop_superseded(&mut self) {
+        let pods: Vec<&PodView> = self.pods.values().flatten().copied().collect();
+        for pod in pods {
+            let current = self.active.get(&pod.shard).is_some_and(|a| a.attempt == pod.attempt)
+                && self.live.iter().any(|p| p.name == pod.name);
+            if !current {
+                self.let_go(pod);
+            }
+        }
+    }
+
+    /// Shards neither succeeded nor failed.
+    pub fn remaining(&self) -> i64 {
+        i64::from(self.total) - self.succeeded.len() - self.failed.len()
+    }
+
+    /// Stops every worker: the job failed.
+    pub fn stop_all(&mut self) {
+        for pod in std::mem::take(&mut self.live) {
+            self.stop(&pod.name);
+        }
+        self.d.create.clear();
+        self.active.clear();
+    }
+
+    /// Starts up to `free` attempts: retries that are due first (lowest shard first), then
+    /// shards never started.
+    pub fn schedule(&mut self, mut free: i64) {
+        let now = self.now;
+        let due: Vec<i32> = self
+            .retrying
+            .values()
+            .filter(|r| r.next_retry_time.as_ref().is_none_or(|t| t.0 <= now))
+            .map(|r| r.shard)
+            .collect();
+        for shard in due {
+            if free <= 0 {
+                break;
+            }
+            let r = self.retrying.remove(&shard).expect("a due retry is in the book");
+            self.start(shard, r.attempt, r.failures);
+            free -= 1;
+        }
+        if free > 0 {
+            let mut taken = self.succeeded.clone();
+            for s in self.active.keys().chain(self.retrying.keys()) {
+                taken.insert(*s);
+            }
+            for shard in self.failed.iter() {
+                taken.insert(shard);
+            }
+            let fresh: Vec<i32> = taken.gaps(self.total).take(free as usize).collect();
+            for shard in fresh {
+                self.start(shard, 1, 0);
+            }
+        }
+        if let Some(secs) = self.job.spec.timeouts.attempt_seconds.filter(|_| !self.d.create.is_empty()) {
+            self.d.requeue_after = min_opt(self.d.requeue_after, std::time::Duration::from_secs(secs.max(1) as u64));
+        }
+        for r in self.retrying.values() {
+            if let Some(t) = &r.next_retry_time
+                && t.0 > now
+            {
+                self.d.requeue_after = min_opt(self.d.requeue_after, until(now, t.0));
+            }
+        }
+    }
+
+    fn start(&mut self, shard: i32, attempt: i32, failures: i32) {
+        let pod = super::pod::pod_name(&self.job.name_any(), shard, attempt);
+        let note = format!("shard {shard} attempt {attempt} on pod {pod}");
+        self.d.events.push(EventNote::normal(EventReason::WorkerStarted, note).about(&pod));
+        self.d.create.push((shard, attempt));
+        self.active.insert(
+            shard,
+            ActiveShard {
+                shard,
+                attempt,
+                failures,
+                pod,
+                start_time: time(self.now),
+                last_heartbeat_time: None,
+                progress: None,
+            },
+        );
+    }
+}
+
+fn describe(f: &Failure) -> String {
+    let mut s = f.reason.clone();
+    if let Some(code) = f.exit_code {
+        s = format!("exit code {code}, {s}");
+    }
+    if !f.message.is_empty() {
+        s = format!("{s}: {}", f.message);
+    }
+    s
+}

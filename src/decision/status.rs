@@ -1,0 +1,201 @@
+//! The status from the shard book: conditions, counts, progress and the merged result.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Condition, jiff::Timestamp};
+
+use super::{
+    book::Book,
+    ranges::Ranges,
+    step::{Decision, time},
+    view::LeaseView,
+};
+use crate::api::{
+    BackgroundJob, BackgroundJobStatus, JobProgress, Phase, ShardCounts, ShardProgress, WorkerCounts,
+    names::{ConditionType, Reason},
+};
+
+/// Sets a condition, keeping lastTransitionTime when its status does not change.
+pub fn set_condition(
+    conditions: &mut Vec<Condition>,
+    type_: ConditionType,
+    status: bool,
+    reason: Reason,
+    message: String,
+    now: Timestamp,
+    generation: Option<i64>,
+) {
+    let status = if status { "True" } else { "False" }.to_string();
+    match conditions.iter_mut().find(|c| c.type_ == type_.as_str()) {
+        Some(c) => {
+            if c.status != status {
+                c.last_transition_time = time(now);
+            }
+            c.status = status;
+            c.reason = reason.to_string();
+            c.message = message;
+            c.observed_generation = generation;
+        }
+        None => conditions.push(Condition {
+            type_: type_.to_string(),
+            status,
+            reason: reason.to_string(),
+            message,
+            last_transition_time: time(now),
+            observed_generation: generation,
+        }),
+    }
+}
+
+/// The status of a job that failed for `reason`: phase Failed, the Failed condition, the time.
+pub fn fail(
+    job: &BackgroundJob,
+    mut status: BackgroundJobStatus,
+    reason: Reason,
+    message: String,
+    now: Timestamp,
+) -> BackgroundJobStatus {
+    let generation = job.metadata.generation;
+    status.phase = Some(Phase::Failed);
+    status.completion_time.get_or_insert(time(now));
+    set_condition(&mut status.conditions, ConditionType::Failed, true, reason, message, now, generation);
+    let failed = "the job failed".to_string();
+    set_condition(&mut status.conditions, ConditionType::Complete, false, reason, failed, now, generation);
+    if let Some(w) = status.workers.as_mut() {
+        w.desired = 0;
+        w.summary = format!("{}/0", w.active);
+    }
+    status
+}
+
+/// Closes the book: the counts, the shards' lists and heartbeats, progress and result go into
+/// `status`, which goes into the decision.
+pub(super) fn summarize(
+    mut status: BackgroundJobStatus,
+    book: Book,
+    desired: i32,
+    leases: &BTreeMap<i32, &LeaseView>,
+) -> Decision {
+    let Book { total, succeeded, failed, active, retrying, live, mut d, .. } = book;
+    let running = active.len() as i32;
+    let n_succeeded = succeeded.len() as i32;
+    let n_failed = failed.len() as i32;
+    status.succeeded_shards = succeeded.to_opt_string();
+    status.failed_shards = failed.to_opt_string();
+    status.shards = Some(ShardCounts {
+        total,
+        pending: total - running - n_succeeded - n_failed,
+        running,
+        succeeded: n_succeeded,
+        failed: n_failed,
+        summary: format!("{n_succeeded}/{total}"),
+    });
+    let finished = status.phase.is_some_and(|p| p.is_finished());
+    let workers = if finished { 0 } else { live.len() as i32 + d.create.len() as i32 };
+    let ready = if finished { 0 } else { live.iter().filter(|p| p.ready).count() as i32 };
+    status.workers = Some(WorkerCounts { desired, active: workers, ready, summary: format!("{workers}/{desired}") });
+    status.active = if finished { Vec::new() } else { active.into_values().collect() };
+    status.retrying = if finished { Vec::new() } else { retrying.into_values().collect() };
+    for entry in status.active.iter_mut() {
+        let lease = leases.get(&entry.shard).filter(|l| l.holder.as_deref() == Some(entry.pod.as_str()));
+        entry.last_heartbeat_time = lease.and_then(|l| l.last_renewal).map(time);
+        entry.progress = lease.and_then(|l| l.progress.clone());
+    }
+    status.progress = Some(job_progress(&status, leases, total, finished));
+    if let Some(latest) = leases.values().filter_map(|l| l.last_renewal).max() {
+        status.last_heartbeat_time = Some(time(latest));
+    }
+    status.result = merged_result(leases.values().filter_map(|l| l.result.as_ref()));
+    d.status = status;
+    d
+}
+
+/// Progress over the whole job. Each shard counts as a fraction: 1 when it succeeded, done/total
+/// while its worker reports progress, 0 otherwise. done and total are the sums the workers
+/// reported; without reports they count shards.
+fn job_progress(
+    status: &BackgroundJobStatus,
+    leases: &BTreeMap<i32, &LeaseView>,
+    total: i32,
+    finished: bool,
+) -> JobProgress {
+    let succeeded = Ranges::from_opt(status.succeeded_shards.as_ref());
+    let mut fraction = succeeded.len() as f64;
+    for a in &status.active {
+        if let Some(p) = a.progress.as_ref().filter(|p| p.total > 0) {
+            fraction += (p.done as f64 / p.total as f64).clamp(0.0, 1.0);
+        }
+    }
+    let mut percent = if total > 0 { ((fraction * 100.0) / f64::from(total)).floor() as i32 } else { 100 };
+    if status.phase == Some(Phase::Succeeded) {
+        percent = 100;
+    } else if !finished {
+        percent = percent.min(99);
+    }
+    let reported: Vec<&ShardProgress> = leases.values().filter_map(|l| l.progress.as_ref()).collect();
+    let (done, all) = if reported.is_empty() {
+        (succeeded.len(), i64::from(total))
+    } else {
+        (reported.iter().map(|p| p.done).sum(), reported.iter().map(|p| p.total).sum())
+    };
+    let message = status
+        .active
+        .iter()
+        .filter_map(|a| a.progress.as_ref())
+        .map(|p| p.message.clone())
+        .find(|m| !m.is_empty())
+        .unwrap_or_default();
+    JobProgress { done, total: all, percent: percent.max(0), message, summary: format!("{}%", percent.max(0)) }
+}
+
+/// The workers' result summaries merged: numbers summed, lists concatenated (first 10 items),
+/// anything else from the highest shard that reported it. Dropped if it grows past 4 KiB.
+fn merged_result<'a>(results: impl Iterator<Item = &'a serde_json::Value>) -> Option<serde_json::Value> {
+    use serde_json::{Map, Value};
+    let mut merged = Map::new();
+    let mut any = false;
+    for result in results {
+        let Value::Object(fields) = result else { continue };
+        any = true;
+        for (k, v) in fields {
+            let next = match (merged.remove(k), v) {
+                (Some(Value::Number(a)), Value::Number(b)) => match (a.as_i64(), b.as_i64()) {
+                    (Some(a), Some(b)) => Value::from(a.saturating_add(b)),
+                    _ => Value::from(a.as_f64().unwrap_or(0.0) + b.as_f64().unwrap_or(0.0)),
+                },
+                (Some(Value::Array(mut a)), Value::Array(b)) => {
+                    a.extend(b.iter().cloned());
+                    a.truncate(10);
+                    Value::Array(a)
+                }
+                (_, Value::Array(b)) => Value::Array(b.iter().take(10).cloned().collect()),
+                (_, v) => v.clone(),
+            };
+            merged.insert(k.clone(), next);
+        }
+    }
+    let merged = Value::Object(merged);
+    (any && serde_json::to_string(&merged).map_or(0, |s| s.len()) <= crate::api::MAX_RESULT_BYTES).then_some(merged)
+}
+
+/// `status` with the heartbeat-driven fields of `prev`: what it would be if no heartbeat were folded in.
+pub(super) fn with_heartbeats_of(status: &BackgroundJobStatus, prev: &BackgroundJobStatus) -> BackgroundJobStatus {
+    let mut stale = status.clone();
+    for entry in stale.active.iter_mut() {
+        let old = prev.active.iter().find(|a| a.shard == entry.shard && a.attempt == entry.attempt);
+        entry.last_heartbeat_time = old.and_then(|a| a.last_heartbeat_time.clone());
+        entry.progress = old.and_then(|a| a.progress.clone());
+    }
+    stale.last_heartbeat_time = prev.last_heartbeat_time.clone();
+    // Workers turning ready is worth a write of its own only once per fold period: a job's
+    // status is written when it starts its workers and when they finish anyway.
+    if let (Some(now), Some(before)) = (stale.workers.as_mut(), prev.workers.as_ref()) {
+        now.ready = before.ready;
+    }
+    stale.result = prev.result.clone();
+    // Progress from shard completions is not a heartbeat; from worker reports it is.
+    if status.succeeded_shards == prev.succeeded_shards {
+        stale.progress = prev.progress.clone();
+    }
+    stale
+}
