@@ -193,47 +193,7 @@ async fn run(command: Command) -> Result<(), Box<dyn std::error::Error>> {
                     .unwrap_or_else(|_| format!("{}-{}", hostname(), std::process::id())),
                 duration: Duration::from_secs(leader_election_lease_seconds),
             };
-            let (mut leading, election_task) =
-                operator::leader::join(client.clone(), &election).await.map_err(|e| {
-                    format!("joining the leader election on Lease {}/{}: {e}", election.namespace, election.lease)
-                })?;
-            metrics.leadership_known.store(true, Ordering::Relaxed);
-            // A follower runs no controller: it has no caches to sync, and is ready as it is.
-            metrics.caches_synced.store(true, Ordering::Relaxed);
-            tracing::info!(identity = %election.identity, lease = %election.lease, "waiting to lead");
-            let shutdown = shutdown_signal();
-            tokio::pin!(shutdown);
-            loop {
-                tokio::select! {
-                    _ = &mut shutdown => break,
-                    changed = leading.wait_for(|l| *l) => if changed.is_err() { break },
-                }
-                tracing::info!(identity = %election.identity, "leading: reconciling");
-                metrics.leader.set(1);
-                metrics.caches_synced.store(false, Ordering::Relaxed);
-                let mut lost = leading.clone();
-                let controller = nightshift::controller::run_with_metrics(
-                    client.clone(),
-                    options.clone(),
-                    std::future::pending(),
-                    metrics.clone(),
-                );
-                let lost_lease = tokio::select! {
-                    _ = controller => false,
-                    _ = lost.wait_for(|l| !*l) => true,
-                    _ = &mut shutdown => false,
-                };
-                metrics.leader.set(0);
-                if lost_lease {
-                    // Stop at once; whatever was in flight is safe to redo (level-triggered).
-                    tracing::warn!(identity = %election.identity, "lost the leader Lease: stopped reconciling");
-                    metrics.caches_synced.store(true, Ordering::Relaxed);
-                    continue;
-                }
-                break;
-            }
-            drop(leading);
-            let _ = tokio::time::timeout(Duration::from_secs(5), election_task).await;
+            run_elected(client, options, metrics, election).await?;
         }
         Command::Simulate { namespace, run_seconds, selector } => {
             let client = Client::try_default().await.map_err(|e| format!("connecting to Kubernetes: {e}"))?;
@@ -243,6 +203,57 @@ async fn run(command: Command) -> Result<(), Box<dyn std::error::Error>> {
             }
         }
     }
+    Ok(())
+}
+
+/// Runs the controller while this process holds the leader Lease; until then, and after losing
+/// it, waits as a follower. Returns on SIGTERM or Ctrl-C.
+async fn run_elected(
+    client: Client,
+    options: nightshift::controller::Options,
+    metrics: Arc<operator::Metrics>,
+    election: operator::leader::Election,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let (mut leading, election_task) = operator::leader::join(client.clone(), &election)
+        .await
+        .map_err(|e| format!("joining the leader election on Lease {}/{}: {e}", election.namespace, election.lease))?;
+    metrics.leadership_known.store(true, Ordering::Relaxed);
+    // A follower runs no controller: it has no caches to sync, and is ready as it is.
+    metrics.caches_synced.store(true, Ordering::Relaxed);
+    tracing::info!(identity = %election.identity, lease = %election.lease, "waiting to lead");
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            changed = leading.wait_for(|l| *l) => if changed.is_err() { break },
+        }
+        tracing::info!(identity = %election.identity, "leading: reconciling");
+        metrics.leader.set(1);
+        metrics.caches_synced.store(false, Ordering::Relaxed);
+        let mut lost = leading.clone();
+        let controller = nightshift::controller::run_with_metrics(
+            client.clone(),
+            options.clone(),
+            std::future::pending(),
+            metrics.clone(),
+        );
+        let lost_lease = tokio::select! {
+            _ = controller => false,
+            _ = lost.wait_for(|l| !*l) => true,
+            _ = &mut shutdown => false,
+        };
+        metrics.leader.set(0);
+        if lost_lease {
+            // Stop at once; whatever was in flight is safe to redo (level-triggered).
+            tracing::warn!(identity = %election.identity, "lost the leader Lease: stopped reconciling");
+            metrics.caches_synced.store(true, Ordering::Relaxed);
+            continue;
+        }
+        break;
+    }
+    drop(leading);
+    let _ = tokio::time::timeout(Duration::from_secs(5), election_task).await;
     Ok(())
 }
 

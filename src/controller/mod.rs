@@ -18,7 +18,7 @@ mod record;
 
 use std::{sync::Arc, time::Duration};
 
-use futures::{StreamExt, future};
+use futures::{StreamExt, channel::mpsc::UnboundedSender, future};
 use k8s_openapi::{
     api::{coordination::v1::Lease, core::v1::Pod},
     jiff::Timestamp,
@@ -145,50 +145,17 @@ pub async fn run_with_metrics(
         .owns_shared_stream(pod_events)
         .reconcile_on(wake_rx);
 
-    // The pod watch notes what the decisions need (when a pod started running), wakes jobs
-    // waiting for workers, and queues pods that may be orphans; it never calls the API.
-    let pods = {
-        let ctx = ctx.clone();
-        pod_watch.for_each(move |event| {
-            match event {
-                Ok(watcher::Event::Apply(pod) | watcher::Event::InitApply(pod)) => {
-                    if pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running") {
-                        ctx.memory().running_since.entry(pod.uid().unwrap_or_default()).or_insert_with(now);
-                    }
-                    if !occupies_worker(&pod) {
-                        ctx.wake_waiting();
-                    }
-                    if orphans::candidate(&pod) {
-                        let _ = orphan_tx.unbounded_send(pod.clone());
-                    }
-                }
-                Ok(watcher::Event::Delete(pod)) => {
-                    ctx.memory().running_since.remove(&pod.uid().unwrap_or_default());
-                    ctx.wake_waiting();
-                }
-                _ => {}
-            }
-            future::ready(())
-        })
-    };
-    // Heartbeats are judged by when the operator sees a Lease change, so note it as it happens.
-    let heartbeats = {
-        let ctx = ctx.clone();
-        lease_watch.for_each(move |event| {
-            match event {
-                Ok(watcher::Event::Apply(lease) | watcher::Event::InitApply(lease)) => {
-                    let key = format!("{}/{}", lease.namespace().unwrap_or_default(), lease.name_any());
-                    ctx.memory().leases.entry(key).or_default().observe(&lease, now());
-                }
-                Ok(watcher::Event::Delete(lease)) => {
-                    let key = format!("{}/{}", lease.namespace().unwrap_or_default(), lease.name_any());
-                    ctx.memory().leases.remove(&key);
-                }
-                _ => {}
-            }
-            future::ready(())
-        })
-    };
+    // The pod and Lease watches only note what decisions need, on the operator's clock; the
+    // pod watch also wakes jobs waiting for workers and queues possible orphans. Neither ever
+    // waits for the API.
+    let pods = pod_watch.for_each(|event| {
+        on_pod(&ctx, &orphan_tx, event);
+        future::ready(())
+    });
+    let heartbeats = lease_watch.for_each(|event| {
+        on_lease(&ctx, event);
+        future::ready(())
+    });
     let reconciler = controller
         .graceful_shutdown_on(shutdown)
         .run(reconcile::reconcile, error_policy, ctx.clone())
@@ -198,30 +165,64 @@ pub async fn run_with_metrics(
             }
             future::ready(())
         });
-    // Gauges from the caches, every few seconds; readiness once the caches have synced.
-    let gauges = {
-        let ctx = ctx.clone();
-        async move {
-            let _ = ctx.jobs.wait_until_ready().await;
-            let _ = ctx.pods.wait_until_ready().await;
-            let _ = ctx.leases.wait_until_ready().await;
-            ctx.metrics.caches_synced.store(true, std::sync::atomic::Ordering::Relaxed);
-            loop {
-                ctx.update_gauges();
-                ctx.forget_gone_jobs();
-                tokio::time::sleep(Duration::from_secs(5)).await;
-            }
-        }
-    };
     info!(namespace = options.namespace.as_deref().unwrap_or("(all)"), "controller started");
     tokio::select! {
         _ = pods => {},
         _ = heartbeats => {},
-        _ = gauges => {},
+        _ = gauges(&ctx) => {},
         _ = orphans::release_orphans(ctx.clone(), orphan_rx) => {},
         _ = reconciler => {},
     }
     info!("controller stopped");
+}
+
+fn on_pod(ctx: &Context, orphans: &UnboundedSender<Pod>, event: Result<watcher::Event<Pod>, watcher::Error>) {
+    match event {
+        Ok(watcher::Event::Apply(pod) | watcher::Event::InitApply(pod)) => {
+            if pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running") {
+                ctx.memory().running_since.entry(pod.uid().unwrap_or_default()).or_insert_with(now);
+            }
+            if !occupies_worker(&pod) {
+                ctx.wake_waiting();
+            }
+            if orphans::candidate(&pod) {
+                let _ = orphans.unbounded_send(pod);
+            }
+        }
+        Ok(watcher::Event::Delete(pod)) => {
+            ctx.memory().running_since.remove(&pod.uid().unwrap_or_default());
+            ctx.wake_waiting();
+        }
+        _ => {}
+    }
+}
+
+/// Heartbeats are judged by when the operator sees a Lease change, so note it as it happens.
+fn on_lease(ctx: &Context, event: Result<watcher::Event<Lease>, watcher::Error>) {
+    match event {
+        Ok(watcher::Event::Apply(lease) | watcher::Event::InitApply(lease)) => {
+            let key = format!("{}/{}", lease.namespace().unwrap_or_default(), lease.name_any());
+            ctx.memory().leases.entry(key).or_default().observe(&lease, now());
+        }
+        Ok(watcher::Event::Delete(lease)) => {
+            let key = format!("{}/{}", lease.namespace().unwrap_or_default(), lease.name_any());
+            ctx.memory().leases.remove(&key);
+        }
+        _ => {}
+    }
+}
+
+/// Gauges from the caches, every few seconds; readiness once the caches have synced.
+async fn gauges(ctx: &Context) {
+    let _ = ctx.jobs.wait_until_ready().await;
+    let _ = ctx.pods.wait_until_ready().await;
+    let _ = ctx.leases.wait_until_ready().await;
+    ctx.metrics.caches_synced.store(true, std::sync::atomic::Ordering::Relaxed);
+    loop {
+        ctx.update_gauges();
+        ctx.forget_gone_jobs();
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    }
 }
 
 fn error_policy(job: Arc<BackgroundJob>, error: &Error, ctx: Arc<Context>) -> Action {

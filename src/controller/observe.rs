@@ -81,7 +81,7 @@ fn progress(lease: &Lease) -> Option<ShardProgress> {
     if done < 0 || total < 0 {
         return None;
     }
-    let message = annotations.get(api::ANNOTATION_PROGRESS_MESSAGE).map(|m| truncate(m, 256)).unwrap_or_default();
+    let message = annotations.get(api::ANNOTATION_PROGRESS_MESSAGE).map(|m| clip(m, 256)).unwrap_or_default();
     Some(ShardProgress { done, total, message })
 }
 
@@ -116,7 +116,7 @@ pub fn pod_view(pod: &Pod, running_since: Option<Timestamp>) -> Option<PodView> 
             message: status
                 .and_then(|s| s.message.clone())
                 .or_else(|| terminated.and_then(|t| t.message.clone()))
-                .map(|m| truncate(&m, 256))
+                .map(|m| clip(&m, 256))
                 .unwrap_or_default(),
             exit_code: terminated.map(|t| t.exit_code),
         }
@@ -153,14 +153,14 @@ fn cannot_start(pod: &Pod) -> Option<Failure> {
         let message = waiting.message.as_deref().unwrap_or_default();
         Some(Failure {
             reason: reason.to_string(),
-            message: truncate(&format!("container {} cannot start: {message}", c.name), 256),
+            message: clip(&format!("container {} cannot start: {message}", c.name), 256),
             exit_code: None,
         })
     })
 }
 
 /// At most `max` bytes of `s`, marked with "…" where it was cut.
-fn truncate(s: &str, max: usize) -> String {
+fn clip(s: &str, max: usize) -> String {
     let cut = api::truncate(s, max);
     if cut.len() < s.len() { format!("{cut}…") } else { cut.to_string() }
 }

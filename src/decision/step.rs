@@ -169,45 +169,14 @@ fn settle(observed: &Observed, prev: &BackgroundJobStatus, status: &mut Backgrou
     let (job, now) = (observed.job, book.now);
     let spec = &job.spec;
     let generation = job.metadata.generation;
-    if let Some(Refusal::Invalid { message }) = observed.refusal {
-        book.job_failure.get_or_insert((Reason::InvalidPodTemplate, message.clone()));
-    }
-    // The job's own deadline, counted from its (latest) start.
-    if book.job_failure.is_none()
-        && !spec.suspend
-        && let Some(start) = &prev.start_time
-    {
-        let deadline = plus(start.0, spec.timeouts.job_seconds);
-        if now >= deadline {
-            book.job_failure = Some((
-                Reason::DeadlineExceeded,
-                format!("the job ran longer than spec.timeouts.jobSeconds ({}s)", spec.timeouts.job_seconds),
-            ));
-        } else {
-            book.d.requeue_after = min_opt(book.d.requeue_after, until(now, deadline));
-        }
-    }
     let remaining = book.remaining();
     let wants = remaining.min(i64::from(spec.workers.max)) as i32;
     let waiting = observed.grant.and_then(|g| g.waiting.clone()).filter(|_| prev.phase != Some(Phase::Running));
-    let needs_agent = spec.heartbeat.as_ref().is_some_and(|h| h.inject_agent);
-    if book.job_failure.is_none()
-        && remaining > 0
-        && !spec.suspend
-        && waiting.is_none()
-        && needs_agent
-        && !observed.agent_image
-    {
-        book.job_failure = Some((
-            Reason::AgentImageUnset,
-            "spec.heartbeat.injectAgent is true, but this operator has no agent image (nightshift run --agent-image)"
-                .into(),
-        ));
-    }
+    find_job_failure(observed, prev, book, waiting.is_none());
     let mut desired = 0;
     if let Some((reason, message)) = book.job_failure.take() {
         book.stop_all();
-        book.d.events.push(crate::decision::EventNote::warning(EventReason::Failed, message.clone()));
+        book.d.events.push(EventNote::warning(EventReason::Failed, message.clone()));
         *status = fail(job, std::mem::take(status), reason, message, now);
     } else if remaining == 0 {
         let message = format!("all {} shards succeeded", book.total);
@@ -264,6 +233,43 @@ fn settle(observed: &Observed, prev: &BackgroundJobStatus, status: &mut Backgrou
     }
     workers_blocked(observed, status, book);
     desired
+}
+
+/// Reasons to fail the whole job besides a shard out of retries: a pod template the API server
+/// refused as invalid, the job's deadline, a job asking for an agent the operator cannot give.
+/// `runs`: the job would run workers now (not waiting in the queue).
+fn find_job_failure(observed: &Observed, prev: &BackgroundJobStatus, book: &mut Book, runs: bool) {
+    let (spec, now) = (&observed.job.spec, book.now);
+    if let Some(Refusal::Invalid { message }) = observed.refusal {
+        book.job_failure.get_or_insert((Reason::InvalidPodTemplate, message.clone()));
+    }
+    // The job's own deadline, counted from its (latest) start.
+    if book.job_failure.is_none()
+        && !spec.suspend
+        && let Some(start) = &prev.start_time
+    {
+        let deadline = plus(start.0, spec.timeouts.job_seconds);
+        if now >= deadline {
+            book.job_failure = Some((
+                Reason::DeadlineExceeded,
+                format!("the job ran longer than spec.timeouts.jobSeconds ({}s)", spec.timeouts.job_seconds),
+            ));
+        } else {
+            book.d.requeue_after = min_opt(book.d.requeue_after, until(now, deadline));
+        }
+    }
+    let needs_agent = spec.heartbeat.as_ref().is_some_and(|h| h.inject_agent);
+    if book.job_failure.is_none()
+        && book.remaining() > 0
+        && !spec.suspend
+        && runs
+        && needs_agent
+        && !observed.agent_image
+    {
+        let message =
+            "spec.heartbeat.injectAgent is true, but this operator has no agent image (nightshift run --agent-image)";
+        book.job_failure = Some((Reason::AgentImageUnset, message.into()));
+    }
 }
 
 /// Admits the job (or resumes it) and starts the attempts there is room for.
