@@ -88,22 +88,21 @@ fn decide(ctx: &Context, seen: &Seen, now: Timestamp) -> Decision {
         .fold_seconds(ctx.options.fold_seconds)
         .agent_image(ctx.options.agent_image.is_some())
         .refusal(seen.refusal.as_ref());
+    let (ns, name) = (seen.job.namespace().unwrap_or_default(), seen.job.name_any());
     let budget = ctx.options.budget;
     let (mut d, mut memory) = if budget.is_unlimited() {
         (decision::decide(&observed, now), ctx.memory())
     } else {
         let mut memory = ctx.memory();
         let grants = queue::plan(budget, &ctx.claims(&mut memory));
-        let grant = grants.get(&(seen.job.namespace().unwrap_or_default(), seen.job.name_any()));
-        (decision::decide(&observed.grant(Some(grant.cloned().unwrap_or_default()).as_ref()), now), memory)
+        let grant = grants.get(&(ns.clone(), name.clone())).cloned().unwrap_or_default();
+        (decision::decide(&observed.grant(Some(&grant)), now), memory)
     };
-    let (ns, name, uid) = (seen.job.namespace().unwrap_or_default(), seen.job.name_any(), seen.job.uid());
+    let key = |(shard, attempt): &(i32, i32)| format!("{ns}/{}", pod_name(&name, *shard, *attempt));
     let at = Instant::now();
-    d.create.retain(|(shard, attempt)| {
-        !memory.creating.expects(&format!("{ns}/{}", pod_name(&name, *shard, *attempt)), at)
-    });
-    for (shard, attempt) in &d.create {
-        memory.creating.sending(format!("{ns}/{}", pod_name(&name, *shard, *attempt)), uid.clone().unwrap_or_default());
+    d.create.retain(|pod| !memory.creating.expects(&key(pod), at));
+    for pod in &d.create {
+        memory.creating.sending(key(pod), seen.job.uid().unwrap_or_default());
     }
     d
 }
