@@ -84,21 +84,22 @@ async fn a_failed_shard_is_retried_after_backoff_and_then_succeeds() {
     let (f, _operator) = fixture("retry").await;
     f.create(
         "flaky",
-        json!({"shards": 1, "retry": {"limit": 2, "backoff": {"initialSeconds": 1, "factor": 2, "maxSeconds": 5}}}),
+        json!({"shards": 1, "retry": {"limit": 2, "backoff": {"initialSeconds": 5, "factor": 2, "maxSeconds": 10}}}),
     )
     .await;
     f.wait_live("flaky", 1).await;
     f.finish("flaky-0-1", 3).await;
-    let status = wait_until("the shard to wait for its retry or run it", WAIT, || async {
+    // A backoff of 5 s: the shard is seen waiting for its retry, never already running it.
+    let status = wait_until("the shard to wait for its retry", WAIT, || async {
         let s = f.status("flaky").await;
-        if !s.retrying.is_empty() || s.active.iter().any(|a| a.attempt == 2) { Ok(s) } else { Err(format!("{s:?}")) }
+        assert!(!s.active.iter().any(|a| a.attempt == 2), "attempt 2 ran before its backoff was seen: {s:?}");
+        if s.retrying.is_empty() { Err(format!("{s:?}")) } else { Ok(s) }
     })
     .await;
-    if let Some(r) = status.retrying.first() {
-        assert_eq!((r.shard, r.attempt, r.failures), (0, 2, 1));
-        assert!(r.next_retry_time.is_some());
-        assert_eq!(r.last_failure.as_ref().unwrap().exit_code, Some(3));
-    }
+    let r = &status.retrying[0];
+    assert_eq!((r.shard, r.attempt, r.failures), (0, 2, 1));
+    assert!(r.next_retry_time.is_some());
+    assert_eq!(r.last_failure.as_ref().unwrap().exit_code, Some(3));
     f.wait_live_exactly("flaky", &["flaky-0-2"]).await;
     let active = wait_until("the status to record attempt 2", WAIT, || async {
         let active = f.status("flaky").await.active;

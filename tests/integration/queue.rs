@@ -114,9 +114,11 @@ async fn partial_admission_starts_with_what_fits_and_grows() {
 async fn raising_a_priority_reorders_the_queue_and_suspending_frees_capacity() {
     let (f, operator) = fixture("queue-reorder").await;
     operator.kill().await;
-    let _operator = Operator::start_with(&f.client, &f.ns.name, budget(2)).await;
+    let _operator = Operator::start_with(&f.client, &f.ns.name, budget(3)).await;
     f.create("holder", json!({"shards": 2, "workers": {"max": 2}, "priority": 100})).await;
     f.wait_live("holder", 2).await;
+    f.create("filler", json!({"shards": 1, "priority": 50})).await;
+    f.wait_live("filler", 1).await;
     f.create("first", json!({"shards": 1})).await;
     f.wait_phase("first", Phase::Queued).await;
     f.create("second", json!({"shards": 1})).await;
@@ -131,14 +133,20 @@ async fn raising_a_priority_reorders_the_queue_and_suspending_frees_capacity() {
     })
     .await;
 
+    // One worker frees up: it goes to second, now ahead of first, and first waits on.
+    f.finish("filler-0-1", 0).await;
+    let started = wait_until("a queued job to get the freed worker", WAIT, || async {
+        let started = (f.live_pods("second").await.len(), f.live_pods("first").await.len());
+        if started != (0, 0) { Ok(started) } else { Err("no pod of second or first yet".into()) }
+    })
+    .await;
+    assert_eq!(started, (1, 0), "(second, first) pods: second (raised) gets the one free worker");
+    assert_eq!(f.status("first").await.phase, Some(Phase::Queued));
+
     f.jobs.patch("holder", &PatchParams::default(), &Patch::Merge(json!({"spec": {"suspend": true}}))).await.unwrap();
     f.wait_phase("holder", Phase::Suspended).await;
+    f.wait_live("first", 1).await; // holder's workers freed
     f.wait_live("second", 1).await;
-    f.wait_live("first", 1).await; // two slots freed: both fit, in order
-    // Pods are created before the status that records them is written: wait for both.
-    let second_start = f.wait_phase("second", Phase::Running).await.start_time.unwrap();
-    let first_start = f.wait_phase("first", Phase::Running).await.start_time.unwrap();
-    assert!(second_start <= first_start, "second (raised) started no later than first");
     assert_eq!(f.status("holder").await.succeeded_shards, None, "suspending kept holder's (empty) progress");
 }
 
