@@ -2,7 +2,7 @@
 //! process, heartbeats on a Lease the test made (no controller), reports the command's progress
 //! and result, passes its output through, and stops it when another attempt takes the Lease.
 
-use std::{process::Output, time::Duration};
+use std::process::Output;
 
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::{
@@ -13,9 +13,8 @@ use nightshift::api::{ANNOTATION_PROGRESS, ANNOTATION_PROGRESS_MESSAGE, ANNOTATI
 use serde_json::json;
 use tokio::process::Command;
 
-use crate::support::{TestNamespace, client, kubeconfig_path, wait_until};
+use crate::support::{TestNamespace, WAIT, client, kubeconfig_path, wait_until};
 
-const WAIT: Duration = Duration::from_secs(30);
 const LEASE: &str = "job-0";
 
 /// A Lease as the controller makes it: held by pod-a, with the shard annotation.

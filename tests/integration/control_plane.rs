@@ -1,11 +1,8 @@
 //! Proof that the test control plane is real: garbage collection, TokenRequest with RBAC,
 //! CEL validation of CRDs, and the built-in Job controller.
 
-use std::time::Duration;
-
 use k8s_openapi::{
     api::{
-        authentication::v1::TokenRequest,
         batch::v1::Job,
         core::v1::{ConfigMap, Pod, Secret, ServiceAccount},
         rbac::v1::{Role, RoleBinding},
@@ -18,7 +15,9 @@ use kube::{
 };
 use serde_json::json;
 
-use crate::support::{TestNamespace, api_error, client, client_with_token, wait_until};
+use crate::support::{
+    TestNamespace, WAIT, api_error, client, client_with_token, token, wait_default_service_account, wait_until,
+};
 
 fn from_json<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> T {
     serde_json::from_value(v).unwrap()
@@ -41,7 +40,7 @@ async fn garbage_collector_deletes_dependents_of_a_deleted_owner() {
     .unwrap();
 
     cms.delete("owner", &DeleteParams::background()).await.unwrap();
-    wait_until("the garbage collector to delete the dependent", Duration::from_secs(60), || async {
+    wait_until("the garbage collector to delete the dependent", WAIT, || async {
         match cms.get_opt("dependent").await {
             Ok(None) => Ok(()),
             other => Err(format!("{other:?}")),
@@ -79,11 +78,7 @@ async fn token_request_tokens_authenticate_and_rbac_judges_them() {
         .await
         .unwrap();
 
-    let request: TokenRequest = from_json(json!({"spec": {"audiences": [], "expirationSeconds": 600}}));
-    let token = sas.create_token_request("reader", &pp, &request).await.unwrap();
-    let token = token.status.and_then(|s| s.token).expect("a TokenRequest answers with a token");
-
-    let as_reader = client_with_token(&token).await;
+    let as_reader = client_with_token(&token(&client, &ns.name, "reader").await).await;
     let secrets: Api<Secret> = Api::namespaced(as_reader.clone(), &ns.name);
     let refused = secrets.list(&ListParams::default()).await.map(|_| ());
     match api_error(&refused) {
@@ -94,7 +89,7 @@ async fn token_request_tokens_authenticate_and_rbac_judges_them() {
     }
     // RoleBindings take effect at once, but allow a moment for the authorizer's cache.
     let configmaps: Api<ConfigMap> = Api::namespaced(as_reader, &ns.name);
-    wait_until("the token to be allowed to list configmaps", Duration::from_secs(30), || async {
+    wait_until("the token to be allowed to list configmaps", WAIT, || async {
         configmaps.list(&ListParams::default()).await.map(|_| ()).map_err(|e| e.to_string())
     })
     .await;
@@ -128,7 +123,7 @@ async fn crd_cel_rules_refuse_objects_with_the_rule_message() {
         created.is_ok() || api_error(&created).is_some_and(|(code, _)| code == 409),
         "creating the CRD: {created:?}"
     );
-    wait_until("the CRD to be established", Duration::from_secs(30), || async {
+    wait_until("the CRD to be established", WAIT, || async {
         let crd = crds.get("ranges.celtest.nightshift.dev").await.map_err(|e| e.to_string())?;
         let established = crd
             .status
@@ -151,7 +146,7 @@ async fn crd_cel_rules_refuse_objects_with_the_rule_message() {
         }))
     };
     // The discovery of a new CRD takes a moment; retry the good object until it is served.
-    wait_until("a valid object to be accepted", Duration::from_secs(30), || async {
+    wait_until("a valid object to be accepted", WAIT, || async {
         ranges.create(&PostParams::default(), &object("good", 1, 2)).await.map(|_| ()).map_err(|e| e.to_string())
     })
     .await;
@@ -166,12 +161,7 @@ async fn crd_cel_rules_refuse_objects_with_the_rule_message() {
 async fn built_in_job_controller_creates_the_pod_of_a_job() {
     let client = client().await;
     let ns = TestNamespace::new(&client, "job").await;
-    // Pods are refused until the service-account controller made `default`.
-    let sas: Api<ServiceAccount> = ns.api();
-    wait_until("the default ServiceAccount", Duration::from_secs(30), || async {
-        sas.get_opt("default").await.map_err(|e| e.to_string())?.ok_or_else(|| "absent".to_string())
-    })
-    .await;
+    wait_default_service_account(&ns).await;
     // The pod is only looked at: the simulator's scheduler name keeps it off the real node.
     ns.api::<Job>()
         .create(
@@ -188,7 +178,7 @@ async fn built_in_job_controller_creates_the_pod_of_a_job() {
         .await
         .unwrap();
     let pods: Api<Pod> = ns.api();
-    let pod = wait_until("the Job controller to create the job's pod", Duration::from_secs(60), || async {
+    let pod = wait_until("the Job controller to create the job's pod", WAIT, || async {
         let list = pods
             .list(&ListParams::default().labels("batch.kubernetes.io/job-name=hello"))
             .await

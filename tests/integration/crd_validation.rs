@@ -12,7 +12,7 @@ use kube::{
 use nightshift::api::BackgroundJob;
 use serde_json::{Value, json};
 
-use crate::support::{TestNamespace, api_error, client, install_crd, kubeconfig_path, wait_until};
+use crate::support::{TestNamespace, WAIT, api_error, client, install_crd, kubeconfig_path, wait_until};
 
 /// BackgroundJobs as untyped objects, so that manifests `BackgroundJob` cannot represent (a string
 /// for an integer, a missing template) reach the API server as they are.
@@ -358,7 +358,7 @@ async fn kubectl_explain_describes_the_retry_field() {
     let cache_root =
         RemovedOnDrop(std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("kubectl-cache-{}", ns.name)));
     let mut attempt = 0;
-    let out = wait_until("kubectl explain backgroundjob.spec.retry", Duration::from_secs(60), || {
+    let out = wait_until("kubectl explain backgroundjob.spec.retry", WAIT, || {
         attempt += 1;
         // A cache of its own per attempt: a discovery taken before the CRD was served is not reused.
         let cache_dir = cache_root.0.join(attempt.to_string());

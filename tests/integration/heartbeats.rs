@@ -3,79 +3,57 @@
 
 use std::{process::Stdio, time::Duration};
 
-use k8s_openapi::api::{
-    authentication::v1::TokenRequest,
-    coordination::v1::Lease,
-    core::v1::{Pod, ServiceAccount},
-    rbac::v1::{Role, RoleBinding},
+use k8s_openapi::{
+    api::{
+        coordination::v1::Lease,
+        core::v1::{Pod, ServiceAccount},
+        rbac::v1::{Role, RoleBinding},
+    },
+    jiff::{SignedDuration, Timestamp},
 };
 use kube::{
     Api, ResourceExt,
-    api::{DeleteParams, ListParams, Patch, PatchParams, PostParams},
+    api::{DeleteParams, ListParams, Patch, PatchParams},
     runtime::{WatchStreamExt, watcher},
 };
-use nightshift::{api::Phase, sim};
+use nightshift::{
+    api::Phase,
+    sim,
+    worker::{Progress, Report, renewal_patch},
+};
 use serde_json::json;
 
-use crate::{
-    jobs::{Fixture, WAIT, fixture},
-    support::{api_error, client_with_token, kubeconfig_path, wait_until},
+use crate::support::{
+    Operator, WAIT, api_error, client_with_token, fixture, kubeconfig_path, token, token_kubeconfig, wait_until,
 };
 
-/// A token for the job's worker ServiceAccount, from the TokenRequest API.
-async fn worker_token(f: &Fixture, job: &str) -> String {
-    let sas: Api<ServiceAccount> = f.ns.api();
-    let account = format!("{job}-worker");
-    wait_until(&format!("ServiceAccount {account}"), WAIT, || async {
-        sas.get_opt(&account).await.map_err(|e| e.to_string())?.map(|_| ()).ok_or_else(|| "absent".into())
-    })
-    .await;
-    let request: TokenRequest =
-        serde_json::from_value(json!({"spec": {"audiences": [], "expirationSeconds": 3600}})).unwrap();
-    let token = sas.create_token_request(&account, &PostParams::default(), &request).await.unwrap();
-    token.status.and_then(|s| s.token).expect("a token")
-}
-
-/// One renewal, as any worker would send it: a JSON patch fenced on the holder.
+/// One renewal, as any worker sends it (the agent's own patch, fenced on the holder), at `at`,
+/// reporting `done` of `total` units when given.
 async fn renew(
     leases: &Api<Lease>,
     lease: &str,
     holder: &str,
-    renew_time: &str,
-    progress: Option<&str>,
+    at: Timestamp,
+    progress: Option<(u64, u64)>,
 ) -> kube::Result<Lease> {
-    let mut ops = vec![
-        json!({"op": "test", "path": "/spec/holderIdentity", "value": holder}),
-        json!({"op": "add", "path": "/spec/renewTime", "value": renew_time}),
-    ];
-    if let Some(p) = progress {
-        ops.push(json!({"op": "add", "path": "/metadata/annotations/nightshift.dev~1progress", "value": p}));
-    }
-    let patch: json_patch::Patch = serde_json::from_value(json!(ops)).unwrap();
+    let progress = progress.map(|(done, total)| Progress { done, total, message: String::new() });
+    let patch = renewal_patch(holder, at, &Report { progress, result: None });
     leases.patch(lease, &PatchParams::default(), &Patch::<()>::Json(patch)).await
 }
 
-fn micro(t: k8s_openapi::jiff::Timestamp) -> String {
-    format!("{t:.6}")
-}
-
-fn now() -> k8s_openapi::jiff::Timestamp {
-    k8s_openapi::jiff::Timestamp::now()
-}
-
 /// Keeps renewing `lease` for `holder` every `every` until dropped; `progress(n)` gives the
-/// progress annotation of the n-th renewal, `renew_time(n)` its renewTime.
+/// progress of the n-th renewal, `at(n)` its renewTime.
 fn keep_renewing(
     leases: Api<Lease>,
     lease: String,
     holder: String,
     every: Duration,
-    renew_time: impl Fn(u64) -> String + Send + 'static,
-    progress: impl Fn(u64) -> Option<String> + Send + 'static,
+    at: impl Fn(u64) -> Timestamp + Send + 'static,
+    progress: impl Fn(u64) -> Option<(u64, u64)> + Send + 'static,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         for n in 0u64.. {
-            let _ = renew(&leases, &lease, &holder, &renew_time(n), progress(n).as_deref()).await;
+            let _ = renew(&leases, &lease, &holder, at(n), progress(n)).await;
             tokio::time::sleep(every).await;
         }
     })
@@ -99,16 +77,21 @@ async fn a_worker_token_renews_its_own_lease_and_nothing_else() {
     let pod = f.pods.get("alpha-0-1").await.unwrap();
     assert_eq!(pod.spec.unwrap().service_account_name.as_deref(), Some("alpha-worker"));
 
-    let token = worker_token(&f, "alpha").await;
+    let token = token(&f.client, &f.ns.name, "alpha-worker").await;
     let worker = client_with_token(&token).await;
     let leases: Api<Lease> = Api::namespaced(worker.clone(), &f.ns.name);
     wait_until("the worker token to renew its own Lease", WAIT, || async {
-        renew(&leases, "alpha-0", "alpha-0-1", &micro(now()), Some("1/2")).await.map(|_| ()).map_err(|e| e.to_string())
+        renew(&leases, "alpha-0", "alpha-0-1", Timestamp::now(), Some((1, 2)))
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
     })
     .await;
-    renew(&leases, "alpha-1", "alpha-1-1", &micro(now()), None).await.expect("a sibling shard's Lease of the same job");
+    renew(&leases, "alpha-1", "alpha-1-1", Timestamp::now(), None)
+        .await
+        .expect("a sibling shard's Lease of the same job");
 
-    let refused = renew(&leases, "beta-0", "beta-0-1", &micro(now()), None).await.map(|_| ());
+    let refused = renew(&leases, "beta-0", "beta-0-1", Timestamp::now(), None).await.map(|_| ());
     assert_eq!(api_error(&refused).map(|e| e.0), Some(403), "another job's Lease: {refused:?}");
     let jobs: Api<nightshift::api::BackgroundJob> = Api::namespaced(worker.clone(), &f.ns.name);
     let refused = jobs.get("alpha").await.map(|_| ());
@@ -120,38 +103,19 @@ async fn a_worker_token_renews_its_own_lease_and_nothing_else() {
     assert_eq!(api_error(&refused).map(|e| e.0), Some(403), "listing Leases: {refused:?}");
 }
 
-/// A kubeconfig for the test control plane that authenticates with `token` only.
-fn token_kubeconfig(token: &str, dir: &std::path::Path) -> std::path::PathBuf {
-    let admin: serde_json::Value =
-        serde_yaml_ng::from_str(&std::fs::read_to_string(kubeconfig_path()).unwrap()).unwrap();
-    let cluster = admin["clusters"][0]["cluster"].clone();
-    let config = json!({
-        "apiVersion": "v1", "kind": "Config",
-        "clusters": [{"name": "test", "cluster": cluster}],
-        "users": [{"name": "worker", "user": {"token": token}}],
-        "contexts": [{"name": "worker", "context": {"cluster": "test", "user": "worker"}}],
-        "current-context": "worker",
-    });
-    let path = dir.join("worker.kubeconfig");
-    std::fs::write(&path, serde_json::to_string(&config).unwrap()).unwrap();
-    path
-}
-
 #[tokio::test]
 async fn the_agent_run_with_a_worker_token_reports_progress_into_the_status() {
     let (f, _operator) = fixture("hb-agent").await;
     f.create("agented", heartbeat_job(30, None)).await;
     f.wait_live("agented", 1).await;
     sim::mark_running(&f.pods, "agented-0-1").await.unwrap();
-    let token = worker_token(&f, "agented").await;
-    let dir = std::env::temp_dir().join(format!("nightshift-agent-{}", f.ns.name));
-    std::fs::create_dir_all(&dir).unwrap();
-    let kubeconfig = token_kubeconfig(&token, &dir);
+    let token = token(&f.client, &f.ns.name, "agented-worker").await;
+    let kubeconfig = token_kubeconfig(&token, &format!("{}-worker.kubeconfig", f.ns.name));
 
     let mut agent = tokio::process::Command::new(env!("CARGO_BIN_EXE_nightshift"))
         .args(["agent", "--", "sh", "-c"])
         .arg(r#"echo "::nightshift:: progress 3/10 loading rows"; echo '::nightshift:: result {"created":3}'; sleep 4; exit 3"#)
-        .env("KUBECONFIG", &kubeconfig)
+        .env("KUBECONFIG", &kubeconfig.0)
         .env("NIGHTSHIFT_NAMESPACE", &f.ns.name)
         .env("NIGHTSHIFT_LEASE", "agented-0")
         .env("NIGHTSHIFT_POD", "agented-0-1")
@@ -173,7 +137,6 @@ async fn the_agent_run_with_a_worker_token_reports_progress_into_the_status() {
     assert_eq!(status.result, Some(json!({"created": 3})));
     let exit = tokio::time::timeout(WAIT, agent.wait()).await.expect("the agent exits").unwrap();
     assert_eq!(exit.code(), Some(3), "the command's exit code is the agent's");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test]
@@ -204,8 +167,8 @@ async fn a_worker_that_heartbeats_without_progress_fails_as_stalled() {
         "stuck-0".into(),
         "stuck-0-1".into(),
         Duration::from_millis(500),
-        |_| micro(now()),
-        |_| Some("7/100".into()),
+        |_| Timestamp::now(),
+        |_| Some((7, 100)),
     );
     f.wait_live_exactly("stuck", &["stuck-0-2"]).await;
     beats.abort();
@@ -225,8 +188,8 @@ async fn worker_clock_skew_changes_nothing() {
         "skewed-0".into(),
         "skewed-0-1".into(),
         Duration::from_millis(500),
-        |_| micro(now() - k8s_openapi::jiff::SignedDuration::from_secs(3600)),
-        |n| Some(format!("{n}/1000")),
+        |_| Timestamp::now() - SignedDuration::from_secs(3600),
+        |n| Some((n, 1000)),
     );
     let status = wait_until("a heartbeat in the status", WAIT, || async {
         let s = f.status("skewed").await;
@@ -235,7 +198,7 @@ async fn worker_clock_skew_changes_nothing() {
     .await;
     // The operator's clock stamps heartbeats, not the worker's.
     let seen = status.last_heartbeat_time.unwrap().0;
-    assert!((now() - seen).get_seconds().abs() < 60, "lastHeartbeatTime {seen} is on the operator's clock");
+    assert!((Timestamp::now() - seen).get_seconds().abs() < 60, "lastHeartbeatTime {seen} is on the operator's clock");
     // Three timeouts pass and the attempt lives on.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while tokio::time::Instant::now() < deadline {
@@ -291,8 +254,8 @@ async fn steady_heartbeats_from_three_workers_stay_within_the_status_write_bound
             format!("steady-{shard}"),
             pod.clone(),
             Duration::from_secs(1),
-            |_| micro(now()),
-            |n| Some(format!("{n}/1000")),
+            |_| Timestamp::now(),
+            |n| Some((n, 1000)),
         ));
     }
     // Let the start settle (readiness is folded in too), then count every change of the job for a minute.
@@ -376,7 +339,7 @@ async fn agent_injection_wraps_the_worker_and_needs_an_agent_image() {
     operator.kill().await;
 
     let options = nightshift::controller::Options { agent_image: Some("nightshift:test".into()), ..Default::default() };
-    let _operator = crate::support::Operator::start_with(&f.client, &f.ns.name, options).await;
+    let _operator = Operator::start_with(&f.client, &f.ns.name, options).await;
     f.create("injected", spec).await;
     f.wait_live("injected", 1).await;
     let pod = f.pods.get("injected-0-1").await.unwrap().spec.unwrap();

@@ -4,12 +4,11 @@
 //! view/edit/admin roles, and the operator binary running with the chart's args on nothing but
 //! the rights the chart grants it.
 
-use std::{process::Output, time::Duration};
+use std::process::Output;
 
 use k8s_openapi::{
     api::{
         apps::v1::{Deployment, ReplicaSet},
-        authentication::v1::TokenRequest,
         coordination::v1::Lease,
         core::v1::{Event, Namespace, Pod, Service, ServiceAccount},
         events::v1::Event as EventV1,
@@ -25,9 +24,11 @@ use kube::{
 use nightshift::api::{BackgroundJob, Phase};
 use serde_json::json;
 
-use crate::support::{TestNamespace, api_error, client, client_with_token, install_crd, kubeconfig_path, wait_until};
+use crate::support::{
+    TempFile, TestNamespace, WAIT, api_error, client, client_with_token, free_port, get, install_crd, kubeconfig_path,
+    token, token_kubeconfig, wait_default_service_account, wait_until,
+};
 
-const WAIT: Duration = Duration::from_secs(60);
 const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/charts/nightshift");
 const CRD: &str = "backgroundjobs.nightshift.dev";
 /// Operator pods with this node selector are never scheduled (no node has the label).
@@ -116,18 +117,6 @@ impl Drop for Release {
     }
 }
 
-/// A token for a ServiceAccount, from the TokenRequest API.
-async fn token(client: &Client, namespace: &str, account: &str) -> String {
-    let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), namespace);
-    let request: TokenRequest =
-        serde_json::from_value(json!({"spec": {"audiences": [], "expirationSeconds": 3600}})).unwrap();
-    let response = sas
-        .create_token_request(account, &PostParams::default(), &request)
-        .await
-        .unwrap_or_else(|e| panic!("a token for {namespace}/{account}: {e}"));
-    response.status.and_then(|s| s.token).expect("a TokenRequest answers with a token")
-}
-
 /// A ServiceAccount `name` in `ns` bound (RoleBinding) to the built-in ClusterRole `role`.
 async fn account_bound_to(ns: &TestNamespace, name: &str, role: &str) {
     let pp = PostParams::default();
@@ -157,7 +146,7 @@ async fn restricted_namespace(client: &Client, prefix: &str) -> TestNamespace {
     install_crd(client).await;
     let ns = TestNamespace::new(client, prefix).await;
     restrict(&ns).await;
-    wait_default_account(&ns).await;
+    wait_default_service_account(&ns).await;
     ns
 }
 
@@ -174,14 +163,6 @@ async fn restrict(ns: &TestNamespace) {
         .unwrap();
 }
 
-async fn wait_default_account(ns: &TestNamespace) {
-    let sas: Api<ServiceAccount> = ns.api();
-    wait_until("the namespace's default ServiceAccount", WAIT, || async {
-        sas.get_opt("default").await.map_err(|e| e.to_string())?.map(|_| ()).ok_or_else(|| "absent".into())
-    })
-    .await;
-}
-
 /// KIND/NAME of the objects `selector` finds.
 async fn names<K>(api: Api<K>, selector: &ListParams) -> Result<Vec<String>, String>
 where
@@ -189,34 +170,6 @@ where
 {
     let list = api.list(selector).await.map_err(|e| e.to_string())?;
     Ok(list.iter().map(|o| format!("{}/{}", K::kind(&()), o.name_any())).collect())
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-/// GET http://127.0.0.1:PORT/PATH: the status code and the whole response.
-async fn get(port: u16, path: &str) -> Result<(u16, String), String> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.map_err(|e| e.to_string())?;
-    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.map_err(|e| e.to_string())?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.map_err(|e| e.to_string())?;
-    let code = response.split_whitespace().nth(1).and_then(|c| c.parse().ok()).ok_or("no status line")?;
-    Ok((code, response))
-}
-
-/// The harness kubeconfig with its user replaced by a bearer token.
-fn token_kubeconfig(token: &str) -> String {
-    let path = kubeconfig_path();
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
-    let mut config: serde_json::Value = serde_yaml_ng::from_str(&text).expect("the kubeconfig is YAML");
-    config["users"] = json!([{"name": "token", "user": {"token": token}}]);
-    for context in config["contexts"].as_array_mut().expect("kubeconfig contexts") {
-        context["context"]["user"] = json!("token");
-    }
-    config.to_string() // JSON is YAML
 }
 
 /// The operator binary with `args` and a ServiceAccount token, as its pod would run it (POD_NAME
@@ -229,7 +182,7 @@ struct OperatorProcess {
 
 impl OperatorProcess {
     fn start(args: &[String], token: &str, namespace: &str) -> Self {
-        let kubeconfig = TempFile::new(&format!("{namespace}.kubeconfig"), &token_kubeconfig(token));
+        let kubeconfig = token_kubeconfig(token, &format!("{namespace}.kubeconfig"));
         let log = TempFile::new(&format!("{namespace}-operator.log"), "");
         let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_nightshift"))
             .args(args)
@@ -257,23 +210,6 @@ impl OperatorProcess {
             let log = std::fs::read_to_string(&self.log.0).unwrap_or_default();
             panic!("the operator exited ({status}):\n{log}");
         }
-    }
-}
-
-/// A file in the temp folder, removed when dropped.
-struct TempFile(std::path::PathBuf);
-
-impl TempFile {
-    fn new(name: &str, content: &str) -> Self {
-        let path = std::env::temp_dir().join(name);
-        std::fs::write(&path, content).unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
-        Self(path)
-    }
-}
-
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
     }
 }
 
@@ -525,7 +461,7 @@ async fn the_operator_runs_a_job_on_the_rights_the_chart_gives_it_in_one_namespa
     install_crd(&client).await;
     let ops = TestNamespace::new(&client, "helm-ops").await;
     let watched = TestNamespace::new(&client, "helm-watched").await;
-    wait_default_account(&watched).await;
+    wait_default_service_account(&watched).await;
     let release = Release::install(&ops, &["--set", &format!("replicas=1,watchNamespaces={{{}}}", watched.name)]).await;
     let name = release.fullname();
     let selector = ListParams::default().labels(&release.selector());

@@ -2,155 +2,20 @@
 //! time out, suspend, clean up, and survive an operator restart. The test plays the node with
 //! the pod simulator's functions, so each pod's outcome is the test's choice.
 
-use std::{collections::BTreeMap, time::Duration};
+use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{Event, Pod};
+use k8s_openapi::api::core::v1::Pod;
 use kube::{
-    Api, Client, ResourceExt,
-    api::{DeleteParams, ListParams, Patch, PatchParams, PostParams},
+    ResourceExt,
+    api::{DeleteParams, Patch, PatchParams},
 };
 use nightshift::{
-    api::{BackgroundJob, BackgroundJobStatus, FINALIZER_TRACKING, LABEL_JOB, Phase},
+    api::{FINALIZER_TRACKING, Phase},
     sim,
 };
 use serde_json::json;
 
-use crate::support::{Operator, TestNamespace, client, install_crd, wait_until};
-
-pub const WAIT: Duration = Duration::from_secs(60);
-
-pub struct Fixture {
-    pub client: Client,
-    pub ns: TestNamespace,
-    pub jobs: Api<BackgroundJob>,
-    pub pods: Api<Pod>,
-}
-
-pub async fn fixture(prefix: &str) -> (Fixture, Operator) {
-    fixture_with(prefix, Default::default()).await
-}
-
-/// A namespace with an operator of its own, run with these options.
-pub async fn fixture_with(prefix: &str, options: nightshift::controller::Options) -> (Fixture, Operator) {
-    let client = client().await;
-    install_crd(&client).await;
-    let ns = TestNamespace::new(&client, prefix).await;
-    // Pods are refused until the namespace has its default ServiceAccount.
-    let sas: Api<k8s_openapi::api::core::v1::ServiceAccount> = ns.api();
-    wait_until("the default ServiceAccount", WAIT, || async {
-        sas.get_opt("default").await.map_err(|e| e.to_string())?.map(|_| ()).ok_or_else(|| "absent".into())
-    })
-    .await;
-    let operator = Operator::start_with(&client, &ns.name, options).await;
-    let f = Fixture { jobs: ns.api(), pods: ns.api(), client, ns };
-    (f, operator)
-}
-
-/// A job for the tests' node, which is the test itself (or the simulator): its pods carry the
-/// simulator's scheduler name, also when `spec` brings its own template, so that no kubelet of
-/// the cluster runs them.
-fn manifest(name: &str, spec: serde_json::Value) -> BackgroundJob {
-    let mut full = json!({
-        "template": {"spec": {"containers": [{"name": "worker", "image": "registry.example/worker:1"}]}}
-    });
-    for (k, v) in spec.as_object().unwrap() {
-        full[k] = v.clone();
-    }
-    let pod_spec = full["template"]["spec"].as_object_mut().expect("the template has a spec");
-    pod_spec.entry("schedulerName").or_insert_with(|| json!(sim::SCHEDULER_NAME));
-    serde_json::from_value(json!({
-        "apiVersion": "nightshift.dev/v1alpha1", "kind": "BackgroundJob",
-        "metadata": {"name": name}, "spec": full
-    }))
-    .unwrap()
-}
-
-impl Fixture {
-    pub async fn create(&self, name: &str, spec: serde_json::Value) {
-        self.jobs.create(&PostParams::default(), &manifest(name, spec)).await.unwrap();
-    }
-
-    pub async fn status(&self, name: &str) -> BackgroundJobStatus {
-        self.jobs.get_status(name).await.unwrap().status.unwrap_or_default()
-    }
-
-    pub async fn all_pods(&self, job: &str) -> Vec<Pod> {
-        self.pods.list(&ListParams::default().labels(&format!("{LABEL_JOB}={job}"))).await.unwrap().items
-    }
-
-    /// Live pods: neither finished nor being deleted.
-    pub async fn live_pods(&self, job: &str) -> Vec<Pod> {
-        self.all_pods(job)
-            .await
-            .into_iter()
-            .filter(|p| {
-                p.metadata.deletion_timestamp.is_none()
-                    && matches!(p.status.as_ref().and_then(|s| s.phase.as_deref()), None | Some("Pending" | "Running"))
-            })
-            .collect()
-    }
-
-    /// Waits until exactly `n` live pods exist and returns their names, sorted.
-    pub async fn wait_live(&self, job: &str, n: usize) -> Vec<String> {
-        wait_until(&format!("{n} live pods of {job}"), WAIT, || async {
-            let live = self.live_pods(job).await;
-            let mut names: Vec<String> = live.iter().map(|p| p.name_any()).collect();
-            names.sort();
-            if names.len() == n { Ok(names) } else { Err(format!("live pods {names:?}")) }
-        })
-        .await
-    }
-
-    /// Waits until the live pods are exactly `names`.
-    pub async fn wait_live_exactly(&self, job: &str, names: &[&str]) {
-        wait_until(&format!("live pods of {job} to be {names:?}"), WAIT, || async {
-            let mut live: Vec<String> = self.live_pods(job).await.iter().map(|p| p.name_any()).collect();
-            live.sort();
-            if live == names { Ok(()) } else { Err(format!("live pods {live:?}")) }
-        })
-        .await
-    }
-
-    pub async fn wait_phase(&self, job: &str, phase: Phase) -> BackgroundJobStatus {
-        wait_until(&format!("{job} to reach phase {phase}"), WAIT, || async {
-            let status = self.status(job).await;
-            if status.phase == Some(phase) { Ok(status) } else { Err(format!("{status:?}")) }
-        })
-        .await
-    }
-
-    pub async fn finish(&self, pod: &str, exit_code: i32) {
-        sim::mark_running(&self.pods, pod).await.unwrap();
-        sim::mark_finished(&self.pods, pod, exit_code).await.unwrap();
-    }
-
-    /// Waits until the job has an event with `reason` whose message contains `text`, and returns
-    /// all its events (events are published in the background, a moment after the change).
-    pub async fn wait_event(&self, job: &str, reason: &str, text: &str) -> Vec<(String, String)> {
-        wait_until(&format!("a {reason} event of {job} saying {text:?}"), WAIT, || async {
-            let events = self.events(job).await;
-            if events.iter().any(|(r, m)| r == reason && m.contains(text)) {
-                Ok(events)
-            } else {
-                Err(format!("{events:?}"))
-            }
-        })
-        .await
-    }
-
-    pub async fn events(&self, job: &str) -> Vec<(String, String)> {
-        let events: Api<Event> = self.ns.api();
-        events
-            .list(&ListParams::default())
-            .await
-            .unwrap()
-            .items
-            .into_iter()
-            .filter(|e| e.involved_object.name.as_deref() == Some(job))
-            .map(|e| (e.reason.unwrap_or_default(), e.message.unwrap_or_default()))
-            .collect()
-    }
-}
+use crate::support::{Operator, WAIT, fixture, wait_until};
 
 fn label(pod: &Pod, key: &str) -> String {
     pod.labels().get(key).cloned().unwrap_or_default()
@@ -219,21 +84,22 @@ async fn a_failed_shard_is_retried_after_backoff_and_then_succeeds() {
     let (f, _operator) = fixture("retry").await;
     f.create(
         "flaky",
-        json!({"shards": 1, "retry": {"limit": 2, "backoff": {"initialSeconds": 1, "factor": 2, "maxSeconds": 5}}}),
+        json!({"shards": 1, "retry": {"limit": 2, "backoff": {"initialSeconds": 5, "factor": 2, "maxSeconds": 10}}}),
     )
     .await;
     f.wait_live("flaky", 1).await;
     f.finish("flaky-0-1", 3).await;
-    let status = wait_until("the shard to wait for its retry or run it", WAIT, || async {
+    // A backoff of 5 s: the shard is seen waiting for its retry, never already running it.
+    let status = wait_until("the shard to wait for its retry", WAIT, || async {
         let s = f.status("flaky").await;
-        if !s.retrying.is_empty() || s.active.iter().any(|a| a.attempt == 2) { Ok(s) } else { Err(format!("{s:?}")) }
+        assert!(!s.active.iter().any(|a| a.attempt == 2), "attempt 2 ran before its backoff was seen: {s:?}");
+        if s.retrying.is_empty() { Err(format!("{s:?}")) } else { Ok(s) }
     })
     .await;
-    if let Some(r) = status.retrying.first() {
-        assert_eq!((r.shard, r.attempt, r.failures), (0, 2, 1));
-        assert!(r.next_retry_time.is_some());
-        assert_eq!(r.last_failure.as_ref().unwrap().exit_code, Some(3));
-    }
+    let r = &status.retrying[0];
+    assert_eq!((r.shard, r.attempt, r.failures), (0, 2, 1));
+    assert!(r.next_retry_time.is_some());
+    assert_eq!(r.last_failure.as_ref().unwrap().exit_code, Some(3));
     f.wait_live_exactly("flaky", &["flaky-0-2"]).await;
     let active = wait_until("the status to record attempt 2", WAIT, || async {
         let active = f.status("flaky").await.active;
@@ -399,14 +265,7 @@ async fn an_operator_restart_mid_run_loses_and_duplicates_nothing() {
     let _operator = Operator::start(&f.client, &f.ns.name).await;
 
     // Everything that runs from here on succeeds.
-    wait_until("the job to succeed after the restart", Duration::from_secs(90), || async {
-        for pod in f.live_pods("durable").await {
-            f.finish(&pod.name_any(), 0).await;
-        }
-        let s = f.status("durable").await;
-        if s.phase == Some(Phase::Succeeded) { Ok(()) } else { Err(format!("{s:?}")) }
-    })
-    .await;
+    f.run_to_success("durable").await;
     let status = f.status("durable").await;
     let shards = status.shards.unwrap();
     assert_eq!((shards.succeeded, shards.failed, shards.pending, shards.running), (6, 0, 0, 0));

@@ -3,8 +3,6 @@
 //! are scheduled by kube-scheduler and run by the kubelet, so exit codes, OOM kills, image pull
 //! errors, SIGTERM, heartbeats from inside pods, the mounted token and `kubectl logs` are real.
 
-use std::time::Duration;
-
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::{coordination::v1::Lease, core::v1::Pod};
 use kube::{
@@ -15,13 +13,10 @@ use kube::{
 use nightshift::api::{BackgroundJob, BackgroundJobStatus, LABEL_JOB, Phase};
 use serde_json::json;
 
-use crate::{
-    jobs::{Fixture, fixture_with},
-    support::{Operator, api_error, client_with_token, wait_until},
+use crate::support::{
+    Fixture, Operator, WAIT, api_error, client_with_token, fixture_with, kubeconfig_path, wait_until,
 };
 
-/// Real pods start in about a second; a job of a few shards ends well within this.
-const WAIT: Duration = Duration::from_secs(120);
 const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 fn example_image() -> String {
@@ -95,7 +90,8 @@ fn merge(base: serde_json::Value, over: serde_json::Value) -> serde_json::Value 
 }
 
 /// What the real node adds to the fixture: jobs as written (no simulator scheduler name), and
-/// waits on what the kubelet reports.
+/// waits on what the kubelet reports. Real pods start in about a second; a job of a few shards
+/// ends well within `WAIT * 2`.
 trait OnTheNode {
     async fn create_job(&self, job: &BackgroundJob);
     async fn wait_status<T>(&self, name: &str, what: &str, check: impl Fn(&BackgroundJobStatus) -> Option<T>) -> T;
@@ -109,7 +105,7 @@ impl OnTheNode for Fixture {
     }
 
     async fn wait_status<T>(&self, name: &str, what: &str, check: impl Fn(&BackgroundJobStatus) -> Option<T>) -> T {
-        wait_until(&format!("{name}: {what}"), WAIT, || async {
+        wait_until(&format!("{name}: {what}"), WAIT * 2, || async {
             let status = self.status(name).await;
             check(&status).ok_or_else(|| format!("{status:?}"))
         })
@@ -118,7 +114,7 @@ impl OnTheNode for Fixture {
 
     /// Waits until the pod's first container has terminated; returns (exit code, reason).
     async fn wait_terminated(&self, pod: &str) -> (i32, String) {
-        wait_until(&format!("{pod}'s container to terminate"), WAIT, || async {
+        wait_until(&format!("{pod}'s container to terminate"), WAIT * 2, || async {
             let pod = self.pods.get(pod).await.map_err(|e| e.to_string())?;
             terminated(&pod).ok_or_else(|| format!("{:?}", pod.status.and_then(|s| s.container_statuses)))
         })
@@ -127,7 +123,7 @@ impl OnTheNode for Fixture {
 
     /// Waits until the pod is Running on the node (its main container started).
     async fn wait_running(&self, pod: &str) {
-        wait_until(&format!("{pod} to run"), WAIT, || async {
+        wait_until(&format!("{pod} to run"), WAIT * 2, || async {
             let p = self.pods.get_opt(pod).await.map_err(|e| e.to_string())?.ok_or("not created yet")?;
             let phase = p.status.as_ref().and_then(|s| s.phase.clone()).unwrap_or_default();
             if phase == "Running" { Ok(()) } else { Err(format!("phase {phase}: {:?}", p.status)) }
@@ -146,7 +142,7 @@ fn terminated(pod: &Pod) -> Option<(i32, String)> {
 async fn kubectl(args: &[&str]) -> String {
     let output = tokio::process::Command::new("kubectl")
         .arg("--kubeconfig")
-        .arg(crate::support::kubeconfig_path())
+        .arg(kubeconfig_path())
         .args(args)
         .output()
         .await
@@ -165,9 +161,9 @@ async fn exit_code_seen(pods: Api<Pod>, job: &str, matching: impl Fn(&Pod) -> bo
             futures::future::ready(Ok(code))
         });
     let mut stream = std::pin::pin!(stream);
-    tokio::time::timeout(WAIT, stream.next())
+    tokio::time::timeout(WAIT * 2, stream.next())
         .await
-        .unwrap_or_else(|_| panic!("no terminated pod of {job} seen within {WAIT:?}"))
+        .unwrap_or_else(|_| panic!("no terminated pod of {job} seen within {:?}", WAIT * 2))
         .expect("the watch ended")
         .expect("the watch failed")
 }
@@ -297,7 +293,7 @@ async fn attempt_seconds_kills_a_hung_process_and_retries() {
     n.wait_running("hung-0-2").await;
     let events = kubectl(&["-n", &n.ns.name, "get", "events", "--field-selector", "involvedObject.name=hung"]).await;
     assert!(events.contains("AttemptDeadlineExceeded"), "events of hung:\n{events}");
-    wait_until("the hung attempt's pod to be gone", WAIT, || async {
+    wait_until("the hung attempt's pod to be gone", WAIT * 2, || async {
         match n.pods.get_opt("hung-0-1").await.map_err(|e| e.to_string())? {
             None => Ok(()),
             Some(p) => Err(format!("still there: {:?}", p.status.and_then(|s| s.container_statuses))),

@@ -1,22 +1,13 @@
 //! The operator binary as it runs in production: two replicas with leader election, a crash of
 //! the leader, /metrics, /healthz and /readyz, and a graceful exit on SIGTERM.
 
-use std::{
-    collections::{BTreeMap, BTreeSet},
-    sync::{Arc, Mutex},
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
-use futures::StreamExt;
-use k8s_openapi::api::{coordination::v1::Lease, core::v1::Pod};
-use kube::{Api, ResourceExt, runtime::watcher};
-use nightshift::api::Phase;
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::Api;
 use serde_json::json;
 
-use crate::{
-    jobs::{WAIT, fixture},
-    support::{kubeconfig_path, wait_until},
-};
+use crate::support::{PodWatch, WAIT, fixture, free_port, get, kubeconfig_path, wait_until};
 
 const LEASE_SECONDS: u64 = 4;
 
@@ -24,10 +15,6 @@ struct Replica {
     name: String,
     port: u16,
     child: tokio::process::Child,
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 fn start_replica(name: &str, namespace: &str) -> Replica {
@@ -45,19 +32,6 @@ fn start_replica(name: &str, namespace: &str) -> Replica {
     Replica { name: name.into(), port, child }
 }
 
-async fn get(port: u16, path: &str) -> Result<(u16, String), String> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.map_err(|e| e.to_string())?;
-    stream
-        .write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes())
-        .await
-        .map_err(|e| e.to_string())?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.map_err(|e| e.to_string())?;
-    let code = response.split_whitespace().nth(1).and_then(|c| c.parse().ok()).ok_or("no status line")?;
-    Ok((code, response))
-}
-
 async fn holder(leases: &Api<Lease>) -> Option<String> {
     leases.get_opt("nightshift-leader").await.ok().flatten().and_then(|l| l.spec?.holder_identity)
 }
@@ -67,35 +41,7 @@ async fn two_replicas_elect_one_leader_and_the_other_takes_over_when_it_dies() {
     let (f, operator) = fixture("leader").await;
     operator.kill().await; // only the two binaries act here
     // Every pod event: no shard may ever have two live attempts.
-    let live_by_shard: Arc<Mutex<BTreeMap<String, BTreeSet<String>>>> = Arc::default();
-    let doubled: Arc<Mutex<Vec<String>>> = Arc::default();
-    let watch = {
-        let (live_by_shard, doubled) = (live_by_shard.clone(), doubled.clone());
-        let pods: Api<Pod> = f.ns.api();
-        tokio::spawn(async move {
-            let mut events = watcher(pods, watcher::Config::default()).boxed();
-            while let Some(Ok(event)) = events.next().await {
-                let (pod, gone) = match event {
-                    watcher::Event::Apply(p) | watcher::Event::InitApply(p) => (p, false),
-                    watcher::Event::Delete(p) => (p, true),
-                    _ => continue,
-                };
-                let shard = pod.labels().get("nightshift.dev/shard").cloned().unwrap_or_default();
-                let finished =
-                    matches!(pod.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Succeeded" | "Failed"));
-                let mut live = live_by_shard.lock().unwrap();
-                let set = live.entry(shard.clone()).or_default();
-                if gone || finished || pod.metadata.deletion_timestamp.is_some() {
-                    set.remove(&pod.name_any());
-                } else {
-                    set.insert(pod.name_any());
-                }
-                if set.len() > 1 {
-                    doubled.lock().unwrap().push(format!("shard {shard}: {set:?}"));
-                }
-            }
-        })
-    };
+    let watch = PodWatch::start(f.pods.clone());
 
     let a = start_replica("replica-a", &f.ns.name);
     let b = start_replica("replica-b", &f.ns.name);
@@ -149,20 +95,13 @@ async fn two_replicas_elect_one_leader_and_the_other_takes_over_when_it_dies() {
     for pod in &first {
         f.finish(pod, 0).await;
     }
-    wait_until("the job to succeed under the new leader", Duration::from_secs(90), || async {
-        for pod in f.live_pods("elected").await {
-            f.finish(&pod.name_any(), 0).await;
-        }
-        let s = f.status("elected").await;
-        if s.phase == Some(Phase::Succeeded) { Ok(()) } else { Err(format!("{s:?}")) }
-    })
-    .await;
+    f.run_to_success("elected").await;
     assert_eq!(f.status("elected").await.shards.unwrap().succeeded, 6);
     assert_eq!(f.all_pods("elected").await.len(), 6, "no attempt ran twice");
     let new_leader_metrics = metrics(follower.port).await;
     assert!(new_leader_metrics.contains("nightshift_leader 1"), "{new_leader_metrics}");
-    watch.abort();
-    assert!(doubled.lock().unwrap().is_empty(), "two live attempts of a shard: {:?}", doubled.lock().unwrap());
+    let doubled = watch.doubled();
+    assert!(doubled.is_empty(), "two live attempts of a shard: {doubled:?}");
 
     // SIGTERM: a graceful exit, and the Lease handed over (released) rather than left to lapse.
     let pid = follower.child.id().unwrap() as i32;

@@ -2,69 +2,19 @@
 //! exceeded (a watcher sees every pod event), jobs start in queue order, partial admission,
 //! priority changes, suspend freeing capacity, and an operator restart mid-queue.
 
-use std::{
-    collections::BTreeSet,
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+use std::time::Duration;
 
-use futures::StreamExt;
-use k8s_openapi::api::core::v1::Pod;
 use kube::{
-    Api, ResourceExt,
+    ResourceExt,
     api::{Patch, PatchParams},
-    runtime::watcher,
 };
 use nightshift::{api::Phase, controller::Options, decision::queue::Budget};
 use serde_json::json;
 
-use crate::{
-    jobs::{Fixture, WAIT, fixture},
-    support::{Operator, wait_until},
-};
+use crate::support::{Fixture, Operator, PodWatch, WAIT, fixture, wait_until};
 
 fn budget(total: i32) -> Options {
     Options { budget: Budget { total: Some(total), per_namespace: None }, ..Default::default() }
-}
-
-/// Watches every pod event in the namespace: the most live worker pods seen at once, and the
-/// order in which jobs got their first pod.
-#[derive(Default)]
-struct PodWatch {
-    live: BTreeSet<String>,
-    max_live: usize,
-    first_pod_order: Vec<String>,
-}
-
-fn watch_pods(pods: Api<Pod>) -> (Arc<Mutex<PodWatch>>, tokio::task::JoinHandle<()>) {
-    let seen = Arc::new(Mutex::new(PodWatch::default()));
-    let task = {
-        let seen = seen.clone();
-        tokio::spawn(async move {
-            let mut events = watcher(pods, watcher::Config::default().labels("nightshift.dev/job")).boxed();
-            while let Some(Ok(event)) = events.next().await {
-                let mut w = seen.lock().unwrap();
-                let (pod, gone) = match event {
-                    watcher::Event::Apply(p) | watcher::Event::InitApply(p) => (p, false),
-                    watcher::Event::Delete(p) => (p, true),
-                    _ => continue,
-                };
-                let finished =
-                    matches!(pod.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Succeeded" | "Failed"));
-                let job = pod.labels().get("nightshift.dev/job").cloned().unwrap_or_default();
-                if !w.first_pod_order.contains(&job) {
-                    w.first_pod_order.push(job);
-                }
-                if gone || finished {
-                    w.live.remove(&pod.name_any());
-                } else {
-                    w.live.insert(pod.name_any());
-                }
-                w.max_live = w.max_live.max(w.live.len());
-            }
-        })
-    };
-    (seen, task)
 }
 
 /// Plays the node: every live pod runs and succeeds, round after round.
@@ -86,7 +36,7 @@ fn finish_everything(f: &Fixture) -> tokio::task::JoinHandle<()> {
 }
 
 async fn wait_all_succeeded(f: &Fixture, jobs: &[String]) {
-    wait_until("every job to succeed", Duration::from_secs(180), || async {
+    wait_until("every job to succeed", WAIT * 3, || async {
         let mut left = Vec::new();
         for j in jobs {
             if f.status(j).await.phase != Some(Phase::Succeeded) {
@@ -102,7 +52,7 @@ async fn wait_all_succeeded(f: &Fixture, jobs: &[String]) {
 async fn ten_jobs_share_a_budget_of_four_in_priority_order() {
     let (f, operator) = fixture("queue-ten").await;
     operator.kill().await; // jobs first, then an operator with a budget
-    let (seen, watch) = watch_pods(f.pods.clone());
+    let watch = PodWatch::start(f.pods.clone());
     let mut names = Vec::new();
     for i in 0..10 {
         let name = format!("job-{i}");
@@ -124,11 +74,7 @@ async fn ten_jobs_share_a_budget_of_four_in_priority_order() {
     let all: Vec<String> = names.iter().map(|(_, n)| n.clone()).collect();
     wait_all_succeeded(&f, &all).await;
     driver.abort();
-    watch.abort();
-    let (max_live, first_pod_order) = {
-        let seen = seen.lock().unwrap();
-        (seen.max_live, seen.first_pod_order.clone())
-    };
+    let (max_live, first_pod_order) = (watch.max_live(), watch.first_pod_order());
     assert!(max_live <= 4, "{max_live} live worker pods at once with a budget of 4");
     assert!(max_live >= 3, "the budget was used: at most {max_live} at once");
     names.sort_by_key(|n| std::cmp::Reverse(n.0));
@@ -168,9 +114,11 @@ async fn partial_admission_starts_with_what_fits_and_grows() {
 async fn raising_a_priority_reorders_the_queue_and_suspending_frees_capacity() {
     let (f, operator) = fixture("queue-reorder").await;
     operator.kill().await;
-    let _operator = Operator::start_with(&f.client, &f.ns.name, budget(2)).await;
+    let _operator = Operator::start_with(&f.client, &f.ns.name, budget(3)).await;
     f.create("holder", json!({"shards": 2, "workers": {"max": 2}, "priority": 100})).await;
     f.wait_live("holder", 2).await;
+    f.create("filler", json!({"shards": 1, "priority": 50})).await;
+    f.wait_live("filler", 1).await;
     f.create("first", json!({"shards": 1})).await;
     f.wait_phase("first", Phase::Queued).await;
     f.create("second", json!({"shards": 1})).await;
@@ -185,14 +133,20 @@ async fn raising_a_priority_reorders_the_queue_and_suspending_frees_capacity() {
     })
     .await;
 
+    // One worker frees up: it goes to second, now ahead of first, and first waits on.
+    f.finish("filler-0-1", 0).await;
+    let started = wait_until("a queued job to get the freed worker", WAIT, || async {
+        let started = (f.live_pods("second").await.len(), f.live_pods("first").await.len());
+        if started != (0, 0) { Ok(started) } else { Err("no pod of second or first yet".into()) }
+    })
+    .await;
+    assert_eq!(started, (1, 0), "(second, first) pods: second (raised) gets the one free worker");
+    assert_eq!(f.status("first").await.phase, Some(Phase::Queued));
+
     f.jobs.patch("holder", &PatchParams::default(), &Patch::Merge(json!({"spec": {"suspend": true}}))).await.unwrap();
     f.wait_phase("holder", Phase::Suspended).await;
+    f.wait_live("first", 1).await; // holder's workers freed
     f.wait_live("second", 1).await;
-    f.wait_live("first", 1).await; // two slots freed: both fit, in order
-    // Pods are created before the status that records them is written: wait for both.
-    let second_start = f.wait_phase("second", Phase::Running).await.start_time.unwrap();
-    let first_start = f.wait_phase("first", Phase::Running).await.start_time.unwrap();
-    assert!(second_start <= first_start, "second (raised) started no later than first");
     assert_eq!(f.status("holder").await.succeeded_shards, None, "suspending kept holder's (empty) progress");
 }
 
@@ -200,7 +154,7 @@ async fn raising_a_priority_reorders_the_queue_and_suspending_frees_capacity() {
 async fn an_operator_restart_mid_queue_drains_it_within_the_budget() {
     let (f, operator) = fixture("queue-restart").await;
     operator.kill().await;
-    let (seen, watch) = watch_pods(f.pods.clone());
+    let watch = PodWatch::start(f.pods.clone());
     let names: Vec<String> = (0..4).map(|i| format!("drain-{i}")).collect();
     for name in &names {
         f.create(name, json!({"shards": 2, "workers": {"min": 1, "max": 2}})).await;
@@ -209,7 +163,7 @@ async fn an_operator_restart_mid_queue_drains_it_within_the_budget() {
     let running = f.wait_live("drain-0", 2).await;
     f.finish(&running[0], 0).await;
     wait_until("the freed worker to be used", WAIT, || async {
-        let live = seen.lock().unwrap().live.len();
+        let live = watch.live();
         if live == 2 { Ok(()) } else { Err(format!("{live} live")) }
     })
     .await;
@@ -218,8 +172,7 @@ async fn an_operator_restart_mid_queue_drains_it_within_the_budget() {
     let driver = finish_everything(&f);
     wait_all_succeeded(&f, &names).await;
     driver.abort();
-    watch.abort();
-    let max_live = seen.lock().unwrap().max_live;
+    let max_live = watch.max_live();
     assert!(max_live <= 2, "{max_live} live worker pods at once with a budget of 2");
     for name in &names {
         assert_eq!(f.status(name).await.shards.unwrap().succeeded, 2, "{name}: exact counts");

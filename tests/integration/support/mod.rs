@@ -1,5 +1,17 @@
-//! Test support: a client for the local control plane, a namespace per test, bounded waits.
-#![allow(dead_code)]
+//! Test support: everything the integration tests share, so that each test file holds only its
+//! tests and what is particular to them.
+//!
+//! - here: a client for the local cluster, a namespace per test, bounded waits ([`WAIT`]), the
+//!   BackgroundJob CRD, API errors, temporary files;
+//! - [`fixture`]: a namespace with an operator of its own ([`Fixture`], [`Operator`]);
+//! - [`auth`]: tokens and clients of ServiceAccounts, the namespace's default ServiceAccount;
+//! - [`http`]: a free local port and a plain HTTP GET (metrics and probes);
+//! - [`watch`]: a watch that sees every event of a namespace's worker pods ([`PodWatch`]).
+
+pub mod auth;
+pub mod fixture;
+pub mod http;
+pub mod watch;
 
 use std::{future::Future, path::PathBuf, time::Duration};
 
@@ -9,6 +21,17 @@ use kube::{
     api::{DeleteParams, PostParams},
     config::{KubeConfigOptions, Kubeconfig},
 };
+
+pub use self::{
+    auth::{client_with_token, token, token_kubeconfig, wait_default_service_account},
+    fixture::{Fixture, Operator, fixture, fixture_with},
+    http::{free_port, get},
+    watch::PodWatch,
+};
+
+/// How long a test waits for the cluster or the operator to do something. A wait that
+/// legitimately takes longer says so: `WAIT * 2`.
+pub const WAIT: Duration = Duration::from_secs(60);
 
 /// The harness kubeconfig: `NIGHTSHIFT_TEST_KUBECONFIG`, else the one `make cluster-up` wrote.
 /// Never the user's `KUBECONFIG`: tests create and delete things.
@@ -34,13 +57,6 @@ pub async fn admin_config() -> Config {
 
 pub async fn client() -> Client {
     Client::try_from(admin_config().await).expect("a client for the test control plane")
-}
-
-/// A client that authenticates with a bearer token only (e.g. one from the TokenRequest API).
-pub async fn client_with_token(token: &str) -> Client {
-    let mut config = admin_config().await;
-    config.auth_info = serde_json::from_value(serde_json::json!({ "token": token })).unwrap();
-    Client::try_from(config).expect("a token client")
 }
 
 /// A namespace of its own for one test, deleted when the guard drops (also when the test panics).
@@ -146,7 +162,7 @@ pub async fn install_crd(client: &Client) {
     crds.patch(&name, &PatchParams::apply("nightshift-tests").force(), &Patch::Apply(&crd))
         .await
         .unwrap_or_else(|e| panic!("installing the BackgroundJob CRD: {e}"));
-    wait_until("the BackgroundJob CRD to be established", Duration::from_secs(30), || async {
+    wait_until("the BackgroundJob CRD to be established", WAIT, || async {
         let crd = crds.get(&name).await.map_err(|e| e.to_string())?;
         let conditions = crd.status.and_then(|s| s.conditions).unwrap_or_default();
         if conditions.iter().any(|c| c.type_ == "Established" && c.status == "True") {
@@ -158,39 +174,25 @@ pub async fn install_crd(client: &Client) {
     .await;
     // Established can precede the resource being served by a moment.
     let jobs: Api<nightshift::api::BackgroundJob> = Api::default_namespaced(client.clone());
-    wait_until("BackgroundJobs to be served", Duration::from_secs(30), || async {
+    wait_until("BackgroundJobs to be served", WAIT, || async {
         jobs.list(&Default::default()).await.map(|_| ()).map_err(|e| e.to_string())
     })
     .await;
 }
 
-/// The operator, run in this process against one namespace, until stopped or dropped.
-pub struct Operator {
-    task: tokio::task::JoinHandle<()>,
-}
+/// A file in the temp folder, removed when dropped (also when the test panics).
+pub struct TempFile(pub PathBuf);
 
-impl Operator {
-    pub async fn start(client: &Client, namespace: &str) -> Self {
-        Self::start_with(client, namespace, Default::default()).await
-    }
-
-    /// With these options (its namespace is set to `namespace`).
-    pub async fn start_with(client: &Client, namespace: &str, options: nightshift::controller::Options) -> Self {
-        let options = nightshift::controller::Options { namespace: Some(namespace.to_string()), ..options };
-        let client = client.clone();
-        let task = tokio::spawn(nightshift::controller::run(client, options, std::future::pending()));
-        Self { task }
-    }
-
-    /// Stops it at once, as a crash would: nothing in memory survives.
-    pub async fn kill(mut self) {
-        self.task.abort();
-        let _ = (&mut self.task).await;
+impl TempFile {
+    pub fn new(name: &str, content: &str) -> Self {
+        let path = std::env::temp_dir().join(name);
+        std::fs::write(&path, content).unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
+        Self(path)
     }
 }
 
-impl Drop for Operator {
+impl Drop for TempFile {
     fn drop(&mut self) {
-        self.task.abort();
+        let _ = std::fs::remove_file(&self.0);
     }
 }
