@@ -17,9 +17,9 @@ use kube::{
     runtime::{WatchStreamExt, watcher},
 };
 use nightshift::{
-    api::Phase,
+    api::{Phase, ShardProgress},
     sim,
-    worker::{Progress, Report, renewal_patch},
+    worker::{Report, renewal_patch},
 };
 use serde_json::json;
 
@@ -34,9 +34,9 @@ async fn renew(
     lease: &str,
     holder: &str,
     at: Timestamp,
-    progress: Option<(u64, u64)>,
+    progress: Option<(i64, i64)>,
 ) -> kube::Result<Lease> {
-    let progress = progress.map(|(done, total)| Progress { done, total, message: String::new() });
+    let progress = progress.map(|(done, total)| ShardProgress { done, total, message: String::new() });
     let patch = renewal_patch(holder, at, &Report { progress, result: None });
     leases.patch(lease, &PatchParams::default(), &Patch::<()>::Json(patch)).await
 }
@@ -48,11 +48,11 @@ fn keep_renewing(
     lease: String,
     holder: String,
     every: Duration,
-    at: impl Fn(u64) -> Timestamp + Send + 'static,
-    progress: impl Fn(u64) -> Option<(u64, u64)> + Send + 'static,
+    at: impl Fn(i64) -> Timestamp + Send + 'static,
+    progress: impl Fn(i64) -> Option<(i64, i64)> + Send + 'static,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        for n in 0u64.. {
+        for n in 0i64.. {
             let _ = renew(&leases, &lease, &holder, at(n), progress(n)).await;
             tokio::time::sleep(every).await;
         }

@@ -4,10 +4,10 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Pod, ResourceQuota};
 use kube::{
-    ResourceExt,
-    api::{DeleteParams, Patch, PatchParams},
+    Api, ResourceExt,
+    api::{DeleteParams, Patch, PatchParams, PostParams},
 };
 use nightshift::{
     api::{FINALIZER_TRACKING, Phase},
@@ -303,4 +303,39 @@ async fn a_pod_template_the_api_server_refuses_fails_the_job_with_its_message() 
     // No retry storm: the job stays failed and quiet.
     let events = f.wait_event("invalid", "Failed", "Not_A_DNS_Label").await;
     assert_eq!(events.iter().filter(|(r, _)| r == "Failed").count(), 1, "{events:?}");
+}
+
+#[tokio::test]
+async fn a_quota_that_forbids_pods_blocks_workers_until_it_is_lifted() {
+    let (f, _operator) = fixture("quota").await;
+    let quotas: Api<ResourceQuota> = Api::namespaced(f.client.clone(), &f.ns.name);
+    let quota = serde_json::from_value(json!({"metadata": {"name": "no-pods"}, "spec": {"hard": {"pods": "0"}}}));
+    quotas.create(&PostParams::default(), &quota.unwrap()).await.unwrap();
+    f.create("blocked", json!({"shards": 1})).await;
+    let condition =
+        |s: &nightshift::api::BackgroundJobStatus| s.conditions.iter().find(|c| c.type_ == "WorkersBlocked").cloned();
+    let blocked = wait_until("WorkersBlocked to be True", WAIT, || async {
+        let s = f.status("blocked").await;
+        match condition(&s) {
+            Some(c) if c.status == "True" => Ok((s, c)),
+            _ => Err(format!("{s:?}")),
+        }
+    })
+    .await;
+    let (status, c) = blocked;
+    assert_eq!(c.reason, "PodCreationForbidden");
+    assert!(c.message.contains("quota"), "the API server's words: {}", c.message);
+    assert_eq!(status.phase, Some(Phase::Running));
+    assert_eq!(status.workers.as_ref().map(|w| w.active), Some(0));
+    assert!(f.all_pods("blocked").await.is_empty());
+
+    quotas.delete("no-pods", &DeleteParams::default()).await.unwrap();
+    f.run_to_success("blocked").await;
+    let cleared = wait_until("WorkersBlocked to be False", WAIT, || async {
+        let s = f.status("blocked").await;
+        condition(&s).filter(|c| c.status == "False").ok_or(format!("{s:?}"))
+    })
+    .await;
+    assert_eq!(cleared.reason, "PodCreationAllowed");
+    assert!(cleared.last_transition_time.0 > c.last_transition_time.0, "the condition changed when it cleared");
 }
