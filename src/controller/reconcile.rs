@@ -8,7 +8,7 @@
 //! - record: write the status, then release finalizers, publish events, delete a job whose
 //!   TTL passed (`record.rs`).
 //!
-//! kube-runtime runs each reconcile in a span naming the job, so log lines need not.
+//! Each reconcile runs in a span naming the job, so its log lines need not.
 
 use std::{
     sync::Arc,
@@ -24,6 +24,7 @@ use crate::{
     decision::{self, Decision, LeaseView, Observed, PodView, Refusal, pod::pod_name, queue},
 };
 
+#[tracing::instrument(name = "reconcile", skip_all, fields(namespace = job.namespace().unwrap_or_default(), job = job.name_any()))]
 pub async fn reconcile(job: Arc<BackgroundJob>, ctx: Arc<Context>) -> Result<Action, Error> {
     let _timer = ctx.metrics.time_reconcile();
     if job.metadata.deletion_timestamp.is_some() {
