@@ -168,7 +168,7 @@ mod tests {
         assert_eq!(props["timeouts"]["default"], json!({"jobSeconds": 10800}));
         assert_eq!(
             props["retry"]["default"],
-            json!({"limit": 3, "backoff": {"initialSeconds": 10, "factor": 2.0, "maxSeconds": 600}})
+            json!({"limit": 3, "disruptionLimit": 10, "backoff": {"initialSeconds": 10, "factor": 2.0, "maxSeconds": 600}})
         );
         assert_eq!(props["timeouts"]["properties"]["attemptSeconds"]["minimum"].as_f64(), Some(1.0));
         assert_eq!(props["timeouts"]["properties"]["jobSeconds"]["minimum"].as_f64(), Some(1.0));

@@ -21,6 +21,11 @@ pub const LABEL_ATTEMPT: &str = "nightshift.dev/attempt";
 /// Finalizer on worker pods, removed once the job's status records the pod's outcome.
 pub const FINALIZER_TRACKING: &str = "nightshift.dev/tracking";
 
+/// Annotations on worker pods that ask cluster autoscalers not to take them away, unless the
+/// pod template sets them itself: Cluster Autoscaler's and Karpenter's.
+pub const DO_NOT_DISRUPT: [(&str, &str); 2] =
+    [("cluster-autoscaler.kubernetes.io/safe-to-evict", "false"), ("karpenter.sh/do-not-disrupt", "true")];
+
 /// Lease annotation a worker writes: its progress as "DONE/TOTAL" (integers).
 pub const ANNOTATION_PROGRESS: &str = "nightshift.dev/progress";
 /// Lease annotation a worker writes: a short message about its progress.

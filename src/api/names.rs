@@ -75,6 +75,8 @@ names! {
         Suspended,
         WorkerStarted,
         AttemptFailed,
+        /// The cluster took an attempt away; it runs again at once.
+        AttemptDisrupted,
         Succeeded,
         Failed,
     }

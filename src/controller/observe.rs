@@ -122,6 +122,14 @@ pub fn pod_view(pod: &Pod, running_since: Option<Timestamp>) -> Option<PodView> 
         }
     });
     let cannot_start = (phase == PodPhase::Pending).then(|| cannot_start(pod)).flatten();
+    let disruption = status
+        .and_then(|s| s.conditions.as_ref())
+        .and_then(|cs| cs.iter().find(|c| c.type_ == "DisruptionTarget" && c.status == "True"))
+        .map(|c| Failure {
+            reason: c.reason.clone().unwrap_or_else(|| "DisruptionTarget".into()),
+            message: c.message.as_deref().map(|m| clip(m, 256)).unwrap_or_default(),
+            exit_code: None,
+        });
     Some(PodView {
         name: pod.name_any(),
         shard,
@@ -133,6 +141,7 @@ pub fn pod_view(pod: &Pod, running_since: Option<Timestamp>) -> Option<PodView> 
         failure,
         created: pod.metadata.creation_timestamp.as_ref().map(|t| t.0),
         running_since,
+        disruption,
         cannot_start,
     })
 }

@@ -33,6 +33,8 @@ pub(super) struct Book<'a> {
     pub live: Vec<&'a PodView>,
     /// The first reason found to fail the whole job.
     pub job_failure: Option<(Reason, String)>,
+    /// Attempts the cluster took away, over the job's life.
+    pub disruptions: i32,
     /// The actions decided so far.
     pub d: Decision,
 }
@@ -54,6 +56,7 @@ impl<'a> Book<'a> {
             pods: BTreeMap::new(),
             live: Vec::new(),
             job_failure: None,
+            disruptions: prev.disruptions,
             d: Decision::default(),
         };
         for pod in pods {
@@ -96,18 +99,19 @@ impl<'a> Book<'a> {
                 .or_else(|| self.retrying.get(&shard).map(|r| r.attempt - 1))
                 .unwrap_or(0);
             if newest.attempt > known {
-                let failures = self
+                let (failures, disruptions) = self
                     .retrying
                     .remove(&shard)
-                    .map(|r| r.failures)
-                    .or(self.active.get(&shard).map(|a| a.failures))
-                    .unwrap_or(0);
+                    .map(|r| (r.failures, r.disruptions))
+                    .or(self.active.get(&shard).map(|a| (a.failures, a.disruptions)))
+                    .unwrap_or((0, 0));
                 self.active.insert(
                     shard,
                     ActiveShard {
                         shard,
                         attempt: newest.attempt,
                         failures,
+                        disruptions,
                         pod: newest.name.clone(),
                         start_time: time(newest.created.unwrap_or(self.now)),
                         last_heartbeat_time: None,
@@ -142,6 +146,10 @@ impl<'a> Book<'a> {
                     self.succeeded.insert(shard);
                     continue;
                 }
+                PodPhase::Failed if pod.disruption.is_some() => {
+                    self.disrupt_attempt(&entry, pod.disruption.clone().expect("checked"));
+                    continue;
+                }
                 PodPhase::Failed => {
                     let failure = pod.failure.clone().unwrap_or_else(|| Failure {
                         reason: AttemptReason::Error.into(),
@@ -158,6 +166,10 @@ impl<'a> Book<'a> {
                 if !pod.deleting {
                     self.d.delete.push(pod.name.clone());
                 }
+                continue;
+            }
+            if let Some(cause) = pod.disruption.clone().filter(|_| pod.deleting) {
+                self.disrupt_attempt(&entry, cause);
                 continue;
             }
             if pod.deleting {
@@ -209,6 +221,7 @@ impl<'a> Book<'a> {
                 shard: entry.shard,
                 attempt: entry.attempt + 1,
                 failures: entry.failures,
+                disruptions: entry.disruptions,
                 next_retry_time: None,
                 last_failure: None,
             },
@@ -239,6 +252,7 @@ impl<'a> Book<'a> {
                     shard,
                     attempt: entry.attempt + 1,
                     failures,
+                    disruptions: entry.disruptions,
                     next_retry_time: Some(time(plus(self.now, wait))),
                     last_failure: Some(failure),
                 },
@@ -246,6 +260,38 @@ impl<'a> Book<'a> {
             format!("shard {shard} attempt {} failed ({what}); retrying in {wait}s", entry.attempt)
         };
         self.d.events.push(EventNote::warning(EventReason::AttemptFailed, note).about(&entry.pod));
+    }
+
+    /// Records an attempt the cluster took away (evicted, drained, preempted, ...): not the
+    /// worker's fault, so it runs again at once and uses no retry — up to
+    /// spec.retry.disruptionLimit times per shard; after that each disruption is a failure.
+    fn disrupt_attempt(&mut self, entry: &ActiveShard, cause: Failure) {
+        let (shard, limit) = (entry.shard, self.job.spec.retry.disruption_limit);
+        let what = describe(&cause);
+        if entry.disruptions >= limit {
+            let message = format!("{what} (disrupted more than spec.retry.disruptionLimit, {limit}, times)");
+            return self.fail_attempt(entry, Failure { message, ..cause });
+        }
+        self.active.remove(&shard);
+        self.disruptions += 1;
+        let disruptions = entry.disruptions + 1;
+        self.retrying.insert(
+            shard,
+            RetryingShard {
+                shard,
+                attempt: entry.attempt + 1,
+                failures: entry.failures,
+                disruptions,
+                next_retry_time: None,
+                last_failure: Some(cause),
+            },
+        );
+        let note = format!(
+            "shard {shard} attempt {} was taken away by the cluster ({what}); running it again at once, no retry used \
+             (disruption {disruptions} of spec.retry.disruptionLimit {limit})",
+            entry.attempt
+        );
+        self.d.events.push(EventNote::normal(EventReason::AttemptDisrupted, note).about(&entry.pod));
     }
 
     /// Fails a running attempt whose worker went silent (HeartbeatTimeout) or stopped making
@@ -333,7 +379,7 @@ impl<'a> Book<'a> {
                 break;
             }
             let r = self.retrying.remove(&shard).expect("a due retry is in the book");
-            self.start(shard, r.attempt, r.failures);
+            self.start(shard, r.attempt, r.failures, r.disruptions);
             free -= 1;
         }
         if free > 0 {
@@ -346,7 +392,7 @@ impl<'a> Book<'a> {
             }
             let fresh: Vec<i32> = taken.gaps(self.total).take(free as usize).collect();
             for shard in fresh {
-                self.start(shard, 1, 0);
+                self.start(shard, 1, 0, 0);
             }
         }
         if let Some(secs) = self.job.spec.timeouts.attempt_seconds.filter(|_| !self.d.create.is_empty()) {
@@ -361,7 +407,7 @@ impl<'a> Book<'a> {
         }
     }
 
-    fn start(&mut self, shard: i32, attempt: i32, failures: i32) {
+    fn start(&mut self, shard: i32, attempt: i32, failures: i32, disruptions: i32) {
         let pod = super::pod::pod_name(&self.job.name_any(), shard, attempt);
         let note = format!("shard {shard} attempt {attempt} on pod {pod}");
         self.d.events.push(EventNote::normal(EventReason::WorkerStarted, note).about(&pod));
@@ -372,6 +418,7 @@ impl<'a> Book<'a> {
                 shard,
                 attempt,
                 failures,
+                disruptions,
                 pod,
                 start_time: time(self.now),
                 last_heartbeat_time: None,

@@ -41,6 +41,13 @@ pub fn worker_pod(job: &BackgroundJob, shard: i32, attempt: i32, agent_image: Op
     labels.insert(api::LABEL_JOB.into(), name.clone());
     labels.insert(api::LABEL_SHARD.into(), shard.to_string());
     labels.insert(api::LABEL_ATTEMPT.into(), attempt.to_string());
+    // A worker holds work that is lost if it is taken away: autoscalers should leave its node
+    // alone while it runs (unless the template says otherwise). Disruptions that happen anyway
+    // cost no retry (see `decision::book`).
+    let mut annotations: BTreeMap<String, String> = tmeta.annotations.unwrap_or_default();
+    for (key, value) in api::DO_NOT_DISRUPT {
+        annotations.entry(key.into()).or_insert_with(|| value.into());
+    }
 
     let mut spec: PodSpec = template.spec.unwrap_or_default();
     spec.restart_policy = Some("Never".into());
@@ -93,7 +100,7 @@ pub fn worker_pod(job: &BackgroundJob, shard: i32, attempt: i32, agent_image: Op
             name: Some(pod),
             namespace: Some(namespace),
             labels: Some(labels),
-            annotations: tmeta.annotations,
+            annotations: Some(annotations),
             owner_references: job.controller_owner_ref(&()).map(|r| vec![r]),
             finalizers: Some(vec![api::FINALIZER_TRACKING.into()]),
             ..Default::default()
@@ -185,6 +192,21 @@ mod tests {
         assert_eq!(get("NIGHTSHIFT_SHARDS"), vec!["4"]);
         assert_eq!(get("NIGHTSHIFT_ATTEMPT"), vec!["3"]);
         assert_eq!(get("NIGHTSHIFT_NAMESPACE"), vec!["shop"]);
+    }
+
+    #[test]
+    fn pods_ask_autoscalers_to_leave_them_unless_the_template_says_otherwise() {
+        let annotations = worker_pod(&job(), 0, 1, None).metadata.annotations.unwrap();
+        assert_eq!(annotations["cluster-autoscaler.kubernetes.io/safe-to-evict"], "false");
+        assert_eq!(annotations["karpenter.sh/do-not-disrupt"], "true");
+        let mut j = job();
+        let mut template = j.spec.template.get();
+        let evictable = [("cluster-autoscaler.kubernetes.io/safe-to-evict".to_string(), "true".to_string())];
+        template.metadata.get_or_insert_default().annotations = Some(evictable.into());
+        j.spec.template = template.into();
+        let annotations = worker_pod(&j, 0, 1, None).metadata.annotations.unwrap();
+        assert_eq!(annotations["cluster-autoscaler.kubernetes.io/safe-to-evict"], "true", "the template's word wins");
+        assert_eq!(annotations["karpenter.sh/do-not-disrupt"], "true");
     }
 
     #[test]

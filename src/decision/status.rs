@@ -76,7 +76,8 @@ pub(super) fn summarize(
     desired: i32,
     leases: &BTreeMap<i32, &LeaseView>,
 ) -> Decision {
-    let Book { total, succeeded, failed, active, retrying, live, mut d, .. } = book;
+    let Book { total, succeeded, failed, active, retrying, live, disruptions, mut d, .. } = book;
+    status.disruptions = disruptions;
     let running = active.len() as i32;
     let n_succeeded = succeeded.len() as i32;
     let n_failed = failed.len() as i32;

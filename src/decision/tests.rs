@@ -64,6 +64,7 @@ impl World {
                     failure: None,
                     created: Some(now),
                     running_since: None,
+                    disruption: None,
                     cannot_start: None,
                 });
             }
@@ -113,6 +114,17 @@ fn step(job: &mut BackgroundJob, world: &mut World, now: Timestamp) -> Decision 
     let s = d.status.shards.as_ref().unwrap();
     assert_eq!(s.pending + s.running + s.succeeded + s.failed, s.total, "counts add up: {s:?}");
     d
+}
+
+/// The cluster takes the pod away: the Eviction API marks it and deletes it.
+fn evict(world: &mut World, name: &str) {
+    let p = world.pods.iter_mut().find(|p| p.name == name).unwrap();
+    p.deleting = true;
+    p.disruption = Some(Failure {
+        reason: "EvictionByEvictionAPI".into(),
+        message: "Eviction API: evicting".into(),
+        exit_code: None,
+    });
 }
 
 fn finish(world: &mut World, name: &str, ok: bool) {
@@ -300,6 +312,32 @@ fn a_job_asking_for_the_agent_fails_when_the_operator_has_no_agent_image() {
 }
 
 #[test]
+fn an_evicted_worker_runs_again_at_once_and_uses_no_retry() {
+    let mut job = job(1, 1, json!({"retry": {"limit": 0, "disruptionLimit": 2}}));
+    let mut w = World::default();
+    step(&mut job, &mut w, t0());
+    evict(&mut w, "j-0-1");
+    let d = step(&mut job, &mut w, at(1));
+    assert_eq!(d.create, vec![(0, 2)], "the next attempt starts at once, no backoff");
+    let s = job.status.clone().unwrap();
+    assert_eq!((s.active[0].failures, s.active[0].disruptions, s.disruptions), (0, 1, 1));
+    assert_eq!(s.phase, Some(Phase::Running), "retry.limit 0, and the job goes on");
+    let event = d.events.iter().find(|e| e.reason == EventReason::AttemptDisrupted).expect("an AttemptDisrupted event");
+    assert!(event.note.contains("EvictionByEvictionAPI") && event.note.contains("no retry used"), "{}", event.note);
+    assert_eq!(d.release, vec!["j-0-1".to_string()], "the evicted pod is let go of");
+    // A second disruption is still free; the third is past disruptionLimit and counts as a failure.
+    evict(&mut w, "j-0-2");
+    step(&mut job, &mut w, at(2));
+    evict(&mut w, "j-0-3");
+    step(&mut job, &mut w, at(3));
+    let s = job.status.clone().unwrap();
+    assert_eq!(s.phase, Some(Phase::Failed));
+    assert_eq!(s.disruptions, 2);
+    let failed = s.conditions.iter().find(|c| c.type_ == "Failed").unwrap();
+    assert!(failed.message.contains("spec.retry.disruptionLimit"), "{}", failed.message);
+}
+
+#[test]
 fn suspend_stops_workers_keeps_progress_and_resume_continues() {
     let mut job = job(4, 2, json!({}));
     let mut w = World::default();
@@ -362,6 +400,7 @@ enum WorldEvent {
     Succeed(usize),
     Fail(usize),
     Delete(usize),
+    Evict(usize),
     Wait(i64),
     Suspend(bool),
 }
@@ -372,6 +411,7 @@ fn world_event() -> impl Strategy<Value = WorldEvent> {
         4 => (0..8usize).prop_map(WorldEvent::Succeed),
         2 => (0..8usize).prop_map(WorldEvent::Fail),
         1 => (0..8usize).prop_map(WorldEvent::Delete),
+        1 => (0..8usize).prop_map(WorldEvent::Evict),
         2 => (0..120i64).prop_map(WorldEvent::Wait),
         1 => any::<bool>().prop_map(WorldEvent::Suspend),
     ]
@@ -398,6 +438,7 @@ proptest! {
                 WorldEvent::Succeed(i) => if let Some(n) = pick(i) { finish(&mut w, &n, true) },
                 WorldEvent::Fail(i) => if let Some(n) = pick(i) { finish(&mut w, &n, false) },
                 WorldEvent::Delete(i) => if let Some(n) = pick(i) { w.pods.iter_mut().find(|p| p.name == n).unwrap().deleting = true },
+                WorldEvent::Evict(i) => if let Some(n) = pick(i) { evict(&mut w, &n) },
                 WorldEvent::Wait(s) => now += SignedDuration::from_secs(s),
                 WorldEvent::Suspend(s) => job.spec.suspend = s,
             }

@@ -115,6 +115,9 @@ pub struct PodView {
     pub created: Option<Timestamp>,
     /// When the operator first saw it Running.
     pub running_since: Option<Timestamp>,
+    /// The cluster is taking the pod away (its DisruptionTarget condition): why, in the
+    /// cluster's words (EvictionByEvictionAPI, PreemptionByScheduler, DeletionByTaintManager, ...).
+    pub disruption: Option<Failure>,
     /// For a pod not running yet: why a container cannot start, as the kubelet says (an image
     /// that cannot be pulled, a missing Secret key, ...), which fails the attempt.
     pub cannot_start: Option<Failure>,

@@ -7,7 +7,7 @@ use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::{coordination::v1::Lease, core::v1::Pod};
 use kube::{
     Api, ResourceExt,
-    api::{DeleteParams, Patch, PatchParams, PostParams},
+    api::{DeleteParams, EvictParams, Patch, PatchParams, PostParams},
     runtime::{WatchStreamExt, watcher},
 };
 use nightshift::api::{BackgroundJob, BackgroundJobStatus, LABEL_JOB, Phase};
@@ -358,4 +358,31 @@ async fn a_fenced_agent_exits_and_the_mounted_token_is_least_privileged() {
     assert_eq!(seen.await.unwrap(), 42, "the fenced agent stopped its worker with SIGTERM");
     let logs = kubectl(&["-n", &n.ns.name, "logs", "fence-0-1"]).await;
     assert!(logs.contains("fenced"), "kubectl logs fence-0-1:\n{logs}");
+}
+
+/// A worker the cluster takes away — evicted through the Eviction API, as `kubectl drain` does —
+/// runs again at once and uses no retry: with retry.limit 0, a failure would fail the job, the
+/// eviction does not. Its pod asked autoscalers to leave it alone.
+#[tokio::test]
+async fn an_evicted_worker_runs_again_at_once_and_uses_no_retry() {
+    let (n, _operator) = node("node-evict").await;
+    // Attempt 1 works until it is taken away; attempt 2 finishes.
+    let script = r#"if [ "$NIGHTSHIFT_ATTEMPT" = 1 ]; then sleep 600; fi; echo finished"#;
+    let spec = json!({"retry": {"limit": 0}, "template": {"spec": {"terminationGracePeriodSeconds": 1}}});
+    n.create_job(&job("evicted", script, spec)).await;
+    n.wait_running("evicted-0-1").await;
+    let annotations = n.pods.get("evicted-0-1").await.unwrap().metadata.annotations.unwrap_or_default();
+    assert_eq!(annotations.get("cluster-autoscaler.kubernetes.io/safe-to-evict").map(String::as_str), Some("false"));
+    assert_eq!(annotations.get("karpenter.sh/do-not-disrupt").map(String::as_str), Some("true"));
+
+    let evicted_at = std::time::Instant::now();
+    n.pods.evict("evicted-0-1", &EvictParams::default()).await.expect("the Eviction API evicts the worker");
+    n.wait_running("evicted-0-2").await;
+    eprintln!("eviction to the next attempt running on the node: {:?}", evicted_at.elapsed());
+    let status = n.wait_phase("evicted", Phase::Succeeded).await;
+    assert_eq!(status.disruptions, 1, "{status:?}");
+    assert_eq!(status.failed_shards, None);
+    let events = n.wait_event("evicted", "AttemptDisrupted", "EvictionByEvictionAPI").await;
+    assert!(!events.iter().any(|(reason, _)| reason == "AttemptFailed"), "no failure recorded: {events:?}");
+    assert_eq!(n.wait_terminated("evicted-0-2").await.0, 0);
 }

@@ -213,15 +213,26 @@ pub struct Retry {
     /// Wait before each retry: initialSeconds, multiplied by factor after each failure, at most maxSeconds.
     #[serde(default)]
     pub backoff: Backoff,
+    /// Attempts per shard the cluster may take away (an eviction, a drain, a preemption: the
+    /// pod's DisruptionTarget condition) that are retried at once and use no retry. A shard
+    /// disrupted more often than this counts each further disruption as a failure, so a job is
+    /// never disrupted forever. Default 10.
+    #[serde(default = "default_disruption_limit")]
+    #[schemars(range(min = 0, max = 1000))]
+    pub disruption_limit: i32,
 }
 
 fn default_retry_limit() -> i32 {
     3
 }
 
+fn default_disruption_limit() -> i32 {
+    10
+}
+
 impl Default for Retry {
     fn default() -> Self {
-        Self { limit: default_retry_limit(), backoff: Backoff::default() }
+        Self { limit: default_retry_limit(), backoff: Backoff::default(), disruption_limit: default_disruption_limit() }
     }
 }
 

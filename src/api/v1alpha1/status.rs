@@ -67,6 +67,10 @@ pub struct BackgroundJobStatus {
     /// Worker pods: desired, live and ready.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workers: Option<WorkerCounts>,
+    /// Attempts the cluster took away (eviction, drain, preemption, ...), retried at once
+    /// without using a retry; counted apart from failures.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub disruptions: i32,
     /// Shards with a live attempt, one entry each.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["shard"]))]
@@ -130,6 +134,9 @@ pub struct ActiveShard {
     /// Failed attempts of this shard before this one.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub failures: i32,
+    /// Attempts of this shard before this one that the cluster took away (no failure).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub disruptions: i32,
     /// The worker pod running it.
     pub pod: String,
     /// When the attempt started (its pod was created); spec.timeouts.attemptSeconds counts from here.
@@ -165,7 +172,11 @@ pub struct RetryingShard {
     pub attempt: i32,
     /// Failed attempts of this shard so far.
     pub failures: i32,
-    /// Not before this time; unset after an interruption that is not a failure (suspend).
+    /// Attempts of this shard the cluster took away so far (no failure).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub disruptions: i32,
+    /// Not before this time; unset after an interruption that is not a failure (a suspend, a
+    /// disruption).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_retry_time: Option<Time>,
     /// Why the last attempt ended.
