@@ -158,7 +158,7 @@ mod tests {
             .iter()
             .map(|c| c["name"].as_str().unwrap())
             .collect();
-        assert_eq!(columns, ["Phase", "Workers", "Shards", "Progress", "Heartbeat", "Age"]);
+        assert_eq!(columns, ["Phase", "Workers", "Shards", "Progress", "ETA", "Heartbeat", "Age"]);
         let spec = &version["schema"]["openAPIV3Schema"]["properties"]["spec"];
         assert_eq!(spec["required"], json!(["template"]));
         let props = &spec["properties"];

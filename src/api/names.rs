@@ -40,6 +40,8 @@ names! {
         Failed,
         /// True while the API server refuses the job's worker pods (quota, Pod Security).
         WorkersBlocked,
+        /// True while the estimated completion is past the job's deadline (spec.timeouts.jobSeconds).
+        DeadlineAtRisk,
     }
 }
 
@@ -63,6 +65,10 @@ names! {
         PodCreationForbidden,
         /// Worker pods are no longer refused.
         PodCreationAllowed,
+        /// The estimated completion is past the deadline.
+        EstimatePastDeadline,
+        /// The estimated completion is within the deadline again (or the job is no longer running).
+        EstimateWithinDeadline,
     }
 }
 
@@ -77,6 +83,8 @@ names! {
         AttemptFailed,
         /// The cluster took an attempt away; it runs again at once.
         AttemptDisrupted,
+        /// The estimate passed the job's deadline.
+        DeadlineAtRisk,
         Succeeded,
         Failed,
     }

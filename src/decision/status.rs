@@ -76,6 +76,7 @@ pub(super) fn summarize(
     desired: i32,
     leases: &BTreeMap<i32, &LeaseView>,
 ) -> Decision {
+    let now = book.now;
     let Book { total, succeeded, failed, active, retrying, live, disruptions, mut d, .. } = book;
     status.disruptions = disruptions;
     let running = active.len() as i32;
@@ -102,7 +103,12 @@ pub(super) fn summarize(
         entry.last_heartbeat_time = lease.and_then(|l| l.last_renewal).map(time);
         entry.progress = lease.and_then(|l| l.progress.clone());
     }
-    status.progress = Some(job_progress(&status, leases, total, finished));
+    let (progress, fraction) = job_progress(&status, leases, total, finished);
+    status.progress = Some(progress);
+    status.estimated_completion_time = match (status.phase, &status.start_time) {
+        (Some(Phase::Running), Some(start)) => estimate(start.0, fraction, now).map(time),
+        _ => None,
+    };
     if let Some(latest) = leases.values().filter_map(|l| l.last_renewal).max() {
         status.last_heartbeat_time = Some(time(latest));
     }
@@ -111,15 +117,35 @@ pub(super) fn summarize(
     d
 }
 
-/// Progress over the whole job. Each shard counts as a fraction: 1 when it succeeded, done/total
-/// while its worker reports progress, 0 otherwise. done and total are the sums the workers
-/// reported; without reports they count shards.
+/// No estimate before the job has run this long ...
+pub const ESTIMATE_AFTER_SECONDS: i64 = 10;
+/// ... and done this fraction of its work.
+pub const ESTIMATE_AFTER_FRACTION: f64 = 0.01;
+
+/// When a job that started at `start` and has done `fraction` (0 to 1) of its work by `now` will
+/// finish at the same rate: None too early to tell (see the constants above) or when the result
+/// is out of range. Never before `now`.
+pub fn estimate(start: Timestamp, fraction: f64, now: Timestamp) -> Option<Timestamp> {
+    let elapsed = now.duration_since(start).as_secs_f64();
+    if !(fraction.is_finite() && (ESTIMATE_AFTER_FRACTION..=1.0).contains(&fraction))
+        || elapsed < ESTIMATE_AFTER_SECONDS as f64
+    {
+        return None;
+    }
+    let left = elapsed * (1.0 - fraction) / fraction;
+    let left = k8s_openapi::jiff::SignedDuration::try_from_secs_f64(left.ceil()).ok()?;
+    now.checked_add(left).ok().map(|t| Timestamp::from_second(t.as_second()).unwrap_or(t))
+}
+
+/// Progress over the whole job, and the fraction of it done (0 to 1). Each shard counts as a
+/// fraction: 1 when it succeeded, done/total while its worker reports progress, 0 otherwise.
+/// done and total are the sums the workers reported; without reports they count shards.
 fn job_progress(
     status: &BackgroundJobStatus,
     leases: &BTreeMap<i32, &LeaseView>,
     total: i32,
     finished: bool,
-) -> JobProgress {
+) -> (JobProgress, f64) {
     let succeeded = Ranges::from_opt(status.succeeded_shards.as_ref());
     let mut fraction = succeeded.len() as f64;
     for a in &status.active {
@@ -146,7 +172,9 @@ fn job_progress(
         .map(|p| p.message.clone())
         .find(|m| !m.is_empty())
         .unwrap_or_default();
-    JobProgress { done, total: all, percent: percent.max(0), message, summary: format!("{}%", percent.max(0)) }
+    let progress =
+        JobProgress { done, total: all, percent: percent.max(0), message, summary: format!("{}%", percent.max(0)) };
+    (progress, if total > 0 { fraction / f64::from(total) } else { 1.0 })
 }
 
 /// The workers' result summaries merged: numbers summed, lists concatenated (first 10 items),
@@ -194,6 +222,8 @@ pub(super) fn with_heartbeats_of(status: &BackgroundJobStatus, prev: &Background
         now.ready = before.ready;
     }
     stale.result = prev.result.clone();
+    // The estimate moves with the clock; alone it is never worth a write.
+    stale.estimated_completion_time = prev.estimated_completion_time.clone();
     // Progress from shard completions is not a heartbeat; from worker reports it is.
     if status.succeeded_shards == prev.succeeded_shards {
         stale.progress = prev.progress.clone();

@@ -612,6 +612,72 @@ mod heartbeats {
         assert_eq!((p.done, p.total, p.percent), (175, 300, 43)); // (1 + 0.5 + 0.25) / 4
         assert_eq!(d.status.result, Some(json!({"created": 175, "errors": ["e0", "e1", "e2"]})));
     }
+
+    /// Decides for a 1-shard heartbeat job (deadline 100 s) whose worker reports `done`/100 at
+    /// `now`, and records the status as the controller would.
+    fn report(job: &mut BackgroundJob, pods: &[PodView], done: i64, now: i64) -> Decision {
+        let leases = [lease(Some(now), Some((done, 100, now)))];
+        let d = decide(&Observed::new(job, pods).leases(&leases), at(now));
+        job.status = Some(d.status.clone());
+        d
+    }
+
+    #[test]
+    fn the_estimate_follows_the_progress_and_costs_no_write_of_its_own() {
+        let mut job = hb_job(None);
+        job.spec.heartbeat.as_mut().unwrap().timeout_seconds = 1000;
+        let pods = started(&mut job);
+        let d = report(&mut job, &pods, 50, 5);
+        assert_eq!(d.status.estimated_completion_time, None, "too early: less than 10 s run");
+        let d = report(&mut job, &pods, 25, 20);
+        assert_eq!(d.status.estimated_completion_time.map(|t| t.0), Some(at(80)), "25% in 20 s: 60 s more");
+        // Nothing new from the worker: the status stays as it is, estimate included.
+        let prev = job.status.clone().unwrap();
+        let leases = [lease(Some(20), Some((25, 100, 20)))];
+        let d = decide(&Observed::new(&job, &pods).leases(&leases), at(30));
+        assert_eq!(d.status, prev, "an estimate alone is never a write");
+        // A stalled worker that still heartbeats: the next write carries a later estimate.
+        let d = report(&mut job, &pods, 25, 50);
+        assert_eq!(d.status.estimated_completion_time.map(|t| t.0), Some(at(200)));
+    }
+
+    #[test]
+    fn deadline_at_risk_turns_true_once_with_one_event_and_clears() {
+        let mut job = job(1, 1, json!({"heartbeat": {"timeoutSeconds": 1000}, "timeouts": {"jobSeconds": 100}}));
+        let pods = started(&mut job);
+        let risk = |job: &BackgroundJob| {
+            let c = job.status.as_ref()?.conditions.iter().find(|c| c.type_ == "DeadlineAtRisk")?;
+            Some((c.status.clone(), c.reason.clone()))
+        };
+        let d = report(&mut job, &pods, 10, 20); // 10% in 20 s: done at 200 s, deadline 100 s
+        assert_eq!(risk(&job), Some(("True".into(), "EstimatePastDeadline".into())));
+        let warnings = |d: &Decision| d.events.iter().filter(|e| e.reason == EventReason::DeadlineAtRisk).count();
+        assert_eq!(warnings(&d), 1);
+        let d = report(&mut job, &pods, 15, 40); // still late (done at ~267 s): no second event
+        assert_eq!((risk(&job).unwrap().0.as_str(), warnings(&d)), ("True", 0));
+        report(&mut job, &pods, 90, 50); // done at ~56 s
+        assert_eq!(risk(&job), Some(("False".into(), "EstimateWithinDeadline".into())));
+    }
+}
+
+proptest! {
+    #[test]
+    fn an_estimate_is_never_before_now_and_never_divides_by_zero(
+        elapsed in 0..1_000_000i64,
+        fraction in prop_oneof![Just(0.0), Just(1.0), Just(f64::NAN), 0.0..=1.0f64, -1.0..2.0f64],
+    ) {
+        let now = t0() + SignedDuration::from_secs(elapsed);
+        if let Some(eta) = super::status::estimate(t0(), fraction, now) {
+            prop_assert!(eta >= now);
+            prop_assert!(fraction >= super::status::ESTIMATE_AFTER_FRACTION && elapsed >= super::status::ESTIMATE_AFTER_SECONDS);
+            // The same rate: the time left is the time so far, scaled by what is left.
+            let left = eta.duration_since(now).as_secs_f64();
+            let expected = elapsed as f64 * (1.0 - fraction) / fraction;
+            prop_assert!((left - expected).abs() <= 1.0, "left {} expected {}", left, expected);
+        } else {
+            prop_assert!(fraction.is_nan() || !(super::status::ESTIMATE_AFTER_FRACTION..=1.0).contains(&fraction) || elapsed < super::status::ESTIMATE_AFTER_SECONDS);
+        }
+    }
 }
 
 #[test]

@@ -24,7 +24,8 @@ use nightshift::{
 use serde_json::json;
 
 use crate::support::{
-    Operator, WAIT, api_error, client_with_token, fixture, kubeconfig_path, token, token_kubeconfig, wait_until,
+    Operator, WAIT, api_error, client_with_token, fixture, fixture_with, kubeconfig_path, token, token_kubeconfig,
+    wait_until,
 };
 
 /// One renewal, as any worker sends it (the agent's own patch, fenced on the holder), at `at`,
@@ -350,4 +351,64 @@ async fn agent_injection_wraps_the_worker_and_needs_an_agent_image() {
         ["/nightshift-agent/nightshift", "agent", "--", "import", "--all"]
     );
     assert_eq!(pod.service_account_name.as_deref(), Some("injected-worker"));
+}
+
+/// From the progress a worker reports, the status estimates when the job will end; an estimate
+/// past the deadline sets DeadlineAtRisk (one Warning event), and faster progress clears it.
+#[tokio::test]
+async fn the_estimate_follows_reported_progress_and_warns_once_of_a_missed_deadline() {
+    let options = nightshift::controller::Options { fold_seconds: 1, ..Default::default() };
+    let (f, _operator) = fixture_with("hb-eta", options).await;
+    let mut spec = heartbeat_job(600, None);
+    spec["timeouts"] = json!({"jobSeconds": 120});
+    f.create("eta", spec).await;
+    f.wait_live("eta", 1).await;
+    sim::mark_running(&f.pods, "eta-0-1").await.unwrap();
+    // 1% of the work done, then no more: at that rate the job takes about 100 times the time so
+    // far, far past its 120 s deadline.
+    let slow = keep_renewing(
+        f.ns.api(),
+        "eta-0".into(),
+        "eta-0-1".into(),
+        Duration::from_millis(500),
+        |_| Timestamp::now(),
+        |_| Some((1, 100)),
+    );
+    let risk = |s: &nightshift::api::BackgroundJobStatus| {
+        s.conditions.iter().find(|c| c.type_ == "DeadlineAtRisk").map(|c| (c.status.clone(), c.reason.clone()))
+    };
+    let late = wait_until("an estimate past the deadline", WAIT, || async {
+        let s = f.status("eta").await;
+        match (&s.estimated_completion_time, risk(&s)) {
+            (Some(_), Some((status, _))) if status == "True" => Ok(s),
+            _ => Err(format!("{s:?}")),
+        }
+    })
+    .await;
+    let (start, eta) = (late.start_time.clone().unwrap().0, late.estimated_completion_time.clone().unwrap().0);
+    assert!(eta.duration_since(start).as_secs() > 120, "1% done: the estimate {eta} is far past start {start} + 120 s");
+    assert_eq!(risk(&late).unwrap().1, "EstimatePastDeadline");
+    slow.abort();
+    // Nearly done: the estimate comes back within the deadline, and the condition clears.
+    let fast = keep_renewing(
+        f.ns.api(),
+        "eta-0".into(),
+        "eta-0-1".into(),
+        Duration::from_millis(500),
+        |_| Timestamp::now(),
+        |_| Some((99, 100)),
+    );
+    let clear = wait_until("the estimate back within the deadline", WAIT, || async {
+        let s = f.status("eta").await;
+        match risk(&s) {
+            Some((status, reason)) if status == "False" => Ok((s, reason)),
+            _ => Err(format!("{s:?}")),
+        }
+    })
+    .await;
+    fast.abort();
+    assert_eq!(clear.1, "EstimateWithinDeadline");
+    assert!(clear.0.estimated_completion_time.unwrap().0 < start + SignedDuration::from_secs(120));
+    let events = f.wait_event("eta", "DeadlineAtRisk", "after its deadline").await;
+    assert_eq!(events.iter().filter(|(reason, _)| reason == "DeadlineAtRisk").count(), 1, "one warning: {events:?}");
 }

@@ -54,6 +54,13 @@ pub use status::*;
         description = "work done, in percent"
     ),
     printcolumn(
+        name = "ETA",
+        type_ = "string",
+        json_path = ".status.estimatedCompletionTime",
+        description = "when the job is estimated to finish, from its progress so far",
+        priority = 1
+    ),
+    printcolumn(
         name = "Heartbeat",
         type_ = "date",
         json_path = ".status.lastHeartbeatTime",

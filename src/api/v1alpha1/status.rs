@@ -82,6 +82,11 @@ pub struct BackgroundJobStatus {
     /// Work done over all shards.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub progress: Option<JobProgress>,
+    /// When the job is estimated to finish: the rate of its progress since it started, carried
+    /// to 100%. Set while it runs, once it has run 10 s and done at least 1% of its work;
+    /// updated with the status writes that happen anyway (heartbeat folds, shards done).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub estimated_completion_time: Option<Time>,
     /// The latest heartbeat of any worker, on the operator's clock (folded in at most every 15 s).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_heartbeat_time: Option<Time>,
