@@ -10,6 +10,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 
 use super::{
+    heartbeat::heartbeat_failure,
     ranges::Ranges,
     step::{Decision, EventNote, backoff_seconds, min_opt, plus, time, until},
     view::{LeaseView, PodPhase, PodView},
@@ -195,7 +196,8 @@ impl<'a> Book<'a> {
                 // The kubelet would retry forever (ImagePullBackOff): spec.retry decides instead.
                 Some(failure)
             } else {
-                self.heartbeat_failure(&entry, pod, leases.get(&shard).copied())
+                let lease = leases.get(&shard).copied();
+                heartbeat_failure(spec.heartbeat.as_ref(), &entry, pod, lease, self.now, &mut self.d.requeue_after)
             };
             match failure {
                 Some(failure) => {
@@ -292,49 +294,6 @@ impl<'a> Book<'a> {
             entry.attempt
         );
         self.d.events.push(EventNote::normal(EventReason::AttemptDisrupted, note).about(&entry.pod));
-    }
-
-    /// Fails a running attempt whose worker went silent (HeartbeatTimeout) or stopped making
-    /// progress (Stalled); otherwise asks to look again when that could next happen.
-    fn heartbeat_failure(&mut self, entry: &ActiveShard, pod: &PodView, lease: Option<&LeaseView>) -> Option<Failure> {
-        let hb = self.job.spec.heartbeat.as_ref()?;
-        // A pod that is not running yet (pulling its image, say) cannot heartbeat.
-        if pod.phase != PodPhase::Running {
-            return None;
-        }
-        let now = self.now;
-        let baseline = pod.running_since.unwrap_or(now).max(entry.start_time.0);
-        let lease = lease.filter(|l| l.holder.as_deref() == Some(pod.name.as_str()));
-        let beat = lease.and_then(|l| l.last_renewal).map_or(baseline, |b| b.max(baseline));
-        let silent_at = plus(beat, i64::from(hb.timeout_seconds));
-        if now >= silent_at {
-            return Some(Failure {
-                reason: AttemptReason::HeartbeatTimeout.into(),
-                message: format!(
-                    "no heartbeat for {}s (spec.heartbeat.timeoutSeconds is {})",
-                    now.duration_since(beat).as_secs(),
-                    hb.timeout_seconds
-                ),
-                exit_code: None,
-            });
-        }
-        self.d.requeue_after = min_opt(self.d.requeue_after, until(now, silent_at));
-        if let Some(stall) = hb.stall_seconds {
-            let moved = lease.and_then(|l| l.progress_since).map_or(baseline, |p| p.max(baseline));
-            let stalled_at = plus(moved, i64::from(stall));
-            if now >= stalled_at {
-                return Some(Failure {
-                    reason: AttemptReason::Stalled.into(),
-                    message: format!(
-                        "heartbeats but no progress for {}s (spec.heartbeat.stallSeconds is {stall})",
-                        now.duration_since(moved).as_secs()
-                    ),
-                    exit_code: None,
-                });
-            }
-            self.d.requeue_after = min_opt(self.d.requeue_after, until(now, stalled_at));
-        }
-        None
     }
 
     /// Every other pod: a superseded attempt, or a shard that is done. Stops the live ones and

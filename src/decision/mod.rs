@@ -3,9 +3,11 @@
 //! events) and the new status. Pure functions only; the controller carries the decisions out.
 //!
 //! A reading order: `view` (what `decide` is given), `step` (the pipeline), `book` (the shards'
-//! states and the phases that move them), `status` (the status written from the book).
+//! states and the phases that move them), `status` (the status written from the book), `fold` (what reaches it at a bounded rate).
 
 mod book;
+mod fold;
+mod heartbeat;
 pub mod pod;
 pub mod queue;
 pub mod ranges;

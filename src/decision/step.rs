@@ -1,6 +1,6 @@
 //! `decide`: one level-triggered step for one job, as a pipeline of phases over the shard book
 //! (`book.rs`): open → adopt → judge attempts → stop superseded → settle the job's outcome and
-//! schedule → summarize the status (`status.rs`) → fold heartbeats.
+//! schedule → summarize the status (`status.rs`) → fold heartbeats and the estimate (`fold.rs`).
 //!
 //! Outcomes are recorded per (shard, attempt), so seeing a finished pod twice changes nothing:
 //! nothing is counted twice, and a pod keeps its tracking finalizer until the status that
@@ -15,7 +15,8 @@ use k8s_openapi::{
 
 use super::{
     book::Book,
-    status::{fail, set_condition, summarize, with_heartbeats_of},
+    fold::fold,
+    status::{fail, set_condition, summarize},
     view::{FORBIDDEN_PAUSE_SECONDS, LeaseView, Observed, PodPhase, PodView, Refusal},
 };
 use crate::api::{
@@ -138,16 +139,6 @@ fn decide_now(observed: &Observed, now: Timestamp) -> Decision {
     let desired = settle(observed, &prev, &mut status, &mut book);
     let mut d = summarize(status, book, desired, &leases);
     fold(observed, &prev, &mut d, now);
-    // The estimate rides on writes that happen anyway: alone, it changes nothing.
-    let mut without_estimate = d.status.clone();
-    without_estimate.estimated_completion_time = prev.estimated_completion_time.clone();
-    if without_estimate == prev {
-        d.status = without_estimate;
-    }
-    deadline_at_risk(observed, &prev, &mut d, now);
-    // Any write carries the current heartbeats along: it counts as a fold.
-    d.folded = d.status != prev;
-    look_again_for_heartbeats(observed, &mut d, now);
     d
 }
 
@@ -352,76 +343,6 @@ fn workers_blocked(observed: &Observed, status: &mut BackgroundJobStatus, book: 
             set_condition(conditions, kind, false, Reason::PodCreationAllowed, message, now, generation);
         }
         None => {}
-    }
-}
-
-/// Folds heartbeats (and readiness) in at a bounded rate: when they are all that changed and
-/// the last fold is recent, keeps their previous values and looks again when the period is over.
-fn fold(observed: &Observed, prev: &BackgroundJobStatus, d: &mut Decision, now: Timestamp) {
-    let (last_fold, fold_seconds) = (observed.last_fold, observed.fold_seconds);
-    let stale = with_heartbeats_of(&d.status, prev);
-    if stale != d.status
-        && stale == *prev
-        && let Some(next_fold) = last_fold.map(|t| plus(t, fold_seconds)).filter(|t| now < *t)
-    {
-        d.status = stale;
-        d.requeue_after = min_opt(d.requeue_after, until(now, next_fold));
-    }
-}
-
-/// DeadlineAtRisk is True while the job runs and its estimated completion is past its deadline
-/// (one Warning event when it turns True); False once that is no longer so. It follows the
-/// estimate, which moves only with writes that happen anyway.
-fn deadline_at_risk(observed: &Observed, prev: &BackgroundJobStatus, d: &mut Decision, now: Timestamp) {
-    let (spec, generation) = (&observed.job.spec, observed.job.metadata.generation);
-    let status = &mut d.status;
-    let deadline = status.start_time.as_ref().map(|s| plus(s.0, spec.timeouts.job_seconds));
-    let late = match (&status.estimated_completion_time, deadline) {
-        (Some(eta), Some(deadline)) if status.phase == Some(Phase::Running) && eta.0 > deadline => {
-            Some((eta.0, deadline))
-        }
-        _ => None,
-    };
-    let kind = ConditionType::DeadlineAtRisk;
-    let was = prev.conditions.iter().any(|c| c.type_ == kind.as_str() && c.status == "True");
-    match late {
-        Some((eta, deadline)) => {
-            let message = format!(
-                "estimated to finish at {eta}, after its deadline {deadline} (spec.timeouts.jobSeconds is {})",
-                spec.timeouts.job_seconds
-            );
-            if !was {
-                d.events.push(EventNote::warning(EventReason::DeadlineAtRisk, message.clone()));
-            }
-            set_condition(&mut status.conditions, kind, true, Reason::EstimatePastDeadline, message, now, generation);
-        }
-        None if was => {
-            let message = "the estimated completion is within the deadline".to_string();
-            set_condition(
-                &mut status.conditions,
-                kind,
-                false,
-                Reason::EstimateWithinDeadline,
-                message,
-                now,
-                generation,
-            );
-        }
-        None => {}
-    }
-}
-
-/// Lease renewals do not wake the controller (every renewal of every worker would, and a burst
-/// of them would keep pushing the job's reconcile back): a job whose workers heartbeat is looked
-/// at again when the fold period is over. Missed heartbeats have their own timer.
-fn look_again_for_heartbeats(observed: &Observed, d: &mut Decision, now: Timestamp) {
-    let (last_fold, fold_seconds) = (observed.last_fold, observed.fold_seconds);
-    if observed.job.spec.heartbeat.is_some() && !d.status.active.is_empty() {
-        let next_fold = match last_fold.map(|t| plus(t, fold_seconds)) {
-            Some(next) if !d.folded && next > now => next,
-            _ => plus(now, fold_seconds),
-        };
-        d.requeue_after = min_opt(d.requeue_after, until(now, next_fold));
     }
 }
 

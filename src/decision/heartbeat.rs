@@ -1,0 +1,60 @@
+//! Heartbeats judged: a running worker that went silent, or heartbeats without progress.
+
+use std::time::Duration;
+
+use k8s_openapi::jiff::Timestamp;
+
+use super::{
+    step::{min_opt, plus, until},
+    view::{LeaseView, PodPhase, PodView},
+};
+use crate::api::{ActiveShard, Failure, Heartbeat, names::AttemptReason};
+
+/// Fails a running attempt whose worker went silent (HeartbeatTimeout) or stopped making
+/// progress (Stalled); otherwise asks to look again when that could next happen.
+pub(super) fn heartbeat_failure(
+    heartbeat: Option<&Heartbeat>,
+    entry: &ActiveShard,
+    pod: &PodView,
+    lease: Option<&LeaseView>,
+    now: Timestamp,
+    requeue_after: &mut Option<Duration>,
+) -> Option<Failure> {
+    let hb = heartbeat?;
+    // A pod that is not running yet (pulling its image, say) cannot heartbeat.
+    if pod.phase != PodPhase::Running {
+        return None;
+    }
+    let baseline = pod.running_since.unwrap_or(now).max(entry.start_time.0);
+    let lease = lease.filter(|l| l.holder.as_deref() == Some(pod.name.as_str()));
+    let beat = lease.and_then(|l| l.last_renewal).map_or(baseline, |b| b.max(baseline));
+    let silent_at = plus(beat, i64::from(hb.timeout_seconds));
+    if now >= silent_at {
+        return Some(Failure {
+            reason: AttemptReason::HeartbeatTimeout.into(),
+            message: format!(
+                "no heartbeat for {}s (spec.heartbeat.timeoutSeconds is {})",
+                now.duration_since(beat).as_secs(),
+                hb.timeout_seconds
+            ),
+            exit_code: None,
+        });
+    }
+    *requeue_after = min_opt(*requeue_after, until(now, silent_at));
+    if let Some(stall) = hb.stall_seconds {
+        let moved = lease.and_then(|l| l.progress_since).map_or(baseline, |p| p.max(baseline));
+        let stalled_at = plus(moved, i64::from(stall));
+        if now >= stalled_at {
+            return Some(Failure {
+                reason: AttemptReason::Stalled.into(),
+                message: format!(
+                    "heartbeats but no progress for {}s (spec.heartbeat.stallSeconds is {stall})",
+                    now.duration_since(moved).as_secs()
+                ),
+                exit_code: None,
+            });
+        }
+        *requeue_after = min_opt(*requeue_after, until(now, stalled_at));
+    }
+    None
+}
