@@ -11,7 +11,10 @@ use kube::{
 };
 use tracing::{info, warn};
 
-use super::{Error, access, context::Context};
+use super::{
+    Error, access,
+    context::{Context, object_key},
+};
 use crate::{
     api::{self, BackgroundJob},
     decision::{Decision, Refusal, pod::worker_pod},
@@ -60,7 +63,7 @@ async fn create_pods(
     let at = Instant::now();
     let mut memory = ctx.memory();
     for ((_, pod), result) in pods.iter().zip(results) {
-        let key = format!("{ns}/{}", pod.name_any());
+        let key = object_key(&ns, &pod.name_any());
         let refused = |message: &str| format!("the API server refused worker pod {}: {message}", pod.name_any());
         match result {
             Ok(_) => {

@@ -184,6 +184,11 @@ pub fn occupies_worker(pod: &Pod) -> bool {
     !matches!(pod.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Succeeded" | "Failed"))
 }
 
+/// How the operator's memory names a namespaced object: "namespace/name".
+pub fn object_key(namespace: &str, name: &str) -> String {
+    format!("{namespace}/{name}")
+}
+
 /// resourceVersions are etcd revisions: comparable as numbers in practice. Unparseable ones
 /// count as newest, so the cache is then simply not used.
 pub fn resource_version(job: &BackgroundJob) -> u64 {

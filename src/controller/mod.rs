@@ -40,7 +40,7 @@ use crate::{
     operator::{Metrics, metrics::ErrorLabel},
 };
 
-use context::{Context, occupies_worker};
+use context::{Context, object_key, occupies_worker};
 pub use observe::{lease_view, pod_view};
 
 /// Everything that can go wrong in a reconcile. Each is retried; none stops the operator.
@@ -201,11 +201,11 @@ fn on_pod(ctx: &Context, orphans: &UnboundedSender<Pod>, event: Result<watcher::
 fn on_lease(ctx: &Context, event: Result<watcher::Event<Lease>, watcher::Error>) {
     match event {
         Ok(watcher::Event::Apply(lease) | watcher::Event::InitApply(lease)) => {
-            let key = format!("{}/{}", lease.namespace().unwrap_or_default(), lease.name_any());
+            let key = object_key(&lease.namespace().unwrap_or_default(), &lease.name_any());
             ctx.memory().leases.entry(key).or_default().observe(&lease, now());
         }
         Ok(watcher::Event::Delete(lease)) => {
-            let key = format!("{}/{}", lease.namespace().unwrap_or_default(), lease.name_any());
+            let key = object_key(&lease.namespace().unwrap_or_default(), &lease.name_any());
             ctx.memory().leases.remove(&key);
         }
         _ => {}

@@ -18,7 +18,11 @@ use std::{
 use k8s_openapi::{api::core::v1::Pod, jiff::Timestamp};
 use kube::{ResourceExt, runtime::controller::Action};
 
-use super::{Error, act, context::Context, now, observe, record};
+use super::{
+    Error, act,
+    context::{Context, object_key},
+    now, observe, record,
+};
 use crate::{
     api::BackgroundJob,
     decision::{self, Decision, LeaseView, Observed, PodView, Refusal, pod::pod_name, queue},
@@ -64,14 +68,15 @@ fn observe(ctx: &Context, job: Arc<BackgroundJob>) -> Seen {
     let mut memory = ctx.memory();
     if !memory.creating.is_empty() {
         for pod in &pods {
-            memory.creating.forget(&format!("{ns}/{}", pod.name_any()));
+            memory.creating.forget(&object_key(&ns, &pod.name_any()));
         }
     }
     let running = &memory.running_since;
-    let views = pods.iter().filter_map(|p| observe::pod_view(p, running.get(&p.uid()?).copied())).collect();
+    let views =
+        pods.iter().filter_map(|p| observe::pod_view(p, p.uid().and_then(|u| running.get(&u).copied()))).collect();
     let leases = leases
         .iter()
-        .filter_map(|l| observe::lease_view(l, memory.leases.get(&format!("{ns}/{}", l.name_any()))))
+        .filter_map(|l| observe::lease_view(l, memory.leases.get(&object_key(&ns, &l.name_any()))))
         .collect();
     let job_memory = memory.jobs.get(&uid);
     let (last_fold, refusal) = (job_memory.and_then(|m| m.last_fold), job_memory.and_then(|m| m.refusal.clone()));
@@ -99,11 +104,11 @@ fn decide(ctx: &Context, seen: &Seen, now: Timestamp) -> Decision {
         let grant = grants.get(&(ns.clone(), name.clone())).cloned().unwrap_or_default();
         (decision::decide(&observed.grant(Some(&grant)), now), memory)
     };
-    let key = |(shard, attempt): &(i32, i32)| format!("{ns}/{}", pod_name(&name, *shard, *attempt));
     let at = Instant::now();
-    d.create.retain(|pod| !memory.creating.expects(&key(pod), at));
-    for pod in &d.create {
-        memory.creating.sending(key(pod), seen.job.uid().unwrap_or_default());
+    d.create
+        .retain(|&(shard, attempt)| !memory.creating.expects(&object_key(&ns, &pod_name(&name, shard, attempt)), at));
+    for key in creating_keys(&seen.job, &d) {
+        memory.creating.sending(key, seen.job.uid().unwrap_or_default());
     }
     d
 }
@@ -125,9 +130,14 @@ struct Creating<'a> {
 
 impl<'a> Creating<'a> {
     fn new(ctx: &'a Context, job: &BackgroundJob, d: &Decision) -> Self {
-        let (ns, name) = (job.namespace().unwrap_or_default(), job.name_any());
-        Self { ctx, keys: d.create.iter().map(|(s, a)| format!("{ns}/{}", pod_name(&name, *s, *a))).collect() }
+        Self { ctx, keys: creating_keys(job, d) }
     }
+}
+
+/// The keys in `Memory::creating` of the pods `d` creates.
+fn creating_keys(job: &BackgroundJob, d: &Decision) -> Vec<String> {
+    let (ns, name) = (job.namespace().unwrap_or_default(), job.name_any());
+    d.create.iter().map(|&(shard, attempt)| object_key(&ns, &pod_name(&name, shard, attempt))).collect()
 }
 
 impl Drop for Creating<'_> {

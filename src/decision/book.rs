@@ -141,36 +141,31 @@ impl<'a> Book<'a> {
                 }
                 continue;
             };
-            match pod.phase {
-                PodPhase::Succeeded => {
-                    self.active.remove(&shard);
-                    self.succeeded.insert(shard);
-                    continue;
-                }
-                PodPhase::Failed if pod.disruption.is_some() => {
-                    self.disrupt_attempt(&entry, pod.disruption.clone().expect("checked"));
-                    continue;
-                }
-                PodPhase::Failed => {
-                    let failure = pod.failure.clone().unwrap_or_else(|| Failure {
-                        reason: AttemptReason::Error.into(),
-                        message: String::new(),
-                        exit_code: None,
-                    });
-                    self.fail_attempt(&entry, failure);
-                    continue;
-                }
-                PodPhase::Pending | PodPhase::Running => {}
+            if pod.phase == PodPhase::Succeeded {
+                self.active.remove(&shard);
+                self.succeeded.insert(shard);
+                continue;
+            }
+            // The cluster took the pod away (evicted, drained, preempted): not the worker's failure.
+            let taken = pod.phase == PodPhase::Failed || (pod.deleting && !spec.suspend);
+            if let Some(cause) = pod.disruption.clone().filter(|_| taken) {
+                self.disrupt_attempt(&entry, cause);
+                continue;
+            }
+            if pod.phase == PodPhase::Failed {
+                let failure = pod.failure.clone().unwrap_or_else(|| Failure {
+                    reason: AttemptReason::Error.into(),
+                    message: String::new(),
+                    exit_code: None,
+                });
+                self.fail_attempt(&entry, failure);
+                continue;
             }
             if spec.suspend {
                 self.interrupt(&entry);
                 if !pod.deleting {
                     self.d.delete.push(pod.name.clone());
                 }
-                continue;
-            }
-            if let Some(cause) = pod.disruption.clone().filter(|_| pod.deleting) {
-                self.disrupt_attempt(&entry, cause);
                 continue;
             }
             if pod.deleting {

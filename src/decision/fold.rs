@@ -5,7 +5,7 @@
 use k8s_openapi::jiff::Timestamp;
 
 use super::{
-    status::{set_condition, with_heartbeats_of},
+    status::{hold_condition, with_heartbeats_of},
     step::{Decision, EventNote, min_opt, plus, until},
     view::Observed,
 };
@@ -23,7 +23,7 @@ pub(super) fn fold(observed: &Observed, prev: &BackgroundJobStatus, d: &mut Deci
     if without_estimate == *prev {
         d.status = without_estimate;
     }
-    deadline_at_risk(observed, prev, d, now);
+    deadline_at_risk(observed, d, now);
     // Any write carries the current heartbeats along: it counts as a fold.
     d.folded = d.status != *prev;
     look_again_for_heartbeats(observed, d, now);
@@ -46,7 +46,7 @@ fn fold_heartbeats(observed: &Observed, prev: &BackgroundJobStatus, d: &mut Deci
 /// DeadlineAtRisk is True while the job runs and its estimated completion is past its deadline
 /// (one Warning event when it turns True); False once that is no longer so. It follows the
 /// estimate, which moves only with writes that happen anyway.
-fn deadline_at_risk(observed: &Observed, prev: &BackgroundJobStatus, d: &mut Decision, now: Timestamp) {
+fn deadline_at_risk(observed: &Observed, d: &mut Decision, now: Timestamp) {
     let (spec, generation) = (&observed.job.spec, observed.job.metadata.generation);
     let status = &mut d.status;
     let deadline = status.start_time.as_ref().map(|s| plus(s.0, spec.timeouts.job_seconds));
@@ -56,32 +56,17 @@ fn deadline_at_risk(observed: &Observed, prev: &BackgroundJobStatus, d: &mut Dec
         }
         _ => None,
     };
-    let kind = ConditionType::DeadlineAtRisk;
-    let was = prev.conditions.iter().any(|c| c.type_ == kind.as_str() && c.status == "True");
-    match late {
-        Some((eta, deadline)) => {
-            let message = format!(
-                "estimated to finish at {eta}, after its deadline {deadline} (spec.timeouts.jobSeconds is {})",
-                spec.timeouts.job_seconds
-            );
-            if !was {
-                d.events.push(EventNote::warning(EventReason::DeadlineAtRisk, message.clone()));
-            }
-            set_condition(&mut status.conditions, kind, true, Reason::EstimatePastDeadline, message, now, generation);
-        }
-        None if was => {
-            let message = "the estimated completion is within the deadline".to_string();
-            set_condition(
-                &mut status.conditions,
-                kind,
-                false,
-                Reason::EstimateWithinDeadline,
-                message,
-                now,
-                generation,
-            );
-        }
-        None => {}
+    let cause = late.map(|(eta, deadline)| {
+        let message = format!(
+            "estimated to finish at {eta}, after its deadline {deadline} (spec.timeouts.jobSeconds is {})",
+            spec.timeouts.job_seconds
+        );
+        (Reason::EstimatePastDeadline, message)
+    });
+    let note = cause.as_ref().map(|(_, message)| message.clone());
+    let cleared = (Reason::EstimateWithinDeadline, "the estimated completion is within the deadline");
+    if hold_condition(&mut status.conditions, ConditionType::DeadlineAtRisk, cause, cleared, now, generation) {
+        d.events.push(EventNote::warning(EventReason::DeadlineAtRisk, note.unwrap_or_default()));
     }
 }
 

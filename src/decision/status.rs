@@ -47,6 +47,27 @@ pub fn set_condition(
     }
 }
 
+/// A condition that holds while a cause does: True with the cause's reason and message; once
+/// the cause is gone, a True condition turns False with `cleared` (an absent one stays absent).
+/// Returns whether it turned True now.
+pub fn hold_condition(
+    conditions: &mut Vec<Condition>,
+    type_: ConditionType,
+    cause: Option<(Reason, String)>,
+    cleared: (Reason, &str),
+    now: Timestamp,
+    generation: Option<i64>,
+) -> bool {
+    let was = conditions.iter().any(|c| c.type_ == type_.as_str() && c.status == "True");
+    let turned = !was && cause.is_some();
+    match cause {
+        Some((reason, message)) => set_condition(conditions, type_, true, reason, message, now, generation),
+        None if was => set_condition(conditions, type_, false, cleared.0, cleared.1.into(), now, generation),
+        None => {}
+    }
+    turned
+}
+
 /// The status of a job that failed for `reason`: phase Failed, the Failed condition, the time.
 pub fn fail(
     job: &BackgroundJob,

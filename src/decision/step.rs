@@ -16,7 +16,7 @@ use k8s_openapi::{
 use super::{
     book::Book,
     fold::fold,
-    status::{fail, set_condition, summarize},
+    status::{fail, hold_condition, set_condition, summarize},
     view::{FORBIDDEN_PAUSE_SECONDS, LeaseView, Observed, PodPhase, PodView, Refusal},
 };
 use crate::api::{
@@ -332,18 +332,9 @@ fn workers_blocked(observed: &Observed, status: &mut BackgroundJobStatus, book: 
         Some(Refusal::Forbidden { message, .. }) if pausing || !book.d.create.is_empty() => Some(message),
         _ => None,
     };
-    let conditions = &mut status.conditions;
-    let kind = ConditionType::WorkersBlocked;
-    match blocked {
-        Some(message) => {
-            set_condition(conditions, kind, true, Reason::PodCreationForbidden, message.clone(), now, generation)
-        }
-        None if conditions.iter().any(|c| c.type_ == kind.as_str() && c.status == "True") => {
-            let message = "the API server accepts the job's worker pods".to_string();
-            set_condition(conditions, kind, false, Reason::PodCreationAllowed, message, now, generation);
-        }
-        None => {}
-    }
+    let cause = blocked.map(|message| (Reason::PodCreationForbidden, message.clone()));
+    let cleared = (Reason::PodCreationAllowed, "the API server accepts the job's worker pods");
+    hold_condition(&mut status.conditions, ConditionType::WorkersBlocked, cause, cleared, now, generation);
 }
 
 pub(super) fn time(t: Timestamp) -> Time {
