@@ -99,13 +99,14 @@ enum Command {
         selector: String,
     },
     /// Run a worker command and heartbeat for it: renew the shard's Lease (NIGHTSHIFT_LEASE),
-    /// report the `::nightshift:: progress DONE/TOTAL [message]` and
-    /// `::nightshift:: result {json}` lines it prints (all its output passes through), stop it
+    /// report the `::nightshift:: progress DONE/TOTAL [message]`, `::nightshift:: result {json}`
+    /// and `::nightshift:: checkpoint TEXT` lines it prints (all its output passes through), stop it
     /// when another attempt owns the shard. Exits with its exit code (128+N if killed by signal
     /// N, 127 if it cannot be started).
     Agent {
-        /// Seconds the command gets to exit after SIGTERM (when fenced) before SIGKILL.
-        #[arg(long, default_value_t = 10)]
+        /// Seconds the command gets to exit after SIGTERM (when fenced) before SIGKILL; the
+        /// operator passes the pod's terminationGracePeriodSeconds.
+        #[arg(long, default_value_t = 30)]
         grace_seconds: u64,
         /// The command and its arguments, after `--`.
         #[arg(required = true, trailing_var_arg = true, value_name = "CMD")]

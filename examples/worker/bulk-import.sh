@@ -7,6 +7,7 @@
 #   NIGHTSHIFT_SHARDS    how many shards the rows are split into (evenly, in file order)
 #   NIGHTSHIFT_ATTEMPT   1 on the first try of this shard, 2 on the first retry...
 #   NIGHTSHIFT_JOB       the BackgroundJob's name
+#   NIGHTSHIFT_CHECKPOINT  the checkpoint the shard's last attempt saved, if any: where to resume
 # Options, set in the pod template's env:
 #   ROWS_FILE       the CSV, a header line then one row a line (default /customers.csv)
 #   BATCH_SIZE      rows per batch (default 50)
@@ -16,7 +17,10 @@
 # Lines starting with `::nightshift::` are directives for the agent that wraps this command
 # (src/worker/directive.rs); it puts them on the shard's heartbeat Lease:
 #   ::nightshift:: progress DONE/TOTAL message     after each batch
+#   ::nightshift:: checkpoint done=D imported=I        after each batch: rows committed so far
 #   ::nightshift:: result {"imported": N, "shard": S}   once, at the end
+# A retried shard (its pod was evicted, or failed) resumes after the last row it committed, from
+# NIGHTSHIFT_CHECKPOINT, instead of importing its rows again.
 # SIGTERM (the pod is deleted, or the shard timed out) stops it within a moment, exit code 143.
 #
 # Run it outside a cluster (it reads the file once a batch, so a file, not a pipe):
@@ -62,6 +66,20 @@ done_rows=0
 imported=0
 sleeper=
 
+# Resume where the last attempt left off: "done=D imported=I", as this script checkpoints.
+checkpoint="${NIGHTSHIFT_CHECKPOINT:-}"
+if [ -n "$checkpoint" ]; then
+  for field in $checkpoint; do
+    case "$field" in
+      done=*) done_rows="${field#done=}" ;;
+      imported=*) imported="${field#imported=}" ;;
+    esac
+  done
+  number "done in NIGHTSHIFT_CHECKPOINT" "$done_rows"
+  number "imported in NIGHTSHIFT_CHECKPOINT" "$imported"
+  [ "$done_rows" -le "$total" ] || fail "NIGHTSHIFT_CHECKPOINT says $done_rows rows done of $total"
+fi
+
 # A trap runs only once the foreground command ends, so the pause is a background `sleep` and a
 # `wait`, which a trapped signal interrupts at once.
 on_term() {
@@ -73,7 +91,12 @@ trap on_term TERM
 trap 'echo "shard $shard: SIGINT received after $done_rows rows; stopping"; exit 130' INT
 
 echo "shard $shard: job $job, attempt $attempt: importing rows $((first + 1))-$last of $rows ($total rows, $batch_size a batch)"
-echo "::nightshift:: progress 0/$total starting"
+if [ "$done_rows" -gt 0 ]; then
+  echo "shard $shard: resuming from checkpoint after row $((first + done_rows)) ($done_rows/$total done)"
+  echo "::nightshift:: progress $done_rows/$total resuming after row $((first + done_rows))"
+else
+  echo "::nightshift:: progress 0/$total starting"
+fi
 start=$(date +%s)
 
 while [ "$done_rows" -lt "$total" ]; do
@@ -91,11 +114,12 @@ while [ "$done_rows" -lt "$total" ]; do
   done_rows=$((to - first))
   echo "shard $shard: imported rows $from-$to ($done_rows/$total)"
   echo "::nightshift:: progress $done_rows/$total imported rows $from-$to"
+  echo "::nightshift:: checkpoint done=$done_rows imported=$imported"
   if [ -n "$fail_exit_code" ]; then
     echo "shard $shard: failing on purpose after the first batch (FAIL_EXIT_CODE=$fail_exit_code)" >&2
     exit "$fail_exit_code"
   fi
 done
 
-echo "shard $shard: done, $imported of $total rows imported in $(($(date +%s) - start))s"
+echo "shard $shard: done, $imported of $total rows imported (this attempt took $(($(date +%s) - start))s)"
 echo "::nightshift:: result {\"imported\": $imported, \"shard\": $shard}"

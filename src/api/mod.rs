@@ -32,10 +32,19 @@ pub const ANNOTATION_PROGRESS: &str = "nightshift.dev/progress";
 pub const ANNOTATION_PROGRESS_MESSAGE: &str = "nightshift.dev/progress-message";
 /// Lease annotation a worker writes: a small JSON object summarising its result.
 pub const ANNOTATION_RESULT: &str = "nightshift.dev/result";
+/// Lease annotation a worker writes: its latest checkpoint, a short opaque string (at most
+/// [`MAX_CHECKPOINT_BYTES`]) that the shard's next attempt receives.
+pub const ANNOTATION_CHECKPOINT: &str = "nightshift.dev/checkpoint";
+/// Lease annotation a worker writes with each checkpoint: its progress ("DONE/TOTAL") when it
+/// saved it, empty when it had reported none. The next attempt's progress starts from it.
+pub const ANNOTATION_CHECKPOINT_PROGRESS: &str = "nightshift.dev/checkpoint-progress";
 /// Lease annotation the controller writes: the shard the Lease belongs to.
 pub const ANNOTATION_SHARD: &str = "nightshift.dev/shard";
 /// Longest result summary a worker may report, in bytes of JSON.
 pub const MAX_RESULT_BYTES: usize = 4096;
+/// Longest checkpoint a worker may save, in bytes. The Rust API and the agent refuse a longer
+/// one (the previous checkpoint stays); the controller hands none of a longer one on.
+pub const MAX_CHECKPOINT_BYTES: usize = 1024;
 
 /// Environment every worker container gets.
 pub mod env {
@@ -49,6 +58,8 @@ pub mod env {
     pub const LEASE: &str = "NIGHTSHIFT_LEASE";
     /// Seconds between Lease renewals (only when the job has spec.heartbeat).
     pub const HEARTBEAT_INTERVAL_SECONDS: &str = "NIGHTSHIFT_HEARTBEAT_INTERVAL_SECONDS";
+    /// The checkpoint the shard's last attempt saved (only when there is one).
+    pub const CHECKPOINT: &str = "NIGHTSHIFT_CHECKPOINT";
 }
 
 /// The longest prefix of `s` of at most `max` bytes that ends on a character boundary.

@@ -16,6 +16,7 @@ use kube::{
     api::{Patch, PatchParams},
 };
 use serde_json::json;
+use tracing::warn;
 
 use crate::{
     api::{self, BackgroundJob},
@@ -27,14 +28,16 @@ fn apply_params() -> PatchParams {
 }
 
 /// Points shard `shard`'s Lease at `pod`, the attempt starting now, and clears what the
-/// previous attempt reported.
+/// previous attempt reported but its checkpoint, which it returns: the new attempt resumes from
+/// it. From this write on, the previous attempt is fenced, so no later checkpoint of its can
+/// land: the one returned is the last.
 pub async fn apply_lease(
     client: &Client,
     job: &BackgroundJob,
     shard: i32,
     pod: &str,
     now: Timestamp,
-) -> Result<(), kube::Error> {
+) -> Result<Option<String>, kube::Error> {
     let name = job.name_any();
     let lease_name = lease_name(&name, shard);
     let timeout = job.spec.heartbeat.as_ref().map(|h| h.timeout_seconds).unwrap_or(40);
@@ -59,8 +62,21 @@ pub async fn apply_lease(
         }
     });
     let api: Api<Lease> = Api::namespaced(client.clone(), &job.namespace().unwrap_or_default());
-    api.patch(&lease_name, &apply_params(), &Patch::Apply(&lease)).await?;
-    Ok(())
+    // The checkpoint annotations are not in the applied object, so the apply keeps them.
+    let applied = api.patch(&lease_name, &apply_params(), &Patch::Apply(&lease)).await?;
+    let checkpoint = applied.annotations().get(api::ANNOTATION_CHECKPOINT).filter(|c| !c.is_empty());
+    match checkpoint {
+        Some(c) if c.len() > api::MAX_CHECKPOINT_BYTES => {
+            warn!(
+                lease = lease_name,
+                size = c.len(),
+                "the checkpoint in the Lease is longer than {} bytes; the next attempt starts without it",
+                api::MAX_CHECKPOINT_BYTES
+            );
+            Ok(None)
+        }
+        checkpoint => Ok(checkpoint.cloned()),
+    }
 }
 
 /// The workers' ServiceAccount (unless the template names its own), a Role allowing get,

@@ -17,7 +17,10 @@ use super::{
 };
 use crate::{
     api::{self, BackgroundJob},
-    decision::{Decision, Refusal, pod::worker_pod},
+    decision::{
+        Decision, Refusal,
+        pod::{pod_name, worker_pod},
+    },
 };
 
 pub async fn act(ctx: &Context, job: &BackgroundJob, d: &Decision, now: Timestamp) -> Result<Option<Refusal>, Error> {
@@ -44,25 +47,37 @@ async fn create_pods(
             ctx.memory().jobs.entry(uid.clone()).or_default().access_applied = true;
         }
     }
-    let agent_image = ctx.options.agent_image.as_deref();
-    let pods: Vec<(i32, Pod)> =
-        create.iter().map(|&(shard, attempt)| (shard, worker_pod(job, shard, attempt, agent_image))).collect();
-    if job.spec.heartbeat.is_some() {
-        // The Lease names the new attempt before its pod exists: an older attempt still
-        // running is fenced from this moment on.
-        futures::future::try_join_all(pods.iter().map(|(shard, pod)| {
-            access::apply_lease(&ctx.client, job, *shard, pod.metadata.name.as_deref().unwrap_or_default(), now)
+    // The Lease names the new attempt before its pod exists: an older attempt still running is
+    // fenced from this moment on, and the checkpoint it left is the one the new attempt gets.
+    let checkpoints: Vec<Option<String>> = if job.spec.heartbeat.is_some() {
+        futures::future::try_join_all(create.iter().map(|&(shard, attempt)| {
+            let pod = pod_name(&job.name_any(), shard, attempt);
+            async move { access::apply_lease(&ctx.client, job, shard, &pod, now).await }
         }))
-        .await?;
-    }
+        .await?
+    } else {
+        vec![None; create.len()]
+    };
+    let agent_image = ctx.options.agent_image.as_deref();
+    let pods: Vec<Pod> = create
+        .iter()
+        .zip(&checkpoints)
+        .map(|(&(shard, attempt), checkpoint)| {
+            if checkpoint.is_some() {
+                info!(shard, attempt, "the attempt resumes from the checkpoint its shard's last attempt saved");
+                ctx.metrics.attempts_resumed.inc();
+            }
+            worker_pod(job, shard, attempt, agent_image, checkpoint.as_deref())
+        })
+        .collect();
     let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
     let params = PostParams { field_manager: Some(api::MANAGER.into()), ..Default::default() };
-    let results = futures::future::join_all(pods.iter().map(|(_, pod)| api.create(&params, pod))).await;
+    let results = futures::future::join_all(pods.iter().map(|pod| api.create(&params, pod))).await;
 
     let (mut refusal, mut failure, mut created) = (None, None, false);
     let at = Instant::now();
     let mut memory = ctx.memory();
-    for ((_, pod), result) in pods.iter().zip(results) {
+    for (pod, result) in pods.iter().zip(results) {
         let key = object_key(&ns, &pod.name_any());
         let refused = |message: &str| format!("the API server refused worker pod {}: {message}", pod.name_any());
         match result {

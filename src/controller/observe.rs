@@ -73,16 +73,26 @@ pub fn lease_view(lease: &Lease, memory: Option<&LeaseMemory>) -> Option<LeaseVi
     })
 }
 
-/// "DONE/TOTAL" and the message, as the worker wrote them; None when absent or unreadable.
+/// "DONE/TOTAL" and the message, as the worker wrote them; None when absent or unreadable. An
+/// attempt that has reported nothing yet is where its checkpoint left the shard: a resumed
+/// attempt's progress starts there, not at zero.
 fn progress(lease: &Lease) -> Option<ShardProgress> {
     let annotations = lease.annotations();
-    let (done, total) = annotations.get(api::ANNOTATION_PROGRESS)?.split_once('/')?;
-    let (done, total) = (done.trim().parse::<i64>().ok()?, total.trim().parse::<i64>().ok()?);
-    if done < 0 || total < 0 {
-        return None;
-    }
+    let reported = annotations.get(api::ANNOTATION_PROGRESS).filter(|p| !p.is_empty());
+    let Some(reported) = reported else {
+        let (done, total) = done_total(annotations.get(api::ANNOTATION_CHECKPOINT_PROGRESS)?)?;
+        return Some(ShardProgress { done, total, message: String::new() });
+    };
+    let (done, total) = done_total(reported)?;
     let message = annotations.get(api::ANNOTATION_PROGRESS_MESSAGE).map(|m| clip(m, 256)).unwrap_or_default();
     Some(ShardProgress { done, total, message })
+}
+
+/// "DONE/TOTAL" as two counts, None when unreadable or negative.
+fn done_total(s: &str) -> Option<(i64, i64)> {
+    let (done, total) = s.split_once('/')?;
+    let (done, total) = (done.trim().parse::<i64>().ok()?, total.trim().parse::<i64>().ok()?);
+    (done >= 0 && total >= 0).then_some((done, total))
 }
 
 /// The view of a worker pod, or None when its labels do not say which shard and attempt it is.
@@ -135,7 +145,7 @@ pub fn pod_view(pod: &Pod, running_since: Option<Timestamp>) -> Option<PodView> 
         shard,
         attempt,
         phase,
-        deleting: pod.metadata.deletion_timestamp.is_some(),
+        deletion: pod.metadata.deletion_timestamp.as_ref().map(|t| t.0),
         tracked: pod.finalizers().iter().any(|f| f == api::FINALIZER_TRACKING),
         ready,
         failure,

@@ -36,6 +36,9 @@ pub async fn record(
     for reason in &d.failed_attempts {
         ctx.metrics.attempts_failed.get_or_create(&ReasonLabel { reason: reason.clone() }).inc();
     }
+    for reason in &d.disrupted_attempts {
+        ctx.metrics.attempts_disrupted.get_or_create(&ReasonLabel { reason: reason.clone() }).inc();
+    }
     events::publish(ctx, job, &d.events);
     if d.delete_job {
         delete_job(ctx, job).await?;

@@ -147,7 +147,7 @@ impl<'a> Book<'a> {
                 continue;
             }
             // The cluster took the pod away (evicted, drained, preempted): not the worker's failure.
-            let taken = pod.phase == PodPhase::Failed || (pod.deleting && !spec.suspend);
+            let taken = pod.phase == PodPhase::Failed || (pod.deleting() && !spec.suspend);
             if let Some(cause) = pod.disruption.clone().filter(|_| taken) {
                 self.disrupt_attempt(&entry, cause);
                 continue;
@@ -163,12 +163,12 @@ impl<'a> Book<'a> {
             }
             if spec.suspend {
                 self.interrupt(&entry);
-                if !pod.deleting {
+                if !pod.deleting() {
                     self.d.delete.push(pod.name.clone());
                 }
                 continue;
             }
-            if pod.deleting {
+            if pod.deleting() {
                 let failure = Failure {
                     reason: AttemptReason::PodDeleted.into(),
                     message: format!("pod {} was deleted before it finished", pod.name),
@@ -271,6 +271,7 @@ impl<'a> Book<'a> {
         }
         self.active.remove(&shard);
         self.disruptions += 1;
+        self.d.disrupted_attempts.push(cause.reason.clone());
         let disruptions = entry.disruptions + 1;
         self.retrying.insert(
             shard,
@@ -328,6 +329,7 @@ impl<'a> Book<'a> {
             .filter(|r| r.next_retry_time.as_ref().is_none_or(|t| t.0 <= now))
             .map(|r| r.shard)
             .collect();
+        let due: Vec<i32> = due.into_iter().filter(|&shard| !self.wait_for_stop(shard)).collect();
         for shard in due {
             if free <= 0 {
                 break;
@@ -359,6 +361,21 @@ impl<'a> Book<'a> {
                 self.d.requeue_after = min_opt(self.d.requeue_after, until(now, t.0));
             }
         }
+    }
+
+    /// Whether the next attempt of `shard` waits for an earlier one to stop: one this step
+    /// deletes, or one being deleted that is still within its grace period (a requeue is set for
+    /// its end). A worker told to stop may save a checkpoint until it exits, and the next
+    /// attempt must start from that one. Past the grace period it no longer waits: a node that
+    /// is gone never reports its pods stopped, and the Lease fences a worker that still runs.
+    fn wait_for_stop(&mut self, shard: i32) -> bool {
+        let (now, pods) = (self.now, self.pods.get(&shard).map(Vec::as_slice).unwrap_or_default());
+        let stopped_now = pods.iter().any(|p| p.running() && self.d.delete.contains(&p.name));
+        let grace_ends = pods.iter().filter(|p| p.stopping(now)).filter_map(|p| p.deletion).min();
+        if let Some(end) = grace_ends {
+            self.d.requeue_after = min_opt(self.d.requeue_after, until(now, end));
+        }
+        stopped_now || grace_ends.is_some()
     }
 
     fn start(&mut self, shard: i32, attempt: i32, failures: i32, disruptions: i32) {

@@ -30,8 +30,15 @@ pub const AGENT_DIR: &str = "/nightshift-agent";
 const AGENT_VOLUME: &str = "nightshift-agent";
 
 /// The pod for `shard`, attempt `attempt` of `job`. `agent_image` is the image the agent is
-/// copied from when the job asks for injection.
-pub fn worker_pod(job: &BackgroundJob, shard: i32, attempt: i32, agent_image: Option<&str>) -> Pod {
+/// copied from when the job asks for injection; `checkpoint`, the one the shard's last attempt
+/// saved.
+pub fn worker_pod(
+    job: &BackgroundJob,
+    shard: i32,
+    attempt: i32,
+    agent_image: Option<&str>,
+    checkpoint: Option<&str>,
+) -> Pod {
     let name = job.name_any();
     let namespace = job.namespace().unwrap_or_default();
     let template = job.spec.template.get();
@@ -64,6 +71,9 @@ pub fn worker_pod(job: &BackgroundJob, shard: i32, attempt: i32, agent_image: Op
         Some(hb) => {
             env.push((api::env::LEASE, lease_name(&name, shard)));
             env.push((api::env::HEARTBEAT_INTERVAL_SECONDS, hb.interval_seconds.to_string()));
+            if let Some(checkpoint) = checkpoint {
+                env.push((api::env::CHECKPOINT, checkpoint.to_string()));
+            }
             // Least privilege: the job's own account, which may touch only its Leases, unless the
             // template names one (which is then bound to the same Role).
             if spec.service_account_name.as_deref().unwrap_or("").is_empty() {
@@ -146,8 +156,17 @@ fn inject_agent(spec: &mut PodSpec, image: &str) {
             ..Default::default()
         },
     );
+    // When fenced, the agent gives the command what the kubelet would on a delete: SIGTERM, and
+    // the pod's grace period (Kubernetes' default: 30 s) before SIGKILL.
+    let grace = spec.termination_grace_period_seconds.unwrap_or(30);
     if let Some(worker) = spec.containers.first_mut() {
-        let mut command = vec![format!("{AGENT_DIR}/nightshift"), "agent".into(), "--".into()];
+        let mut command = vec![
+            format!("{AGENT_DIR}/nightshift"),
+            "agent".into(),
+            "--grace-seconds".into(),
+            grace.to_string(),
+            "--".into(),
+        ];
         command.extend(worker.command.take().unwrap_or_default());
         command.extend(worker.args.take().unwrap_or_default());
         worker.command = Some(command);
@@ -177,7 +196,7 @@ mod tests {
 
     #[test]
     fn pod_carries_identity_owner_finalizer_and_environment() {
-        let pod = worker_pod(&job(), 2, 3, None);
+        let pod = worker_pod(&job(), 2, 3, None, None);
         assert_eq!(pod.metadata.name.as_deref(), Some("import-2-3"));
         let labels = pod.metadata.labels.unwrap();
         assert_eq!(labels["app"], "importer");
@@ -196,7 +215,7 @@ mod tests {
 
     #[test]
     fn pods_ask_autoscalers_to_leave_them_unless_the_template_says_otherwise() {
-        let annotations = worker_pod(&job(), 0, 1, None).metadata.annotations.unwrap();
+        let annotations = worker_pod(&job(), 0, 1, None, None).metadata.annotations.unwrap();
         assert_eq!(annotations["cluster-autoscaler.kubernetes.io/safe-to-evict"], "false");
         assert_eq!(annotations["karpenter.sh/do-not-disrupt"], "true");
         let mut j = job();
@@ -204,7 +223,7 @@ mod tests {
         let evictable = [("cluster-autoscaler.kubernetes.io/safe-to-evict".to_string(), "true".to_string())];
         template.metadata.get_or_insert_default().annotations = Some(evictable.into());
         j.spec.template = template.into();
-        let annotations = worker_pod(&j, 0, 1, None).metadata.annotations.unwrap();
+        let annotations = worker_pod(&j, 0, 1, None, None).metadata.annotations.unwrap();
         assert_eq!(annotations["cluster-autoscaler.kubernetes.io/safe-to-evict"], "true", "the template's word wins");
         assert_eq!(annotations["karpenter.sh/do-not-disrupt"], "true");
     }
@@ -215,9 +234,9 @@ mod tests {
         let mut template = j.spec.template.get();
         template.spec.as_mut().unwrap().scheduler_name = Some(crate::sim::SCHEDULER_NAME.into());
         j.spec.template = template.into();
-        let spec = worker_pod(&j, 0, 1, None).spec.unwrap();
+        let spec = worker_pod(&j, 0, 1, None, None).spec.unwrap();
         assert_eq!(spec.scheduler_name.as_deref(), Some("nightshift-simulator"));
-        assert_eq!(worker_pod(&job(), 0, 1, None).spec.unwrap().scheduler_name, None);
+        assert_eq!(worker_pod(&job(), 0, 1, None, None).spec.unwrap().scheduler_name, None);
     }
 }
 
@@ -244,18 +263,23 @@ mod heartbeat_tests {
 
     #[test]
     fn heartbeat_jobs_get_their_lease_and_account() {
-        let pod = worker_pod(&job(serde_json::json!({"intervalSeconds": 5, "timeoutSeconds": 20}), None), 1, 1, None);
+        let pod =
+            worker_pod(&job(serde_json::json!({"intervalSeconds": 5, "timeoutSeconds": 20}), None), 1, 1, None, None);
         let spec = pod.spec.unwrap();
         assert_eq!(spec.service_account_name.as_deref(), Some("import-worker"));
         let env = spec.containers[0].env.clone().unwrap();
         let get = |k: &str| env.iter().find(|v| v.name == k).and_then(|v| v.value.clone());
         assert_eq!(get("NIGHTSHIFT_LEASE").as_deref(), Some("import-1"));
         assert_eq!(get("NIGHTSHIFT_HEARTBEAT_INTERVAL_SECONDS").as_deref(), Some("5"));
+        assert_eq!(get("NIGHTSHIFT_CHECKPOINT"), None);
+        let resumed = worker_pod(&job(serde_json::json!({"timeoutSeconds": 20}), None), 1, 2, None, Some("row=250"));
+        let env = resumed.spec.unwrap().containers[0].env.clone().unwrap();
+        assert!(env.iter().any(|v| v.name == "NIGHTSHIFT_CHECKPOINT" && v.value.as_deref() == Some("row=250")));
     }
 
     #[test]
     fn a_named_account_is_kept() {
-        let pod = worker_pod(&job(serde_json::json!({"timeoutSeconds": 20}), Some("mine")), 0, 1, None);
+        let pod = worker_pod(&job(serde_json::json!({"timeoutSeconds": 20}), Some("mine")), 0, 1, None, None);
         assert_eq!(pod.spec.unwrap().service_account_name.as_deref(), Some("mine"));
     }
 
@@ -263,7 +287,7 @@ mod heartbeat_tests {
     fn workers_without_heartbeats_get_no_token() {
         let mut j = job(serde_json::json!({"timeoutSeconds": 20}), None);
         j.spec.heartbeat = None;
-        let spec = worker_pod(&j, 0, 1, None).spec.unwrap();
+        let spec = worker_pod(&j, 0, 1, None, None).spec.unwrap();
         assert_eq!(spec.automount_service_account_token, Some(false));
         assert_eq!(spec.service_account_name, None);
     }
@@ -271,14 +295,24 @@ mod heartbeat_tests {
     #[test]
     fn injection_wraps_the_command_with_the_agent() {
         let j = job(serde_json::json!({"timeoutSeconds": 20, "injectAgent": true}), None);
-        let spec = worker_pod(&j, 0, 1, Some("nightshift:0.1.0")).spec.unwrap();
+        let spec = worker_pod(&j, 0, 1, Some("nightshift:0.1.0"), None).spec.unwrap();
         let init = &spec.init_containers.unwrap()[0];
         assert_eq!(init.image.as_deref(), Some("nightshift:0.1.0"));
         assert_eq!(init.command.clone().unwrap(), ["/nightshift", "install-agent", "/nightshift-agent"]);
         let worker = &spec.containers[0];
         assert_eq!(
             worker.command.clone().unwrap(),
-            ["/nightshift-agent/nightshift", "agent", "--", "python", "-m", "importer", "--fast"]
+            [
+                "/nightshift-agent/nightshift",
+                "agent",
+                "--grace-seconds",
+                "30",
+                "--",
+                "python",
+                "-m",
+                "importer",
+                "--fast"
+            ]
         );
         assert_eq!(worker.args, None);
         assert_eq!(spec.volumes.unwrap()[0].name, "nightshift-agent");

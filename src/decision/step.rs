@@ -69,12 +69,18 @@ pub struct Decision {
     pub folded: bool,
     /// Reasons of the attempts this step found failed (for metrics).
     pub failed_attempts: Vec<String>,
+    /// Reasons of the attempts this step found taken away by the cluster (for metrics).
+    pub disrupted_attempts: Vec<String>,
 }
 
 impl Decision {
     /// Nothing to do but record outcomes: no pod to create or delete, nothing to tell.
     fn quiet(&self) -> bool {
-        self.create.is_empty() && self.delete.is_empty() && self.events.is_empty() && self.failed_attempts.is_empty()
+        self.create.is_empty()
+            && self.delete.is_empty()
+            && self.events.is_empty()
+            && self.failed_attempts.is_empty()
+            && self.disrupted_attempts.is_empty()
     }
 }
 
@@ -102,7 +108,7 @@ pub fn decide(observed: &Observed, now: Timestamp) -> Decision {
     }
     // The pods of shards that just succeeded, seen as still running.
     let newly_done =
-        |p: &PodView| p.phase == PodPhase::Succeeded && !p.deleting && prev.active.iter().any(|a| a.pod == p.name);
+        |p: &PodView| p.phase == PodPhase::Succeeded && !p.deleting() && prev.active.iter().any(|a| a.pod == p.name);
     if !observed.pods.iter().any(newly_done) {
         return d;
     }

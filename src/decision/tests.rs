@@ -51,6 +51,13 @@ struct World {
 impl World {
     fn apply(&mut self, job: &mut BackgroundJob, d: &Decision, now: Timestamp) {
         for &(shard, attempt) in &d.create {
+            // What an earlier attempt saves while it stops (a checkpoint) must reach this one.
+            let stopping = self.pods.iter().find(|p| {
+                p.shard == shard
+                    && p.attempt < attempt
+                    && (p.stopping(now) || (p.running() && d.delete.contains(&p.name)))
+            });
+            assert!(stopping.is_none(), "attempt {attempt} of shard {shard} started while {stopping:?} stops");
             let name = pod::pod_name("j", shard, attempt);
             if !self.pods.iter().any(|p| p.name == name) {
                 self.pods.push(PodView {
@@ -58,7 +65,7 @@ impl World {
                     shard,
                     attempt,
                     phase: PodPhase::Pending,
-                    deleting: false,
+                    deletion: None,
                     tracked: true,
                     ready: false,
                     failure: None,
@@ -71,7 +78,7 @@ impl World {
         }
         for name in &d.delete {
             if let Some(p) = self.pods.iter_mut().find(|p| &p.name == name) {
-                p.deleting = true;
+                p.deletion = Some(now + SignedDuration::from_secs(30));
             }
         }
         if d.folded {
@@ -91,8 +98,9 @@ impl World {
                 p.tracked = false;
             }
         }
-        // Untracked pods being deleted are gone.
-        self.pods.retain(|p| !p.deleting || p.tracked);
+        // Untracked pods being deleted are gone once they stopped (or their grace period ended:
+        // the kubelet killed them).
+        self.pods.retain(|p| !p.deleting() || p.tracked || p.stopping(now));
         self.check();
     }
 
@@ -116,15 +124,27 @@ fn step(job: &mut BackgroundJob, world: &mut World, now: Timestamp) -> Decision 
     d
 }
 
+/// A pod deleted at `now`, with Kubernetes' default grace period of 30 s.
+fn delete(world: &mut World, name: &str, now: Timestamp) {
+    world.pods.iter_mut().find(|p| p.name == name).unwrap().deletion = Some(now + SignedDuration::from_secs(30));
+}
+
 /// The cluster takes the pod away: the Eviction API marks it and deletes it.
-fn evict(world: &mut World, name: &str) {
+fn evict(world: &mut World, name: &str, now: Timestamp) {
+    delete(world, name, now);
     let p = world.pods.iter_mut().find(|p| p.name == name).unwrap();
-    p.deleting = true;
     p.disruption = Some(Failure {
         reason: "EvictionByEvictionAPI".into(),
         message: "Eviction API: evicting".into(),
         exit_code: None,
     });
+}
+
+/// A deleted pod's worker exited: the kubelet reports it Failed (143: it stopped on SIGTERM).
+fn stop(world: &mut World, name: &str) {
+    let p = world.pods.iter_mut().find(|p| p.name == name).unwrap();
+    p.phase = PodPhase::Failed;
+    p.failure = Some(Failure { reason: "Error".into(), message: String::new(), exit_code: Some(143) });
 }
 
 fn finish(world: &mut World, name: &str, ok: bool) {
@@ -316,20 +336,28 @@ fn an_evicted_worker_runs_again_at_once_and_uses_no_retry() {
     let mut job = job(1, 1, json!({"retry": {"limit": 0, "disruptionLimit": 2}}));
     let mut w = World::default();
     step(&mut job, &mut w, t0());
-    evict(&mut w, "j-0-1");
+    evict(&mut w, "j-0-1", at(1));
     let d = step(&mut job, &mut w, at(1));
-    assert_eq!(d.create, vec![(0, 2)], "the next attempt starts at once, no backoff");
-    let s = job.status.clone().unwrap();
-    assert_eq!((s.active[0].failures, s.active[0].disruptions, s.disruptions), (0, 1, 1));
-    assert_eq!(s.phase, Some(Phase::Running), "retry.limit 0, and the job goes on");
+    assert_eq!(d.create, vec![], "the next attempt waits while the evicted worker stops (it may checkpoint)");
+    assert_eq!(d.requeue_after, Some(std::time::Duration::from_secs(30)), "at most its grace period");
     let event = d.events.iter().find(|e| e.reason == EventReason::AttemptDisrupted).expect("an AttemptDisrupted event");
     assert!(event.note.contains("EvictionByEvictionAPI") && event.note.contains("no retry used"), "{}", event.note);
     assert_eq!(d.release, vec!["j-0-1".to_string()], "the evicted pod is let go of");
-    // A second disruption is still free; the third is past disruptionLimit and counts as a failure.
-    evict(&mut w, "j-0-2");
-    step(&mut job, &mut w, at(2));
-    evict(&mut w, "j-0-3");
-    step(&mut job, &mut w, at(3));
+    stop(&mut w, "j-0-1");
+    let d = step(&mut job, &mut w, at(2));
+    assert_eq!(d.create, vec![(0, 2)], "the next attempt starts as soon as it stopped, no backoff");
+    let s = job.status.clone().unwrap();
+    assert_eq!((s.active[0].failures, s.active[0].disruptions, s.disruptions), (0, 1, 1));
+    assert_eq!(s.phase, Some(Phase::Running), "retry.limit 0, and the job goes on");
+    assert!(!d.events.iter().any(|e| e.reason == EventReason::AttemptDisrupted), "the disruption was recorded once");
+    // A second disruption is still free, and a worker that never reports stopping (its node is
+    // gone) holds the next attempt only until its grace period ends; the third is past
+    // disruptionLimit and counts as a failure.
+    evict(&mut w, "j-0-2", at(3));
+    assert_eq!(step(&mut job, &mut w, at(32)).create, vec![]);
+    assert_eq!(step(&mut job, &mut w, at(33)).create, vec![(0, 3)]);
+    evict(&mut w, "j-0-3", at(34));
+    step(&mut job, &mut w, at(34));
     let s = job.status.clone().unwrap();
     assert_eq!(s.phase, Some(Phase::Failed));
     assert_eq!(s.disruptions, 2);
@@ -352,12 +380,23 @@ fn suspend_stops_workers_keeps_progress_and_resume_continues() {
     step(&mut job, &mut w, now);
     assert!(w.pods.iter().all(|p| !p.live()));
     assert_eq!(job.status.as_ref().unwrap().succeeded_shards.as_deref(), Some("0"));
+    // Resumed while the stopped workers still exit: their shards wait (they may checkpoint);
+    // the shard never started does not.
+    job.spec.suspend = false;
+    assert_eq!(step(&mut job, &mut w, now + SignedDuration::from_secs(1)).create, vec![(3, 1)]);
+    job.spec.suspend = true;
+    step(&mut job, &mut w, now + SignedDuration::from_secs(1));
+    for name in ["j-1-1", "j-2-1", "j-3-1"] {
+        stop(&mut w, name);
+    }
+    step(&mut job, &mut w, now + SignedDuration::from_secs(2));
     job.spec.suspend = false;
     let d = step(&mut job, &mut w, now + SignedDuration::from_secs(5));
     assert_eq!(d.status.phase, Some(Phase::Running));
     // The interrupted shards run again as new attempts, with no failure counted.
     assert_eq!(d.create, vec![(1, 2), (2, 2)]);
     assert!(d.status.active.iter().all(|a| a.failures == 0));
+    assert_eq!(d.status.retrying.iter().map(|r| r.shard).collect::<Vec<_>>(), vec![3]);
 }
 
 #[test]
@@ -423,10 +462,11 @@ proptest! {
         shards in 1..12i32,
         max in 1..4i32,
         limit in 0..3i32,
+        initial in 0..6i64,
         events in prop::collection::vec(world_event(), 0..80),
         fold in any::<bool>(),
     ) {
-        let mut job = job(shards, max, json!({"retry": {"limit": limit, "backoff": {"initialSeconds": 5, "factor": 2, "maxSeconds": 30}}}));
+        let mut job = job(shards, max, json!({"retry": {"limit": limit, "backoff": {"initialSeconds": initial, "factor": 2, "maxSeconds": 30}}}));
         let mut w = World { fold, ..World::default() };
         let mut now = t0();
         step(&mut job, &mut w, now);
@@ -437,8 +477,8 @@ proptest! {
                 WorldEvent::Start(i) => if let Some(n) = pick(i) { w.pods.iter_mut().find(|p| p.name == n).unwrap().phase = PodPhase::Running },
                 WorldEvent::Succeed(i) => if let Some(n) = pick(i) { finish(&mut w, &n, true) },
                 WorldEvent::Fail(i) => if let Some(n) = pick(i) { finish(&mut w, &n, false) },
-                WorldEvent::Delete(i) => if let Some(n) = pick(i) { w.pods.iter_mut().find(|p| p.name == n).unwrap().deleting = true },
-                WorldEvent::Evict(i) => if let Some(n) = pick(i) { evict(&mut w, &n) },
+                WorldEvent::Delete(i) => if let Some(n) = pick(i) { delete(&mut w, &n, now) },
+                WorldEvent::Evict(i) => if let Some(n) = pick(i) { evict(&mut w, &n, now) },
                 WorldEvent::Wait(s) => now += SignedDuration::from_secs(s),
                 WorldEvent::Suspend(s) => job.spec.suspend = s,
             }

@@ -105,8 +105,9 @@ pub struct PodView {
     pub shard: i32,
     pub attempt: i32,
     pub phase: PodPhase,
-    /// Has a deletionTimestamp.
-    pub deleting: bool,
+    /// The pod's deletionTimestamp: it is being deleted, and the kubelet kills what still runs
+    /// in it at this time, the end of its grace period.
+    pub deletion: Option<Timestamp>,
     /// Still carries the tracking finalizer.
     pub tracked: bool,
     pub ready: bool,
@@ -127,7 +128,23 @@ impl PodView {
     /// Neither finished nor on its way out. (A pod being deleted may still run, and still
     /// occupies a worker in the budget: see the controller's `occupies_worker`.)
     pub fn live(&self) -> bool {
-        !self.deleting && matches!(self.phase, PodPhase::Pending | PodPhase::Running)
+        !self.deleting() && self.running()
+    }
+
+    /// Being deleted.
+    pub fn deleting(&self) -> bool {
+        self.deletion.is_some()
+    }
+
+    /// Not finished: Pending or Running (perhaps being deleted).
+    pub fn running(&self) -> bool {
+        matches!(self.phase, PodPhase::Pending | PodPhase::Running)
+    }
+
+    /// Being deleted and still within its grace period at `now`: its worker may still be saving
+    /// what it has done.
+    pub fn stopping(&self, now: Timestamp) -> bool {
+        self.running() && self.deletion.is_some_and(|t| now < t)
     }
 }
 

@@ -44,6 +44,8 @@ pub struct Metrics {
     pub worker_budget: Gauge,
     pub attempts_started: Counter,
     pub attempts_failed: Family<ReasonLabel, Counter>,
+    pub attempts_disrupted: Family<ReasonLabel, Counter>,
+    pub attempts_resumed: Counter,
     pub heartbeat_age: Family<JobLabel, Gauge<f64, std::sync::atomic::AtomicU64>>,
     pub reconcile_duration: Histogram,
     pub reconcile_errors: Family<ErrorLabel, Counter>,
@@ -66,6 +68,8 @@ impl Default for Metrics {
             worker_budget: Gauge::default(),
             attempts_started: Counter::default(),
             attempts_failed: Family::default(),
+            attempts_disrupted: Family::default(),
+            attempts_resumed: Counter::default(),
             heartbeat_age: Family::default(),
             reconcile_duration: Histogram::new([0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0]),
             reconcile_errors: Family::default(),
@@ -86,6 +90,16 @@ impl Default for Metrics {
         registry.register("worker_budget", "Most worker pods allowed at once (-1: no limit)", m.worker_budget.clone());
         registry.register("attempts_started", "Shard attempts started", m.attempts_started.clone());
         registry.register("attempts_failed", "Shard attempts failed, by reason", m.attempts_failed.clone());
+        registry.register(
+            "attempts_disrupted",
+            "Shard attempts the cluster took away (eviction, preemption, ...), by reason; retried without using a retry",
+            m.attempts_disrupted.clone(),
+        );
+        registry.register(
+            "attempts_resumed",
+            "Shard attempts started from the checkpoint of the attempt before",
+            m.attempts_resumed.clone(),
+        );
         registry.register_with_unit(
             "heartbeat_age",
             "Age of the latest heartbeat of a running job with heartbeats",
@@ -143,9 +157,11 @@ mod tests {
         let m = Metrics::default();
         m.jobs.get_or_create(&PhaseLabel { phase: "Running".into() }).set(2);
         m.attempts_failed.get_or_create(&ReasonLabel { reason: "HeartbeatTimeout".into() }).inc();
+        m.attempts_disrupted.get_or_create(&ReasonLabel { reason: "EvictionByEvictionAPI".into() }).inc();
         let text = m.encode();
         assert!(text.contains("nightshift_jobs{phase=\"Running\"} 2"), "{text}");
         assert!(text.contains("nightshift_attempts_failed_total{reason=\"HeartbeatTimeout\"} 1"), "{text}");
+        assert!(text.contains("nightshift_attempts_disrupted_total{reason=\"EvictionByEvictionAPI\"} 1"), "{text}");
         assert!(text.contains("# TYPE nightshift_reconcile_duration_seconds histogram"), "{text}");
         assert!(text.contains("# UNIT nightshift_reconcile_duration_seconds seconds"), "{text}");
     }

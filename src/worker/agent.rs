@@ -183,6 +183,14 @@ fn report(heartbeat: &Heartbeat, line: &str) {
                 warn!(error = %e, "ignoring the command's result");
             }
         }
+        Some(Directive::Checkpoint(text)) => {
+            if heartbeat.is_fenced() {
+                // Another attempt owns the shard (and has its checkpoint): this one is lost.
+                warn!("this worker is fenced: its checkpoint cannot reach the shard's next attempt; dropped");
+            } else if let Err(e) = heartbeat.checkpoint(&text) {
+                warn!(error = %e, "ignoring the command's checkpoint");
+            }
+        }
         None => {}
     }
 }

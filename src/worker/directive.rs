@@ -2,7 +2,9 @@
 //! stdout that start with `::nightshift::`.
 //!
 //! - `::nightshift:: progress DONE/TOTAL [message...]` (DONE <= TOTAL, plain decimal integers);
-//! - `::nightshift:: result {json object}`.
+//! - `::nightshift:: result {json object}`;
+//! - `::nightshift:: checkpoint TEXT` (TEXT: the rest of the line, outer whitespace dropped; the
+//!   next attempt of the shard receives it; an empty TEXT clears the checkpoint).
 //!
 //! Any other line, a malformed directive included, is ordinary output: the agent passes every
 //! line through unchanged, and a typo in a directive must never stop the work.
@@ -19,6 +21,8 @@ pub enum Directive {
     Progress { done: u64, total: u64, message: String },
     /// `result {...}`: always a JSON object.
     Result(Value),
+    /// `checkpoint TEXT`: the text, possibly empty.
+    Checkpoint(String),
 }
 
 /// Parses one line of output (with or without its line ending). None for ordinary output and
@@ -46,6 +50,7 @@ pub fn parse_line(line: &str) -> Option<Directive> {
             value @ Value::Object(_) => Some(Directive::Result(value)),
             _ => None,
         },
+        "checkpoint" => Some(Directive::Checkpoint(rest.trim().to_string())),
         _ => None,
     }
 }
@@ -158,6 +163,19 @@ mod tests {
         ] {
             assert_eq!(parse_line(line), None, "{line:?}");
         }
+    }
+
+    #[test]
+    fn checkpoint_is_the_rest_of_the_line() {
+        let checkpoint = |text: &str| Some(Directive::Checkpoint(text.to_string()));
+        assert_eq!(parse_line("::nightshift:: checkpoint row=250"), checkpoint("row=250"));
+        assert_eq!(
+            parse_line("::nightshift:: checkpoint  {\"row\": 250, \"file\": \"a b\"} \r\n"),
+            checkpoint(r#"{"row": 250, "file": "a b"}"#)
+        );
+        assert_eq!(parse_line("::nightshift:: checkpoint"), checkpoint(""));
+        assert_eq!(parse_line("::nightshift:: checkpoint   \n"), checkpoint(""));
+        assert_eq!(parse_line("::nightshift:: checkpointrow=1"), None);
     }
 
     #[test]

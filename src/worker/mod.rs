@@ -49,6 +49,9 @@ pub enum Error {
     /// [`Heartbeat::result`] was given an object larger than [`api::MAX_RESULT_BYTES`].
     #[error("a result may be at most {max} bytes of JSON; this one is {size}")]
     ResultTooLarge { size: usize, max: usize },
+    /// [`Heartbeat::checkpoint`] was given more than [`api::MAX_CHECKPOINT_BYTES`].
+    #[error("a checkpoint may be at most {max} bytes; this one is {size} (the previous checkpoint stays)")]
+    CheckpointTooLarge { size: usize, max: usize },
 }
 
 /// Where and how often to heartbeat, as the controller tells a worker pod in its environment.
@@ -62,6 +65,8 @@ pub struct WorkerEnv {
     pub pod: String,
     /// Time between renewals (`NIGHTSHIFT_HEARTBEAT_INTERVAL_SECONDS`).
     pub interval: Duration,
+    /// The checkpoint the shard's last attempt saved (`NIGHTSHIFT_CHECKPOINT`): where to resume.
+    pub checkpoint: Option<String>,
 }
 
 impl WorkerEnv {
@@ -102,7 +107,15 @@ impl WorkerEnv {
                 });
             }
         };
-        Ok(Some(Self { lease, namespace, pod, interval }))
+        // As written: a checkpoint is opaque, its whitespace included.
+        let checkpoint = match lookup(env::CHECKPOINT).map(OsString::into_string) {
+            None => None,
+            Some(Ok(text)) => Some(text).filter(|text| !text.is_empty()),
+            Some(Err(text)) => {
+                return Err(Error::Env { var: env::CHECKPOINT, problem: format!("is not valid UTF-8: {text:?}") });
+            }
+        };
+        Ok(Some(Self { lease, namespace, pod, interval, checkpoint }))
     }
 }
 
@@ -112,6 +125,18 @@ pub struct Report {
     pub progress: Option<ShardProgress>,
     /// The result as compact JSON (an object, at most [`api::MAX_RESULT_BYTES`]).
     pub result: Option<String>,
+    /// The latest checkpoint saved by this attempt (None: none yet, the Lease keeps the one
+    /// before).
+    pub checkpoint: Option<Checkpoint>,
+}
+
+/// A checkpoint: where the next attempt of the shard resumes.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Checkpoint {
+    /// Opaque to nightshift, at most [`api::MAX_CHECKPOINT_BYTES`].
+    pub text: String,
+    /// The progress reported when it was saved: the next attempt's progress starts from it.
+    pub progress: Option<ShardProgress>,
 }
 
 /// The one JSON patch of a renewal: fenced by a test of the holder, so that it applies entirely
@@ -133,6 +158,11 @@ pub fn renewal_patch(pod: &str, now: Timestamp, report: &Report) -> json_patch::
     }
     if let Some(result) = &report.result {
         annotate(api::ANNOTATION_RESULT, result);
+    }
+    if let Some(checkpoint) = &report.checkpoint {
+        annotate(api::ANNOTATION_CHECKPOINT, &checkpoint.text);
+        let progress = checkpoint.progress.as_ref().map(|p| format!("{}/{}", p.done, p.total));
+        annotate(api::ANNOTATION_CHECKPOINT_PROGRESS, progress.as_deref().unwrap_or_default());
     }
     serde_json::from_value(Value::Array(ops)).expect("a valid JSON patch")
 }
@@ -221,6 +251,20 @@ impl Heartbeat {
     pub fn result(&self, value: Value) -> Result<(), Error> {
         let encoded = encode_result(&value)?;
         self.shared.report.lock().expect("the report lock is never poisoned").result = Some(encoded);
+        Ok(())
+    }
+
+    /// Saves a checkpoint, sent with the next renewal (and the final one when the worker stops):
+    /// the shard's next attempt, if there is one, receives `text` in `NIGHTSHIFT_CHECKPOINT` and
+    /// starts its progress from the progress reported before this call. Report progress first,
+    /// then checkpoint. At most [`api::MAX_CHECKPOINT_BYTES`]; a longer one is refused and the
+    /// previous checkpoint stays. An empty text clears the checkpoint.
+    pub fn checkpoint(&self, text: &str) -> Result<(), Error> {
+        if text.len() > api::MAX_CHECKPOINT_BYTES {
+            return Err(Error::CheckpointTooLarge { size: text.len(), max: api::MAX_CHECKPOINT_BYTES });
+        }
+        let mut report = self.shared.report.lock().expect("the report lock is never poisoned");
+        report.checkpoint = Some(Checkpoint { text: text.into(), progress: report.progress.clone() });
         Ok(())
     }
 

@@ -35,6 +35,7 @@ fn renewal_carries_progress_message_and_result() {
     let report = Report {
         progress: Some(ShardProgress { done: 40, total: 100, message: "loading rows".into() }),
         result: Some(r#"{"created":3}"#.into()),
+        checkpoint: None,
     };
     assert_eq!(
         ops(&renewal_patch("job-0-1", now(), &report)),
@@ -50,14 +51,14 @@ fn renewal_carries_progress_message_and_result() {
 
 #[test]
 fn renewal_carries_only_what_was_reported() {
-    let result_only = Report { progress: None, result: Some("{}".into()) };
+    let result_only = Report { result: Some("{}".into()), ..Report::default() };
     assert_eq!(
         ops(&renewal_patch("p", now(), &result_only))[2],
         json!({"op": "add", "path": "/metadata/annotations/nightshift.dev~1result", "value": "{}"})
     );
     assert_eq!(ops(&renewal_patch("p", now(), &result_only)).as_array().unwrap().len(), 3);
     let progress_only =
-        Report { progress: Some(ShardProgress { done: 0, total: 7, message: String::new() }), result: None };
+        Report { progress: Some(ShardProgress { done: 0, total: 7, message: String::new() }), ..Report::default() };
     let patch = ops(&renewal_patch("p", now(), &progress_only));
     assert_eq!(patch.as_array().unwrap().len(), 4);
     assert_eq!(patch[2]["value"], "0/7");
@@ -73,6 +74,10 @@ fn the_patch_applies_to_a_lease_held_by_the_pod_and_fails_on_another_holder() {
     let report = Report {
         progress: Some(ShardProgress { done: 1, total: 2, message: "half".into() }),
         result: Some(r#"{"ok":true}"#.into()),
+        checkpoint: Some(Checkpoint {
+            text: "row=250".into(),
+            progress: Some(ShardProgress { done: 1, total: 2, message: String::new() }),
+        }),
     };
     let mut held = lease.clone();
     json_patch::patch(&mut held, &renewal_patch("job-0-2", now(), &report)).unwrap();
@@ -80,10 +85,25 @@ fn the_patch_applies_to_a_lease_held_by_the_pod_and_fails_on_another_holder() {
     assert_eq!(
         held["metadata"]["annotations"],
         json!({"nightshift.dev/shard": "0", "nightshift.dev/progress": "1/2",
-               "nightshift.dev/progress-message": "half", "nightshift.dev/result": "{\"ok\":true}"})
+               "nightshift.dev/progress-message": "half", "nightshift.dev/result": "{\"ok\":true}",
+               "nightshift.dev/checkpoint": "row=250", "nightshift.dev/checkpoint-progress": "1/2"})
     );
     let mut stale = lease.clone();
     assert!(json_patch::patch(&mut stale, &renewal_patch("job-0-1", now(), &report)).is_err());
+}
+
+#[test]
+fn a_checkpoint_carries_the_progress_it_was_saved_at() {
+    let without_progress =
+        Report { checkpoint: Some(Checkpoint { text: "x".into(), progress: None }), ..Report::default() };
+    let patch = ops(&renewal_patch("p", now(), &without_progress));
+    assert_eq!(
+        patch.as_array().unwrap()[2..],
+        [
+            json!({"op": "add", "path": "/metadata/annotations/nightshift.dev~1checkpoint", "value": "x"}),
+            json!({"op": "add", "path": "/metadata/annotations/nightshift.dev~1checkpoint-progress", "value": ""}),
+        ]
+    );
 }
 
 #[test]
@@ -128,8 +148,16 @@ fn env_with_everything_set() {
             namespace: "imports".into(),
             pod: "job-3-1".into(),
             interval: Duration::from_secs(15),
+            checkpoint: None,
         })
     );
+    // A checkpoint is opaque: kept as written, spaces included; empty is none.
+    let with = |text: &str| {
+        let vars: Vec<(&str, &str)> = FULL.iter().copied().chain([(env::CHECKPOINT, text)]).collect();
+        WorkerEnv::from_lookup(lookup(&vars)).unwrap().unwrap().checkpoint
+    };
+    assert_eq!(with(" row=250 "), Some(" row=250 ".into()));
+    assert_eq!(with(""), None);
 }
 
 #[test]
@@ -181,6 +209,7 @@ fn test_env() -> WorkerEnv {
         namespace: "default".into(),
         pod: "job-0-1".into(),
         interval: Duration::from_secs(1),
+        checkpoint: None,
     }
 }
 
@@ -194,6 +223,16 @@ async fn reports_are_kept_for_the_next_renewal_and_bad_results_refused() {
     assert_eq!(report.progress, Some(ShardProgress { done: 10, total: 10, message: "m".repeat(256) }));
     assert_eq!(report.result.as_deref(), Some(r#"{"created":3}"#));
     assert_eq!(heartbeat.lease(), "job-0");
+    // A checkpoint takes the progress reported before it; a too long one is refused and the
+    // previous one stays.
+    heartbeat.progress(7, 10, "seven");
+    heartbeat.checkpoint("row=7").unwrap();
+    heartbeat.progress(8, 10, "eight");
+    let too_long = "x".repeat(api::MAX_CHECKPOINT_BYTES + 1);
+    assert!(matches!(heartbeat.checkpoint(&too_long), Err(Error::CheckpointTooLarge { size: 1025, max: 1024 })));
+    let checkpoint = heartbeat.report().checkpoint.unwrap();
+    assert_eq!(checkpoint.text, "row=7");
+    assert_eq!(checkpoint.progress.map(|p| p.done), Some(7));
     heartbeat.stop().await;
 }
 

@@ -19,7 +19,7 @@ use kube::{
 use nightshift::{
     api::{Phase, ShardProgress},
     sim,
-    worker::{Report, renewal_patch},
+    worker::{Checkpoint, Report, renewal_patch},
 };
 use serde_json::json;
 
@@ -38,7 +38,7 @@ async fn renew(
     progress: Option<(i64, i64)>,
 ) -> kube::Result<Lease> {
     let progress = progress.map(|(done, total)| ShardProgress { done, total, message: String::new() });
-    let patch = renewal_patch(holder, at, &Report { progress, result: None });
+    let patch = renewal_patch(holder, at, &Report { progress, ..Report::default() });
     leases.patch(lease, &PatchParams::default(), &Patch::<()>::Json(patch)).await
 }
 
@@ -411,4 +411,59 @@ async fn the_estimate_follows_reported_progress_and_warns_once_of_a_missed_deadl
     assert!(clear.0.estimated_completion_time.unwrap().0 < start + SignedDuration::from_secs(120));
     let events = f.wait_event("eta", "DeadlineAtRisk", "after its deadline").await;
     assert_eq!(events.iter().filter(|(reason, _)| reason == "DeadlineAtRisk").count(), 1, "one warning: {events:?}");
+}
+
+/// A checkpoint lives in its shard's Lease: the operator restarting loses none of it, the
+/// shard's next attempt gets it (NIGHTSHIFT_CHECKPOINT) and starts its progress from it, and no
+/// other shard gets it.
+#[tokio::test]
+async fn a_checkpoint_outlives_the_operator_and_reaches_only_its_shards_next_attempt() {
+    let options = nightshift::controller::Options { fold_seconds: 1, ..Default::default() };
+    let (f, operator) = fixture_with("hb-checkpoint", options.clone()).await;
+    let mut spec = heartbeat_job(30, None);
+    spec["shards"] = 2.into();
+    f.create("resume", spec).await;
+    f.wait_live("resume", 2).await;
+    for pod in ["resume-0-1", "resume-1-1"] {
+        sim::mark_running(&f.pods, pod).await.unwrap();
+    }
+    // Shard 1's worker reports 40/100 and saves a checkpoint there, then goes on to 55/100.
+    let leases: Api<Lease> = f.ns.api();
+    let at_40 = ShardProgress { done: 40, total: 100, message: "row 40".into() };
+    let report = Report {
+        progress: Some(ShardProgress { done: 55, total: 100, message: "row 55".into() }),
+        checkpoint: Some(Checkpoint { text: "row=40 file=\"a b\"".into(), progress: Some(at_40) }),
+        ..Report::default()
+    };
+    let patch = renewal_patch("resume-1-1", Timestamp::now(), &report);
+    leases.patch("resume-1", &PatchParams::default(), &Patch::<()>::Json(patch)).await.unwrap();
+
+    // The operator restarts; then both workers fail.
+    operator.kill().await;
+    let _operator = Operator::start_with(&f.client, &f.ns.name, options).await;
+    f.finish("resume-0-1", 1).await;
+    f.finish("resume-1-1", 1).await;
+    f.wait_live_exactly("resume", &["resume-0-2", "resume-1-2"]).await;
+
+    let checkpoint_of = |pod: Pod| {
+        let env = pod.spec.unwrap().containers[0].env.clone().unwrap_or_default();
+        env.into_iter().find(|v| v.name == "NIGHTSHIFT_CHECKPOINT").and_then(|v| v.value)
+    };
+    assert_eq!(checkpoint_of(f.pods.get("resume-1-2").await.unwrap()).as_deref(), Some("row=40 file=\"a b\""));
+    assert_eq!(checkpoint_of(f.pods.get("resume-0-2").await.unwrap()), None, "shard 0 saved no checkpoint");
+    // The Lease keeps the checkpoint for the new attempt; what came after it (55/100) is gone.
+    let lease = leases.get("resume-1").await.unwrap();
+    assert_eq!(lease.annotations().get("nightshift.dev/checkpoint").map(String::as_str), Some("row=40 file=\"a b\""));
+    assert_eq!(lease.annotations().get("nightshift.dev/progress").map(String::as_str), Some(""));
+    assert_eq!(lease.spec.unwrap().holder_identity.as_deref(), Some("resume-1-2"));
+    // The new attempt's progress starts from the checkpoint's 40/100, before it reports anything.
+    sim::mark_running(&f.pods, "resume-1-2").await.unwrap();
+    renew(&leases, "resume-1", "resume-1-2", Timestamp::now(), None).await.unwrap();
+    let status = wait_until("shard 1's attempt 2 at the checkpoint's progress", WAIT, || async {
+        let s = f.status("resume").await;
+        let progress = s.active.iter().find(|a| a.shard == 1 && a.attempt == 2).and_then(|a| a.progress.clone());
+        if progress.as_ref().is_some_and(|p| (p.done, p.total) == (40, 100)) { Ok(s) } else { Err(format!("{s:?}")) }
+    })
+    .await;
+    assert_eq!(status.progress.map(|p| p.done), Some(40), "the job's progress counts the checkpoint");
 }

@@ -386,3 +386,81 @@ async fn an_evicted_worker_runs_again_at_once_and_uses_no_retry() {
     assert!(!events.iter().any(|(reason, _)| reason == "AttemptFailed"), "no failure recorded: {events:?}");
     assert_eq!(n.wait_terminated("evicted-0-2").await.0, 0);
 }
+
+/// The bulk-import example checkpoints the rows it committed; evicted midway, its next attempt
+/// resumes after the last of them (its log says so, and its progress never starts again from
+/// zero), uses no retry, and the import still counts every row once.
+#[tokio::test]
+async fn an_evicted_bulk_import_resumes_from_its_checkpoint() {
+    let (n, _operator) = node("node-resume").await;
+    let spec = json!({
+        "retry": {"limit": 0},
+        "heartbeat": {"intervalSeconds": 1, "timeoutSeconds": 20, "injectAgent": true},
+        "template": {"spec": {"containers": [{
+            "name": "worker", "image": example_image(), "command": ["/bulk-import.sh"],
+            "env": [{"name": "BATCH_SIZE", "value": "100"}, {"name": "BATCH_SECONDS", "value": "0.3"}]
+        }]}}
+    });
+    n.create_job(&job("resume", "", spec)).await;
+    let before = n
+        .wait_status("resume", "a fifth of the rows imported", |s| {
+            s.active.iter().find_map(|a| a.progress.as_ref().filter(|p| p.done >= 1400).map(|p| p.done))
+        })
+        .await;
+
+    let evicted_at = std::time::Instant::now();
+    n.pods.evict("resume-0-1", &EvictParams::default()).await.expect("the Eviction API evicts the worker");
+    n.wait_running("resume-0-2").await;
+    eprintln!("eviction to the next attempt running on the node: {:?}", evicted_at.elapsed());
+    let resumed = n
+        .wait_status("resume", "attempt 2's progress", |s| {
+            s.active.iter().find(|a| a.attempt == 2).and_then(|a| a.progress.as_ref()).map(|p| p.done)
+        })
+        .await;
+    assert!(resumed >= before, "attempt 2 started from its checkpoint ({resumed} rows done), not from zero");
+
+    let status = n.wait_phase("resume", Phase::Succeeded).await;
+    assert_eq!((status.disruptions, status.failed_shards.as_deref()), (1, None), "{status:?}");
+    let result = status.result.expect("the worker's result");
+    assert_eq!(result["imported"], json!(7000), "every row imported once: {result}");
+    let logs = kubectl(&["-n", &n.ns.name, "logs", "resume-0-2"]).await;
+    let line = logs.lines().find(|l| l.contains("resuming from checkpoint after row")).unwrap_or_else(|| {
+        panic!("kubectl logs resume-0-2 does not say it resumed:\n{logs}");
+    });
+    let row: i64 = line.split("after row ").nth(1).and_then(|r| r.split_whitespace().next()).unwrap().parse().unwrap();
+    assert!(row >= before, "resumed after row {row}, and {before} rows were reported done before the eviction");
+    assert!(!logs.contains("imported rows 1-100 "), "attempt 2 imported no row twice:\n{logs}");
+}
+
+/// On suspend the worker gets SIGTERM and the pod's grace period: the checkpoint it saves then
+/// (after 2 s of cleaning up) is the one the next attempt receives, although the job is resumed
+/// at once: the next attempt waits for the old one to stop.
+#[tokio::test]
+async fn a_checkpoint_saved_in_the_grace_period_reaches_the_next_attempt() {
+    let (n, _operator) = node("node-grace").await;
+    let script = r#"trap 'sleep 2; echo "::nightshift:: checkpoint saved-in-the-grace-period"; exit 143' TERM
+echo "attempt $NIGHTSHIFT_ATTEMPT resumes from [${NIGHTSHIFT_CHECKPOINT:-}]"
+if [ "$NIGHTSHIFT_ATTEMPT" != 1 ]; then exit 0; fi
+echo "::nightshift:: checkpoint saved-while-working"
+while true; do sleep 1 & wait $!; done"#;
+    let spec = json!({"heartbeat": {"intervalSeconds": 1, "timeoutSeconds": 20, "injectAgent": true}});
+    n.create_job(&job("grace", script, spec)).await;
+    n.wait_running("grace-0-1").await;
+    let leases: Api<Lease> = n.ns.api();
+    let checkpoint = |lease: &Lease| lease.annotations().get("nightshift.dev/checkpoint").cloned().unwrap_or_default();
+    wait_until("the worker's first checkpoint in its Lease", WAIT, || async {
+        let lease = leases.get("grace-0").await.map_err(|e| e.to_string())?;
+        if checkpoint(&lease) == "saved-while-working" { Ok(()) } else { Err(format!("{lease:?}")) }
+    })
+    .await;
+
+    let suspend = |on: bool| json!({"spec": {"suspend": on}});
+    n.jobs.patch("grace", &PatchParams::default(), &Patch::Merge(suspend(true))).await.unwrap();
+    n.wait_phase("grace", Phase::Suspended).await;
+    n.jobs.patch("grace", &PatchParams::default(), &Patch::Merge(suspend(false))).await.unwrap();
+    let status = n.wait_phase("grace", Phase::Succeeded).await;
+    assert_eq!(status.failed_shards, None);
+    let logs = kubectl(&["-n", &n.ns.name, "logs", "grace-0-2"]).await;
+    assert!(logs.contains("attempt 2 resumes from [saved-in-the-grace-period]"), "kubectl logs grace-0-2:\n{logs}");
+    assert_eq!(checkpoint(&leases.get("grace-0").await.unwrap()), "saved-in-the-grace-period");
+}
