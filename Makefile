@@ -5,7 +5,7 @@ CARGO   ?= cargo
 CLUSTER := tests/cluster/cluster.sh
 
 .DEFAULT_GOAL := help
-.PHONY: help root run build crd chart-crd lint unit integration test binaries cluster-up cluster-down cluster-env image test-image bench
+.PHONY: help root run build plugin crd chart-crd lint unit integration test binaries cluster-up cluster-down cluster-env image test-image bench
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -15,6 +15,9 @@ run: ## a one-node cluster, the chart installed, an example job run on real pods
 
 build: ## build the nightshift binary
 	$(CARGO) build
+
+plugin: ## install kubectl-nightshift into ~/.cargo/bin, so that `kubectl nightshift` works
+	$(CARGO) install --locked --path . --bin kubectl-nightshift
 
 crd: ## regenerate crds/backgroundjob.yaml from the code (and the chart's copy)
 	$(CARGO) run -q -- crd > crds/backgroundjob.yaml

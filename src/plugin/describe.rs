@@ -15,9 +15,11 @@ pub struct Glance {
     pub name: String,
     /// Queued, Running, Suspended, Succeeded, Failed; "Pending" before the operator saw it.
     pub phase: String,
-    /// Units of work done and in all, as the workers report them (shards, when they report none).
+    /// Units of work done and in all, as the workers reported them so far (shards, when they
+    /// report none).
     pub done: i64,
     pub total: i64,
+    /// Of the whole job: shards not started yet count as not done.
     pub percent: i32,
     pub shards_succeeded: i32,
     pub shards_failed: i32,
@@ -46,11 +48,15 @@ impl Glance {
         let status = job.status.clone().unwrap_or_default();
         let phase = status.phase.map(|p| p.to_string()).unwrap_or_else(|| "Pending".into());
         let shards = status.shards.clone().unwrap_or_default();
-        let (done, total) = match &status.progress {
-            Some(p) if p.total > 0 => (p.done, p.total),
-            _ => (i64::from(shards.succeeded), i64::from(job.spec.shards)),
+        // The operator's percent counts every shard, those that reported no total yet too; done
+        // and total are the units reported so far.
+        let (done, total, percent) = match &status.progress {
+            Some(p) if p.total > 0 => (p.done, p.total, p.percent),
+            _ => {
+                let (done, total) = (shards.succeeded, job.spec.shards.max(1));
+                (i64::from(done), i64::from(job.spec.shards), done * 100 / total)
+            }
         };
-        let percent = if total > 0 { (done.saturating_mul(100) / total) as i32 } else { 0 };
         let started = status.start_time.as_ref().map(|t| t.0);
         let end = status.completion_time.as_ref().map(|t| t.0).unwrap_or(now);
         let elapsed = started.map(|s| (end - s).get_seconds().max(0));

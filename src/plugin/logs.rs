@@ -89,7 +89,18 @@ async fn follow(target: &Target, job: &BackgroundJob, pods: Api<Pod>, selector: 
             Some(_) = streams.join_next(), if !streams.is_empty() => {}
         }
         if job_ended && streams.is_empty() {
-            break;
+            // The pod watch may lag behind the job's: read every started pod's log once more
+            // before ending.
+            let list =
+                pods.list(&ListParams::default().labels(selector)).await.map_err(|e| Error::from_kube(e, target))?;
+            for pod in list.items.into_iter().filter(started) {
+                if streaming.insert(pod.name_any()) {
+                    streams.spawn(stream(pods.clone(), pod, lines.clone()));
+                }
+            }
+            if streams.is_empty() {
+                break;
+            }
         }
     }
     // Lines still on their way.

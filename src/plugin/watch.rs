@@ -156,18 +156,16 @@ impl Screen {
         let bar = self.jobs.entry(key.to_string()).or_insert_with(|| {
             let bar = bars.add(ProgressBar::new(0));
             bar.set_style(
-                ProgressStyle::with_template(
-                    "{prefix:.bold} [{bar:30.cyan/blue}] {percent:>3}% {pos}/{len}\n  {wide_msg}",
-                )
-                .expect("a valid template")
-                .progress_chars("=> "),
+                ProgressStyle::with_template("{prefix:.bold} [{bar:30.cyan/blue}] {percent:>3}%\n  {wide_msg}")
+                    .expect("a valid template")
+                    .progress_chars("=> "),
             );
             bar.set_prefix(key.to_string());
             bar
         });
-        bar.set_length(glance.total.max(0) as u64);
-        bar.set_position(glance.done.clamp(0, glance.total.max(0)) as u64);
-        bar.set_message(glance.words());
+        bar.set_length(100);
+        bar.set_position(glance.percent.clamp(0, 100) as u64);
+        bar.set_message(format!("{}/{} · {}", glance.done, glance.total, glance.words()));
         let bar = bar.clone();
         if self.shards {
             self.show_shards(key, job, &bar, now);
@@ -194,17 +192,19 @@ impl Screen {
             let bar = self.shard_bars.entry((key.to_string(), shard)).or_insert_with(|| {
                 let bar = bars.insert_after(&after, ProgressBar::new(0));
                 bar.set_style(
-                    ProgressStyle::with_template("    {prefix} [{bar:20.green/white}] {pos}/{len} {wide_msg}")
+                    ProgressStyle::with_template("    {prefix} [{bar:20.green/white}] {wide_msg}")
                         .expect("a valid template")
                         .progress_chars("=> "),
                 );
                 bar
             });
             bar.set_prefix(format!("shard {shard} attempt {}", a.attempt));
+            // No total reported yet: an empty bar, not a full one.
             let (done, total) = a.progress.as_ref().map(|p| (p.done, p.total)).unwrap_or((0, 0));
-            bar.set_length(total.max(0) as u64);
+            bar.set_length(total.max(1) as u64);
             bar.set_position(done.clamp(0, total.max(0)) as u64);
-            let mut words = vec![a.pod.clone()];
+            let counts = a.progress.as_ref().map(|p| format!("{}/{}", p.done, p.total));
+            let mut words = vec![counts.unwrap_or_else(|| "no progress yet".into()), a.pod.clone()];
             if let Some(t) = &a.last_heartbeat_time {
                 words.push(format!("heartbeat {} ago", super::describe::duration((now - t.0).get_seconds())));
             }

@@ -26,7 +26,7 @@ use serde_json::json;
 
 use crate::support::{
     TempFile, TestNamespace, WAIT, api_error, client, client_with_token, free_port, get, install_crd, kubeconfig_path,
-    token, token_kubeconfig, wait_default_service_account, wait_until,
+    plugin, token, token_kubeconfig, wait_default_service_account, wait_until,
 };
 
 const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/charts/nightshift");
@@ -445,6 +445,14 @@ async fn the_aggregated_roles_let_view_read_and_edit_and_admin_write_backgroundj
     // The viewer sees it.
     let listed = as_viewer.list(&ListParams::default()).await.unwrap();
     assert_eq!(listed.items.iter().map(|j| j.name_any()).collect::<Vec<_>>(), vec!["by-editor".to_string()]);
+    // So does `kubectl nightshift` on the viewer's kubeconfig; a change is refused, naming the verb.
+    let viewer = token_kubeconfig(&token(&client, &ns.name, "viewer").await, &format!("{}-viewer.kubeconfig", ns.name));
+    let (code, out, err) = plugin(&viewer.0, &ns.name, &["status", "by-editor"]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains(&format!("Job:        {}/by-editor", ns.name)), "{out}");
+    let (code, _, err) = plugin(&viewer.0, &ns.name, &["suspend", "by-editor"]).await;
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("forbidden") && err.contains("cannot patch resource \"backgroundjobs\""), "{err}");
 
     // admin: delete.
     let as_admin: Api<BackgroundJob> =

@@ -9,5 +9,6 @@ mod helm;
 mod jobs;
 mod node;
 mod operator;
+mod plugin;
 mod queue;
 mod support;

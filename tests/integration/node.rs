@@ -19,13 +19,13 @@ use crate::support::{
 
 const VERSION: &str = env!("CARGO_PKG_VERSION");
 
-fn example_image() -> String {
+pub fn example_image() -> String {
     format!("nightshift-example:{VERSION}")
 }
 
 /// A namespace with its own operator (agent image: the operator image built here; heartbeats
 /// folded every second so progress shows quickly).
-async fn node(prefix: &str) -> (Fixture, Operator) {
+pub async fn node(prefix: &str) -> (Fixture, Operator) {
     let options = nightshift::controller::Options {
         agent_image: Some(format!("nightshift:{VERSION}")),
         fold_seconds: 1,
@@ -35,7 +35,7 @@ async fn node(prefix: &str) -> (Fixture, Operator) {
 }
 
 /// A job whose one container runs `script` with busybox sh in the example image.
-fn job(name: &str, script: &str, spec: serde_json::Value) -> BackgroundJob {
+pub fn job(name: &str, script: &str, spec: serde_json::Value) -> BackgroundJob {
     let mut full = json!({
         "retry": {"limit": 1, "backoff": {"initialSeconds": 1, "factor": 1, "maxSeconds": 1}},
         "template": {"spec": {
@@ -92,7 +92,7 @@ fn merge(base: serde_json::Value, over: serde_json::Value) -> serde_json::Value 
 /// What the real node adds to the fixture: jobs as written (no simulator scheduler name), and
 /// waits on what the kubelet reports. Real pods start in about a second; a job of a few shards
 /// ends well within `WAIT * 2`.
-trait OnTheNode {
+pub trait OnTheNode {
     async fn create_job(&self, job: &BackgroundJob);
     async fn wait_status<T>(&self, name: &str, what: &str, check: impl Fn(&BackgroundJobStatus) -> Option<T>) -> T;
     async fn wait_terminated(&self, pod: &str) -> (i32, String);

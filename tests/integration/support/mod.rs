@@ -196,3 +196,21 @@ impl Drop for TempFile {
         let _ = std::fs::remove_file(&self.0);
     }
 }
+
+/// `kubectl-nightshift --kubeconfig KUBECONFIG -n NAMESPACE ARGS...` (the plugin as built, stdout
+/// not a terminal): its exit code, stdout and stderr. Bounded by `WAIT * 2`.
+pub async fn plugin(kubeconfig: &std::path::Path, namespace: &str, args: &[&str]) -> (i32, String, String) {
+    let run = tokio::process::Command::new(env!("CARGO_BIN_EXE_kubectl-nightshift"))
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args(["-n", namespace])
+        .args(args)
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(WAIT * 2, run)
+        .await
+        .unwrap_or_else(|_| panic!("kubectl nightshift {} still running after {:?}", args.join(" "), WAIT * 2))
+        .expect("kubectl-nightshift runs");
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    (output.status.code().unwrap_or(-1), text(&output.stdout), text(&output.stderr))
+}

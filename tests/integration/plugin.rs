@@ -1,0 +1,107 @@
+//! `kubectl nightshift`, the binary as built, against the real control plane and node: exit
+//! codes a CI step can use, merged logs from real pods, submit, and bars on a real terminal.
+
+use serde_json::json;
+
+use crate::{
+    node::{OnTheNode, job, node},
+    support::{TempFile, kubeconfig_path, plugin},
+};
+
+/// `watch` ends when its jobs end: 0 when all succeeded, 1 when one failed, 3 for a job that is
+/// not there; `status` names the failure, its exit code and the worker's message.
+#[tokio::test]
+async fn watch_exits_0_on_success_and_1_on_failure_and_status_says_why() {
+    let (n, _operator) = node("plugin-watch").await;
+    let ns = n.ns.name.clone();
+    n.create_job(&job("good", "echo working; sleep 2", json!({"shards": 2}))).await;
+    n.create_job(&job("bad", "echo 'bad row 17' >/dev/termination-log; exit 3", json!({"retry": {"limit": 0}}))).await;
+    let kubeconfig = kubeconfig_path();
+
+    let (code, out, err) = plugin(&kubeconfig, &ns, &["watch", "good"]).await;
+    assert_eq!(code, 0, "watch good:\n{out}{err}");
+    let last = out.lines().last().unwrap_or_default();
+    assert!(last.starts_with(&format!("{ns}/good 100% (2/2) Succeeded")), "watch good ended with {last:?}:\n{out}");
+
+    let (code, out, err) = plugin(&kubeconfig, &ns, &["watch", "good", "bad"]).await;
+    assert_eq!(code, 1, "a failed job makes watch exit 1:\n{out}{err}");
+    assert!(out.contains(&format!("{ns}/bad 0% (0/1) Failed")), "{out}");
+
+    let (code, _, err) = plugin(&kubeconfig, &ns, &["watch", "nosuch"]).await;
+    assert_eq!(code, 3);
+    assert!(err.contains(&format!("backgroundjob \"nosuch\" not found in namespace \"{ns}\"")), "{err}");
+
+    let (code, out, err) = plugin(&kubeconfig, &ns, &["status", "bad"]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("Phase:      Failed"), "{out}");
+    assert!(out.contains("RetriesExhausted") && out.contains("exit code 3") && out.contains("bad row 17"), "{out}");
+    let (code, out, _) = plugin(&kubeconfig, &ns, &["status", "bad", "-o", "json"]).await;
+    assert_eq!(code, 0);
+    let status: serde_json::Value = serde_json::from_str(&out).expect("status -o json is JSON");
+    assert_eq!(status["phase"], "Failed");
+}
+
+/// `logs -f` merges every worker's log with [shard/attempt] prefixes, follows the retry of a
+/// failed shard as it starts, and ends by itself when the job ends.
+#[tokio::test]
+async fn logs_follow_every_shard_and_new_attempts_until_the_job_ends() {
+    let (n, _operator) = node("plugin-logs").await;
+    let ns = n.ns.name.clone();
+    let script = r#"for i in 1 2 3; do echo "tick $i of shard $NIGHTSHIFT_SHARD"; sleep 1; done
+if [ "$NIGHTSHIFT_SHARD" = 1 ] && [ "$NIGHTSHIFT_ATTEMPT" = 1 ]; then echo "failing once"; exit 1; fi"#;
+    n.create_job(&job("ticks", script, json!({"shards": 2}))).await;
+    let (code, out, err) = plugin(&kubeconfig_path(), &ns, &["logs", "ticks", "-f"]).await;
+    assert_eq!(code, 0, "{err}");
+    for line in ["[0/1] tick 3 of shard 0", "[1/1] tick 1 of shard 1", "[1/1] failing once", "[1/2] tick 3 of shard 1"]
+    {
+        assert!(out.lines().any(|l| l == line), "no line {line:?} in logs -f:\n{out}");
+    }
+    n.wait_phase("ticks", nightshift::api::Phase::Succeeded).await;
+    // Without -f: what is there, one shard and attempt when asked.
+    let (code, out, _) = plugin(&kubeconfig_path(), &ns, &["logs", "ticks", "--shard", "1", "--attempt", "2"]).await;
+    assert_eq!(code, 0);
+    assert_eq!(
+        out.lines().collect::<Vec<_>>(),
+        ["[1/2] tick 1 of shard 1", "[1/2] tick 2 of shard 1", "[1/2] tick 3 of shard 1"]
+    );
+}
+
+/// `submit --generate-name --set ... --wait` prints the new job's name first and exits with its
+/// outcome; on a terminal, `watch --shards` draws bars (checked through a pseudo-terminal).
+#[tokio::test]
+async fn submit_prints_the_name_and_waits_for_the_outcome_and_watch_draws_bars_on_a_terminal() {
+    let (n, _operator) = node("plugin-submit").await;
+    let ns = n.ns.name.clone();
+    let manifest =
+        serde_json::to_string(&job("sub", "echo working; sleep 3; exit ${EXIT:-0}", json!({"retry": {"limit": 0}})))
+            .unwrap();
+    let file = TempFile::new(&format!("{ns}-job.json"), &manifest);
+    let path = file.0.to_str().unwrap();
+    let (code, out, err) = plugin(&kubeconfig_path(), &ns, &["submit", path, "--generate-name", "--wait"]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    let name = out.lines().next().unwrap_or_default().to_string();
+    assert!(name.starts_with("sub-") && name.len() > 4, "the first line is the job's name: {out}");
+    assert_eq!(n.status(&name).await.phase, Some(nightshift::api::Phase::Succeeded));
+
+    let env = r#"spec.template.spec.containers.0.env=[{"name": "EXIT", "value": "4"}]"#;
+    let (code, out, _) =
+        plugin(&kubeconfig_path(), &ns, &["submit", path, "--name", "sub-fails", "--set", env, "--wait"]).await;
+    assert_eq!(code, 1, "the job failed: {out}");
+    assert_eq!(out.lines().next(), Some("sub-fails"));
+
+    // A pseudo-terminal: bars (escape codes redraw them), one per running shard, then the summary.
+    let (code, _, err) = plugin(&kubeconfig_path(), &ns, &["submit", path, "--name", "sub-tty"]).await;
+    assert_eq!(code, 0, "{err}");
+    let command = format!(
+        "stty cols 120; {} --kubeconfig {} -n {ns} watch sub-tty --shards",
+        env!("CARGO_BIN_EXE_kubectl-nightshift"),
+        kubeconfig_path().display()
+    );
+    let run = tokio::process::Command::new("script").args(["-qec", &command, "/dev/null"]).output();
+    let output = tokio::time::timeout(crate::support::WAIT * 2, run).await.expect("watch ends").expect("script runs");
+    let screen = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(0), "{screen}");
+    assert!(screen.contains("\u{1b}["), "no escape codes: not drawn as bars:\n{screen}");
+    assert!(screen.contains(&format!("{ns}/sub-tty")) && screen.contains("shard 0 attempt 1"), "{screen}");
+    assert!(screen.contains(&format!("{ns}/sub-tty 100% (1/1) Succeeded")), "{screen}");
+}
