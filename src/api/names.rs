@@ -57,6 +57,8 @@ names! {
         RetriesExhausted,
         /// The job ran longer than spec.timeouts.jobSeconds.
         DeadlineExceeded,
+        /// spec.cancel is true.
+        Cancelled,
         /// The job asks for the agent, and the operator has no agent image.
         AgentImageUnset,
         /// The API server refused a worker pod as invalid.

@@ -242,11 +242,15 @@ fn settle(observed: &Observed, prev: &BackgroundJobStatus, status: &mut Backgrou
     desired
 }
 
-/// Reasons to fail the whole job besides a shard out of retries: a pod template the API server
-/// refused as invalid, the job's deadline, a job asking for an agent the operator cannot give.
+/// Reasons to fail the whole job besides a shard out of retries: a cancel, a pod template the API
+/// server refused as invalid, the job's deadline, a job asking for an agent the operator cannot give.
 /// `runs`: the job would run workers now (not waiting in the queue).
 fn find_job_failure(observed: &Observed, prev: &BackgroundJobStatus, book: &mut Book, runs: bool) {
     let (spec, now) = (&observed.job.spec, book.now);
+    if spec.cancel {
+        let message = "spec.cancel is true: the job was cancelled and its workers stopped";
+        book.job_failure.get_or_insert((Reason::Cancelled, message.into()));
+    }
     if let Some(Refusal::Invalid { message }) = observed.refusal {
         book.job_failure.get_or_insert((Reason::InvalidPodTemplate, message.clone()));
     }

@@ -366,6 +366,28 @@ fn an_evicted_worker_runs_again_at_once_and_uses_no_retry() {
 }
 
 #[test]
+fn cancel_stops_every_worker_and_fails_the_job_keeping_its_record() {
+    let mut job = job(4, 2, json!({}));
+    let mut w = World::default();
+    step(&mut job, &mut w, t0());
+    finish(&mut w, "j-0-1", true);
+    step(&mut job, &mut w, at(1));
+    job.spec.cancel = true;
+    let d = step(&mut job, &mut w, at(2));
+    assert_eq!(d.delete.len(), 2, "both live workers are stopped: {:?}", d.delete);
+    assert!(d.create.is_empty());
+    assert_eq!(d.status.phase, Some(Phase::Failed));
+    assert_eq!(condition(&job, "Failed").unwrap().1, "Cancelled");
+    assert_eq!(d.status.succeeded_shards.as_deref(), Some("0"), "what was done stays recorded");
+    assert!(d.events.iter().any(|e| e.reason == EventReason::Failed && e.note.contains("spec.cancel")));
+    // A queued job is cancelled as well.
+    let mut queued = self::job(1, 1, json!({"cancel": true}));
+    let d = step(&mut queued, &mut World::default(), t0());
+    assert!(d.create.is_empty());
+    assert_eq!(d.status.phase, Some(Phase::Failed));
+}
+
+#[test]
 fn suspend_stops_workers_keeps_progress_and_resume_continues() {
     let mut job = job(4, 2, json!({}));
     let mut w = World::default();

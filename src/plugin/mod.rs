@@ -97,6 +97,8 @@ pub enum Command {
     Suspend { job: String },
     /// Resume a suspended job: its unfinished shards run again, from their checkpoints.
     Resume { job: String },
+    /// Cancel a job: stop its workers and end it Failed (reason Cancelled), keeping its record.
+    Cancel { job: String },
     /// Create a job from a manifest and print its name at once (--wait: then watch it to its end).
     #[command(after_help = "Examples:
   kubectl nightshift submit job.yaml
@@ -199,6 +201,7 @@ async fn run(cli: Cli) -> Result<Outcome, Error> {
         Command::Status { job, output } => status::status(&target, &job, output).await,
         Command::Suspend { job } => steer::suspend(&target, &job, true).await,
         Command::Resume { job } => steer::suspend(&target, &job, false).await,
+        Command::Cancel { job } => steer::cancel(&target, &job).await,
         Command::Submit { file, name, generate_name, set, wait } => {
             steer::submit(&target, steer::Submit { file, name, generate_name, set, wait }).await
         }

@@ -1,4 +1,4 @@
-//! Commands that change jobs: `suspend`, `resume` and `submit`.
+//! Commands that change jobs: `suspend`, `resume`, `cancel` and `submit`.
 
 use kube::api::{Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
@@ -29,6 +29,25 @@ pub async fn suspend(target: &Target, name: &str, on: bool) -> Result<Outcome, E
             "backgroundjob.{GROUP}/{name} resumed: its unfinished shards run again, each from its last checkpoint"
         );
     }
+    Ok(Outcome::Done)
+}
+
+/// `cancel`: spec.cancel, which the operator turns into a Failed job with reason Cancelled.
+pub async fn cancel(target: &Target, name: &str) -> Result<Outcome, Error> {
+    let job = target.job(name).await?;
+    if let Some(phase) = job.status.as_ref().and_then(|s| s.phase).filter(|p| p.is_finished()) {
+        return Err(Error::Input(format!("backgroundjob {name:?} has already ended ({phase}): nothing to cancel")));
+    }
+    let patch = json!({"spec": {"cancel": true}});
+    target
+        .namespaced::<BackgroundJob>()
+        .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .map_err(|e| Error::from_kube(e, target))?;
+    println!(
+        "backgroundjob.{GROUP}/{name} cancelled: its workers get SIGTERM and it ends Failed with reason Cancelled; \
+         its status stays (kubectl delete backgroundjob {name} removes it)"
+    );
     Ok(Outcome::Done)
 }
 

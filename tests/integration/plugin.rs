@@ -105,3 +105,37 @@ async fn submit_prints_the_name_and_waits_for_the_outcome_and_watch_draws_bars_o
     assert!(screen.contains(&format!("{ns}/sub-tty")) && screen.contains("shard 0 attempt 1"), "{screen}");
     assert!(screen.contains(&format!("{ns}/sub-tty 100% (1/1) Succeeded")), "{screen}");
 }
+
+/// `cancel` stops every worker of a running job and ends it Failed with reason Cancelled; the
+/// job stays, and cannot be un-cancelled.
+#[tokio::test]
+async fn cancel_stops_the_workers_and_keeps_the_record() {
+    let (n, _operator) = node("plugin-cancel").await;
+    let ns = n.ns.name.clone();
+    n.create_job(&job("endless", "while true; do sleep 1; done", json!({"shards": 2}))).await;
+    n.wait_running("endless-0-1").await;
+    n.wait_running("endless-1-1").await;
+    let (code, out, err) = plugin(&kubeconfig_path(), &ns, &["cancel", "endless"]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("cancelled"), "{out}");
+    let status = n.wait_phase("endless", nightshift::api::Phase::Failed).await;
+    let failed = status.conditions.iter().find(|c| c.type_ == "Failed").expect("a Failed condition");
+    assert_eq!(failed.reason, "Cancelled");
+    crate::support::wait_until("no live worker pod", crate::support::WAIT * 2, || async {
+        let live = n.live_pods("endless").await;
+        if live.is_empty() { Ok(()) } else { Err(format!("{} live", live.len())) }
+    })
+    .await;
+    let undo = n
+        .jobs
+        .patch(
+            "endless",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(json!({"spec": {"cancel": false}})),
+        )
+        .await;
+    let message = crate::support::api_error(&undo.map(|_| ())).map(|e| e.1).unwrap_or_default();
+    assert!(message.contains("spec.cancel cannot be set back to false"), "{message}");
+    let (code, _, err) = plugin(&kubeconfig_path(), &ns, &["cancel", "endless"]).await;
+    assert_eq!(code, 2, "an ended job: {err}");
+}

@@ -106,6 +106,15 @@ pub struct BackgroundJobSpec {
     #[serde(default)]
     pub suspend: bool,
 
+    /// Set to true to stop the job for good: its workers are stopped (SIGTERM and their grace
+    /// period) and it ends Failed with reason Cancelled, its status kept (delete the job to remove
+    /// it). Cannot be set back to false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    #[schemars(extend("x-kubernetes-validations" = [
+        {"rule": "self || !oldSelf", "message": "spec.cancel cannot be set back to false: a cancelled job stays cancelled"}
+    ]))]
+    pub cancel: bool,
+
     /// Seconds after the job succeeds or fails before it is deleted, with its pods. Unset: never.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0))]
