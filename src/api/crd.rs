@@ -33,6 +33,11 @@ pub fn crd() -> CustomResourceDefinition {
                 "spec.shards cannot change once the job is admitted (status.startTime is set)".into(),
             ),
             (
+                "!has(oldSelf.status) || !has(oldSelf.status.startTime) || (has(self.spec.onlyShards) == has(oldSelf.spec.onlyShards) && (!has(self.spec.onlyShards) || self.spec.onlyShards == oldSelf.spec.onlyShards))"
+                    .into(),
+                "spec.onlyShards cannot change once the job is admitted (status.startTime is set)".into(),
+            ),
+            (
                 format!("!has(self.spec.heartbeat) || self.spec.shards <= {MAX_SHARDS_WITH_HEARTBEAT}"),
                 format!(
                     "spec.shards must be at most {MAX_SHARDS_WITH_HEARTBEAT} with spec.heartbeat: the workers' Role names each shard's Lease"

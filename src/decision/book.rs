@@ -23,7 +23,12 @@ use crate::api::{
 pub(super) struct Book<'a> {
     pub job: &'a BackgroundJob,
     pub now: Timestamp,
+    /// Shards in this run: spec.shards, less those spec.onlyShards leaves out.
     pub total: i32,
+    /// spec.shards: every index is below it.
+    limit: i32,
+    /// Shards spec.onlyShards leaves out: never started, never counted.
+    skipped: Ranges,
     pub succeeded: Ranges,
     pub failed: Ranges,
     pub active: BTreeMap<i32, ActiveShard>,
@@ -44,24 +49,32 @@ impl<'a> Book<'a> {
     /// The book as the last status left it, with the pods seen sorted by shard. Pods of shards
     /// the spec does not have are let go of at once.
     pub fn open(job: &'a BackgroundJob, prev: &BackgroundJobStatus, pods: &'a [PodView], now: Timestamp) -> Self {
-        let total = job.spec.shards.max(0);
+        let limit = job.spec.shards.max(0);
+        let skipped: Ranges = match &job.spec.only_shards {
+            Some(only) => Ranges::parse(only).gaps(limit).collect(),
+            None => Ranges::default(),
+        };
+        let total = limit - skipped.len() as i32;
+        let in_run = |shard: i32| (0..limit).contains(&shard) && !skipped.contains(shard);
         let mut book = Book {
             job,
             now,
             total,
+            limit,
             succeeded: Ranges::from_opt(prev.succeeded_shards.as_ref()),
             failed: Ranges::from_opt(prev.failed_shards.as_ref()),
             // Entries for shards the spec no longer has cannot happen through the API; be safe.
-            active: prev.active.iter().filter(|a| a.shard < total).map(|a| (a.shard, a.clone())).collect(),
-            retrying: prev.retrying.iter().filter(|r| r.shard < total).map(|r| (r.shard, r.clone())).collect(),
+            active: prev.active.iter().filter(|a| in_run(a.shard)).map(|a| (a.shard, a.clone())).collect(),
+            retrying: prev.retrying.iter().filter(|r| in_run(r.shard)).map(|r| (r.shard, r.clone())).collect(),
             pods: BTreeMap::new(),
             live: Vec::new(),
             job_failure: None,
             disruptions: prev.disruptions,
             d: Decision::default(),
+            skipped: skipped.clone(),
         };
         for pod in pods {
-            if (0..total).contains(&pod.shard) {
+            if in_run(pod.shard) {
                 book.pods.entry(pod.shard).or_default().push(pod);
             } else {
                 book.let_go(pod);
@@ -343,10 +356,9 @@ impl<'a> Book<'a> {
             for s in self.active.keys().chain(self.retrying.keys()) {
                 taken.insert(*s);
             }
-            for shard in self.failed.iter() {
-                taken.insert(shard);
-            }
-            let fresh: Vec<i32> = taken.gaps(self.total).take(free as usize).collect();
+            taken.union(&self.failed);
+            taken.union(&self.skipped);
+            let fresh: Vec<i32> = taken.gaps(self.limit).take(free as usize).collect();
             for shard in fresh {
                 self.start(shard, 1, 0, 0);
             }

@@ -53,6 +53,13 @@ impl Ranges {
         }
     }
 
+    /// Adds every index of `other`, range by range.
+    pub fn union(&mut self, other: &Ranges) {
+        for &(a, b) in &other.0 {
+            self.insert_range(a, b);
+        }
+    }
+
     /// How many indexes the set holds.
     pub fn len(&self) -> i64 {
         self.0.iter().map(|&(a, b)| i64::from(b) - i64::from(a) + 1).sum()

@@ -388,6 +388,25 @@ fn cancel_stops_every_worker_and_fails_the_job_keeping_its_record() {
 }
 
 #[test]
+fn only_shards_runs_just_those_and_counts_just_those() {
+    let mut job = job(10, 3, json!({"onlyShards": "2,5-6,12"}));
+    let mut w = World::default();
+    let d = step(&mut job, &mut w, t0());
+    assert_eq!(d.create, vec![(2, 1), (5, 1), (6, 1)], "12 is past spec.shards: ignored");
+    let counts = d.status.shards.clone().unwrap();
+    assert_eq!((counts.total, counts.pending, counts.running), (3, 0, 3));
+    for name in ["j-2-1", "j-5-1", "j-6-1"] {
+        finish(&mut w, name, true);
+    }
+    let d = step(&mut job, &mut w, at(1));
+    assert_eq!(d.status.phase, Some(Phase::Succeeded));
+    assert_eq!(d.status.succeeded_shards.as_deref(), Some("2,5-6"));
+    assert_eq!(d.status.progress.map(|p| p.percent), Some(100));
+    let complete = d.status.conditions.iter().find(|c| c.type_ == "Complete").unwrap();
+    assert_eq!(complete.message, "all 3 shards succeeded");
+}
+
+#[test]
 fn suspend_stops_workers_keeps_progress_and_resume_continues() {
     let mut job = job(4, 2, json!({}));
     let mut w = World::default();

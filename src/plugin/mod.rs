@@ -99,6 +99,16 @@ pub enum Command {
     Resume { job: String },
     /// Cancel a job: stop its workers and end it Failed (reason Cancelled), keeping its record.
     Cancel { job: String },
+    /// Run an ended job again as a new job (labelled nightshift.dev/rerun-of=JOB); prints its name.
+    Rerun {
+        job: String,
+        /// Only the shards that did not succeed (failed, or stopped when the job ended).
+        #[arg(long)]
+        failed: bool,
+        /// Watch the new job until it ends; exit 0 if it succeeded, 1 if not.
+        #[arg(long)]
+        wait: bool,
+    },
     /// Create a job from a manifest and print its name at once (--wait: then watch it to its end).
     #[command(after_help = "Examples:
   kubectl nightshift submit job.yaml
@@ -202,6 +212,7 @@ async fn run(cli: Cli) -> Result<Outcome, Error> {
         Command::Suspend { job } => steer::suspend(&target, &job, true).await,
         Command::Resume { job } => steer::suspend(&target, &job, false).await,
         Command::Cancel { job } => steer::cancel(&target, &job).await,
+        Command::Rerun { job, failed, wait } => steer::rerun(&target, &job, failed, wait).await,
         Command::Submit { file, name, generate_name, set, wait } => {
             steer::submit(&target, steer::Submit { file, name, generate_name, set, wait }).await
         }

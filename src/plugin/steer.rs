@@ -1,10 +1,19 @@
-//! Commands that change jobs: `suspend`, `resume`, `cancel` and `submit`.
+//! Commands that change jobs: `suspend`, `resume`, `cancel`, `rerun` and `submit`.
 
-use kube::api::{Patch, PatchParams, PostParams};
+use kube::{
+    ResourceExt,
+    api::{ObjectMeta, Patch, PatchParams, PostParams},
+};
 use serde_json::{Value, json};
 
 use super::{Error, Outcome, Target, watch};
-use crate::api::{BackgroundJob, GROUP};
+use crate::{
+    api::{BackgroundJob, BackgroundJobSpec, GROUP, crd::MAX_NAME_LENGTH},
+    decision::ranges::Ranges,
+};
+
+/// Label on a job made by `rerun`: the job it reruns.
+pub const LABEL_RERUN_OF: &str = "nightshift.dev/rerun-of";
 
 /// `suspend` (on) or `resume` (off): one patch of spec.suspend, and what it does in one line.
 pub async fn suspend(target: &Target, name: &str, on: bool) -> Result<Outcome, Error> {
@@ -49,6 +58,66 @@ pub async fn cancel(target: &Target, name: &str) -> Result<Outcome, Error> {
          its status stays (kubectl delete backgroundjob {name} removes it)"
     );
     Ok(Outcome::Done)
+}
+
+/// `rerun`: a new job like the ended one, with only the shards that did not succeed
+/// (`failed_only`) or all of its shards, linked to it by a label. Prints the new job's name.
+pub async fn rerun(target: &Target, name: &str, failed_only: bool, wait: bool) -> Result<Outcome, Error> {
+    let job = target.job(name).await?;
+    let phase = job.status.as_ref().and_then(|s| s.phase);
+    if !phase.is_some_and(|p| p.is_finished()) {
+        let phase = phase.map(|p| p.to_string()).unwrap_or_else(|| "not started".into());
+        return Err(Error::Input(format!(
+            "backgroundjob {name:?} is {phase}: rerun it once it has ended (kubectl nightshift cancel {name} ends it now)"
+        )));
+    }
+    let rerun = rerun_of(&job, failed_only).map_err(Error::Input)?;
+    let created = target
+        .namespaced::<BackgroundJob>()
+        .create(&PostParams::default(), &rerun)
+        .await
+        .map_err(|e| Error::from_kube(e, target))?;
+    let new = created.name_any();
+    println!("{new}");
+    if !wait {
+        return Ok(Outcome::Done);
+    }
+    watch::watch(target, &[new], false).await
+}
+
+/// The job that reruns `job` (pure): its spec, with `onlyShards` set to the shards that did not
+/// succeed when `failed_only`, neither suspended nor cancelled; named after it, and labelled.
+pub fn rerun_of(job: &BackgroundJob, failed_only: bool) -> Result<BackgroundJob, String> {
+    let name = job.name_any();
+    let mut only_shards = job.spec.only_shards.clone();
+    if failed_only {
+        let limit = job.spec.shards;
+        let run = match &job.spec.only_shards {
+            Some(only) => Ranges::parse(only),
+            None => Ranges::parse(&format!("0-{}", limit - 1)),
+        };
+        let succeeded = Ranges::from_opt(job.status.as_ref().and_then(|s| s.succeeded_shards.as_ref()));
+        let left: Ranges = run.iter().take_while(|&s| s < limit).filter(|&s| !succeeded.contains(s)).collect();
+        if left.is_empty() {
+            return Err(format!("backgroundjob {name:?}: every shard succeeded; nothing to rerun with --failed"));
+        }
+        only_shards = Some(left.to_string());
+    }
+    let mut labels = job.labels().clone();
+    labels.insert(LABEL_RERUN_OF.into(), name.clone());
+    // generateName adds 5 characters; the name must leave room for the pods' suffixes.
+    let base = format!("{}-rerun-", crate::api::truncate(&name, MAX_NAME_LENGTH - 5 - "-rerun-".len()));
+    Ok(BackgroundJob {
+        metadata: ObjectMeta {
+            generate_name: Some(base),
+            namespace: job.metadata.namespace.clone(),
+            labels: Some(labels),
+            annotations: None,
+            ..Default::default()
+        },
+        spec: BackgroundJobSpec { only_shards, suspend: false, cancel: false, ..job.spec.clone() },
+        status: None,
+    })
 }
 
 pub struct Submit {
@@ -208,6 +277,30 @@ spec:
         let err = manifest(JOB, &submit(None, false, &["spec.template.spec.containers.3.image=x"])).unwrap_err();
         assert_eq!(err, "--set spec.template.spec.containers.3.image: index 3 is past the list's 1 items");
         assert!(manifest(JOB, &submit(None, false, &["spec.shards"])).unwrap_err().contains("expected PATH=VALUE"));
+    }
+
+    #[test]
+    fn a_rerun_of_the_failed_shards_takes_those_that_did_not_succeed() {
+        let mut job: BackgroundJob = serde_json::from_value(json!({
+            "apiVersion": "nightshift.dev/v1alpha1", "kind": "BackgroundJob",
+            "metadata": {"name": "import", "namespace": "shop", "labels": {"team": "data"}},
+            "spec": {"shards": 6, "cancel": true, "template": {"spec": {"containers": [{"name": "w", "image": "i"}]}}},
+            "status": {"phase": "Failed", "succeededShards": "0-1,4", "failedShards": "2"},
+        }))
+        .unwrap();
+        let rerun = rerun_of(&job, true).unwrap();
+        assert_eq!(rerun.spec.only_shards.as_deref(), Some("2-3,5"), "failed, and stopped or never started");
+        assert!(!rerun.spec.cancel);
+        assert_eq!(rerun.metadata.generate_name.as_deref(), Some("import-rerun-"));
+        let labels = rerun.metadata.labels.unwrap();
+        assert_eq!((labels["team"].as_str(), labels[LABEL_RERUN_OF].as_str()), ("data", "import"));
+        assert_eq!(rerun_of(&job, false).unwrap().spec.only_shards, None, "all shards");
+        // A rerun of a rerun stays within its shards.
+        job.spec.only_shards = Some("2-3,5".into());
+        job.status.as_mut().unwrap().succeeded_shards = Some("2,5".into());
+        assert_eq!(rerun_of(&job, true).unwrap().spec.only_shards.as_deref(), Some("3"));
+        job.status.as_mut().unwrap().succeeded_shards = Some("2-5".into());
+        assert!(rerun_of(&job, true).unwrap_err().contains("every shard succeeded"));
     }
 
     #[test]

@@ -200,6 +200,12 @@ fn bad_manifests() -> Vec<Bad> {
             says: &["Required value"],
         },
         Bad {
+            what: "onlyShards that are not ranges of indexes",
+            patch: json!({"spec": {"onlyShards": "1,a-3"}}),
+            field: Some("spec.onlyShards"),
+            says: &["should match"],
+        },
+        Bad {
             what: "metadata.name of 53 characters",
             patch: json!({"metadata": {"name": "n".repeat(53)}}),
             field: None,

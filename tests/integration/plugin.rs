@@ -139,3 +139,32 @@ async fn cancel_stops_the_workers_and_keeps_the_record() {
     let (code, _, err) = plugin(&kubeconfig_path(), &ns, &["cancel", "endless"]).await;
     assert_eq!(code, 2, "an ended job: {err}");
 }
+
+/// `rerun --failed` makes a new job of exactly the shards that did not succeed, linked to the
+/// old one by a label; it runs only those (here they succeed the second time).
+#[tokio::test]
+async fn rerun_failed_runs_exactly_the_shards_that_did_not_succeed() {
+    let (n, _operator) = node("plugin-rerun").await;
+    let ns = n.ns.name.clone();
+    // Shard 1 fails in the first job; the others succeed first.
+    let script = r#"if [ "$NIGHTSHIFT_JOB" = first ] && [ "$NIGHTSHIFT_SHARD" = 1 ]; then sleep 2; exit 3; fi; echo "shard $NIGHTSHIFT_SHARD done""#;
+    n.create_job(&job("first", script, json!({"shards": 3, "retry": {"limit": 0}}))).await;
+    let status = n.wait_phase("first", nightshift::api::Phase::Failed).await;
+    assert_eq!((status.succeeded_shards.as_deref(), status.failed_shards.as_deref()), (Some("0,2"), Some("1")));
+
+    let (code, out, err) = plugin(&kubeconfig_path(), &ns, &["rerun", "first", "--failed", "--wait"]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    let name = out.lines().next().unwrap_or_default().to_string();
+    assert!(name.starts_with("first-rerun-"), "{out}");
+    let rerun = n.jobs.get(&name).await.unwrap();
+    assert_eq!(rerun.spec.only_shards.as_deref(), Some("1"));
+    assert_eq!(
+        rerun.metadata.labels.unwrap_or_default().get("nightshift.dev/rerun-of").map(String::as_str),
+        Some("first")
+    );
+    let status = rerun.status.unwrap();
+    assert_eq!(status.phase, Some(nightshift::api::Phase::Succeeded));
+    assert_eq!((status.succeeded_shards.as_deref(), status.shards.map(|s| s.total)), (Some("1"), Some(1)));
+    let pods = n.all_pods(&name).await;
+    assert_eq!(pods.iter().map(|p| p.metadata.name.clone().unwrap()).collect::<Vec<_>>(), [format!("{name}-1-1")]);
+}

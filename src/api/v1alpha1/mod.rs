@@ -76,6 +76,14 @@ pub struct BackgroundJobSpec {
     #[schemars(range(min = 1, max = 100000))]
     pub shards: i32,
 
+    /// Run only these shards, as ranges of indexes like status.failedShards ("3,7-9"); the
+    /// others are not part of this job (its shard counts and progress leave them out). Indexes at
+    /// or above spec.shards are ignored. `kubectl nightshift rerun --failed` sets it. Unset: all.
+    /// Cannot change once the job is admitted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[0-9]+(-[0-9]+)?(,[0-9]+(-[0-9]+)?)*$"), length(max = 10000))]
+    pub only_shards: Option<String>,
+
     /// How many worker pods run at once: at least min (when that many shards are left) and at most max.
     #[serde(default)]
     pub workers: Workers,
