@@ -59,6 +59,10 @@ names! {
         DeadlineExceeded,
         /// spec.cancel is true.
         Cancelled,
+        /// A worker exited with a code a spec.retry.exitCodes rule says fails the job.
+        ExitCodeRule,
+        /// Every shard ended, some failed (by a FailShard rule), and spec.retry.allowFailedShards is false.
+        ShardsFailed,
         /// The job asks for the agent, and the operator has no agent image.
         AgentImageUnset,
         /// The API server refused a worker pod as invalid.

@@ -123,10 +123,12 @@ pub fn pod_view(pod: &Pod, running_since: Option<Timestamp>) -> Option<PodView> 
                 .and_then(|s| s.reason.clone())
                 .or_else(|| terminated.and_then(|t| t.reason.clone()))
                 .unwrap_or_else(|| "Error".into()),
+            // The pod's own message (an eviction, say), else the container's last words: the
+            // end of its termination message, where a failing program says why.
             message: status
-                .and_then(|s| s.message.clone())
-                .or_else(|| terminated.and_then(|t| t.message.clone()))
-                .map(|m| clip(&m, 256))
+                .and_then(|s| s.message.as_deref())
+                .map(|m| clip(m, 256))
+                .or_else(|| terminated.and_then(|t| t.message.as_deref()).map(|m| clip_front(m.trim_end(), 256)))
                 .unwrap_or_default(),
             exit_code: terminated.map(|t| t.exit_code),
         }
@@ -178,8 +180,36 @@ fn cannot_start(pod: &Pod) -> Option<Failure> {
     })
 }
 
+/// At most the last `max` bytes of `s`, marked with "…" where it was cut.
+fn clip_front(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut start = s.len() - max;
+    while !s.is_char_boundary(start) {
+        start += 1;
+    }
+    format!("…{}", &s[start..])
+}
+
 /// At most `max` bytes of `s`, marked with "…" where it was cut.
 fn clip(s: &str, max: usize) -> String {
     let cut = api::truncate(s, max);
     if cut.len() < s.len() { format!("{cut}…") } else { cut.to_string() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clipping_keeps_the_start_of_a_message_or_the_end_of_a_log() {
+        assert_eq!(clip("short", 256), "short");
+        assert_eq!(clip("abcdef", 3), "abc…");
+        assert_eq!(clip_front("abcdef", 3), "…def");
+        // Whole characters only: "é" is 2 bytes.
+        assert_eq!(clip_front("aéé", 3), "…é");
+        let log = format!("{}\nerror: row 17 is not an email", "progress line\n".repeat(50));
+        assert!(clip_front(&log, 256).ends_with("error: row 17 is not an email"));
+    }
 }

@@ -12,11 +12,11 @@ use kube::ResourceExt;
 use super::{
     heartbeat::heartbeat_failure,
     ranges::Ranges,
-    step::{Decision, EventNote, backoff_seconds, min_opt, plus, time, until},
+    step::{Decision, EventNote, min_opt, plus, time, until},
     view::{LeaseView, PodPhase, PodView},
 };
 use crate::api::{
-    ActiveShard, BackgroundJob, BackgroundJobStatus, Failure, RetryingShard,
+    ActiveShard, BackgroundJob, BackgroundJobStatus, Failure, RetryingShard, ShardFailure,
     names::{AttemptReason, EventReason, Reason},
 };
 
@@ -41,6 +41,8 @@ pub(super) struct Book<'a> {
     pub job_failure: Option<(Reason, String)>,
     /// Attempts the cluster took away, over the job's life.
     pub disruptions: i32,
+    /// Why shards failed for good (status.shardFailures).
+    pub shard_failures: Vec<ShardFailure>,
     /// The actions decided so far.
     pub d: Decision,
 }
@@ -70,6 +72,7 @@ impl<'a> Book<'a> {
             live: Vec::new(),
             job_failure: None,
             disruptions: prev.disruptions,
+            shard_failures: prev.shard_failures.clone(),
             d: Decision::default(),
             skipped: skipped.clone(),
         };
@@ -222,89 +225,6 @@ impl<'a> Book<'a> {
         }
     }
 
-    /// A shard whose attempt was stopped by a suspend: not a failure; it runs again on resume.
-    fn interrupt(&mut self, entry: &ActiveShard) {
-        self.active.remove(&entry.shard);
-        self.retrying.insert(
-            entry.shard,
-            RetryingShard {
-                shard: entry.shard,
-                attempt: entry.attempt + 1,
-                failures: entry.failures,
-                disruptions: entry.disruptions,
-                next_retry_time: None,
-                last_failure: None,
-            },
-        );
-    }
-
-    /// Records a failed attempt: the shard waits for its retry, or fails for good (and with it
-    /// the job) once spec.retry.limit is used up.
-    fn fail_attempt(&mut self, entry: &ActiveShard, failure: Failure) {
-        let (shard, spec) = (entry.shard, &self.job.spec);
-        let limit = spec.retry.limit;
-        let failures = entry.failures + 1;
-        self.active.remove(&shard);
-        self.d.failed_attempts.push(failure.reason.clone());
-        let what = describe(&failure);
-        let note = if failures > limit {
-            self.failed.insert(shard);
-            self.job_failure.get_or_insert((
-                Reason::RetriesExhausted,
-                format!("shard {shard} failed {failures} times (spec.retry.limit is {limit}); last failure: {what}"),
-            ));
-            format!("shard {shard} attempt {} failed ({what}); no retries left", entry.attempt)
-        } else {
-            let wait = backoff_seconds(&spec.retry.backoff, failures);
-            self.retrying.insert(
-                shard,
-                RetryingShard {
-                    shard,
-                    attempt: entry.attempt + 1,
-                    failures,
-                    disruptions: entry.disruptions,
-                    next_retry_time: Some(time(plus(self.now, wait))),
-                    last_failure: Some(failure),
-                },
-            );
-            format!("shard {shard} attempt {} failed ({what}); retrying in {wait}s", entry.attempt)
-        };
-        self.d.events.push(EventNote::warning(EventReason::AttemptFailed, note).about(&entry.pod));
-    }
-
-    /// Records an attempt the cluster took away (evicted, drained, preempted, ...): not the
-    /// worker's fault, so it runs again at once and uses no retry — up to
-    /// spec.retry.disruptionLimit times per shard; after that each disruption is a failure.
-    fn disrupt_attempt(&mut self, entry: &ActiveShard, cause: Failure) {
-        let (shard, limit) = (entry.shard, self.job.spec.retry.disruption_limit);
-        let what = describe(&cause);
-        if entry.disruptions >= limit {
-            let message = format!("{what} (disrupted more than spec.retry.disruptionLimit, {limit}, times)");
-            return self.fail_attempt(entry, Failure { message, ..cause });
-        }
-        self.active.remove(&shard);
-        self.disruptions += 1;
-        self.d.disrupted_attempts.push(cause.reason.clone());
-        let disruptions = entry.disruptions + 1;
-        self.retrying.insert(
-            shard,
-            RetryingShard {
-                shard,
-                attempt: entry.attempt + 1,
-                failures: entry.failures,
-                disruptions,
-                next_retry_time: None,
-                last_failure: Some(cause),
-            },
-        );
-        let note = format!(
-            "shard {shard} attempt {} was taken away by the cluster ({what}); running it again at once, no retry used \
-             (disruption {disruptions} of spec.retry.disruptionLimit {limit})",
-            entry.attempt
-        );
-        self.d.events.push(EventNote::normal(EventReason::AttemptDisrupted, note).about(&entry.pod));
-    }
-
     /// Every other pod: a superseded attempt, or a shard that is done. Stops the live ones and
     /// releases the finished ones.
     pub fn stop_superseded(&mut self) {
@@ -409,15 +329,4 @@ impl<'a> Book<'a> {
             },
         );
     }
-}
-
-fn describe(f: &Failure) -> String {
-    let mut s = f.reason.clone();
-    if let Some(code) = f.exit_code {
-        s = format!("exit code {code}, {s}");
-    }
-    if !f.message.is_empty() {
-        s = format!("{s}: {}", f.message);
-    }
-    s
 }

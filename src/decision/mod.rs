@@ -8,6 +8,7 @@
 mod book;
 mod fold;
 mod heartbeat;
+mod outcome;
 pub mod pod;
 pub mod queue;
 pub mod ranges;

@@ -94,6 +94,11 @@ pub fn worker_pod(
             }
         }
     }
+    // A worker that fails says why in its last lines: they become its termination message (and
+    // the failure's message in the status), unless the template chose otherwise.
+    for container in spec.containers.iter_mut() {
+        container.termination_message_policy.get_or_insert_with(|| "FallbackToLogsOnError".into());
+    }
     for container in spec.containers.iter_mut().chain(spec.init_containers.iter_mut().flatten()) {
         let vars = container.env.get_or_insert_with(Vec::new);
         // Ours win over a same-named variable in the template: the worker relies on them.
@@ -205,12 +210,14 @@ mod tests {
         let owner = &pod.metadata.owner_references.unwrap()[0];
         assert_eq!((owner.kind.as_str(), owner.uid.as_str(), owner.controller), ("BackgroundJob", "u-1", Some(true)));
         assert_eq!(pod.metadata.finalizers.unwrap(), vec![api::FINALIZER_TRACKING.to_string()]);
-        let env = pod.spec.unwrap().containers[0].env.clone().unwrap();
+        let env = pod.spec.as_ref().unwrap().containers[0].env.clone().unwrap();
         let get = |k: &str| env.iter().filter(|v| v.name == k).map(|v| v.value.clone().unwrap()).collect::<Vec<_>>();
         assert_eq!(get("NIGHTSHIFT_SHARD"), vec!["2"]);
         assert_eq!(get("NIGHTSHIFT_SHARDS"), vec!["4"]);
         assert_eq!(get("NIGHTSHIFT_ATTEMPT"), vec!["3"]);
         assert_eq!(get("NIGHTSHIFT_NAMESPACE"), vec!["shop"]);
+        let container = &pod.spec.as_ref().unwrap().containers[0];
+        assert_eq!(container.termination_message_policy.as_deref(), Some("FallbackToLogsOnError"));
     }
 
     #[test]

@@ -98,8 +98,9 @@ pub(super) fn summarize(
     leases: &BTreeMap<i32, &LeaseView>,
 ) -> Decision {
     let now = book.now;
-    let Book { total, succeeded, failed, active, retrying, live, disruptions, mut d, .. } = book;
+    let Book { total, succeeded, failed, active, retrying, live, disruptions, shard_failures, mut d, .. } = book;
     status.disruptions = disruptions;
+    status.shard_failures = shard_failures;
     let running = active.len() as i32;
     let n_succeeded = succeeded.len() as i32;
     let n_failed = failed.len() as i32;

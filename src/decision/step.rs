@@ -180,13 +180,25 @@ fn settle(observed: &Observed, prev: &BackgroundJobStatus, status: &mut Backgrou
     let wants = remaining.min(i64::from(spec.workers.max)) as i32;
     let waiting = observed.grant.and_then(|g| g.waiting.clone()).filter(|_| prev.phase != Some(Phase::Running));
     find_job_failure(observed, prev, book, waiting.is_none());
+    if remaining == 0 && book.job_failure.is_none() {
+        book.job_failure = book.failed_shards_verdict();
+    }
     let mut desired = 0;
     if let Some((reason, message)) = book.job_failure.take() {
         book.stop_all();
         book.d.events.push(EventNote::warning(EventReason::Failed, message.clone()));
         *status = fail(job, std::mem::take(status), reason, message, now);
     } else if remaining == 0 {
-        let message = format!("all {} shards succeeded", book.total);
+        let message = if book.failed.is_empty() {
+            format!("all {} shards succeeded", book.total)
+        } else {
+            let (failed, total) = (book.failed.len(), book.total);
+            format!(
+                "{} of {total} shards succeeded; {failed} failed ({}), allowed by spec.retry.allowFailedShards",
+                i64::from(total) - failed,
+                book.failed
+            )
+        };
         status.phase = Some(Phase::Succeeded);
         status.completion_time.get_or_insert(time(now));
         let conditions = &mut status.conditions;

@@ -406,6 +406,98 @@ fn only_shards_runs_just_those_and_counts_just_those() {
     assert_eq!(complete.message, "all 3 shards succeeded");
 }
 
+/// The reason and message of the job's condition of this type.
+fn said(job: &BackgroundJob, type_: &str) -> (String, String) {
+    let c = job.status.as_ref().unwrap().conditions.iter().find(|c| c.type_ == type_).unwrap();
+    (c.reason.clone(), c.message.clone())
+}
+
+/// The worker exited with `code`, saying `message` last.
+fn exit(world: &mut World, name: &str, code: i32, message: &str) {
+    let p = world.pods.iter_mut().find(|p| p.name == name).unwrap();
+    p.phase = PodPhase::Failed;
+    p.failure = Some(Failure { reason: "Error".into(), message: message.into(), exit_code: Some(code) });
+}
+
+fn rules(allow_failed_shards: bool) -> serde_json::Value {
+    json!({"retry": {"limit": 0, "backoff": {"initialSeconds": 7, "factor": 2, "maxSeconds": 60},
+        "allowFailedShards": allow_failed_shards,
+        "exitCodes": [{"codes": [2], "action": "FailJob"}, {"codes": [65], "action": "FailShard"}, {"codes": [75], "action": "Ignore"}]}})
+}
+
+#[test]
+fn an_exit_code_rule_can_fail_the_job_at_once() {
+    let mut job = job(3, 3, rules(false));
+    let mut w = World::default();
+    step(&mut job, &mut w, t0());
+    exit(&mut w, "j-1-1", 2, "bad input: row 17");
+    let d = step(&mut job, &mut w, at(1));
+    assert_eq!(d.status.phase, Some(Phase::Failed));
+    let (reason, message) = said(&job, "Failed");
+    assert_eq!(reason, "ExitCodeRule");
+    assert_eq!(
+        message,
+        "shard 1 attempt 1 exited with code 2, which spec.retry.exitCodes[0] (FailJob) says fails the job: exit code 2, \
+         Error: bad input: row 17"
+    );
+    assert_eq!(d.delete.len(), 2, "the other workers are stopped");
+    let failure = &d.status.shard_failures[0];
+    assert_eq!(
+        (failure.shard, failure.failure.exit_code, failure.rule.as_deref()),
+        (1, Some(2), Some("spec.retry.exitCodes[0] (FailJob)"))
+    );
+}
+
+#[test]
+fn a_fail_shard_rule_fails_that_shard_alone_and_the_job_at_its_end_unless_allowed() {
+    for allowed in [false, true] {
+        let mut job = job(3, 3, rules(allowed));
+        let mut w = World::default();
+        step(&mut job, &mut w, t0());
+        exit(&mut w, "j-1-1", 65, "row 17: not an email");
+        let d = step(&mut job, &mut w, at(1));
+        assert_eq!(d.status.phase, Some(Phase::Running), "the job goes on");
+        assert!(d.create.is_empty(), "no retry of shard 1");
+        assert_eq!(d.status.failed_shards.as_deref(), Some("1"));
+        finish(&mut w, "j-0-1", true);
+        finish(&mut w, "j-2-1", true);
+        let d = step(&mut job, &mut w, at(2));
+        assert_eq!(d.status.failed_shards.as_deref(), Some("1"));
+        assert_eq!(d.status.shard_failures[0].rule.as_deref(), Some("spec.retry.exitCodes[1] (FailShard)"));
+        if allowed {
+            assert_eq!(d.status.phase, Some(Phase::Succeeded));
+            let (_, message) = said(&job, "Complete");
+            assert!(message.contains("2 of 3 shards succeeded; 1 failed (1)"), "{message}");
+        } else {
+            assert_eq!(d.status.phase, Some(Phase::Failed));
+            let (reason, message) = said(&job, "Failed");
+            assert_eq!(reason, "ShardsFailed");
+            assert!(
+                message.contains("shard 1 failed by spec.retry.exitCodes[1] (FailShard): exit code 65"),
+                "{message}"
+            );
+        }
+    }
+}
+
+#[test]
+fn an_ignore_rule_retries_without_counting_and_a_disruption_is_never_judged() {
+    let mut job = job(1, 1, rules(false));
+    let mut w = World::default();
+    step(&mut job, &mut w, t0());
+    exit(&mut w, "j-0-1", 75, "database busy");
+    let d = step(&mut job, &mut w, at(1));
+    let r = &d.status.retrying[0];
+    assert_eq!((r.failures, r.next_retry_time.as_ref().map(|t| t.0)), (0, Some(at(8))), "retry.limit 0, yet retried");
+    assert_eq!(step(&mut job, &mut w, at(8)).create, vec![(0, 2)]);
+    // Evicted, its worker exits 2 on SIGTERM: a disruption, not a FailJob.
+    evict(&mut w, "j-0-2", at(9));
+    exit(&mut w, "j-0-2", 2, "");
+    let d = step(&mut job, &mut w, at(9));
+    assert_eq!(d.status.phase, Some(Phase::Running));
+    assert_eq!(d.status.disruptions, 1);
+}
+
 #[test]
 fn suspend_stops_workers_keeps_progress_and_resume_continues() {
     let mut job = job(4, 2, json!({}));

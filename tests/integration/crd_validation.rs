@@ -200,6 +200,31 @@ fn bad_manifests() -> Vec<Bad> {
             says: &["Required value"],
         },
         Bad {
+            what: "exit code 0 in a rule",
+            patch: json!({"spec": {"retry": {"exitCodes": [{"codes": [0], "action": "FailJob"}]}}}),
+            field: Some("spec.retry.exitCodes[0].codes[0]"),
+            says: &["greater than or equal to 1"],
+        },
+        Bad {
+            what: "exit code 256 in a rule",
+            patch: json!({"spec": {"retry": {"exitCodes": [{"codes": [256], "action": "FailJob"}]}}}),
+            field: Some("spec.retry.exitCodes[0].codes[0]"),
+            says: &["less than or equal to 255"],
+        },
+        Bad {
+            what: "an exit code in two rules",
+            patch: json!({"spec": {"retry": {"exitCodes": [
+                {"codes": [2, 3], "action": "FailJob"}, {"codes": [3], "action": "Ignore"}]}}}),
+            field: Some("spec.retry.exitCodes"),
+            says: &["spec.retry.exitCodes: an exit code may appear in one rule only"],
+        },
+        Bad {
+            what: "an unknown exit-code action",
+            patch: json!({"spec": {"retry": {"exitCodes": [{"codes": [3], "action": "Retry"}]}}}),
+            field: Some("spec.retry.exitCodes[0].action"),
+            says: &["FailJob", "FailShard", "Ignore"],
+        },
+        Bad {
             what: "onlyShards that are not ranges of indexes",
             patch: json!({"spec": {"onlyShards": "1,a-3"}}),
             field: Some("spec.onlyShards"),

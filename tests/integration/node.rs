@@ -464,3 +464,41 @@ while true; do sleep 1 & wait $!; done"#;
     assert!(logs.contains("attempt 2 resumes from [saved-in-the-grace-period]"), "kubectl logs grace-0-2:\n{logs}");
     assert_eq!(checkpoint(&leases.get("grace-0").await.unwrap()), "saved-in-the-grace-period");
 }
+
+/// Exit-code rules on real exits: 65 fails only its shard (the job ends Succeeded with it listed,
+/// as allowFailedShards asks), and its status names the rule, the code and the worker's last
+/// log line (FallbackToLogsOnError); 2 fails the whole job at once, with no retry used.
+#[tokio::test]
+async fn exit_code_rules_fail_a_shard_alone_or_the_job_at_once() {
+    let (n, _operator) = node("node-rules").await;
+    let retry = |allow: bool| {
+        json!({"limit": 3, "backoff": {"initialSeconds": 1, "factor": 1, "maxSeconds": 1}, "allowFailedShards": allow,
+               "exitCodes": [{"codes": [2], "action": "FailJob"}, {"codes": [65], "action": "FailShard"}]})
+    };
+    let script = r#"echo "importing shard $NIGHTSHIFT_SHARD"; if [ "$NIGHTSHIFT_SHARD" = 1 ]; then echo "row 17: not an email" >&2; exit 65; fi"#;
+    n.create_job(&job("rows", script, json!({"shards": 3, "retry": retry(true)}))).await;
+    let status = n.wait_phase("rows", Phase::Succeeded).await;
+    assert_eq!((status.succeeded_shards.as_deref(), status.failed_shards.as_deref()), (Some("0,2"), Some("1")));
+    let failure = &status.shard_failures[0];
+    assert_eq!(
+        (failure.shard, failure.attempt, failure.rule.as_deref()),
+        (1, 1, Some("spec.retry.exitCodes[1] (FailShard)"))
+    );
+    assert_eq!(failure.failure.exit_code, Some(65));
+    assert!(failure.failure.message.contains("row 17: not an email"), "the worker's last words: {failure:?}");
+    let complete = status.conditions.iter().find(|c| c.type_ == "Complete").unwrap();
+    assert!(complete.message.contains("1 failed (1), allowed by spec.retry.allowFailedShards"), "{}", complete.message);
+
+    let script = r#"echo "input file is corrupt" >&2; exit 2"#;
+    n.create_job(&job("corrupt", script, json!({"shards": 1, "retry": retry(false)}))).await;
+    let status = n.wait_phase("corrupt", Phase::Failed).await;
+    let failed = status.conditions.iter().find(|c| c.type_ == "Failed").unwrap();
+    assert_eq!(failed.reason, "ExitCodeRule");
+    assert!(
+        failed.message.contains("exited with code 2, which spec.retry.exitCodes[0] (FailJob) says fails the job")
+            && failed.message.contains("input file is corrupt"),
+        "{}",
+        failed.message
+    );
+    assert!(n.pods.get_opt("corrupt-0-2").await.unwrap().is_none(), "no retry");
+}

@@ -64,6 +64,10 @@ pub struct BackgroundJobStatus {
     /// Shards that failed for good (retries exhausted), as ranges of indexes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failed_shards: Option<String>,
+    /// Why shards failed for good, one entry each (the first 20): the last attempt's failure and,
+    /// when a spec.retry.exitCodes rule decided, which.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub shard_failures: Vec<ShardFailure>,
     /// Worker pods: desired, live and ready.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workers: Option<WorkerCounts>,
@@ -188,6 +192,24 @@ pub struct RetryingShard {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_failure: Option<Failure>,
 }
+
+/// A shard that failed for good.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ShardFailure {
+    /// Shard index.
+    pub shard: i32,
+    /// Its last attempt.
+    pub attempt: i32,
+    /// Why that attempt failed: reason, exit code, the container's last message.
+    pub failure: Failure,
+    /// The rule that decided, "spec.retry.exitCodes[1] (FailShard)"; unset when retries ran out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule: Option<String>,
+}
+
+/// Most entries status.shardFailures keeps.
+pub const MAX_SHARD_FAILURES: usize = 20;
 
 /// Why an attempt failed.
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
