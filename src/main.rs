@@ -135,7 +135,14 @@ async fn main() -> std::process::ExitCode {
 async fn run(command: Command) -> Result<(), Box<dyn std::error::Error>> {
     match command {
         Command::Agent { .. } => unreachable!("handled in main"),
-        Command::Crd => print!("{}", nightshift::api::crd::crd_yaml()),
+        Command::Crd => {
+            use std::io::Write;
+            // `nightshift crd | head` closes the pipe early: not an error.
+            match std::io::stdout().write_all(nightshift::api::crd::crd_yaml().as_bytes()) {
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
+                written => written?,
+            }
+        }
         Command::InstallAgent { dir } => {
             let target = dir.join("nightshift");
             let me = std::env::current_exe().map_err(|e| format!("finding this binary: {e}"))?;
