@@ -126,6 +126,13 @@ pub fn report(job: &BackgroundJob, events: &[Event], now: Timestamp) -> String {
             let _ = writeln!(out, "{line}");
         }
     }
+    if !status.shard_failures.is_empty() {
+        let _ = writeln!(out, "Failed shards:");
+        for f in &status.shard_failures {
+            let rule = f.rule.as_deref().map(|r| format!(" by {r}")).unwrap_or_default();
+            let _ = writeln!(out, "  shard {} attempt {}{rule}: {}", f.shard, f.attempt, failure_text(&f.failure));
+        }
+    }
     if !status.conditions.is_empty() {
         let _ = writeln!(out, "Conditions:");
         for c in &status.conditions {
@@ -192,6 +199,8 @@ mod tests {
                             "progress": {"done": 40, "total": 100, "message": "row 40"}}],
                 "retrying": [{"shard": 4, "attempt": 2, "failures": 1, "nextRetryTime": "2026-11-23T12:10:30Z",
                               "lastFailure": {"reason": "Error", "exitCode": 3, "message": "bad row 17"}}],
+                "shardFailures": [{"shard": 5, "attempt": 1, "rule": "spec.retry.exitCodes[1] (FailShard)",
+                                   "failure": {"reason": "Error", "exitCode": 65, "message": "row 9: no email"}}],
             },
         }))
         .unwrap();
@@ -203,6 +212,7 @@ mod tests {
             "Shards:     6 in all: 3 succeeded (0-2), 0 failed, 1 running (3), 1 retrying (4), 1 not started",
             "  shard 3 attempt 1 on pod import-3-1, 40/100 \"row 40\", for 2m00s",
             "  shard 4 attempt 2 at 2026-11-23T12:10:30Z (in 30s); last: exit code 3, Error: bad row 17",
+            "  shard 5 attempt 1 by spec.retry.exitCodes[1] (FailShard): exit code 65, Error: row 9: no email",
         ] {
             assert!(report.contains(expected), "missing {expected:?} in:\n{report}");
         }
