@@ -130,7 +130,7 @@ async fn stream(pods: Api<Pod>, pod: Pod, lines: mpsc::Sender<String>) {
 }
 
 /// The worker container's log (the first container: the one the agent wraps).
-fn params(pod: &Pod, follow: bool) -> LogParams {
+pub(super) fn params(pod: &Pod, follow: bool) -> LogParams {
     let container = pod.spec.as_ref().and_then(|s| s.containers.first()).map(|c| c.name.clone());
     LogParams { container, follow, ..Default::default() }
 }
@@ -145,6 +145,6 @@ fn label(pod: &Pod, key: &str) -> i32 {
 }
 
 /// `[SHARD/ATTEMPT]`.
-fn prefix(pod: &Pod) -> String {
+pub(super) fn prefix(pod: &Pod) -> String {
     format!("[{}/{}]", label(pod, LABEL_SHARD), label(pod, LABEL_ATTEMPT))
 }

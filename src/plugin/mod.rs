@@ -7,6 +7,7 @@
 //! not be reached (not found, forbidden, unreachable).
 
 mod connect;
+pub mod dashboard;
 pub mod describe;
 mod logs;
 mod status;
@@ -33,6 +34,7 @@ pub use connect::Target;
   kubectl nightshift logs import-customers -f    # every worker's log, prefixed with shard/attempt
   kubectl nightshift status import-customers
   kubectl nightshift submit examples/bulk-import.yaml --generate-name --wait
+  kubectl nightshift dashboard -A                # http://127.0.0.1:8080/
 
 Exit codes: 0 done (watch: every job succeeded), 1 a job failed, 2 bad usage or input,
 3 the cluster refused or could not be reached."
@@ -108,6 +110,13 @@ pub enum Command {
         /// Watch the new job until it ends; exit 0 if it succeeded, 1 if not.
         #[arg(long)]
         wait: bool,
+    },
+    /// A read-only web page of the jobs (progress, shards, events, logs), live, on 127.0.0.1.
+    #[command(after_help = "It uses your kubeconfig's credentials and listens on 127.0.0.1 only; Ctrl-C stops it.")]
+    Dashboard {
+        /// The port (0: any free one; the address is printed).
+        #[arg(long, default_value_t = 8080)]
+        port: u16,
     },
     /// Create a job from a manifest and print its name at once (--wait: then watch it to its end).
     #[command(after_help = "Examples:
@@ -213,6 +222,7 @@ async fn run(cli: Cli) -> Result<Outcome, Error> {
         Command::Resume { job } => steer::suspend(&target, &job, false).await,
         Command::Cancel { job } => steer::cancel(&target, &job).await,
         Command::Rerun { job, failed, wait } => steer::rerun(&target, &job, failed, wait).await,
+        Command::Dashboard { port } => dashboard::dashboard(&target, port).await,
         Command::Submit { file, name, generate_name, set, wait } => {
             steer::submit(&target, steer::Submit { file, name, generate_name, set, wait }).await
         }

@@ -2,7 +2,8 @@
 # Installs the Debian packages the local node needs, when one is missing: containerd and runc
 # (the container runtime), the CNI plugins (the pods' bridge), socat (the host's way to the API
 # server), iptables (kube-proxy), buildah (builds the images the node runs, without a registry),
-# busybox-static (the example worker image) and gcc (the pause binary). Idempotent and quiet.
+# busybox-static (the example worker image), gcc (the pause binary), and chromium with
+# chromium-driver (the dashboard's browser test). Idempotent and quiet.
 #
 #   setup.sh [PACKAGE...]   also these packages, each checked by the command of its name
 #                           (tests/image/setup.sh asks for podman this way)
@@ -24,6 +25,9 @@ have ip || need+=(iproute2)
 have openssl || need+=(openssl)
 have curl || need+=(curl)
 dpkg -s busybox-static >/dev/null 2>&1 || need+=(busybox-static)
+# The dashboard's test drives a real browser: headless Chromium through chromedriver.
+have chromium || need+=(chromium)
+have chromedriver || need+=(chromium-driver)
 for extra in "$@"; do have "$extra" || need+=("$extra"); done
 ((${#need[@]} == 0)) && exit 0
 mapfile -t need < <(printf '%s\n' "${need[@]}" | sort -u)

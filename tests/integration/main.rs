@@ -4,6 +4,7 @@
 mod agent;
 mod control_plane;
 mod crd_validation;
+mod dashboard;
 mod heartbeats;
 mod helm;
 mod jobs;
