@@ -348,7 +348,8 @@ async fn agent_injection_wraps_the_worker_and_needs_an_agent_image() {
     assert_eq!(init.image.as_deref(), Some("nightshift:test"));
     assert_eq!(
         pod.containers[0].command.clone().unwrap(),
-        ["/nightshift-agent/nightshift", "agent", "--", "import", "--all"]
+        // The agent gives the command the pod's grace period when fenced (Kubernetes' default, 30 s).
+        ["/nightshift-agent/nightshift", "agent", "--grace-seconds", "30", "--", "import", "--all"]
     );
     assert_eq!(pod.service_account_name.as_deref(), Some("injected-worker"));
 }
