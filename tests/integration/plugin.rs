@@ -39,6 +39,37 @@ async fn watch_exits_0_on_success_and_1_on_failure_and_status_says_why() {
     assert_eq!(code, 0);
     let status: serde_json::Value = serde_json::from_str(&out).expect("status -o json is JSON");
     assert_eq!(status["phase"], "Failed");
+
+    // kubectl finds it on PATH: `kubectl nightshift`.
+    let bin = std::path::Path::new(env!("CARGO_BIN_EXE_kubectl-nightshift")).parent().unwrap().to_path_buf();
+    let path =
+        std::env::join_paths(std::iter::once(bin).chain(std::env::split_paths(&std::env::var_os("PATH").unwrap())))
+            .unwrap();
+    let output = tokio::process::Command::new("kubectl")
+        .env("PATH", path)
+        .args(["nightshift", "--kubeconfig"])
+        .arg(&kubeconfig)
+        .args(["-n", &ns, "status", "good"])
+        .output()
+        .await
+        .expect("kubectl runs");
+    let out = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success() && out.contains("Phase:      Succeeded"), "kubectl nightshift status good:\n{out}");
+}
+
+/// No cluster at the kubeconfig's address: exit 3, saying where it looked.
+#[tokio::test]
+async fn an_unreachable_cluster_is_said_plainly() {
+    let kubeconfig = TempFile::new(
+        "nightshift-unreachable.kubeconfig",
+        r#"{"apiVersion": "v1", "kind": "Config", "current-context": "gone",
+            "clusters": [{"name": "gone", "cluster": {"server": "https://127.0.0.1:9"}}],
+            "users": [{"name": "me", "user": {"token": "x"}}],
+            "contexts": [{"name": "gone", "context": {"cluster": "gone", "user": "me", "namespace": "shop"}}]}"#,
+    );
+    let (code, _, err) = plugin(&kubeconfig.0, "shop", &["status", "import"]).await;
+    assert_eq!(code, 3, "{err}");
+    assert!(err.starts_with("error: cannot reach the cluster at https://127.0.0.1:9/"), "{err}");
 }
 
 /// `logs -f` merges every worker's log with [shard/attempt] prefixes, follows the retry of a
