@@ -74,9 +74,21 @@ pub fn truncate(s: &str, max: usize) -> &str {
     &s[..end]
 }
 
+/// The longest suffix of `s` of at most `max` bytes that starts on a character boundary.
+pub fn truncate_start(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut start = s.len() - max;
+    while !s.is_char_boundary(start) {
+        start += 1;
+    }
+    &s[start..]
+}
+
 #[cfg(test)]
 mod tests {
-    use super::truncate;
+    use super::{truncate, truncate_start};
 
     #[test]
     fn truncation_keeps_whole_characters() {
@@ -89,5 +101,8 @@ mod tests {
         let cut = truncate(&long, 256);
         assert_eq!(cut.len(), 255);
         assert!(long.starts_with(cut));
+        assert_eq!(truncate_start("abcdef", 3), "def");
+        assert_eq!(truncate_start("aéé", 3), "é");
+        assert_eq!(truncate_start("short", 256), "short");
     }
 }

@@ -182,14 +182,8 @@ fn cannot_start(pod: &Pod) -> Option<Failure> {
 
 /// At most the last `max` bytes of `s`, marked with "…" where it was cut.
 fn clip_front(s: &str, max: usize) -> String {
-    if s.len() <= max {
-        return s.to_string();
-    }
-    let mut start = s.len() - max;
-    while !s.is_char_boundary(start) {
-        start += 1;
-    }
-    format!("…{}", &s[start..])
+    let cut = api::truncate_start(s, max);
+    if cut.len() < s.len() { format!("…{cut}") } else { cut.to_string() }
 }
 
 /// At most `max` bytes of `s`, marked with "…" where it was cut.

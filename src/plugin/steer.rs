@@ -17,17 +17,8 @@ pub const LABEL_RERUN_OF: &str = "nightshift.dev/rerun-of";
 
 /// `suspend` (on) or `resume` (off): one patch of spec.suspend, and what it does in one line.
 pub async fn suspend(target: &Target, name: &str, on: bool) -> Result<Outcome, Error> {
-    let job = target.job(name).await?;
-    if let Some(phase) = job.status.as_ref().and_then(|s| s.phase).filter(|p| p.is_finished()) {
-        let what = if on { "suspend" } else { "resume" };
-        return Err(Error::Input(format!("backgroundjob {name:?} has already ended ({phase}): nothing to {what}")));
-    }
-    let patch = json!({"spec": {"suspend": on}});
-    target
-        .namespaced::<BackgroundJob>()
-        .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
-        .await
-        .map_err(|e| Error::from_kube(e, target))?;
+    let what = if on { "suspend" } else { "resume" };
+    patch_spec(target, name, what, json!({"suspend": on})).await?;
     if on {
         println!(
             "backgroundjob.{GROUP}/{name} suspended: its workers get SIGTERM and their grace period to checkpoint; \
@@ -43,21 +34,26 @@ pub async fn suspend(target: &Target, name: &str, on: bool) -> Result<Outcome, E
 
 /// `cancel`: spec.cancel, which the operator turns into a Failed job with reason Cancelled.
 pub async fn cancel(target: &Target, name: &str) -> Result<Outcome, Error> {
-    let job = target.job(name).await?;
-    if let Some(phase) = job.status.as_ref().and_then(|s| s.phase).filter(|p| p.is_finished()) {
-        return Err(Error::Input(format!("backgroundjob {name:?} has already ended ({phase}): nothing to cancel")));
-    }
-    let patch = json!({"spec": {"cancel": true}});
-    target
-        .namespaced::<BackgroundJob>()
-        .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
-        .await
-        .map_err(|e| Error::from_kube(e, target))?;
+    patch_spec(target, name, "cancel", json!({"cancel": true})).await?;
     println!(
         "backgroundjob.{GROUP}/{name} cancelled: its workers get SIGTERM and it ends Failed with reason Cancelled; \
          its status stays (kubectl delete backgroundjob {name} removes it)"
     );
     Ok(Outcome::Done)
+}
+
+/// Merges `spec` into the job's spec, unless the job has ended (nothing to `what` then).
+async fn patch_spec(target: &Target, name: &str, what: &str, spec: serde_json::Value) -> Result<(), Error> {
+    let job = target.job(name).await?;
+    if let Some(phase) = job.status.as_ref().and_then(|s| s.phase).filter(|p| p.is_finished()) {
+        return Err(Error::Input(format!("backgroundjob {name:?} has already ended ({phase}): nothing to {what}")));
+    }
+    target
+        .namespaced::<BackgroundJob>()
+        .patch(name, &PatchParams::default(), &Patch::Merge(&json!({"spec": spec})))
+        .await
+        .map_err(|e| Error::from_kube(e, target))?;
+    Ok(())
 }
 
 /// `rerun`: a new job like the ended one, with only the shards that did not succeed
