@@ -48,14 +48,13 @@ impl Glance {
         let status = job.status.clone().unwrap_or_default();
         let phase = status.phase.map(|p| p.to_string()).unwrap_or_else(|| "Pending".into());
         let shards = status.shards.clone().unwrap_or_default();
+        // The shards of this run (spec.onlyShards may leave some out), as the operator counts them.
+        let in_run = if status.shards.is_some() { shards.total } else { job.spec.shards };
         // The operator's percent counts every shard, those that reported no total yet too; done
         // and total are the units reported so far.
         let (done, total, percent) = match &status.progress {
             Some(p) if p.total > 0 => (p.done, p.total, p.percent),
-            _ => {
-                let (done, total) = (shards.succeeded, job.spec.shards.max(1));
-                (i64::from(done), i64::from(job.spec.shards), done * 100 / total)
-            }
+            _ => (i64::from(shards.succeeded), i64::from(in_run), shards.succeeded * 100 / in_run.max(1)),
         };
         let started = status.start_time.as_ref().map(|t| t.0);
         let end = status.completion_time.as_ref().map(|t| t.0).unwrap_or(now);
@@ -76,7 +75,7 @@ impl Glance {
             shards_succeeded: shards.succeeded,
             shards_failed: shards.failed,
             shards_running: shards.running,
-            shards: job.spec.shards,
+            shards: in_run,
             workers: workers.active,
             workers_desired: workers.desired,
             heartbeat_age,
@@ -258,5 +257,12 @@ mod tests {
         );
         // Not seen by the operator yet.
         assert_eq!(Glance::of(&job(json!(null)), now()).phase, "Pending");
+        // A rerun of 2 of its 14 shards counts those 2.
+        let rerun = Glance::of(
+            &job(json!({"phase": "Running",
+                "shards": {"total": 2, "pending": 0, "running": 1, "succeeded": 1, "failed": 0, "summary": "1/2"}})),
+            now(),
+        );
+        assert_eq!((rerun.shards, rerun.done, rerun.total, rerun.percent), (2, 1, 2, 50));
     }
 }

@@ -71,8 +71,9 @@ pub fn report(job: &BackgroundJob, events: &[Event], now: Timestamp) -> String {
     field(
         "Shards",
         format!(
-            "{} in all: {} succeeded{}, {} failed{}, {} running{}, {} retrying{}, {} not started",
-            job.spec.shards,
+            "{} in all{}: {} succeeded{}, {} failed{}, {} running{}, {} retrying{}, {} not started",
+            g.shards,
+            job.spec.only_shards.as_deref().map(|o| format!(" (spec.onlyShards {o})")).unwrap_or_default(),
             counts.succeeded,
             ranges(&status.succeeded_shards),
             counts.failed,
