@@ -12,6 +12,7 @@ mod outcome;
 pub mod pod;
 pub mod queue;
 pub mod ranges;
+pub mod schedule;
 mod status;
 mod step;
 mod view;
