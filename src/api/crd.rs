@@ -38,6 +38,15 @@ pub fn crd() -> CustomResourceDefinition {
                 "spec.onlyShards cannot change once the job is admitted (status.startTime is set)".into(),
             ),
             (
+                "!has(self.spec.after) || !(self.metadata.name in self.spec.after)".into(),
+                "spec.after must not name the job itself (metadata.name): a job cannot wait for its own success".into(),
+            ),
+            (
+                "!has(oldSelf.status) || !has(oldSelf.status.startTime) || (has(self.spec.after) == has(oldSelf.spec.after) && (!has(self.spec.after) || self.spec.after == oldSelf.spec.after))"
+                    .into(),
+                "spec.after cannot change once the job is admitted (status.startTime is set)".into(),
+            ),
+            (
                 format!("!has(self.spec.heartbeat) || self.spec.shards <= {MAX_SHARDS_WITH_HEARTBEAT}"),
                 format!(
                     "spec.shards must be at most {MAX_SHARDS_WITH_HEARTBEAT} with spec.heartbeat: the workers' Role names each shard's Lease"

@@ -50,6 +50,12 @@ names! {
     Reason {
         Admitted,
         WaitingForWorkers,
+        /// A job named in spec.after has not succeeded yet.
+        WaitingForDependencies,
+        /// A job named in spec.after failed, or does not exist.
+        DependencyFailed,
+        /// spec.after leads back to the job itself, through other jobs' spec.after.
+        DependencyCycle,
         Suspended,
         Resumed,
         Succeeded,

@@ -4,10 +4,11 @@
 //! A reading order: this file (the watches and tasks), `reconcile.rs` (the pipeline),
 //! `act.rs` and `record.rs` (the API calls), then `context.rs` (what reconciles share and the
 //! operator remembers), `expectations.rs`, `observe.rs` (objects to views), `access.rs` (the
-//! workers' Lease and RBAC), `events.rs`, `orphans.rs`.
+//! workers' Lease and RBAC), `events.rs`, `orphans.rs`, `chains.rs` (spec.after).
 
 mod access;
 mod act;
+mod chains;
 mod context;
 mod events;
 mod expectations;
@@ -115,14 +116,24 @@ pub async fn run_with_metrics(
     // Leases are cached but do not trigger reconciles: renewals are folded in on a timer.
     let (lease_store, lease_writer) = reflector::store();
     let lease_watch = watcher(leases_api, selector).default_backoff().modify(lean).reflect(lease_writer);
+    let (wake_tx, wake_rx) = futures::channel::mpsc::unbounded();
     let (job_store, job_writer) = reflector::store();
+    // A job's change of phase, or its deletion, wakes the jobs whose spec.after waits for it.
+    let mut dependents = chains::Dependents::default();
+    let wake_dependents = wake_tx.clone();
     let job_watch = watcher(jobs_api, watcher::Config::default())
         .default_backoff()
         .modify(lean)
         .reflect(job_writer)
+        .inspect(move |event| {
+            if let Ok(event) = event {
+                for job in dependents.observe(event) {
+                    let _ = wake_dependents.unbounded_send(job);
+                }
+            }
+        })
         .applied_objects();
 
-    let (wake_tx, wake_rx) = futures::channel::mpsc::unbounded();
     let (orphan_tx, orphan_rx) = futures::channel::mpsc::unbounded();
     let reporter = Reporter { controller: api::MANAGER.into(), instance: std::env::var("POD_NAME").ok() };
     metrics.worker_budget.set(options.budget.total.map_or(-1, i64::from));

@@ -19,13 +19,13 @@ use k8s_openapi::{api::core::v1::Pod, jiff::Timestamp};
 use kube::{ResourceExt, runtime::controller::Action};
 
 use super::{
-    Error, act,
+    Error, act, chains,
     context::{Context, object_key},
     now, observe, record,
 };
 use crate::{
     api::BackgroundJob,
-    decision::{self, Decision, LeaseView, Observed, PodView, Refusal, pod::pod_name, queue},
+    decision::{self, Decision, LeaseView, Observed, PodView, Refusal, chain::Chain, pod::pod_name, queue},
 };
 
 #[tracing::instrument(name = "reconcile", skip_all, fields(namespace = job.namespace().unwrap_or_default(), job = job.name_any()))]
@@ -54,6 +54,7 @@ pub struct Seen {
     leases: Vec<LeaseView>,
     last_fold: Option<Timestamp>,
     refusal: Option<Refusal>,
+    chain: Option<Chain>,
 }
 
 fn observe(ctx: &Context, job: Arc<BackgroundJob>) -> Seen {
@@ -80,7 +81,9 @@ fn observe(ctx: &Context, job: Arc<BackgroundJob>) -> Seen {
         .collect();
     let job_memory = memory.jobs.get(&uid);
     let (last_fold, refusal) = (job_memory.and_then(|m| m.last_fold), job_memory.and_then(|m| m.refusal.clone()));
-    Seen { job, pods, views, leases, last_fold, refusal }
+    drop(memory);
+    let chain = chains::chain_of(&ctx.jobs, &job);
+    Seen { job, pods, views, leases, last_fold, refusal, chain }
 }
 
 /// Decides, and reserves the pods to create. Under a worker budget, the job's share is
@@ -93,7 +96,8 @@ fn decide(ctx: &Context, seen: &Seen, now: Timestamp) -> Decision {
         .last_fold(seen.last_fold)
         .fold_seconds(ctx.options.fold_seconds)
         .agent_image(ctx.options.agent_image.is_some())
-        .refusal(seen.refusal.as_ref());
+        .refusal(seen.refusal.as_ref())
+        .chain(seen.chain.as_ref());
     let (ns, name) = (seen.job.namespace().unwrap_or_default(), seen.job.name_any());
     let budget = ctx.options.budget;
     let (mut d, mut memory) = if budget.is_unlimited() {

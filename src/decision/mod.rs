@@ -6,6 +6,7 @@
 //! states and the phases that move them), `status` (the status written from the book), `fold` (what reaches it at a bounded rate).
 
 mod book;
+pub mod chain;
 mod fold;
 mod heartbeat;
 mod outcome;

@@ -13,7 +13,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 
-use crate::api::{BackgroundJob, Phase};
+use crate::api::{
+    BackgroundJob, Phase,
+    names::{ConditionType, Reason},
+};
 
 /// Operator-wide and per-namespace caps on live worker pods. None: no cap.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -52,6 +55,11 @@ impl Claim {
         let status = job.status.as_ref();
         let phase = status.and_then(|s| s.phase);
         if job.metadata.deletion_timestamp.is_some() || job.spec.suspend || phase.is_some_and(|p| p.is_finished()) {
+            return None;
+        }
+        // Waiting for the jobs of spec.after: not for workers.
+        let admitted = status.and_then(|s| s.conditions.iter().find(|c| c.type_ == ConditionType::Admitted.as_str()));
+        if admitted.is_some_and(|c| c.status == "False" && c.reason == Reason::WaitingForDependencies.as_str()) {
             return None;
         }
         let left = status.and_then(|s| s.shards.as_ref()).map_or(job.spec.shards, |s| s.total - s.succeeded - s.failed);

@@ -15,6 +15,7 @@ use k8s_openapi::{
 
 use super::{
     book::Book,
+    chain::{self, Chain, Verdict},
     fold::fold,
     status::{fail, hold_condition, set_condition, summarize},
     view::{FORBIDDEN_PAUSE_SECONDS, LeaseView, Observed, PodPhase, PodView, Refusal},
@@ -178,8 +179,13 @@ fn settle(observed: &Observed, prev: &BackgroundJobStatus, status: &mut Backgrou
     let generation = job.metadata.generation;
     let remaining = book.remaining();
     let wants = remaining.min(i64::from(spec.workers.max)) as i32;
+    let chain = chain_verdict(observed, status, now);
     let waiting = observed.grant.and_then(|g| g.waiting.clone()).filter(|_| prev.phase != Some(Phase::Running));
-    find_job_failure(observed, prev, book, waiting.is_none());
+    if let Some(Verdict::Fail { reason, message }) = &chain {
+        book.job_failure.get_or_insert((*reason, message.clone()));
+    }
+    let chain_waits = matches!(chain, Some(Verdict::Wait { .. }));
+    find_job_failure(observed, prev, book, waiting.is_none() && !chain_waits);
     if remaining == 0 && book.job_failure.is_none() {
         book.job_failure = book.failed_shards_verdict();
     }
@@ -223,6 +229,24 @@ fn settle(observed: &Observed, prev: &BackgroundJobStatus, status: &mut Backgrou
             now,
             generation,
         );
+    } else if let Some(Verdict::Wait { message, recheck }) = chain {
+        if prev.phase != Some(Phase::Queued) {
+            book.d.events.push(EventNote::normal(EventReason::Queued, message.clone()));
+        }
+        if let Some(t) = recheck {
+            book.d.requeue_after = min_opt(book.d.requeue_after, until(now, t));
+        }
+        status.phase = Some(Phase::Queued);
+        let conditions = &mut status.conditions;
+        set_condition(
+            conditions,
+            ConditionType::Admitted,
+            false,
+            Reason::WaitingForDependencies,
+            message,
+            now,
+            generation,
+        );
     } else if let Some((position, reason)) = waiting {
         // Not started, and the budget has no room yet: wait in the queue.
         desired = wants;
@@ -252,6 +276,16 @@ fn settle(observed: &Observed, prev: &BackgroundJobStatus, status: &mut Backgrou
     }
     workers_blocked(observed, status, book);
     desired
+}
+
+/// For a job that has not started and names others in spec.after: what its chain allows.
+fn chain_verdict(observed: &Observed, status: &BackgroundJobStatus, now: Timestamp) -> Option<Verdict> {
+    let spec = &observed.job.spec;
+    if spec.after.is_empty() || status.start_time.is_some() {
+        return None;
+    }
+    let queued = status.queued_time.as_ref().map_or(now, |t| t.0);
+    Some(chain::judge(&spec.after, observed.chain.unwrap_or(&Chain::default()), queued, now))
 }
 
 /// Reasons to fail the whole job besides a shard out of retries: a cancel, a pod template the API

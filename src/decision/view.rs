@@ -3,7 +3,7 @@
 
 use k8s_openapi::jiff::Timestamp;
 
-use super::queue::Grant;
+use super::{chain::Chain, queue::Grant};
 use crate::api::{BackgroundJob, Failure, ShardProgress};
 
 /// By default, heartbeats, progress, readiness and mid-job shard successes reach the status at
@@ -27,6 +27,8 @@ pub struct Observed<'a> {
     pub agent_image: bool,
     /// How the API server answered the last pod create of this job, when it refused it.
     pub refusal: Option<&'a Refusal>,
+    /// The jobs spec.after names, for a job that has not started (None: none to wait for).
+    pub chain: Option<&'a Chain>,
 }
 
 impl<'a> Observed<'a> {
@@ -40,6 +42,7 @@ impl<'a> Observed<'a> {
             grant: None,
             agent_image: true,
             refusal: None,
+            chain: None,
         }
     }
 
@@ -65,6 +68,10 @@ impl<'a> Observed<'a> {
 
     pub fn refusal(self, refusal: Option<&'a Refusal>) -> Self {
         Self { refusal, ..self }
+    }
+
+    pub fn chain(self, chain: Option<&'a Chain>) -> Self {
+        Self { chain, ..self }
     }
 }
 

@@ -12,7 +12,7 @@ use kube::{
 use nightshift::api::BackgroundJob;
 use serde_json::{Value, json};
 
-use crate::support::{TestNamespace, WAIT, api_error, client, install_crd, kubeconfig_path, wait_until};
+use crate::support::{TestNamespace, WAIT, api_error, client, install_crd, kubeconfig_path, kubectl_path, wait_until};
 
 /// BackgroundJobs as untyped objects, so that manifests `BackgroundJob` cannot represent (a string
 /// for an integer, a missing template) reach the API server as they are.
@@ -228,6 +228,18 @@ fn bad_manifests() -> Vec<Bad> {
             what: "onlyShards that are not ranges of indexes",
             patch: json!({"spec": {"onlyShards": "1,a-3"}}),
             field: Some("spec.onlyShards"),
+            says: &["should match"],
+        },
+        Bad {
+            what: "spec.after naming the job itself",
+            patch: json!({"metadata": {"name": "runs-after-itself"}, "spec": {"after": ["other", "runs-after-itself"]}}),
+            field: None,
+            says: &["spec.after must not name the job itself"],
+        },
+        Bad {
+            what: "spec.after naming no possible job",
+            patch: json!({"spec": {"after": ["Load_Catalog"]}}),
+            field: Some("spec.after[0]"),
             says: &["should match"],
         },
         Bad {
@@ -450,19 +462,4 @@ fn names_field(explain: &str, field: &str) -> bool {
         let mut words = line.split_whitespace();
         words.next() == Some(field) && words.next().is_some_and(|kind| kind.starts_with('<'))
     })
-}
-
-/// The harness's kubectl: `build-binaries.sh` prints the folder that holds it (at once, when the
-/// control plane has been built, which running these tests requires anyway).
-async fn kubectl_path() -> std::path::PathBuf {
-    let root = env!("CARGO_MANIFEST_DIR");
-    let output = tokio::process::Command::new("bash")
-        .arg(format!("{root}/tests/cluster/build-binaries.sh"))
-        .current_dir(root)
-        .output()
-        .await
-        .expect("running tests/cluster/build-binaries.sh");
-    assert!(output.status.success(), "build-binaries.sh: {}", String::from_utf8_lossy(&output.stderr));
-    let dir = String::from_utf8(output.stdout).unwrap();
-    std::path::PathBuf::from(dir.trim()).join("kubectl")
 }

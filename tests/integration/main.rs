@@ -2,6 +2,7 @@
 //! (`node`, and `helm`'s last test) its real node.
 
 mod agent;
+mod chains;
 mod control_plane;
 mod crd_validation;
 mod dashboard;

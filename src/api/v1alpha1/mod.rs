@@ -105,6 +105,16 @@ pub struct BackgroundJobSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub heartbeat: Option<Heartbeat>,
 
+    /// Jobs in this namespace that must succeed before this one starts (a chain). Until they
+    /// have, the job waits Queued (condition Admitted False, reason WaitingForDependencies, naming
+    /// them); if one fails, or does not exist for 60 s (never created, or deleted), the job fails
+    /// with reason DependencyFailed. At most 20 names, not the job's own. Cannot change once the
+    /// job is admitted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 20), inner(regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"), length(max = 63)))]
+    #[schemars(extend("x-kubernetes-list-type" = "set"))]
+    pub after: Vec<String>,
+
     /// Jobs with a higher priority are started first when workers are scarce.
     #[serde(default)]
     pub priority: i32,

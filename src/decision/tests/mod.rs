@@ -577,3 +577,27 @@ fn a_shard_done_while_its_job_runs_on_waits_for_the_next_fold() {
     let d = decide(&observe(&job, &w.pods, Some(t0())), at(5));
     assert_ne!(Some(&d.status), job.status.as_ref());
 }
+
+#[test]
+fn a_chained_job_waits_queued_then_starts_once_its_dependency_succeeded() {
+    use crate::decision::chain::Chain;
+    let mut job = job(2, 2, json!({"after": ["load-catalog"]}));
+    let w = World::default();
+    let running = Chain { phases: [("load-catalog".to_string(), Phase::Running)].into(), cycle: None };
+    let d = decide(&Observed::new(&job, &w.pods).chain(Some(&running)), t0());
+    assert!(d.create.is_empty(), "no worker before load-catalog succeeded");
+    assert_eq!(d.status.phase, Some(Phase::Queued));
+    assert!(d.status.start_time.is_none());
+    job.status = Some(d.status);
+    let (status, reason, _) = condition(&job, "Admitted").unwrap();
+    assert_eq!((status.as_str(), reason.as_str()), ("False", "WaitingForDependencies"));
+    let done = Chain { phases: [("load-catalog".to_string(), Phase::Succeeded)].into(), cycle: None };
+    let d = decide(&Observed::new(&job, &w.pods).chain(Some(&done)), at(30));
+    assert_eq!(d.create, vec![(0, 1), (1, 1)]);
+    assert_eq!(d.status.phase, Some(Phase::Running));
+    // Once started, the chain is not judged again: a dependency failing later changes nothing.
+    job.status = Some(d.status);
+    let failed = Chain { phases: [("load-catalog".to_string(), Phase::Failed)].into(), cycle: None };
+    let d = decide(&Observed::new(&job, &w.pods).chain(Some(&failed)), at(31));
+    assert_eq!(d.status.phase, Some(Phase::Running));
+}

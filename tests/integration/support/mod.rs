@@ -214,3 +214,44 @@ pub async fn plugin(kubeconfig: &std::path::Path, namespace: &str, args: &[&str]
     let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
     (output.status.code().unwrap_or(-1), text(&output.stdout), text(&output.stderr))
 }
+
+/// The harness's kubectl: `build-binaries.sh` prints the folder that holds it (at once, when the
+/// control plane has been built, which running these tests requires anyway).
+pub async fn kubectl_path() -> std::path::PathBuf {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let output = tokio::process::Command::new("bash")
+        .arg(format!("{root}/tests/cluster/build-binaries.sh"))
+        .current_dir(root)
+        .output()
+        .await
+        .expect("running tests/cluster/build-binaries.sh");
+    assert!(output.status.success(), "build-binaries.sh: {}", String::from_utf8_lossy(&output.stderr));
+    let dir = String::from_utf8(output.stdout).unwrap();
+    std::path::PathBuf::from(dir.trim()).join("kubectl")
+}
+
+/// `kubectl --kubeconfig <the admin's> -n NAMESPACE ARGS...` with `stdin`: its exit code, stdout
+/// and stderr.
+pub async fn kubectl(namespace: &str, args: &[&str], stdin: &str) -> (i32, String, String) {
+    use tokio::io::AsyncWriteExt;
+    let mut child = tokio::process::Command::new(kubectl_path().await)
+        .arg("--kubeconfig")
+        .arg(kubeconfig_path())
+        .args(["-n", namespace])
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("kubectl runs");
+    let mut input = child.stdin.take().unwrap();
+    input.write_all(stdin.as_bytes()).await.unwrap();
+    drop(input);
+    let output = tokio::time::timeout(WAIT, child.wait_with_output())
+        .await
+        .unwrap_or_else(|_| panic!("kubectl {} still running after {WAIT:?}", args.join(" ")))
+        .unwrap();
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    (output.status.code().unwrap_or(-1), text(&output.stdout), text(&output.stderr))
+}

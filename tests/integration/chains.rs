@@ -1,0 +1,105 @@
+//! Chains (spec.after) against the real control plane: jobs applied together in one
+//! `kubectl apply -f` run in order, a failed dependency fails the job waiting for it, a cycle fails
+//! every job on it. The test plays the node.
+
+use nightshift::{api::Phase, sim::SCHEDULER_NAME};
+
+use crate::support::{WAIT, fixture, kubectl, wait_until};
+
+/// A job manifest for `kubectl apply`, its pods for the test's node.
+fn job_yaml(name: &str, after: &[&str]) -> String {
+    format!(
+        r#"apiVersion: nightshift.dev/v1alpha1
+kind: BackgroundJob
+metadata:
+  name: {name}
+spec:
+  after: {after:?}
+  shards: 2
+  template:
+    spec:
+      schedulerName: {SCHEDULER_NAME}
+      restartPolicy: Never
+      containers:
+        - name: worker
+          image: registry.example/worker:1
+"#
+    )
+}
+
+fn admitted(status: &nightshift::api::BackgroundJobStatus) -> (String, String, String) {
+    let c = status.conditions.iter().find(|c| c.type_ == "Admitted").expect("an Admitted condition");
+    (c.status.clone(), c.reason.clone(), c.message.clone())
+}
+
+#[tokio::test]
+async fn jobs_applied_together_run_in_chain_order_woken_by_the_dependency() {
+    let (f, _operator) = fixture("chain-order").await;
+    // The dependent comes first in the file: the order of arrival does not matter.
+    let manifests = [job_yaml("download-images", &["load-catalog"]), job_yaml("load-catalog", &[])].join("---\n");
+    let (code, out, err) = kubectl(&f.ns.name, &["apply", "-f", "-"], &manifests).await;
+    assert_eq!(code, 0, "kubectl apply: {out}{err}");
+
+    let waiting = f.wait_phase("download-images", Phase::Queued).await;
+    let (status, reason, message) = admitted(&waiting);
+    assert_eq!((status.as_str(), reason.as_str()), ("False", "WaitingForDependencies"));
+    assert!(message.contains("load-catalog"), "{message}");
+    f.wait_live("load-catalog", 2).await;
+    assert!(
+        f.all_pods("download-images").await.is_empty(),
+        "no worker of download-images before load-catalog succeeded"
+    );
+    // `kubectl get` shows the wait.
+    let (_, table, _) = kubectl(&f.ns.name, &["get", "backgroundjobs"], "").await;
+    let line = table.lines().find(|l| l.starts_with("download-images")).unwrap_or_default().to_string();
+    assert!(line.contains("Queued"), "{table}");
+
+    f.run_to_success("load-catalog").await;
+    // No timer is set for a present dependency: only load-catalog's change can wake it.
+    f.wait_live("download-images", 2).await;
+    f.run_to_success("download-images").await;
+    let events = f.events("download-images").await;
+    assert!(events.iter().any(|(r, m)| r == "Queued" && m.contains("load-catalog")), "{events:?}");
+}
+
+#[tokio::test]
+async fn a_failed_dependency_fails_the_job_naming_it() {
+    let (f, _operator) = fixture("chain-failed").await;
+    let manifests = [
+        job_yaml("import", &[]).replace("shards: 2", "shards: 1\n  retry: {limit: 0}"),
+        job_yaml("report", &["import"]),
+    ]
+    .join("---\n");
+    let (code, out, err) = kubectl(&f.ns.name, &["apply", "-f", "-"], &manifests).await;
+    assert_eq!(code, 0, "kubectl apply: {out}{err}");
+    let pods = f.wait_live("import", 1).await;
+    f.finish(&pods[0], 1).await;
+    f.wait_phase("import", Phase::Failed).await;
+    let status = f.wait_phase("report", Phase::Failed).await;
+    let failed = status.conditions.iter().find(|c| c.type_ == "Failed").unwrap();
+    assert_eq!(failed.reason, "DependencyFailed");
+    assert!(failed.message.contains("job import failed"), "{}", failed.message);
+    assert!(f.all_pods("report").await.is_empty());
+}
+
+#[tokio::test]
+async fn a_cycle_fails_every_job_on_it() {
+    let (f, _operator) = fixture("chain-cycle").await;
+    let manifests = [job_yaml("a", &["b"]), job_yaml("b", &["c"]), job_yaml("c", &["a"])].join("---\n");
+    let (code, out, err) = kubectl(&f.ns.name, &["apply", "-f", "-"], &manifests).await;
+    assert_eq!(code, 0, "kubectl apply: {out}{err}");
+    for name in ["a", "b", "c"] {
+        let status = wait_until(&format!("{name} to fail as part of a cycle"), WAIT, || async {
+            let s = f.status(name).await;
+            let reason = s.conditions.iter().find(|c| c.type_ == "Failed").map(|c| c.reason.clone());
+            if reason.as_deref() == Some("DependencyCycle") { Ok(s) } else { Err(format!("{s:?}")) }
+        })
+        .await;
+        let message = &status.conditions.iter().find(|c| c.type_ == "Failed").unwrap().message;
+        assert!(
+            message.contains("a → b → c → a") || message.contains("b → c → a → b") || message.contains("c → a → b → c"),
+            "{message}"
+        );
+        assert!(f.all_pods(name).await.is_empty());
+    }
+}
