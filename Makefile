@@ -19,12 +19,12 @@ build: ## build the nightshift binary
 plugin: ## install kubectl-nightshift into ~/.cargo/bin, so that `kubectl nightshift` works
 	$(CARGO) install --locked --path . --bin kubectl-nightshift
 
-crd: ## regenerate crds/backgroundjob.yaml from the code (and the chart's copy)
-	$(CARGO) run -q -- crd > crds/backgroundjob.yaml
-	cp crds/backgroundjob.yaml charts/nightshift/crds/backgroundjob.yaml
+crd: ## regenerate crds/nightshift.yaml (the CRDs) from the code (and the chart's copy)
+	$(CARGO) run -q -- crd > crds/nightshift.yaml
+	cp crds/nightshift.yaml charts/nightshift/crds/nightshift.yaml
 
-chart-crd: ## copy crds/backgroundjob.yaml into the Helm chart
-	cp crds/backgroundjob.yaml charts/nightshift/crds/backgroundjob.yaml
+chart-crd: ## copy crds/nightshift.yaml into the Helm chart
+	cp crds/nightshift.yaml charts/nightshift/crds/nightshift.yaml
 
 lint: ## cargo fmt --check and clippy with warnings denied
 	$(CARGO) fmt --all -- --check

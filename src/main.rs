@@ -82,7 +82,7 @@ enum Command {
         /// Folder to copy the binary into, as DIR/nightshift.
         dir: std::path::PathBuf,
     },
-    /// Print the BackgroundJob CustomResourceDefinition as YAML.
+    /// Print the CustomResourceDefinitions (BackgroundJob, BackgroundJobTemplate) as YAML.
     Crd,
     /// Play the node for pods no kubelet runs: move worker pods with schedulerName
     /// nightshift-simulator to Running, then to Succeeded (or Failed, as their
@@ -138,7 +138,7 @@ async fn run(command: Command) -> Result<(), Box<dyn std::error::Error>> {
         Command::Crd => {
             use std::io::Write;
             // `nightshift crd | head` closes the pipe early: not an error.
-            match std::io::stdout().write_all(nightshift::api::crd::crd_yaml().as_bytes()) {
+            match std::io::stdout().write_all(nightshift::api::crd::crds_yaml().as_bytes()) {
                 Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
                 written => written?,
             }

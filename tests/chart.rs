@@ -1,5 +1,5 @@
-//! The Helm chart (charts/nightshift) against the crate, without a cluster: its CRD is a copy of
-//! crds/backgroundjob.yaml (Helm installs only the chart's crds/), and it is versioned with the crate.
+//! The Helm chart (charts/nightshift) against the crate, without a cluster: its CRDs are a copy of
+//! crds/nightshift.yaml (Helm installs only the chart's crds/), and it is versioned with the crate.
 
 use std::path::{Path, PathBuf};
 
@@ -12,9 +12,9 @@ fn read(path: &Path) -> String {
 }
 
 #[test]
-fn the_chart_crd_is_a_copy_of_crds_backgroundjob_yaml() {
-    let source = repo().join("crds/backgroundjob.yaml");
-    let copy = repo().join("charts/nightshift/crds/backgroundjob.yaml");
+fn the_chart_crds_are_a_copy_of_crds_nightshift_yaml() {
+    let source = repo().join("crds/nightshift.yaml");
+    let copy = repo().join("charts/nightshift/crds/nightshift.yaml");
     let meta = std::fs::symlink_metadata(&copy).unwrap_or_else(|e| panic!("{}: {e}; run `make crd`", copy.display()));
     assert!(
         meta.file_type().is_file(),
@@ -23,7 +23,7 @@ fn the_chart_crd_is_a_copy_of_crds_backgroundjob_yaml() {
     );
     assert!(
         read(&source) == read(&copy),
-        "charts/nightshift/crds/backgroundjob.yaml differs from crds/backgroundjob.yaml: run `make crd` \
+        "charts/nightshift/crds/nightshift.yaml differs from crds/nightshift.yaml: run `make crd` \
          (or `make chart-crd`) and commit the result"
     );
 }

@@ -7,17 +7,43 @@ use kube::CustomResourceExt;
 use schemars::{Schema, SchemaGenerator, json_schema};
 use serde_json::{Value, json};
 
-use super::BackgroundJob;
+use super::{BackgroundJob, BackgroundJobTemplate};
 
 /// Longest job name: it is part of worker pod names (`NAME-SHARD-ATTEMPT`) and label values (63).
 pub const MAX_NAME_LENGTH: usize = 52;
 /// Most shards a job with heartbeats may have: its workers' Role lists every shard's Lease by name.
 pub const MAX_SHARDS_WITH_HEARTBEAT: i32 = 2000;
 
-/// The CRD, exactly as `crds/` and the Helm chart hold it.
+/// The CRDs, exactly as `crds/nightshift.yaml` and the Helm chart hold them.
+pub fn crds() -> Vec<CustomResourceDefinition> {
+    vec![crd(), template_crd()]
+}
+
+/// The CRDs as one YAML stream, for `nightshift crd` and `crds/`.
+pub fn crds_yaml() -> String {
+    crds()
+        .iter()
+        .map(|c| serde_yaml_ng::to_string(c).expect("a CRD serializes to YAML"))
+        .collect::<Vec<_>>()
+        .join("---\n")
+}
+
+/// The BackgroundJob CRD.
 pub fn crd() -> CustomResourceDefinition {
     let mut value = serde_json::to_value(BackgroundJob::crd()).expect("the CRD serializes");
     let schema = &mut value["spec"]["versions"][0]["schema"]["openAPIV3Schema"];
+    // The fields a BackgroundJobTemplate may fill have no default in the schema: a job that
+    // leaves one out takes the template's, else the default its description names (the
+    // operator applies it).
+    for field in ["shards", "workers", "timeouts", "retry"] {
+        schema["properties"]["spec"]["properties"][field].as_object_mut().expect("a field").remove("default");
+    }
+    let unchanged = |field: &str| {
+        format!(
+            "!has(oldSelf.status) || !has(oldSelf.status.startTime) || (has(self.spec.{field}) == has(oldSelf.spec.{field}) && (!has(self.spec.{field}) || self.spec.{field} == oldSelf.spec.{field}))"
+        )
+    };
+    let frozen = |field: &str| format!("spec.{field} cannot change once the job is admitted (status.startTime is set)");
     add_rules(
         schema,
         &[
@@ -28,49 +54,67 @@ pub fn crd() -> CustomResourceDefinition {
                 ),
             ),
             (
-                "!has(oldSelf.status) || !has(oldSelf.status.startTime) || self.spec.shards == oldSelf.spec.shards"
-                    .into(),
-                "spec.shards cannot change once the job is admitted (status.startTime is set)".into(),
+                "has(self.spec.template) || has(self.spec.templateRef)".into(),
+                "spec.template or spec.templateRef must be set: the worker pod, or a BackgroundJobTemplate that has it".into(),
             ),
+            (unchanged("shards"), frozen("shards")),
+            (unchanged("onlyShards"), frozen("onlyShards")),
+            (unchanged("parameters"), frozen("parameters")),
             (
-                "!has(oldSelf.status) || !has(oldSelf.status.startTime) || (has(self.spec.onlyShards) == has(oldSelf.spec.onlyShards) && (!has(self.spec.onlyShards) || self.spec.onlyShards == oldSelf.spec.onlyShards))"
-                    .into(),
-                "spec.onlyShards cannot change once the job is admitted (status.startTime is set)".into(),
-            ),
-            (
-                "!has(self.spec.after) || !(self.metadata.name in self.spec.after)".into(),
-                "spec.after must not name the job itself (metadata.name): a job cannot wait for its own success".into(),
-            ),
-            (
-                "!has(oldSelf.status) || !has(oldSelf.status.startTime) || (has(self.spec.after) == has(oldSelf.spec.after) && (!has(self.spec.after) || self.spec.after == oldSelf.spec.after))"
-                    .into(),
-                "spec.after cannot change once the job is admitted (status.startTime is set)".into(),
-            ),
-            (
-                format!("!has(self.spec.heartbeat) || self.spec.shards <= {MAX_SHARDS_WITH_HEARTBEAT}"),
+                format!("!has(self.spec.heartbeat) || !has(self.spec.shards) || self.spec.shards <= {MAX_SHARDS_WITH_HEARTBEAT}"),
                 format!(
                     "spec.shards must be at most {MAX_SHARDS_WITH_HEARTBEAT} with spec.heartbeat: the workers' Role names each shard's Lease"
                 ),
             ),
             (
-                "!has(self.spec.heartbeat) || !has(self.spec.heartbeat.injectAgent) || !self.spec.heartbeat.injectAgent || has(self.spec.template.spec.containers[0].command)".into(),
+                "!has(self.spec.after) || !(self.metadata.name in self.spec.after)".into(),
+                "spec.after must not name the job itself (metadata.name): a job cannot wait for its own success".into(),
+            ),
+            (unchanged("after"), frozen("after")),
+            (
+                "!has(self.spec.heartbeat) || !has(self.spec.heartbeat.injectAgent) || !self.spec.heartbeat.injectAgent || !has(self.spec.template) || has(self.spec.template.spec.containers[0].command)".into(),
                 "spec.template.spec.containers[0].command must be set when spec.heartbeat.injectAgent is true: the agent wraps it".into(),
             ),
+            (unchanged("template"), frozen("template")),
+        ],
+    );
+    tighten_pod_template(&mut schema["properties"]["spec"]["properties"]["template"], "spec.template");
+    serde_json::from_value(value).expect("the edited CRD deserializes")
+}
+
+/// The BackgroundJobTemplate CRD.
+pub fn template_crd() -> CustomResourceDefinition {
+    let mut value = serde_json::to_value(BackgroundJobTemplate::crd()).expect("the CRD serializes");
+    let schema = &mut value["spec"]["versions"][0]["schema"]["openAPIV3Schema"];
+    add_rules(
+        &mut schema["properties"]["spec"],
+        &[
             (
-                "!has(oldSelf.status) || !has(oldSelf.status.startTime) || self.spec.template == oldSelf.spec.template"
-                    .into(),
-                "spec.template cannot change once the job is admitted (status.startTime is set)".into(),
+                format!("!has(self.heartbeat) || !has(self.shards) || self.shards <= {MAX_SHARDS_WITH_HEARTBEAT}"),
+                format!(
+                    "spec.shards must be at most {MAX_SHARDS_WITH_HEARTBEAT} with spec.heartbeat: the workers' Role names each shard's Lease"
+                ),
+            ),
+            (
+                "!has(self.heartbeat) || !has(self.heartbeat.injectAgent) || !self.heartbeat.injectAgent || has(self.template.spec.containers[0].command)".into(),
+                "spec.template.spec.containers[0].command must be set when spec.heartbeat.injectAgent is true: the agent wraps it".into(),
             ),
         ],
     );
-    let template = &mut schema["properties"]["spec"]["properties"]["template"];
+    tighten_pod_template(&mut schema["properties"]["spec"]["properties"]["template"], "spec.template");
+    serde_json::from_value(value).expect("the edited CRD deserializes")
+}
+
+/// What the pod template of a job (or of a job template) must hold, beyond the PodTemplateSpec
+/// schema, and without its field descriptions, which would push the CRD past what `kubectl apply`
+/// can store.
+fn tighten_pod_template(template: &mut Value, path: &str) {
     strip_descriptions(template, true);
     add_rules(
         &mut template["properties"]["spec"],
         &[(
             "!has(self.restartPolicy) || self.restartPolicy == 'Never'".into(),
-            "spec.template.spec.restartPolicy must be Never: a failed shard is retried as a new pod under spec.retry"
-                .into(),
+            format!("{path}.spec.restartPolicy must be Never: a failed shard is retried as a new pod under spec.retry"),
         )],
     );
     // A template without a spec, or without a container, is no worker at all.
@@ -83,12 +127,6 @@ pub fn crd() -> CustomResourceDefinition {
     for list in ["containers", "initContainers"] {
         require(&mut pod_spec[list]["items"], &["name", "image"]);
     }
-    serde_json::from_value(value).expect("the edited CRD deserializes")
-}
-
-/// The CRD as YAML, for `nightshift crd` and `crds/`.
-pub fn crd_yaml() -> String {
-    serde_yaml_ng::to_string(&crd()).expect("the CRD serializes to YAML")
 }
 
 fn add_rules(schema: &mut Value, rules: &[(String, String)]) {
@@ -152,9 +190,9 @@ mod tests {
 
     /// `crds/` must be what `nightshift crd` prints: regenerate it with `make crd`.
     #[test]
-    fn checked_in_crd_matches_the_code() {
-        let checked_in = include_str!("../../crds/backgroundjob.yaml");
-        assert!(checked_in == crd_yaml(), "crds/backgroundjob.yaml is stale: run `make crd` and commit the result");
+    fn checked_in_crds_match_the_code() {
+        let checked_in = include_str!("../../crds/nightshift.yaml");
+        assert!(checked_in == crds_yaml(), "crds/nightshift.yaml is stale: run `make crd` and commit the result");
     }
 
     /// The parts of the schema users depend on, spelled out so a change is a visible diff.
@@ -174,16 +212,21 @@ mod tests {
             .collect();
         assert_eq!(columns, ["Phase", "Workers", "Shards", "Progress", "ETA", "Heartbeat", "Age"]);
         let spec = &version["schema"]["openAPIV3Schema"]["properties"]["spec"];
-        assert_eq!(spec["required"], json!(["template"]));
+        // A job names its pod in spec.template or spec.templateRef (a CEL rule says which).
+        assert_eq!(spec.get("required"), None);
         let props = &spec["properties"];
-        assert_eq!(props["shards"]["default"], 1);
         assert_eq!(props["shards"]["minimum"].as_f64(), Some(1.0));
-        assert_eq!(props["workers"]["default"], json!({"min": 1, "max": 3}));
-        assert_eq!(props["timeouts"]["default"], json!({"jobSeconds": 10800}));
-        assert_eq!(
-            props["retry"]["default"],
-            json!({"limit": 3, "disruptionLimit": 10, "backoff": {"initialSeconds": 10, "factor": 2.0, "maxSeconds": 600}})
-        );
+        // What a template may fill has no default in the schema (the operator applies it), and
+        // the description says the default.
+        for (field, says) in
+            [("shards", "Default 1"), ("workers", "Default 1"), ("timeouts", "Default 10800"), ("retry", "Default 3")]
+        {
+            assert_eq!(props[field].get("default"), None, "spec.{field}");
+            assert!(serde_json::to_string(&props[field]).unwrap().contains(says), "spec.{field} says {says}");
+        }
+        assert_eq!(props["workers"]["properties"]["max"]["default"], 3);
+        assert_eq!(props["retry"]["properties"]["limit"]["default"], 3);
+        assert_eq!(props["parameters"]["maxProperties"], 32);
         assert_eq!(props["timeouts"]["properties"]["attemptSeconds"]["minimum"].as_f64(), Some(1.0));
         assert_eq!(props["timeouts"]["properties"]["jobSeconds"]["minimum"].as_f64(), Some(1.0));
         // The pod template: a spec with at least one container, and every container (init ones

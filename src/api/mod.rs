@@ -38,6 +38,9 @@ pub const ANNOTATION_CHECKPOINT: &str = "nightshift.dev/checkpoint";
 /// Lease annotation a worker writes with each checkpoint: its progress ("DONE/TOTAL") when it
 /// saved it, empty when it had reported none. The next attempt's progress starts from it.
 pub const ANNOTATION_CHECKPOINT_PROGRESS: &str = "nightshift.dev/checkpoint-progress";
+/// Annotation the controller writes on a job it resolved from a BackgroundJobTemplate:
+/// "NAME/GENERATION" of the template, written with the fields taken from it.
+pub const ANNOTATION_TEMPLATE: &str = "nightshift.dev/template";
 /// Lease annotation the controller writes: the shard the Lease belongs to.
 pub const ANNOTATION_SHARD: &str = "nightshift.dev/shard";
 /// Longest result summary a worker may report, in bytes of JSON.
@@ -60,6 +63,8 @@ pub mod env {
     pub const HEARTBEAT_INTERVAL_SECONDS: &str = "NIGHTSHIFT_HEARTBEAT_INTERVAL_SECONDS";
     /// The checkpoint the shard's last attempt saved (only when there is one).
     pub const CHECKPOINT: &str = "NIGHTSHIFT_CHECKPOINT";
+    /// Prefix of the variables of spec.parameters: NIGHTSHIFT_PARAM_<key>, the key as written.
+    pub const PARAM_PREFIX: &str = "NIGHTSHIFT_PARAM_";
 }
 
 /// The longest prefix of `s` of at most `max` bytes that ends on a character boundary.

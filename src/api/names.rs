@@ -56,6 +56,10 @@ names! {
         DependencyFailed,
         /// spec.after leads back to the job itself, through other jobs' spec.after.
         DependencyCycle,
+        /// The BackgroundJobTemplate of spec.templateRef does not exist (yet).
+        WaitingForTemplate,
+        /// The BackgroundJobTemplate's fields, written into the job, were refused.
+        InvalidTemplate,
         Suspended,
         Resumed,
         Succeeded,

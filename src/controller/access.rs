@@ -87,7 +87,7 @@ pub async fn apply_account(client: &Client, job: &BackgroundJob) -> Result<(), k
     let account = worker_account(&name);
     let owner = job.controller_owner_ref(&());
     let labels = json!({api::LABEL_JOB: name});
-    let named = job.spec.template.get().spec.and_then(|s| s.service_account_name).filter(|s| !s.is_empty());
+    let named = job.spec.pod_template().spec.and_then(|s| s.service_account_name).filter(|s| !s.is_empty());
     if named.is_none() {
         let sa = json!({
             "apiVersion": "v1", "kind": "ServiceAccount",

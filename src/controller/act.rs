@@ -14,6 +14,7 @@ use tracing::{info, warn};
 use super::{
     Error, access,
     context::{Context, object_key},
+    templates,
 };
 use crate::{
     api::{self, BackgroundJob},
@@ -24,6 +25,9 @@ use crate::{
 };
 
 pub async fn act(ctx: &Context, job: &BackgroundJob, d: &Decision, now: Timestamp) -> Result<Option<Refusal>, Error> {
+    if d.resolve.is_some() {
+        return templates::resolve(ctx, job).await;
+    }
     let refusal = create_pods(ctx, job, &d.create, now).await?;
     delete_pods(ctx, job, &d.delete).await?;
     Ok(refusal)

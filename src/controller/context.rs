@@ -21,7 +21,7 @@ use kube::{
 
 use super::{Options, expectations::Expectations, now, observe::LeaseMemory};
 use crate::{
-    api::{BackgroundJob, BackgroundJobStatus, Phase},
+    api::{BackgroundJob, BackgroundJobStatus, BackgroundJobTemplate, Phase},
     decision::{Refusal, queue::Claim},
     operator::{
         Metrics,
@@ -38,6 +38,7 @@ pub struct Context {
     pub jobs: Store<BackgroundJob>,
     pub pods: Store<Pod>,
     pub leases: Store<Lease>,
+    pub templates: Store<BackgroundJobTemplate>,
     pub options: Options,
     pub memory: Mutex<Memory>,
     pub metrics: Arc<Metrics>,

@@ -4,7 +4,8 @@
 //! A reading order: this file (the watches and tasks), `reconcile.rs` (the pipeline),
 //! `act.rs` and `record.rs` (the API calls), then `context.rs` (what reconciles share and the
 //! operator remembers), `expectations.rs`, `observe.rs` (objects to views), `access.rs` (the
-//! workers' Lease and RBAC), `events.rs`, `orphans.rs`, `chains.rs` (spec.after).
+//! workers' Lease and RBAC), `events.rs`, `orphans.rs`, `chains.rs` (spec.after),
+//! `templates.rs` (spec.templateRef).
 
 mod access;
 mod act;
@@ -16,6 +17,7 @@ mod observe;
 mod orphans;
 mod reconcile;
 mod record;
+mod templates;
 
 use std::{sync::Arc, time::Duration};
 
@@ -117,6 +119,12 @@ pub async fn run_with_metrics(
     let (lease_store, lease_writer) = reflector::store();
     let lease_watch = watcher(leases_api, selector).default_backoff().modify(lean).reflect(lease_writer);
     let (wake_tx, wake_rx) = futures::channel::mpsc::unbounded();
+    let (template_store, template_writer) = reflector::store();
+    let template_watch = watcher(scoped::<api::BackgroundJobTemplate>(&client, &options), watcher::Config::default())
+        .default_backoff()
+        .modify(lean)
+        .reflect(template_writer)
+        .applied_objects();
     let (job_store, job_writer) = reflector::store();
     // A job's change of phase, or its deletion, wakes the jobs whose spec.after waits for it.
     let mut dependents = chains::Dependents::default();
@@ -143,6 +151,7 @@ pub async fn run_with_metrics(
         jobs: job_store.clone(),
         pods: pod_store,
         leases: lease_store,
+        templates: template_store,
         options: options.clone(),
         memory: Default::default(),
         metrics,
@@ -167,6 +176,15 @@ pub async fn run_with_metrics(
         on_lease(&ctx, event);
         future::ready(())
     });
+    // A template that appears (or changes) wakes the jobs waiting for it.
+    let templates = template_watch.for_each(|template| {
+        if let Ok(template) = template {
+            for job in templates::waiting_for(&ctx.jobs, &template) {
+                let _ = ctx.wake.unbounded_send(job);
+            }
+        }
+        future::ready(())
+    });
     let reconciler = controller
         .graceful_shutdown_on(shutdown)
         .run(reconcile::reconcile, error_policy, ctx.clone())
@@ -180,6 +198,7 @@ pub async fn run_with_metrics(
     tokio::select! {
         _ = pods => {},
         _ = heartbeats => {},
+        _ = templates => {},
         _ = gauges(&ctx) => {},
         _ = orphans::release_orphans(ctx.clone(), orphan_rx) => {},
         _ = reconciler => {},
@@ -228,6 +247,7 @@ async fn gauges(ctx: &Context) {
     let _ = ctx.jobs.wait_until_ready().await;
     let _ = ctx.pods.wait_until_ready().await;
     let _ = ctx.leases.wait_until_ready().await;
+    let _ = ctx.templates.wait_until_ready().await;
     ctx.metrics.caches_synced.store(true, std::sync::atomic::Ordering::Relaxed);
     loop {
         ctx.update_gauges();

@@ -21,7 +21,7 @@ use kube::{ResourceExt, runtime::controller::Action};
 use super::{
     Error, act, chains,
     context::{Context, object_key},
-    now, observe, record,
+    now, observe, record, templates,
 };
 use crate::{
     api::BackgroundJob,
@@ -55,6 +55,8 @@ pub struct Seen {
     last_fold: Option<Timestamp>,
     refusal: Option<Refusal>,
     chain: Option<Chain>,
+    /// The generation of the template of a job not resolved yet, when it exists.
+    template: Option<i64>,
 }
 
 fn observe(ctx: &Context, job: Arc<BackgroundJob>) -> Seen {
@@ -83,7 +85,11 @@ fn observe(ctx: &Context, job: Arc<BackgroundJob>) -> Seen {
     let (last_fold, refusal) = (job_memory.and_then(|m| m.last_fold), job_memory.and_then(|m| m.refusal.clone()));
     drop(memory);
     let chain = chains::chain_of(&ctx.jobs, &job);
-    Seen { job, pods, views, leases, last_fold, refusal, chain }
+    let template = match decision::template::unresolved(&job) {
+        true => templates::template_of(&ctx.templates, &job).map(|t| t.metadata.generation.unwrap_or(1)),
+        false => None,
+    };
+    Seen { job, pods, views, leases, last_fold, refusal, chain, template }
 }
 
 /// Decides, and reserves the pods to create. Under a worker budget, the job's share is
@@ -97,7 +103,8 @@ fn decide(ctx: &Context, seen: &Seen, now: Timestamp) -> Decision {
         .fold_seconds(ctx.options.fold_seconds)
         .agent_image(ctx.options.agent_image.is_some())
         .refusal(seen.refusal.as_ref())
-        .chain(seen.chain.as_ref());
+        .chain(seen.chain.as_ref())
+        .template(seen.template);
     let (ns, name) = (seen.job.namespace().unwrap_or_default(), seen.job.name_any());
     let budget = ctx.options.budget;
     let (mut d, mut memory) = if budget.is_unlimited() {

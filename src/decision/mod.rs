@@ -16,6 +16,7 @@ pub mod ranges;
 pub mod schedule;
 mod status;
 mod step;
+pub mod template;
 mod view;
 
 pub use step::{Decision, EventNote, backoff_seconds, decide};

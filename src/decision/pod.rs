@@ -41,7 +41,7 @@ pub fn worker_pod(
 ) -> Pod {
     let name = job.name_any();
     let namespace = job.namespace().unwrap_or_default();
-    let template = job.spec.template.get();
+    let template = job.spec.pod_template();
     let tmeta = template.metadata.unwrap_or_default();
 
     let mut labels: BTreeMap<String, String> = tmeta.labels.unwrap_or_default();
@@ -59,6 +59,8 @@ pub fn worker_pod(
     let mut spec: PodSpec = template.spec.unwrap_or_default();
     spec.restart_policy = Some("Never".into());
     let pod = pod_name(&name, shard, attempt);
+    let params: Vec<(String, String)> =
+        job.spec.parameters.iter().map(|(k, v)| (format!("{}{k}", api::env::PARAM_PREFIX), v.clone())).collect();
     let mut env = vec![
         (api::env::JOB, name.clone()),
         (api::env::NAMESPACE, namespace.clone()),
@@ -102,12 +104,9 @@ pub fn worker_pod(
     for container in spec.containers.iter_mut().chain(spec.init_containers.iter_mut().flatten()) {
         let vars = container.env.get_or_insert_with(Vec::new);
         // Ours win over a same-named variable in the template: the worker relies on them.
-        vars.retain(|v| !env.iter().any(|(k, _)| v.name == *k));
-        vars.extend(env.iter().map(|(k, v)| EnvVar {
-            name: (*k).into(),
-            value: Some(v.clone()),
-            ..Default::default()
-        }));
+        let ours = env.iter().map(|(k, v)| (*k, v)).chain(params.iter().map(|(k, v)| (k.as_str(), v)));
+        vars.retain(|v| !ours.clone().any(|(k, _)| v.name == k));
+        vars.extend(ours.map(|(k, v)| EnvVar { name: k.into(), value: Some(v.clone()), ..Default::default() }));
     }
 
     Pod {
@@ -221,15 +220,39 @@ mod tests {
     }
 
     #[test]
+    fn parameters_become_prefixed_variables_of_every_container() {
+        let mut j = job();
+        j.spec.parameters = [("file".to_string(), "uploads/7.csv".to_string()), ("BATCH".into(), "500".into())].into();
+        let mut template = j.spec.pod_template();
+        let spec = template.spec.as_mut().unwrap();
+        spec.containers[0].env.as_mut().unwrap().push(EnvVar {
+            name: "NIGHTSHIFT_PARAM_BATCH".into(),
+            value: Some("spoofed".into()),
+            ..Default::default()
+        });
+        spec.init_containers = Some(vec![spec.containers[0].clone()]);
+        j.spec.template = Some(template.into());
+        let pod = worker_pod(&j, 0, 1, None, None);
+        let spec = pod.spec.unwrap();
+        for container in spec.containers.iter().chain(spec.init_containers.iter().flatten()) {
+            let env = container.env.clone().unwrap();
+            let get =
+                |k: &str| env.iter().filter(|v| v.name == k).map(|v| v.value.clone().unwrap()).collect::<Vec<_>>();
+            assert_eq!(get("NIGHTSHIFT_PARAM_file"), ["uploads/7.csv"], "the key as written");
+            assert_eq!(get("NIGHTSHIFT_PARAM_BATCH"), ["500"], "the job's value wins over the template's variable");
+        }
+    }
+
+    #[test]
     fn pods_ask_autoscalers_to_leave_them_unless_the_template_says_otherwise() {
         let annotations = worker_pod(&job(), 0, 1, None, None).metadata.annotations.unwrap();
         assert_eq!(annotations["cluster-autoscaler.kubernetes.io/safe-to-evict"], "false");
         assert_eq!(annotations["karpenter.sh/do-not-disrupt"], "true");
         let mut j = job();
-        let mut template = j.spec.template.get();
+        let mut template = j.spec.pod_template();
         let evictable = [("cluster-autoscaler.kubernetes.io/safe-to-evict".to_string(), "true".to_string())];
         template.metadata.get_or_insert_default().annotations = Some(evictable.into());
-        j.spec.template = template.into();
+        j.spec.template = Some(template.into());
         let annotations = worker_pod(&j, 0, 1, None, None).metadata.annotations.unwrap();
         assert_eq!(annotations["cluster-autoscaler.kubernetes.io/safe-to-evict"], "true", "the template's word wins");
         assert_eq!(annotations["karpenter.sh/do-not-disrupt"], "true");
@@ -238,9 +261,9 @@ mod tests {
     #[test]
     fn pod_keeps_the_templates_scheduler_name() {
         let mut j = job();
-        let mut template = j.spec.template.get();
+        let mut template = j.spec.pod_template();
         template.spec.as_mut().unwrap().scheduler_name = Some(crate::sim::SCHEDULER_NAME.into());
-        j.spec.template = template.into();
+        j.spec.template = Some(template.into());
         let spec = worker_pod(&j, 0, 1, None, None).spec.unwrap();
         assert_eq!(spec.scheduler_name.as_deref(), Some("nightshift-simulator"));
         assert_eq!(worker_pod(&job(), 0, 1, None, None).spec.unwrap().scheduler_name, None);

@@ -57,7 +57,10 @@ impl Claim {
         if job.metadata.deletion_timestamp.is_some() || job.spec.suspend || phase.is_some_and(|p| p.is_finished()) {
             return None;
         }
-        // Waiting for the jobs of spec.after: not for workers.
+        // Waiting for its template or the jobs of spec.after: not for workers.
+        if super::template::unresolved(job) {
+            return None;
+        }
         let admitted = status.and_then(|s| s.conditions.iter().find(|c| c.type_ == ConditionType::Admitted.as_str()));
         if admitted.is_some_and(|c| c.status == "False" && c.reason == Reason::WaitingForDependencies.as_str()) {
             return None;

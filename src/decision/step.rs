@@ -18,6 +18,7 @@ use super::{
     chain::{self, Chain, Verdict},
     fold::fold,
     status::{fail, hold_condition, set_condition, summarize},
+    template,
     view::{FORBIDDEN_PAUSE_SECONDS, LeaseView, Observed, PodPhase, PodView, Refusal},
 };
 use crate::api::{
@@ -72,6 +73,8 @@ pub struct Decision {
     pub failed_attempts: Vec<String>,
     /// Reasons of the attempts this step found taken away by the cluster (for metrics).
     pub disrupted_attempts: Vec<String>,
+    /// Write the job's BackgroundJobTemplate, of this generation, into its spec.
+    pub resolve: Option<i64>,
 }
 
 impl Decision {
@@ -138,6 +141,10 @@ fn decide_now(observed: &Observed, now: Timestamp) -> Decision {
     if prev.phase.is_some_and(|p| p.is_finished()) {
         return finished(observed, status, now);
     }
+    status.resolved_template = template::resolved(job);
+    if template::unresolved(job) && !job.spec.cancel {
+        return resolve(observed, status, now);
+    }
     let leases: BTreeMap<i32, &LeaseView> = observed.leases.iter().map(|l| (l.shard, l)).collect();
     let mut book = Book::open(job, &prev, observed.pods, now);
     book.adopt();
@@ -146,6 +153,47 @@ fn decide_now(observed: &Observed, now: Timestamp) -> Decision {
     let desired = settle(observed, &prev, &mut status, &mut book);
     let mut d = summarize(status, book, desired, &leases);
     fold(observed, &prev, &mut d, now);
+    d
+}
+
+/// A job whose spec.templateRef is not resolved yet: resolve it when the template exists (the
+/// next step, with the template's fields in the spec, admits it), else wait for it, Queued.
+fn resolve(observed: &Observed, mut status: BackgroundJobStatus, now: Timestamp) -> Decision {
+    let job = observed.job;
+    let name = job.spec.template_ref.as_ref().map(|r| r.name.as_str()).unwrap_or_default();
+    let mut d = Decision::default();
+    let generation = job.metadata.generation;
+    if let Some(Refusal::Invalid { message }) = observed.refusal {
+        let message = format!("spec.templateRef: BackgroundJobTemplate {name} does not fit this job: {message}");
+        d.events.push(EventNote::warning(EventReason::Failed, message.clone()));
+        d.status = fail(job, status, Reason::InvalidTemplate, message, now);
+        return d;
+    }
+    let queued = observed.job.status.as_ref().and_then(|s| s.phase) == Some(Phase::Queued);
+    status.phase = Some(Phase::Queued);
+    match observed.template {
+        Some(template_generation) => d.resolve = Some(template_generation),
+        None => {
+            let namespace = job.metadata.namespace.as_deref().unwrap_or_default();
+            let message = format!(
+                "spec.templateRef: BackgroundJobTemplate {name} does not exist in namespace {namespace}; the job starts once it is created"
+            );
+            if !queued {
+                d.events.push(EventNote::normal(EventReason::Queued, message.clone()));
+            }
+            let conditions = &mut status.conditions;
+            set_condition(
+                conditions,
+                ConditionType::Admitted,
+                false,
+                Reason::WaitingForTemplate,
+                message,
+                now,
+                generation,
+            );
+        }
+    }
+    d.status = status;
     d
 }
 

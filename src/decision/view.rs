@@ -29,6 +29,9 @@ pub struct Observed<'a> {
     pub refusal: Option<&'a Refusal>,
     /// The jobs spec.after names, for a job that has not started (None: none to wait for).
     pub chain: Option<&'a Chain>,
+    /// For a job whose spec.templateRef is not resolved yet: the generation of that
+    /// BackgroundJobTemplate in the cache (None: there is none).
+    pub template: Option<i64>,
 }
 
 impl<'a> Observed<'a> {
@@ -43,6 +46,7 @@ impl<'a> Observed<'a> {
             agent_image: true,
             refusal: None,
             chain: None,
+            template: None,
         }
     }
 
@@ -72,6 +76,10 @@ impl<'a> Observed<'a> {
 
     pub fn chain(self, chain: Option<&'a Chain>) -> Self {
         Self { chain, ..self }
+    }
+
+    pub fn template(self, template: Option<i64>) -> Self {
+        Self { template, ..self }
     }
 }
 

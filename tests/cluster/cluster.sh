@@ -371,7 +371,8 @@ start() {
   local t0; t0=$(date +%s%N)
   need_root
   BIN="$("$HERE/build-binaries.sh")"
-  if [[ "${NIGHTSHIFT_NODE:-1}" != 0 ]]; then "$HERE/setup.sh"; fi
+  # The control plane alone needs socat of the node's packages (its way to the API server).
+  if [[ "${NIGHTSHIFT_NODE:-1}" != 0 ]] || ! command -v socat >/dev/null; then "$HERE/setup.sh"; fi
   mkdir -p "$STATE"
   echo "$BIN" >"$STATE/bin"
   if [[ "${NIGHTSHIFT_NODE:-1}" != 0 ]]; then echo node >"$STATE/mode"; else echo control-plane >"$STATE/mode"; fi

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # `make test-image`: builds the image (`make image`) and runs it with podman the way the chart's
 # pod runs it (user 65532, read-only root filesystem, no capabilities, no new privileges):
-# `nightshift --version` prints the crate version, `nightshift crd` prints crds/backgroundjob.yaml
+# `nightshift --version` prints the crate version, `nightshift crd` prints crds/nightshift.yaml
 # byte for byte, and `nightshift install-agent` (the agent injection's init container) copies the
 # binary into a volume. Needs buildah and podman: tests/image/setup.sh installs them.
 set -euo pipefail
@@ -32,7 +32,7 @@ version="$(run "$IMAGE" --version)" || fail "nightshift --version exited with $?
 out="$(mktemp)"
 trap 'rm -f "$out"' EXIT
 if run "$IMAGE" crd >"$out"; then
-  cmp -s "$out" crds/backgroundjob.yaml || fail "nightshift crd in the image differs from crds/backgroundjob.yaml: $(diff "$out" crds/backgroundjob.yaml | head -n 5)"
+  cmp -s "$out" crds/nightshift.yaml || fail "nightshift crd in the image differs from crds/nightshift.yaml: $(diff "$out" crds/nightshift.yaml | head -n 5)"
 else
   fail "nightshift crd exited with an error"
 fi

@@ -163,12 +163,6 @@ fn bad_manifests() -> Vec<Bad> {
         },
         Bad { what: "no spec", patch: json!({"spec": null}), field: Some("spec"), says: &["Required value"] },
         Bad {
-            what: "no template",
-            patch: json!({"spec": {"template": null}}),
-            field: Some("spec.template"),
-            says: &["Required value"],
-        },
-        Bad {
             what: "template without spec",
             patch: json!({"spec": {"template": {"spec": null, "metadata": {"labels": {"app": "import"}}}}}),
             field: Some("spec.template.spec"),
@@ -231,6 +225,30 @@ fn bad_manifests() -> Vec<Bad> {
             says: &["should match"],
         },
         Bad {
+            what: "neither spec.template nor spec.templateRef",
+            patch: json!({"spec": {"template": null}}),
+            field: None,
+            says: &["spec.template or spec.templateRef must be set"],
+        },
+        Bad {
+            what: "a parameter key with a dash",
+            patch: json!({"spec": {"parameters": {"csv-file": "a.csv"}}}),
+            field: Some("spec.parameters"),
+            says: &["spec.parameters: keys must be letters, digits and underscores"],
+        },
+        Bad {
+            what: "a parameter value over 4096 characters",
+            patch: json!({"spec": {"parameters": {"FILE": "x".repeat(4097)}}}),
+            field: Some("spec.parameters.FILE"),
+            says: &["4096"],
+        },
+        Bad {
+            what: "a templateRef without a name",
+            patch: json!({"spec": {"templateRef": {}}}),
+            field: Some("spec.templateRef.name"),
+            says: &["Required value"],
+        },
+        Bad {
             what: "spec.after naming the job itself",
             patch: json!({"metadata": {"name": "runs-after-itself"}, "spec": {"after": ["other", "runs-after-itself"]}}),
             field: None,
@@ -266,13 +284,22 @@ async fn bad_manifests_are_refused_with_the_field_named_and_defaults_are_applied
     }
     let created = jobs.create(&pp, &to_object(base)).await.expect("the valid base manifest is accepted");
     let stored = jobs.get("valid").await.expect("the accepted job is stored");
+    // The fields a template may fill stay unset in the stored object (so a template can tell
+    // them apart from a field the user set); the operator reads them with their defaults.
     for (source, job) in [("create response", &created), ("stored object", &stored)] {
         let spec = &job.data["spec"];
-        assert_eq!(spec["workers"], json!({"min": 1, "max": 3}), "{source}: spec.workers default in {spec}");
-        assert_eq!(spec["timeouts"]["jobSeconds"], 10800, "{source}: spec.timeouts.jobSeconds default in {spec}");
-        assert_eq!(spec["retry"]["limit"], 3, "{source}: spec.retry.limit default in {spec}");
-        assert_eq!(spec["shards"], 1, "{source}: spec.shards default in {spec}");
+        for field in ["shards", "workers", "timeouts", "retry"] {
+            assert!(spec.get(field).is_none(), "{source}: spec.{field} left unset in {spec}");
+        }
+        let typed: BackgroundJob = serde_json::from_value(serde_json::to_value(job).unwrap()).unwrap();
+        assert_eq!((typed.spec.shards, typed.spec.workers.min, typed.spec.workers.max), (1, 1, 3), "{source}");
+        assert_eq!((typed.spec.timeouts.job_seconds, typed.spec.retry.limit), (10800, 3), "{source}");
     }
+    // Inside a field that is set, the API server fills in the defaults.
+    let mut partial = valid_manifest("partial");
+    partial["spec"]["retry"] = json!({"limit": 5});
+    let partial = jobs.create(&pp, &to_object(partial)).await.expect("a partial retry is accepted");
+    assert_eq!(partial.data["spec"]["retry"]["backoff"]["maxSeconds"], 600, "{}", partial.data["spec"]);
     // The longest name allowed is allowed: the rule is not off by one.
     let longest = "n".repeat(nightshift::api::crd::MAX_NAME_LENGTH);
     jobs.create(&pp, &to_object(valid_manifest(&longest))).await.expect("a 52-character name is accepted");
@@ -312,11 +339,11 @@ async fn bad_manifests_are_refused_with_the_field_named_and_defaults_are_applied
         .await;
     }
 
-    // Nothing bad slipped in: only the two valid jobs exist.
+    // Nothing bad slipped in: only the three valid jobs exist.
     let mut names: Vec<String> =
         jobs.list(&Default::default()).await.unwrap().items.into_iter().filter_map(|j| j.metadata.name).collect();
     names.sort();
-    assert_eq!(names, [longest, "valid".to_string()]);
+    assert_eq!(names, [longest, "partial".to_string(), "valid".to_string()]);
 }
 
 #[tokio::test]
@@ -340,7 +367,7 @@ async fn shards_and_template_are_frozen_once_the_job_is_admitted() {
     let changed = jobs.patch("frozen", &pp, &Patch::Merge(image)).await;
     let changed = changed.expect("changing spec.template of a job not yet admitted");
     assert_eq!(
-        changed.spec.template.get().spec.unwrap().containers[0].image.as_deref(),
+        changed.spec.pod_template().spec.unwrap().containers[0].image.as_deref(),
         Some("registry.example/import:2")
     );
 
@@ -380,9 +407,9 @@ async fn shards_and_template_are_frozen_once_the_job_is_admitted() {
         .expect("suspend and workers may change after admission");
     assert!(suspended.spec.suspend);
     assert_eq!(suspended.spec.shards, 3);
-    let template = suspended.spec.template.get().spec.unwrap();
+    let template = suspended.spec.pod_template().spec.unwrap();
     assert_eq!(template.containers[0].image.as_deref(), Some("registry.example/import:2"));
-    assert!(suspended.spec.template.get().metadata.and_then(|m| m.labels).is_none());
+    assert!(suspended.spec.pod_template().metadata.and_then(|m| m.labels).is_none());
 }
 
 #[tokio::test]

@@ -71,10 +71,15 @@ What the operator does with the API, as RBAC rules: a ClusterRole's when it watc
 namespace, a Role's in each watched namespace otherwise.
 */}}
 {{- define "nightshift.operatorRules" -}}
-# Watch BackgroundJobs; delete a finished one ttlSecondsAfterFinished after it finished.
+# Watch BackgroundJobs; delete a finished one ttlSecondsAfterFinished after it finished; patch
+# one that names a template to write the template's fields into it.
 - apiGroups: ["nightshift.dev"]
   resources: ["backgroundjobs"]
-  verbs: ["get", "list", "watch", "delete"]
+  verbs: ["get", "list", "watch", "delete", "patch"]
+# Read the templates jobs name (spec.templateRef).
+- apiGroups: ["nightshift.dev"]
+  resources: ["backgroundjobtemplates"]
+  verbs: ["get", "list", "watch"]
 # Write the status with server-side apply (a PATCH of the status subresource).
 - apiGroups: ["nightshift.dev"]
   resources: ["backgroundjobs/status"]

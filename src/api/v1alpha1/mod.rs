@@ -5,12 +5,16 @@
 #![allow(clippy::duplicated_attributes)]
 
 mod status;
+mod template;
+
+use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::PodTemplateSpec;
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 pub use status::*;
+pub use template::*;
 
 /// A long-running background job: `shards` units of work, run on 1 to 3 (by default) worker
 /// pods at a time, with retries, timeouts and progress in the status.
@@ -71,7 +75,7 @@ pub use status::*;
 #[serde(rename_all = "camelCase")]
 pub struct BackgroundJobSpec {
     /// Units of work. Each shard runs in one worker pod at a time and learns its index from
-    /// NIGHTSHIFT_SHARD (0 to shards-1). Cannot change once the job is admitted.
+    /// NIGHTSHIFT_SHARD (0 to shards-1). Default 1. Cannot change once the job is admitted.
     #[serde(default = "default_shards")]
     #[schemars(range(min = 1, max = 100000))]
     pub shards: i32,
@@ -84,20 +88,46 @@ pub struct BackgroundJobSpec {
     #[schemars(regex(pattern = r"^[0-9]+(-[0-9]+)?(,[0-9]+(-[0-9]+)?)*$"), length(max = 10000))]
     pub only_shards: Option<String>,
 
-    /// How many worker pods run at once: at least min (when that many shards are left) and at most max.
+    /// How many worker pods run at once: at least min (when that many shards are left) and at
+    /// most max. Default 1 to 3.
     #[serde(default)]
     pub workers: Workers,
 
     /// The worker pod. restartPolicy must be Never (a failed attempt is retried as a new pod, under
-    /// spec.retry). Cannot change once the job is admitted.
-    #[schemars(with = "PodTemplateSpec")]
-    pub template: PodTemplate,
+    /// spec.retry). Set it here or take it from spec.templateRef. Cannot change once the job is admitted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<PodTemplateSpec>")]
+    pub template: Option<PodTemplate>,
 
-    /// Deadlines for the whole job and for each attempt of a shard.
+    /// A BackgroundJobTemplate in this namespace to take the pod template and defaults from:
+    /// its shards, workers, timeouts, retry, heartbeat, ttlSecondsAfterFinished and parameters
+    /// fill each of these fields the job leaves unset (a field set here replaces the template's
+    /// whole). It is read once, before the job is admitted, and written into this spec
+    /// (status.resolvedTemplate says which generation); a later edit of the template changes no
+    /// job that has read it. Until it exists, the job waits Queued (reason WaitingForTemplate).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template_ref: Option<TemplateRef>,
+
+    /// Values for the workers: each becomes the environment variable NIGHTSHIFT_PARAM_<key> of
+    /// every container of every worker (the key as written, like envFrom with a prefix). Keys:
+    /// letters, digits and underscores, not starting with a digit, at most 63 characters; at most
+    /// 32 keys; values at most 4096 characters. Cannot change once the job is admitted.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 32))]
+    #[schemars(extend("x-kubernetes-validations" = [
+        {"rule": "self.all(k, k.matches('^[A-Za-z_][A-Za-z0-9_]{0,62}$'))",
+         "message": "spec.parameters: keys must be letters, digits and underscores, not start with a digit, and be at most 63 characters (each becomes NIGHTSHIFT_PARAM_<key>)"},
+    ]))]
+    #[schemars(extend("additionalProperties" = {"type": "string", "maxLength": 4096}))]
+    pub parameters: BTreeMap<String, String>,
+
+    /// Deadlines for the whole job and for each attempt of a shard. Default 10800 s (3 hours) for
+    /// the job, none for an attempt.
     #[serde(default)]
     pub timeouts: Timeouts,
 
-    /// How often a failed shard is retried, and how long to wait before each retry.
+    /// How often a failed shard is retried, and how long to wait before each retry. Default 3
+    /// retries, 10 s before the first, doubling up to 600 s.
     #[serde(default)]
     pub retry: Retry,
 
@@ -137,6 +167,14 @@ pub struct BackgroundJobSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0))]
     pub ttl_seconds_after_finished: Option<i32>,
+}
+
+impl BackgroundJobSpec {
+    /// The worker pod's template; empty for a job whose spec.templateRef is not resolved yet
+    /// (the controller starts no worker for such a job).
+    pub fn pod_template(&self) -> PodTemplateSpec {
+        self.template.as_ref().map(PodTemplate::get).unwrap_or_default()
+    }
 }
 
 fn default_shards() -> i32 {

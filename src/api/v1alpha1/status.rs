@@ -46,6 +46,9 @@ pub struct BackgroundJobStatus {
     /// The metadata.generation this status was computed from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+    /// The BackgroundJobTemplate (spec.templateRef) written into the spec, and its generation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resolved_template: Option<super::ResolvedTemplate>,
     /// When the job was first seen.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub queued_time: Option<Time>,

@@ -151,25 +151,31 @@ pub fn api_error<T>(result: &Result<T, kube::Error>) -> Option<(u16, String)> {
     }
 }
 
-/// Installs (server-side applies) the BackgroundJob CRD and waits until it is served.
+/// Installs (server-side applies) the CRDs and waits until they are served.
 /// Safe to call from every test: the apply is idempotent.
 pub async fn install_crd(client: &Client) {
     use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
     use kube::api::{Patch, PatchParams};
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    let crd = nightshift::api::crd::crd();
-    let name = crd.metadata.name.clone().unwrap();
-    crds.patch(&name, &PatchParams::apply("nightshift-tests").force(), &Patch::Apply(&crd))
-        .await
-        .unwrap_or_else(|e| panic!("installing the BackgroundJob CRD: {e}"));
-    wait_until("the BackgroundJob CRD to be established", WAIT, || async {
-        let crd = crds.get(&name).await.map_err(|e| e.to_string())?;
-        let conditions = crd.status.and_then(|s| s.conditions).unwrap_or_default();
-        if conditions.iter().any(|c| c.type_ == "Established" && c.status == "True") {
-            Ok(())
-        } else {
-            Err(format!("conditions {conditions:?}"))
-        }
+    for crd in nightshift::api::crd::crds() {
+        let name = crd.metadata.name.clone().unwrap();
+        crds.patch(&name, &PatchParams::apply("nightshift-tests").force(), &Patch::Apply(&crd))
+            .await
+            .unwrap_or_else(|e| panic!("installing the CRD {name}: {e}"));
+        wait_until(&format!("the CRD {name} to be established"), WAIT, || async {
+            let crd = crds.get(&name).await.map_err(|e| e.to_string())?;
+            let conditions = crd.status.and_then(|s| s.conditions).unwrap_or_default();
+            if conditions.iter().any(|c| c.type_ == "Established" && c.status == "True") {
+                Ok(())
+            } else {
+                Err(format!("conditions {conditions:?}"))
+            }
+        })
+        .await;
+    }
+    let templates: Api<nightshift::api::BackgroundJobTemplate> = Api::default_namespaced(client.clone());
+    wait_until("BackgroundJobTemplates to be served", WAIT, || async {
+        templates.list(&Default::default()).await.map(|_| ()).map_err(|e| e.to_string())
     })
     .await;
     // Established can precede the resource being served by a moment.
