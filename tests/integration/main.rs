@@ -14,3 +14,4 @@ mod operator;
 mod plugin;
 mod queue;
 mod support;
+mod templates;
