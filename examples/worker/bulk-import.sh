@@ -8,7 +8,8 @@
 #   NIGHTSHIFT_ATTEMPT   1 on the first try of this shard, 2 on the first retry...
 #   NIGHTSHIFT_JOB       the BackgroundJob's name
 #   NIGHTSHIFT_CHECKPOINT  the checkpoint the shard's last attempt saved, if any: where to resume
-# Options, set in the pod template's env:
+# Options, set in the pod template's env (BATCH_SIZE and BATCH_SECONDS also as the job's
+# spec.parameters, which arrive as NIGHTSHIFT_PARAM_BATCH_SIZE and NIGHTSHIFT_PARAM_BATCH_SECONDS):
 #   ROWS_FILE       the CSV, a header line then one row a line (default /customers.csv)
 #   BATCH_SIZE      rows per batch (default 50)
 #   BATCH_SECONDS   pause after each batch, the pretend cost of a write; fractions work (default 0.5)
@@ -38,8 +39,9 @@ number() {
 }
 
 rows_file="${ROWS_FILE:-/customers.csv}"
-batch_size="${BATCH_SIZE:-50}"
-batch_seconds="${BATCH_SECONDS:-0.5}"
+# A job's spec.parameters (NIGHTSHIFT_PARAM_<key>) win over the template's env.
+batch_size="${NIGHTSHIFT_PARAM_BATCH_SIZE:-${BATCH_SIZE:-50}}"
+batch_seconds="${NIGHTSHIFT_PARAM_BATCH_SECONDS:-${BATCH_SECONDS:-0.5}}"
 fail_exit_code="${FAIL_EXIT_CODE:-}"
 shard="${NIGHTSHIFT_SHARD:-0}"
 shards="${NIGHTSHIFT_SHARDS:-1}"

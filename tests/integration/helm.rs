@@ -21,12 +21,12 @@ use kube::{
     Api, Client, ResourceExt,
     api::{ListParams, Patch, PatchParams, PostParams},
 };
-use nightshift::api::{BackgroundJob, Phase};
+use nightshift::api::{BackgroundJob, BackgroundJobTemplate, Phase};
 use serde_json::json;
 
 use crate::support::{
-    TempFile, TestNamespace, WAIT, api_error, client, client_with_token, free_port, get, install_crd, kubeconfig_path,
-    plugin, token, token_kubeconfig, wait_default_service_account, wait_until,
+    TempFile, TestNamespace, WAIT, api_error, client, client_with_token, fixture, free_port, get, install_crd,
+    kubeconfig_path, kubectl, plugin, token, token_kubeconfig, wait_default_service_account, wait_until,
 };
 
 const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/charts/nightshift");
@@ -717,4 +717,110 @@ async fn on_the_node_the_chart_runs_a_job_through_a_leader_crash() {
     .await;
     Api::<CustomResourceDefinition>::all(client.clone()).get(CRD).await.expect("the CRD stays after helm uninstall");
     jobs.get("import").await.expect("the job stays after helm uninstall");
+}
+
+/// The server and CA of the harness kubeconfig: what a pod reads from its ServiceAccount mount.
+fn server_and_ca() -> (String, TempFile) {
+    let text = std::fs::read_to_string(kubeconfig_path()).unwrap();
+    let config: serde_json::Value = serde_yaml_ng::from_str(&text).unwrap();
+    let cluster = &config["clusters"][0]["cluster"];
+    let encoded = TempFile::new(
+        &format!("ca-{}.b64", std::process::id()),
+        cluster["certificate-authority-data"].as_str().expect("the kubeconfig holds its CA"),
+    );
+    let decoded = std::process::Command::new("base64").arg("-d").arg(&encoded.0).output().expect("coreutils' base64");
+    let server = cluster["server"].as_str().unwrap().to_string();
+    (server, TempFile::new(&format!("ca-{}.crt", std::process::id()), &String::from_utf8(decoded.stdout).unwrap()))
+}
+
+#[tokio::test]
+async fn the_app_examples_start_a_job_with_curl_as_a_service_account_bound_to_the_charts_edit_role() {
+    let (f, _operator) = fixture("app-curl").await;
+    let ops = TestNamespace::new(&f.client, "app-curl-ops").await;
+    let release = Release::install(&ops, &["--set", "replicas=1"]).await;
+    // examples/app/rbac.yaml, bound to this release's edit role.
+    let rbac = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/app/rbac.yaml")).unwrap();
+    let rbac = rbac.replace("name: nightshift-edit", &format!("name: {}-edit", release.fullname()));
+    let (code, out, err) = kubectl(&f.ns.name, &["apply", "-f", "-"], &rbac).await;
+    assert_eq!(code, 0, "{out}{err}");
+    let mut template: BackgroundJobTemplate = serde_yaml_ng::from_str(
+        &std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/templates/bulk-import-template.yaml"))
+            .unwrap(),
+    )
+    .unwrap();
+    let mut pod = template.spec.template.get();
+    pod.spec.as_mut().unwrap().scheduler_name = Some(nightshift::sim::SCHEDULER_NAME.into());
+    template.spec.template = pod.into();
+    template.spec.heartbeat = None; // the test plays the node: no agent heartbeats
+    f.ns.api::<BackgroundJobTemplate>().create(&PostParams::default(), &template).await.unwrap();
+
+    let (server, ca) = server_and_ca();
+    let token = token(&f.client, &f.ns.name, "shop-web").await;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/app/start-import.sh");
+    let run = |args: Vec<String>| {
+        let (server, ca, token, ns) = (server.clone(), ca.0.clone(), token.clone(), f.ns.name.clone());
+        async move {
+            let output = tokio::process::Command::new("sh")
+                .arg(script)
+                .args(&args)
+                .env("API_SERVER", server)
+                .env("CACERT", ca)
+                .env("TOKEN", token)
+                .env("NAMESPACE", ns)
+                .output()
+                .await
+                .unwrap();
+            let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+            (output.status.success(), text(&output.stdout), text(&output.stderr))
+        }
+    };
+    // The aggregation of the chart's role takes a moment: the first create may be refused.
+    let name = wait_until("start-import.sh to create a job as shop-web", WAIT, || async {
+        match run(vec!["42".into()]).await {
+            (true, out, _) if out.trim().starts_with("import-") => Ok(out.trim().to_string()),
+            (_, out, err) => Err(format!("{out}{err}")),
+        }
+    })
+    .await;
+    let job = f.jobs.get(&name).await.unwrap();
+    assert_eq!(job.spec.template_ref.as_ref().unwrap().name, "bulk-import");
+    assert_eq!(job.spec.parameters["UPLOAD_ID"], "42");
+    f.run_to_success(&name).await;
+    let (ok, out, err) = run(vec!["--status".into(), name.clone()]).await;
+    assert!(ok, "{err}");
+    assert!(out.contains("phase=Succeeded percent=100"), "{out}");
+    // shop-web may do nothing else: not even read pods.
+    let as_app: Api<Pod> = Api::namespaced(client_with_token(&token).await, &f.ns.name);
+    let refused = as_app.list(&ListParams::default()).await.map(|_| ());
+    assert_eq!(api_error(&refused).map(|e| e.0), Some(403));
+}
+
+#[tokio::test]
+async fn the_example_hook_chart_starts_exactly_one_job_per_revision() {
+    let (f, _operator) = fixture("helm-hook").await;
+    let chart = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/hook-chart");
+    let release = "shop";
+    let sim = format!("worker.schedulerName={}", nightshift::sim::SCHEDULER_NAME);
+    let ns = f.ns.name.as_str();
+    helm(&["install", release, chart, "--namespace", ns, "--set", &sim]).await;
+    for _ in 0..2 {
+        helm(&["upgrade", release, chart, "--namespace", ns, "--set", &sim]).await;
+    }
+    let mut names: Vec<String> =
+        f.jobs.list(&ListParams::default()).await.unwrap().items.iter().map(|j| j.name_any()).collect();
+    names.sort();
+    assert_eq!(names, ["shop-load-catalog-1", "shop-load-catalog-2", "shop-load-catalog-3"]);
+    for (revision, name) in names.iter().enumerate() {
+        let status = wait_until(&format!("{name} to read its template"), WAIT, || async {
+            let s = f.status(name).await;
+            if s.resolved_template.is_some() { Ok(s) } else { Err(format!("{s:?}")) }
+        })
+        .await;
+        assert_eq!(status.resolved_template.unwrap().name, "shop-load-catalog");
+        let job = f.jobs.get(name).await.unwrap();
+        assert_eq!(job.spec.parameters["REVISION"], (revision + 1).to_string());
+        assert_eq!(job.spec.shards, 2, "from the template");
+    }
+    f.run_to_success("shop-load-catalog-3").await;
+    helm(&["uninstall", release, "--namespace", ns]).await;
 }
