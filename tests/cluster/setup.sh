@@ -2,8 +2,9 @@
 # Installs the Debian packages the local node needs, when one is missing: containerd and runc
 # (the container runtime), the CNI plugins (the pods' bridge), socat (the host's way to the API
 # server), iptables (kube-proxy), buildah (builds the images the node runs, without a registry),
-# busybox-static (the example worker image), gcc (the pause binary), and chromium with
-# chromium-driver (the dashboard's browser test). Idempotent and quiet.
+# busybox-static (the example worker image), gcc (the pause binary), chromium with
+# chromium-driver (the dashboard's browser test) and python3-kubernetes (the app example's
+# test). Idempotent and quiet.
 #
 #   setup.sh [PACKAGE...]   also these packages, each checked by the command of its name
 #                           (tests/image/setup.sh asks for podman this way)
@@ -25,6 +26,8 @@ have ip || need+=(iproute2)
 have openssl || need+=(openssl)
 have curl || need+=(curl)
 dpkg -s busybox-static >/dev/null 2>&1 || need+=(busybox-static)
+# The app example's test runs examples/app/start_import.py with the official Python client.
+dpkg -s python3-kubernetes >/dev/null 2>&1 || need+=(python3-kubernetes)
 # The dashboard's test drives a real browser: headless Chromium through chromedriver.
 have chromium || need+=(chromium)
 have chromedriver || need+=(chromium-driver)

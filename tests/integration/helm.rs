@@ -734,7 +734,7 @@ fn server_and_ca() -> (String, TempFile) {
 }
 
 #[tokio::test]
-async fn the_app_examples_start_a_job_with_curl_as_a_service_account_bound_to_the_charts_edit_role() {
+async fn the_app_examples_start_a_job_with_curl_and_python_as_a_service_account_bound_to_the_charts_edit_role() {
     let (f, _operator) = fixture("app-curl").await;
     let ops = TestNamespace::new(&f.client, "app-curl-ops").await;
     let release = Release::install(&ops, &["--set", "replicas=1"]).await;
@@ -789,6 +789,34 @@ async fn the_app_examples_start_a_job_with_curl_as_a_service_account_bound_to_th
     let (ok, out, err) = run(vec!["--status".into(), name.clone()]).await;
     assert!(ok, "{err}");
     assert!(out.contains("phase=Succeeded percent=100"), "{out}");
+    // The Python example, as the same account, with Debian's official client (python3-kubernetes).
+    let kubeconfig = token_kubeconfig(&token, &format!("{}-shop-web.kubeconfig", f.ns.name));
+    let python = |code: String| {
+        let kubeconfig = kubeconfig.0.clone();
+        async move {
+            let output = tokio::process::Command::new("/usr/bin/python3")
+                .args(["-c", &code])
+                .env("PYTHONPATH", concat!(env!("CARGO_MANIFEST_DIR"), "/examples/app"))
+                .env("KUBECONFIG", kubeconfig)
+                .output()
+                .await
+                .expect("/usr/bin/python3 (tests/cluster/setup.sh installs python3-kubernetes)");
+            let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+            assert!(output.status.success(), "python: {}", text(&output.stderr));
+            text(&output.stdout).trim().to_string()
+        }
+    };
+    let setup = "from kubernetes import client, config; import start_import as app; config.load_kube_config(); api = client.CustomObjectsApi()";
+    let ns = &f.ns.name;
+    let name = python(format!("{setup}; print(app.start_import(api, '{ns}', '7'))")).await;
+    assert!(name.starts_with("import-"), "{name}");
+    assert_eq!(f.jobs.get(&name).await.unwrap().spec.parameters["UPLOAD_ID"], "7");
+    f.run_to_success(&name).await;
+    let status =
+        python(format!("{setup}; import json; print(json.dumps(app.import_status(api, '{ns}', '{name}')))")).await;
+    let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+    assert_eq!((status["phase"].as_str(), status["percent"].as_i64()), (Some("Succeeded"), Some(100)), "{status}");
+
     // shop-web may do nothing else: not even read pods.
     let as_app: Api<Pod> = Api::namespaced(client_with_token(&token).await, &f.ns.name);
     let refused = as_app.list(&ListParams::default()).await.map(|_| ());
