@@ -264,7 +264,7 @@ impl<'a> Cluster<'a> {
         c.args(["apply", "-f"]).arg(s.repo.join("bench/setup.yaml"));
         run_ok(c)?;
         let mut c = s.kubectl();
-        c.args(["apply", "-f"]).arg(s.repo.join("crds/backgroundjob.yaml"));
+        c.args(["apply", "-f"]).arg(s.repo.join("crds/nightshift.yaml"));
         run_ok(c)?;
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
