@@ -13,4 +13,5 @@ mod node;
 mod operator;
 mod plugin;
 mod queue;
+mod schedules;
 mod support;
