@@ -181,6 +181,7 @@ pub async fn run_with_metrics(
         client.clone(),
         ctx.recorder.clone(),
         job_store.clone(),
+        schedule_store.clone(),
         ctx.metrics.clone(),
     ));
     let controller = Controller::for_shared_stream(job_events, job_store)

@@ -32,7 +32,10 @@ use tracing::{debug, info, warn};
 use super::{Error, context::object_key, events, expectations::Expectations, now};
 use crate::{
     api::{self, BackgroundJob, BackgroundJobSchedule, BackgroundJobScheduleStatus},
-    decision::schedule::{ScheduleDecision, ScheduledJob, decide},
+    decision::{
+        EventNote,
+        schedule::{ScheduleDecision, ScheduledJob, decide},
+    },
     operator::{Metrics, metrics::ErrorLabel},
 };
 
@@ -44,6 +47,8 @@ pub struct ScheduleContext {
     pub recorder: Recorder,
     /// The job controller's cache of BackgroundJobs.
     pub jobs: Store<BackgroundJob>,
+    /// The schedule controller's own cache, to forget what it remembers of deleted schedules.
+    pub schedules: Store<BackgroundJobSchedule>,
     pub metrics: Arc<Metrics>,
     memory: Mutex<ScheduleMemory>,
 }
@@ -56,12 +61,25 @@ struct ScheduleMemory {
     /// Jobs created ("namespace/name") that the cache may not show yet: their schedule's uid
     /// and the job as decide sees it.
     creating: Expectations<(String, ScheduledJob)>,
+    /// Per schedule uid: the event notes of its last reconcile. A note said then is not said
+    /// again (a skipped run is decided again on each change of the active job; one event does).
+    noted: HashMap<String, Vec<EventNote>>,
 }
 
 impl ScheduleContext {
-    pub fn new(client: Client, recorder: Recorder, jobs: Store<BackgroundJob>, metrics: Arc<Metrics>) -> Self {
-        let memory = ScheduleMemory { written: HashMap::new(), creating: Expectations::new(EXPECTATION_TTL) };
-        Self { client, recorder, jobs, metrics, memory: Mutex::new(memory) }
+    pub fn new(
+        client: Client,
+        recorder: Recorder,
+        jobs: Store<BackgroundJob>,
+        schedules: Store<BackgroundJobSchedule>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let memory = ScheduleMemory {
+            written: HashMap::new(),
+            creating: Expectations::new(EXPECTATION_TTL),
+            noted: HashMap::new(),
+        };
+        Self { client, recorder, jobs, schedules, metrics, memory: Mutex::new(memory) }
     }
 
     fn memory(&self) -> MutexGuard<'_, ScheduleMemory> {
@@ -223,7 +241,18 @@ async fn record(
         debug!("status written");
     }
     delete_jobs(ctx, schedule, &d.delete).await?;
-    events::send(&ctx.recorder, &ctx.metrics, schedule.object_ref(&()), &d.events);
+    let fresh: Vec<EventNote> = {
+        let mut memory = ctx.memory();
+        let said = memory.noted.insert(schedule.uid().unwrap_or_default(), d.events.clone()).unwrap_or_default();
+        if memory.noted.len() > 2 * ctx.schedules.state().len() + 16 {
+            let live: std::collections::HashSet<String> =
+                ctx.schedules.state().iter().filter_map(|s| s.uid()).collect();
+            memory.noted.retain(|uid, _| live.contains(uid));
+            memory.written.retain(|uid, _| live.contains(uid));
+        }
+        d.events.into_iter().filter(|note| !said.contains(note)).collect()
+    };
+    events::send(&ctx.recorder, &ctx.metrics, schedule.object_ref(&()), &fresh);
     Ok(d.requeue_after.map(Action::requeue).unwrap_or_else(Action::await_change))
 }
 
