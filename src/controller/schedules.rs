@@ -272,3 +272,37 @@ async fn delete_jobs(ctx: &ScheduleContext, schedule: &BackgroundJobSchedule, na
 fn resource_version(meta: &kube::api::ObjectMeta) -> u64 {
     meta.resource_version.as_deref().and_then(|v| v.parse().ok()).unwrap_or(u64::MAX)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_job_keeps_the_template_spec_as_written_and_names_its_schedule() {
+        let schedule: BackgroundJobSchedule = serde_json::from_value(json!({
+            "apiVersion": "nightshift.dev/v1alpha1", "kind": "BackgroundJobSchedule",
+            "metadata": {"name": "nightly", "namespace": "ns", "uid": "u-1"},
+            "spec": {
+                "schedule": "@daily",
+                "jobTemplate": {
+                    "metadata": {"labels": {"team": "data"}, "annotations": {"note": "x"}},
+                    "spec": {"templateRef": {"name": "export"}, "parameters": {"DAY": "today"}}
+                }
+            }
+        }))
+        .unwrap();
+        let at: Timestamp = "2025-01-01T00:00:00Z".parse().unwrap();
+        let job = serde_json::to_value(job_for(&schedule, "nightly-28928160", at)).unwrap();
+        // No default of the typed spec: the template named fills shards, workers, ...
+        assert_eq!(job["spec"], json!({"templateRef": {"name": "export"}, "parameters": {"DAY": "today"}}));
+        assert_eq!(job["metadata"]["labels"], json!({"team": "data", "nightshift.dev/schedule": "nightly"}));
+        assert_eq!(job["metadata"]["annotations"]["nightshift.dev/scheduled-at"], "2025-01-01T00:00:00Z");
+        assert_eq!(job["metadata"]["annotations"]["note"], "x");
+        let owner = &job["metadata"]["ownerReferences"][0];
+        assert_eq!(
+            (owner["kind"].as_str(), owner["uid"].as_str(), owner["controller"].as_bool()),
+            (Some("BackgroundJobSchedule"), Some("u-1"), Some(true))
+        );
+        assert_eq!(job["kind"], "BackgroundJob");
+    }
+}
