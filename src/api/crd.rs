@@ -7,7 +7,8 @@ use kube::CustomResourceExt;
 use schemars::{Schema, SchemaGenerator, json_schema};
 use serde_json::{Value, json};
 
-use super::{BackgroundJob, BackgroundJobTemplate};
+use super::{BackgroundJob, BackgroundJobSchedule, BackgroundJobTemplate};
+use crate::decision::schedule::MAX_SCHEDULE_NAME_LENGTH;
 
 /// Longest job name: it is part of worker pod names (`NAME-SHARD-ATTEMPT`) and label values (63).
 pub const MAX_NAME_LENGTH: usize = 52;
@@ -16,7 +17,7 @@ pub const MAX_SHARDS_WITH_HEARTBEAT: i32 = 2000;
 
 /// The CRDs, exactly as `crds/nightshift.yaml` and the Helm chart hold them.
 pub fn crds() -> Vec<CustomResourceDefinition> {
-    vec![crd(), template_crd()]
+    vec![crd(), template_crd(), schedule_crd()]
 }
 
 /// The CRDs as one YAML stream, for `nightshift crd` and `crds/`.
@@ -103,6 +104,86 @@ pub fn template_crd() -> CustomResourceDefinition {
     );
     tighten_pod_template(&mut schema["properties"]["spec"]["properties"]["template"], "spec.template");
     serde_json::from_value(value).expect("the edited CRD deserializes")
+}
+
+/// The BackgroundJobSchedule CRD.
+pub fn schedule_crd() -> CustomResourceDefinition {
+    let mut value = serde_json::to_value(BackgroundJobSchedule::crd()).expect("the CRD serializes");
+    let schema = &mut value["spec"]["versions"][0]["schema"]["openAPIV3Schema"];
+    add_rules(
+        schema,
+        &[(
+            format!("size(self.metadata.name) <= {MAX_SCHEDULE_NAME_LENGTH}"),
+            format!(
+                "metadata.name must be at most {MAX_SCHEDULE_NAME_LENGTH} characters: the names of its jobs add 11 (\"-\" and the scheduled minute)"
+            ),
+        )],
+    );
+    let spec = &mut schema["properties"]["spec"]["properties"];
+    add_rules(
+        &mut spec["schedule"],
+        &[(
+            format!("self.matches('{}')", cron_regex()),
+            "spec.schedule must be 5 cron fields (minute 0-59, hour 0-23, day of month 1-31, month 1-12 or JAN-DEC, day of week 0-7 or SUN-SAT; each *, a value, a range, a list, with /step) or @hourly, @daily, @midnight, @weekly, @monthly, @yearly, @annually".into(),
+        )],
+    );
+    let zones: Vec<String> = k8s_openapi::jiff::tz::db().available().map(|z| z.to_string()).collect();
+    add_rules(
+        &mut spec["timeZone"],
+        &[(
+            format!("self in {}", serde_json::to_string(&zones).expect("names serialize")),
+            "spec.timeZone must be a time zone of the IANA database, like Europe/Berlin".into(),
+        )],
+    );
+    // The job's spec: what a BackgroundJob's allows, checked as for a job.
+    let job = &mut spec["jobTemplate"]["properties"]["spec"];
+    for field in ["shards", "workers", "timeouts", "retry"] {
+        job["properties"][field].as_object_mut().expect("a field").remove("default");
+    }
+    add_rules(
+        job,
+        &[
+            (
+                "has(self.template) || has(self.templateRef)".into(),
+                "spec.jobTemplate.spec.template or spec.jobTemplate.spec.templateRef must be set: the worker pod, or a BackgroundJobTemplate that has it".into(),
+            ),
+            (
+                format!("!has(self.heartbeat) || !has(self.shards) || self.shards <= {MAX_SHARDS_WITH_HEARTBEAT}"),
+                format!(
+                    "spec.jobTemplate.spec.shards must be at most {MAX_SHARDS_WITH_HEARTBEAT} with spec.heartbeat: the workers' Role names each shard's Lease"
+                ),
+            ),
+            (
+                "!has(self.heartbeat) || !has(self.heartbeat.injectAgent) || !self.heartbeat.injectAgent || !has(self.template) || has(self.template.spec.containers[0].command)".into(),
+                "spec.jobTemplate.spec.template.spec.containers[0].command must be set when spec.heartbeat.injectAgent is true: the agent wraps it".into(),
+            ),
+        ],
+    );
+    tighten_pod_template(&mut job["properties"]["template"], "spec.jobTemplate.spec.template");
+    serde_json::from_value(value).expect("the edited CRD deserializes")
+}
+
+/// A regular expression (RE2, for CEL) of the 5-field cron schedules and macros CronJob takes.
+/// An approximation: the controller's parser is the final judge (a date that never comes, like
+/// "0 0 31 2 *", passes here and is reported in the schedule's Scheduling condition).
+fn cron_regex() -> String {
+    const MONTHS: &str = "JAN|FEB|MAR|APR|MAY|JUN|JUL|AUG|SEP|OCT|NOV|DEC";
+    const DAYS: &str = "SUN|MON|TUE|WED|THU|FRI|SAT";
+    let field = |value: &str, wildcard: &str| {
+        let item = format!("({wildcard}|({value})(-({value}))?)(/[0-9]+)?");
+        format!("{item}(,{item})*")
+    };
+    let fields = [
+        field("[0-5]?[0-9]", "[*]"),
+        field("[01]?[0-9]|2[0-3]", "[*]"),
+        field("0?[1-9]|[12][0-9]|3[01]", "[*?]"),
+        field(&format!("0?[1-9]|1[0-2]|{MONTHS}"), "[*]"),
+        field(&format!("[0-7]|{DAYS}"), "[*?]"),
+    ];
+    format!(
+        "^(?i)( *@(yearly|annually|monthly|weekly|daily|midnight|hourly) *| *{} *)$",
+        fields.map(|f| format!("({f})")).join(" +")
+    )
 }
 
 /// What the pod template of a job (or of a job template) must hold, beyond the PodTemplateSpec
@@ -269,5 +350,117 @@ mod tests {
         assert_eq!(template.matches("\"description\"").count(), 1, "only the template itself is described");
         let size = serde_json::to_string(&crd).unwrap().len();
         assert!(size < 200 * 1024, "the CRD must fit kubectl apply's 256 KiB annotation: {size} bytes");
+    }
+
+    /// The schedule's CRD: CronJob's names and columns, every field of ours described, the pod
+    /// template without descriptions, rules that name the fields, and a size kubectl can apply.
+    #[test]
+    fn schedule_schema_golden() {
+        let crd = serde_json::to_value(schedule_crd()).unwrap();
+        let version = &crd["spec"]["versions"][0];
+        assert_eq!(crd["metadata"]["name"], "backgroundjobschedules.nightshift.dev");
+        assert_eq!(crd["spec"]["names"]["shortNames"], json!(["bgjs"]));
+        assert_eq!(crd["spec"]["names"]["categories"], json!(["nightshift"]));
+        assert_eq!(crd["spec"]["scope"], "Namespaced");
+        assert_eq!(version["subresources"], json!({"status": {}}));
+        let columns: Vec<(&str, &str)> = version["additionalPrinterColumns"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| (c["name"].as_str().unwrap(), c["jsonPath"].as_str().unwrap()))
+            .collect();
+        assert_eq!(
+            columns,
+            [
+                ("Schedule", ".spec.schedule"),
+                ("Timezone", ".spec.timeZone"),
+                ("Suspend", ".spec.suspend"),
+                ("Active", ".status.active[*].name"),
+                ("Last Schedule", ".status.lastScheduleTime"),
+                ("Age", ".metadata.creationTimestamp")
+            ]
+        );
+        let root = &version["schema"]["openAPIV3Schema"];
+        let spec = &root["properties"]["spec"];
+        assert_eq!(spec["required"], json!(["jobTemplate", "schedule"]));
+        let props = &spec["properties"];
+        assert_eq!(props["concurrencyPolicy"]["enum"], json!(["Allow", "Forbid", "Replace"]));
+        assert_eq!(props["concurrencyPolicy"]["default"], "Allow");
+        assert_eq!(props["suspend"]["default"], false);
+        assert_eq!(props["successfulJobsHistoryLimit"]["default"], 3);
+        assert_eq!(props["failedJobsHistoryLimit"]["default"], 1);
+        assert_eq!(props["startingDeadlineSeconds"]["minimum"].as_f64(), Some(0.0));
+        assert!(props["timeZone"]["description"].as_str().unwrap().contains("UTC"));
+        let rule = |schema: &Value| schema["x-kubernetes-validations"][0]["message"].as_str().unwrap().to_string();
+        assert!(rule(root).starts_with("metadata.name must be at most 41"));
+        assert!(rule(&props["schedule"]).starts_with("spec.schedule must be"));
+        assert!(rule(&props["timeZone"]).starts_with("spec.timeZone must be a time zone of the IANA database"));
+        // Every zone jiff knows, so the schema and Cadence::parse agree.
+        let zones = props["timeZone"]["x-kubernetes-validations"][0]["rule"].as_str().unwrap();
+        assert!(
+            zones.contains("\"Europe/Berlin\"") && zones.contains("\"America/New_York\"") && !zones.contains("Mars")
+        );
+        // The job's spec is a BackgroundJob's, its template-fillable fields without defaults.
+        let job = &props["jobTemplate"]["properties"]["spec"];
+        for field in ["shards", "workers", "timeouts", "retry"] {
+            assert_eq!(job["properties"][field].get("default"), None, "{field}");
+        }
+        assert_eq!(job["properties"]["template"]["required"], json!(["spec"]));
+        let template = serde_json::to_string(&job["properties"]["template"]).unwrap();
+        assert_eq!(template.matches("\"description\"").count(), 1, "only the template itself is described");
+        fn undescribed(schema: &Value, path: &str, out: &mut Vec<String>) {
+            if path.ends_with(".template") {
+                return;
+            }
+            if schema.get("description").is_none() {
+                out.push(path.to_string());
+            }
+            if let Some(Value::Object(props)) = schema.get("properties") {
+                for (k, v) in props {
+                    undescribed(v, &format!("{path}.{k}"), out);
+                }
+            }
+            if let Some(items) = schema.get("items").filter(|i| i.get("properties").is_some()) {
+                undescribed(items, &format!("{path}[]"), out);
+            }
+        }
+        let mut missing = Vec::new();
+        undescribed(spec, "spec", &mut missing);
+        undescribed(&root["properties"]["status"], "status", &mut missing);
+        assert!(missing.is_empty(), "fields without a description: {missing:?}");
+        let size = serde_json::to_string(&crd).unwrap().len();
+        assert!(size < 200 * 1024, "the CRD must fit kubectl apply's 256 KiB annotation: {size} bytes");
+    }
+
+    /// The cron rule's regular expression against the schedules CronJob takes and refuses (RE2
+    /// and Rust's regex agree on this subset).
+    #[test]
+    fn cron_regex_approximates_cron() {
+        let re = regex::Regex::new(&cron_regex()).unwrap();
+        for good in [
+            "* * * * *",
+            "*/5 * * * *",
+            "0 9-17/2 * * MON-FRI",
+            "30 2 1,15 * ?",
+            "0 0 1 jan sun",
+            "@hourly",
+            "@annually",
+            " 0 0 * * 7 ",
+        ] {
+            assert!(re.is_match(good), "{good}");
+        }
+        for bad in [
+            "61 * * * *",
+            "* 24 * * *",
+            "* * 0 * *",
+            "* * * 13 *",
+            "* * * * 8",
+            "0 * * * * *",
+            "@every 5m",
+            "TZ=UTC * * * * *",
+            "",
+        ] {
+            assert!(!re.is_match(bad), "{bad}");
+        }
     }
 }

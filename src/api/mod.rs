@@ -18,6 +18,10 @@ pub const LABEL_JOB: &str = "nightshift.dev/job";
 pub const LABEL_SHARD: &str = "nightshift.dev/shard";
 /// Label on worker pods: the attempt number (1 for the first run of a shard).
 pub const LABEL_ATTEMPT: &str = "nightshift.dev/attempt";
+/// Label on the jobs a BackgroundJobSchedule starts: the schedule's name.
+pub const LABEL_SCHEDULE: &str = "nightshift.dev/schedule";
+/// Annotation on the jobs a BackgroundJobSchedule starts: their scheduled time (RFC 3339).
+pub const ANNOTATION_SCHEDULED_AT: &str = "nightshift.dev/scheduled-at";
 /// Finalizer on worker pods, removed once the job's status records the pod's outcome.
 pub const FINALIZER_TRACKING: &str = "nightshift.dev/tracking";
 

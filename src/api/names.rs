@@ -42,6 +42,8 @@ names! {
         WorkersBlocked,
         /// True while the estimated completion is past the job's deadline (spec.timeouts.jobSeconds).
         DeadlineAtRisk,
+        /// Of a BackgroundJobSchedule: True while its runs start on schedule.
+        Scheduling,
     }
 }
 
@@ -85,6 +87,10 @@ names! {
         EstimatePastDeadline,
         /// The estimated completion is within the deadline again (or the job is no longer running).
         EstimateWithinDeadline,
+        /// A schedule's runs start on schedule.
+        Scheduled,
+        /// A schedule's spec.schedule or spec.timeZone cannot be read.
+        InvalidSchedule,
     }
 }
 
@@ -103,6 +109,18 @@ names! {
         DeadlineAtRisk,
         Succeeded,
         Failed,
+        /// A schedule started a job.
+        SuccessfulCreate,
+        /// A schedule deleted a job (spec.concurrencyPolicy Replace, or beyond its history limits).
+        SuccessfulDelete,
+        /// A schedule skipped a run: a job of it is active and spec.concurrencyPolicy is Forbid.
+        JobAlreadyActive,
+        /// A schedule passed over scheduled times (the operator was down, or the schedule suspended).
+        MissSchedule,
+        /// A schedule passed over more than 100 scheduled times.
+        TooManyMissedTimes,
+        /// A schedule's spec.schedule or spec.timeZone cannot be read.
+        InvalidSchedule,
     }
 }
 

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use k8s_openapi::api::core::v1::ObjectReference;
 use kube::{
     Resource,
-    runtime::events::{Event, EventType},
+    runtime::events::{Event, EventType, Recorder},
 };
 use tracing::{debug, info, warn};
 
@@ -27,6 +27,13 @@ pub fn publish(ctx: &Arc<Context>, job: &BackgroundJob, notes: &[EventNote]) {
         if note.reason == EventReason::WorkerStarted {
             ctx.metrics.attempts_started.inc();
         }
+    }
+    send(&ctx.recorder, &ctx.metrics, job.object_ref(&()), notes);
+}
+
+/// Logs the notes, and publishes them merged on the object `reference` names, in the background.
+pub fn send(recorder: &Recorder, metrics: &Arc<Metrics>, reference: ObjectReference, notes: &[EventNote]) {
+    for note in notes {
         if note.warning {
             warn!(reason = %note.reason, "{}", note.note);
         } else {
@@ -37,11 +44,11 @@ pub fn publish(ctx: &Arc<Context>, job: &BackgroundJob, notes: &[EventNote]) {
     if events.is_empty() {
         return;
     }
-    let (ctx, reference) = (ctx.clone(), job.object_ref(&()));
-    ctx.metrics.events_pending.inc_by(events.len() as i64);
+    let (recorder, metrics) = (recorder.clone(), metrics.clone());
+    metrics.events_pending.inc_by(events.len() as i64);
     tokio::spawn(async move {
         for note in events {
-            let _sent = Pending(&ctx.metrics);
+            let _sent = Pending(&metrics);
             let event = Event {
                 type_: if note.warning { EventType::Warning } else { EventType::Normal },
                 reason: note.reason.to_string(),
@@ -55,7 +62,7 @@ pub fn publish(ctx: &Arc<Context>, job: &BackgroundJob, notes: &[EventNote]) {
                     ..Default::default()
                 }),
             };
-            if let Err(e) = ctx.recorder.publish(&event, &reference).await {
+            if let Err(e) = recorder.publish(&event, &reference).await {
                 debug!(error = %e, "publishing an event");
             }
         }

@@ -5,7 +5,8 @@
 //! `act.rs` and `record.rs` (the API calls), then `context.rs` (what reconciles share and the
 //! operator remembers), `expectations.rs`, `observe.rs` (objects to views), `access.rs` (the
 //! workers' Lease and RBAC), `events.rs`, `orphans.rs`, `chains.rs` (spec.after),
-//! `templates.rs` (spec.templateRef).
+//! `templates.rs` (spec.templateRef); `schedules.rs` is the BackgroundJobSchedule controller,
+//! which shares the job watch.
 
 mod access;
 mod act;
@@ -17,11 +18,12 @@ mod observe;
 mod orphans;
 mod reconcile;
 mod record;
+mod schedules;
 mod templates;
 
 use std::{sync::Arc, time::Duration};
 
-use futures::{StreamExt, channel::mpsc::UnboundedSender, future};
+use futures::{FutureExt, StreamExt, channel::mpsc::UnboundedSender, future};
 use k8s_openapi::{
     api::{coordination::v1::Lease, core::v1::Pod},
     jiff::Timestamp,
@@ -125,21 +127,38 @@ pub async fn run_with_metrics(
         .modify(lean)
         .reflect(template_writer)
         .applied_objects();
-    let (job_store, job_writer) = reflector::store();
-    // A job's change of phase, or its deletion, wakes the jobs whose spec.after waits for it.
+    // One watch of BackgroundJobs, shared: the job controller and the schedule controller each
+    // subscribe to its changes and read its store.
+    let (job_store, job_writer) = reflector::store_shared(1024);
+    let job_events = job_writer.subscribe().expect("a shared store hands out subscribers");
+    let scheduled_job_events = job_writer.subscribe().expect("a shared store hands out subscribers");
+    // A job's change of phase, or its deletion, wakes the jobs whose spec.after waits for it;
+    // its deletion wakes its schedule (subscribers see only changes).
     let mut dependents = chains::Dependents::default();
     let wake_dependents = wake_tx.clone();
+    let (wake_schedule, wake_schedule_rx) = futures::channel::mpsc::unbounded();
     let job_watch = watcher(jobs_api, watcher::Config::default())
         .default_backoff()
         .modify(lean)
-        .reflect(job_writer)
-        .inspect(move |event| {
+        .reflect_shared(job_writer)
+        .for_each(move |event| {
             if let Ok(event) = event {
-                for job in dependents.observe(event) {
+                for job in dependents.observe(&event) {
                     let _ = wake_dependents.unbounded_send(job);
                 }
+                if let watcher::Event::Delete(job) = &event
+                    && let Some(schedule) = schedules::owner_of(job)
+                {
+                    let _ = wake_schedule.unbounded_send(schedule);
+                }
             }
-        })
+            future::ready(())
+        });
+    let (schedule_store, schedule_writer) = reflector::store();
+    let schedule_watch = watcher(scoped::<api::BackgroundJobSchedule>(&client, &options), watcher::Config::default())
+        .default_backoff()
+        .modify(lean)
+        .reflect(schedule_writer)
         .applied_objects();
 
     let (orphan_tx, orphan_rx) = futures::channel::mpsc::unbounded();
@@ -158,7 +177,14 @@ pub async fn run_with_metrics(
         wake: wake_tx,
     });
 
-    let controller = Controller::for_stream(job_watch, job_store)
+    let schedule_ctx = Arc::new(schedules::ScheduleContext::new(
+        client.clone(),
+        ctx.recorder.clone(),
+        job_store.clone(),
+        schedule_store.clone(),
+        ctx.metrics.clone(),
+    ));
+    let controller = Controller::for_shared_stream(job_events, job_store)
         .with_config(
             kube::runtime::controller::Config::default().debounce(options.debounce).concurrency(options.concurrency),
         )
@@ -185,6 +211,19 @@ pub async fn run_with_metrics(
         }
         future::ready(())
     });
+    let shutdown = shutdown.shared();
+    let schedule_reconciler = Controller::for_stream(schedule_watch, schedule_store)
+        .with_config(kube::runtime::controller::Config::default().debounce(options.debounce))
+        .owns_shared_stream(scheduled_job_events)
+        .reconcile_on(wake_schedule_rx)
+        .graceful_shutdown_on(shutdown.clone())
+        .run(schedules::reconcile, schedules::error_policy, schedule_ctx)
+        .for_each(|result| {
+            if let Err(e) = result {
+                debug!(error = %e, "reconcile of a schedule failed");
+            }
+            future::ready(())
+        });
     let reconciler = controller
         .graceful_shutdown_on(shutdown)
         .run(reconcile::reconcile, error_policy, ctx.clone())
@@ -201,7 +240,8 @@ pub async fn run_with_metrics(
         _ = templates => {},
         _ = gauges(&ctx) => {},
         _ = orphans::release_orphans(ctx.clone(), orphan_rx) => {},
-        _ = reconciler => {},
+        _ = job_watch => {},
+        _ = future::join(reconciler, schedule_reconciler) => {},
     }
     info!("controller stopped");
 }

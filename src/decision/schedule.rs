@@ -6,7 +6,16 @@ use croner::{
     Cron,
     parser::{CronParser, Seconds, Year},
 };
+use std::time::Duration;
+
 use k8s_openapi::jiff::{SignedDuration, Timestamp, Zoned, tz::TimeZone};
+use kube::ResourceExt;
+
+use super::{EventNote, status::set_condition, step::time};
+use crate::api::{
+    ActiveJob, BackgroundJobSchedule, BackgroundJobScheduleSpec, BackgroundJobScheduleStatus, ConcurrencyPolicy, Phase,
+    names::{ConditionType, EventReason, Reason},
+};
 
 /// Longest schedule name: job names are at most 52 characters (crate::api::crd::MAX_NAME_LENGTH)
 /// and the suffix takes 11 ("-" and up to 10 digits).
@@ -125,183 +134,185 @@ pub fn job_name(schedule: &str, t: Timestamp) -> String {
     format!("{schedule}-{}", t.as_second() / 60)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use proptest::prelude::*;
+/// A job of a schedule, as [`decide`] sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScheduledJob {
+    pub name: String,
+    /// Its annotation nightshift.dev/scheduled-at, when it holds a time.
+    pub scheduled_at: Option<Timestamp>,
+    /// None until the job controller wrote one.
+    pub phase: Option<Phase>,
+    pub completion_time: Option<Timestamp>,
+}
 
-    fn ts(s: &str) -> Timestamp {
-        s.parse().unwrap()
+impl ScheduledJob {
+    fn finished(&self) -> bool {
+        self.phase.is_some_and(Phase::is_finished)
     }
 
-    fn cad(schedule: &str, zone: Option<&str>) -> Cadence {
-        Cadence::parse(schedule, zone).unwrap()
-    }
-
-    /// Wakes like the controller at each of `wakes`, applying every run; returns the runs.
-    fn drive(c: &Cadence, created: Timestamp, wakes: impl IntoIterator<Item = Timestamp>) -> Vec<Timestamp> {
-        let mut runs: Vec<Timestamp> = vec![];
-        for now in wakes {
-            runs.extend(tick(c, runs.last().copied(), created, None, now).run);
-        }
-        runs
-    }
-
-    /// Every minute from `from` for `minutes` minutes, at second 7.
-    fn minutes(from: &str, minutes: i64) -> impl Iterator<Item = Timestamp> {
-        let from = ts(from);
-        (0..minutes).map(move |m| from + SignedDuration::from_secs(m * 60 + 7))
-    }
-
-    /// The schedule's times in (from, to], walked forward with `next_after`.
-    fn times(c: &Cadence, from: Timestamp, to: Timestamp) -> Vec<Timestamp> {
-        std::iter::successors(c.next_after(from), |t| c.next_after(*t)).take_while(|t| *t <= to).collect()
-    }
-
-    #[test]
-    fn examples() {
-        let every = cad("* * * * *", None);
-        assert_eq!(every.next_after(ts("2025-01-01T10:00:00Z")), Some(ts("2025-01-01T10:01:00Z")));
-        assert_eq!(every.next_after(ts("2025-01-01T10:00:30.5Z")), Some(ts("2025-01-01T10:01:00Z")));
-        let hourly = cad("@hourly", None);
-        assert_eq!(hourly.next_after(ts("2025-01-01T10:00:00Z")), Some(ts("2025-01-01T11:00:00Z")));
-        assert_eq!(cad("@midnight", None).next_after(ts("2025-01-01T10:00:00Z")), Some(ts("2025-01-02T00:00:00Z")));
-        // 02:30 in Berlin is 01:30 UTC in winter (CET) and 00:30 UTC in summer (CEST).
-        let berlin = cad("30 2 * * *", Some("Europe/Berlin"));
-        assert_eq!(berlin.next_after(ts("2025-01-15T00:00:00Z")), Some(ts("2025-01-15T01:30:00Z")));
-        assert_eq!(berlin.next_after(ts("2025-07-15T00:00:00Z")), Some(ts("2025-07-15T00:30:00Z")));
-        assert_eq!(job_name("nightly", ts("2025-01-01T10:00:00Z")), "nightly-28928760");
-        // The last second jiff knows still fits 10 digits.
-        let longest = job_name(&"n".repeat(MAX_SCHEDULE_NAME_LENGTH), Timestamp::MAX);
-        assert_eq!(longest.len(), crate::api::crd::MAX_NAME_LENGTH);
-    }
-
-    #[test]
-    fn refusals_name_the_field() {
-        for bad in
-            ["61 * * * *", "0 * * * * *", "TZ=UTC * * * * *", "CRON_TZ=UTC 0 * * * *", "", "0 0 31 2 *", "@every 5m"]
-        {
-            let e = Cadence::parse(bad, None).unwrap_err();
-            assert!(e.starts_with("spec.schedule: ") && e.contains("@hourly"), "{e}");
-        }
-        let e = Cadence::parse("61 * * * *", None).unwrap_err();
-        assert!(
-            e.contains("\"61 * * * *\" is not a cron schedule: Component error: Number out of bounds; use 5 fields"),
-            "{e}"
-        );
-        for bad in ["Mars/Olympus", "", "Local"] {
-            let e = Cadence::parse("@daily", Some(bad)).unwrap_err();
-            assert!(e.starts_with("spec.timeZone: ") && e.contains("IANA"), "{e}");
-        }
-    }
-
-    #[test]
-    fn cronjob_catch_up_and_deadline() {
-        let hourly = cad("@hourly", None);
-        let created = ts("2025-01-01T09:30:00Z");
-        let last = Some(ts("2025-01-01T10:00:00Z"));
-        // Down from 10:05 to 13:10: 11:00 and 12:00 are missed, 13:00 is run late.
-        let t = tick(&hourly, last, created, None, ts("2025-01-01T13:10:00Z"));
-        assert_eq!(
-            t,
-            Tick { run: Some(ts("2025-01-01T13:00:00Z")), missed: 2, next: Some(ts("2025-01-01T14:00:00Z")) }
-        );
-        // 13:00 is 20 minutes old, past a 600 s deadline: nothing in the window is considered.
-        let t = tick(&hourly, last, created, Some(600), ts("2025-01-01T13:20:00Z"));
-        assert_eq!((t.run, t.missed), (None, 0));
-        // Within the deadline it still runs; nothing before `created` counts.
-        let t = tick(&hourly, None, created, Some(600), ts("2025-01-01T10:09:00Z"));
-        assert_eq!((t.run, t.missed), (Some(ts("2025-01-01T10:00:00Z")), 0));
-        // Years down: the count stops at the limit.
-        let t = tick(&cad("* * * * *", None), last, created, None, ts("2030-01-01T00:00:00Z"));
-        assert_eq!((t.run, t.missed), (Some(ts("2030-01-01T00:00:00Z")), MISSED_COUNT_LIMIT));
-    }
-
-    // What croner does (README "DST handling", observed here): a fixed-time job whose time falls
-    // in a spring-forward gap runs once, at the first minute after the gap; in a fall-back
-    // overlap it runs once, on the first pass. Wildcard/step jobs run on every real occurrence
-    // of their wall clock time, so twice in a repeated hour.
-    #[test]
-    fn dst_in_new_york() {
-        let ny = Some("America/New_York");
-        // 2025-03-09: 02:00 EST jumps to 03:00 EDT, so 02:30 runs at 03:00 EDT (07:00 UTC).
-        let spring =
-            drive(&cad("30 2 * * *", ny), ts("2025-03-09T04:00:00Z"), minutes("2025-03-09T04:00:00Z", 24 * 60));
-        assert_eq!(spring, [ts("2025-03-09T07:00:00Z")]);
-        // 2025-11-02: 02:00 EDT falls back to 01:00 EST; 01:30 runs once, at 01:30 EDT.
-        let fall = drive(&cad("30 1 * * *", ny), ts("2025-11-02T04:00:00Z"), minutes("2025-11-02T04:00:00Z", 24 * 60));
-        assert_eq!(fall, [ts("2025-11-02T05:30:00Z")]);
-        // Every 15 minutes through both 1 o'clock hours (05:00-06:59 UTC): 8 runs, 15 minutes apart.
-        let quarter = drive(&cad("*/15 * * * *", ny), ts("2025-11-02T04:59:00Z"), minutes("2025-11-02T04:59:00Z", 120));
-        assert_eq!(quarter, times(&cad("*/15 * * * *", None), ts("2025-11-02T04:59:00Z"), ts("2025-11-02T06:59:00Z")));
-        assert_eq!(quarter.len(), 8);
-    }
-
-    fn schedule() -> impl Strategy<Value = String> {
-        // Hours 0-3 often: that is where the DST transitions are.
-        let hour = prop_oneof![0..4u32, 0..24u32];
-        prop_oneof![
-            (0..60u32, hour).prop_map(|(m, h)| format!("{m} {h} * * *")),
-            (1..=30u32).prop_map(|k| format!("*/{k} * * * *")),
-            (0..30u32).prop_map(|m| format!("{m},{} * * * *", m + 30)),
-            (0..60u32, proptest::sample::subsequence((0..7).collect::<Vec<u32>>(), 1..=3)).prop_map(|(m, d)| {
-                format!("{m} * * * {}", d.iter().map(u32::to_string).collect::<Vec<_>>().join(","))
-            }),
-            Just("@hourly".to_string()),
-        ]
-    }
-
-    fn start() -> impl Strategy<Value = Timestamp> {
-        // The 2025 transitions of the zones below (UTC), or anywhere in 2025.
-        let transitions = [
-            "2025-03-09T07:00:00Z",
-            "2025-03-30T01:00:00Z",
-            "2025-04-05T15:00:00Z",
-            "2025-10-04T15:30:00Z",
-            "2025-10-26T01:00:00Z",
-            "2025-11-02T06:00:00Z",
-        ];
-        prop_oneof![
-            (proptest::sample::select(transitions.to_vec()), 0..6 * 3600i64)
-                .prop_map(|(t, back)| ts(t) - SignedDuration::from_secs(back)),
-            (0..365 * 86400i64).prop_map(|s| ts("2025-01-01T00:00:00Z") + SignedDuration::from_secs(s)),
-        ]
-    }
-
-    proptest! {
-        #![proptest_config(ProptestConfig::with_cases(128))]
-        #[test]
-        fn no_missed_or_doubled_run(
-            schedule in schedule(),
-            zone in proptest::sample::select(vec!["UTC", "Europe/Berlin", "America/New_York", "Australia/Lord_Howe"]),
-            created in start(),
-            gaps in proptest::collection::vec(prop_oneof![12 => 1..=90i64, 1 => 3600..4 * 3600i64], 50..300),
-        ) {
-            let c = cad(&schedule, Some(zone));
-            let (mut last, mut prev, mut runs) = (None, created, vec![]);
-            for gap in &gaps {
-                let now = prev + SignedDuration::from_secs(*gap);
-                let t = tick(&c, last, created, None, now);
-                // (1) never the same time twice, never one at or before the last run.
-                if let Some(run) = t.run {
-                    prop_assert!(last.is_none_or(|l| run > l) && run <= now);
-                    last = Some(run);
-                    runs.push(run);
-                }
-                // (2) what came due since the last wake is run (the latest) or counted as missed.
-                let due = times(&c, prev, now);
-                prop_assert_eq!(t.run, due.last().copied(), "due {:?}", due);
-                prop_assert_eq!(t.missed as usize, due.len().saturating_sub(1).min(MISSED_COUNT_LIMIT as usize));
-                // (3) when to look again.
-                prop_assert!(t.next.is_some_and(|n| n > now));
-                prop_assert_eq!(t.next, c.next_after(now));
-                prev = now;
-            }
-            let expected = times(&c, created, prev);
-            let spacing = expected.windows(2).map(|w| w[1].as_second() - w[0].as_second()).min().unwrap_or(i64::MAX);
-            if gaps.iter().all(|g| *g < spacing) {
-                prop_assert_eq!(runs, expected);
-            }
-        }
+    /// Oldest first: by scheduled time, then name.
+    fn age_key(&self) -> (Option<Timestamp>, &str) {
+        (self.scheduled_at, &self.name)
     }
 }
+
+/// A job to create: its name and scheduled time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScheduledRun {
+    pub name: String,
+    pub scheduled_at: Timestamp,
+}
+
+/// What to do for one schedule.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ScheduleDecision {
+    /// The job to start, if a run is due.
+    pub create: Option<ScheduledRun>,
+    /// Active jobs to delete before `create` (spec.concurrencyPolicy Replace).
+    pub replace: Vec<String>,
+    /// Finished jobs beyond the history limits, to delete once `status` is written (so that a
+    /// restart in between still finds the last scheduled time in the status).
+    pub delete: Vec<String>,
+    /// The status to write (only when it differs from the current one).
+    pub status: BackgroundJobScheduleStatus,
+    pub events: Vec<EventNote>,
+    /// Look again after this long at the latest: at the next scheduled time.
+    pub requeue_after: Option<Duration>,
+}
+
+/// Decides for a schedule from its jobs (those it owns) and `now`, as the CronJob controller
+/// does: at most one run (the most recent time due), spec.concurrencyPolicy against the active
+/// jobs, and the history limits.
+pub fn decide(schedule: &BackgroundJobSchedule, jobs: &[ScheduledJob], now: Timestamp) -> ScheduleDecision {
+    let spec = &schedule.spec;
+    let generation = schedule.metadata.generation;
+    let old = schedule.status.clone().unwrap_or_default();
+    let mut d = ScheduleDecision { status: old.clone(), ..Default::default() };
+    let succeeded = jobs.iter().filter(|j| j.phase == Some(Phase::Succeeded));
+    let last_success = succeeded.filter_map(|j| j.completion_time).max();
+    if let Some(t) = last_success.filter(|t| old.last_successful_time.as_ref().is_none_or(|o| o.0 < *t)) {
+        d.status.last_successful_time = Some(time(t));
+    }
+    d.delete = beyond_history(spec, jobs);
+    for name in &d.delete {
+        d.events.push(EventNote::normal(
+            EventReason::SuccessfulDelete,
+            format!("deleted finished job {name} (history limit)"),
+        ));
+    }
+    let condition = |status: bool, reason: Reason, message: String, d: &mut ScheduleDecision| {
+        set_condition(&mut d.status.conditions, ConditionType::Scheduling, status, reason, message, now, generation);
+    };
+    let cadence = match Cadence::parse(&spec.schedule, spec.time_zone.as_deref()) {
+        Ok(cadence) => cadence,
+        Err(message) => {
+            let known =
+                old.conditions.iter().any(|c| c.reason == Reason::InvalidSchedule.as_str() && c.message == message);
+            if !known {
+                d.events.push(EventNote::warning(EventReason::InvalidSchedule, message.clone()));
+            }
+            condition(false, Reason::InvalidSchedule, message, &mut d);
+            return finish(d, jobs, None);
+        }
+    };
+    if spec.suspend {
+        condition(false, Reason::Suspended, "spec.suspend is true: no job starts".into(), &mut d);
+        return finish(d, jobs, None);
+    }
+    let zone = spec.time_zone.as_deref().unwrap_or("UTC");
+    condition(true, Reason::Scheduled, format!("starts a job at the times of {:?} in {zone}", spec.schedule), &mut d);
+    // A job's scheduled time counts as run even if the status never said so (the operator
+    // stopped between creating the job and writing the status).
+    let last = old
+        .last_schedule_time
+        .as_ref()
+        .map(|t| t.0)
+        .into_iter()
+        .chain(jobs.iter().filter_map(|j| j.scheduled_at))
+        .max();
+    d.status.last_schedule_time = last.map(time);
+    let created = schedule.metadata.creation_timestamp.as_ref().map_or(now, |t| t.0);
+    let tick = tick(&cadence, last, created, spec.starting_deadline_seconds, now);
+    if let Some(run) = tick.run {
+        if tick.missed >= MISSED_COUNT_LIMIT {
+            d.events.push(EventNote::warning(
+                EventReason::TooManyMissedTimes,
+                format!("too many missed start times (> {}): set or decrease spec.startingDeadlineSeconds or check clock skew", MISSED_COUNT_LIMIT - 1),
+            ));
+        } else if tick.missed > 0 {
+            d.events.push(EventNote::warning(
+                EventReason::MissSchedule,
+                format!("missed {} scheduled start time(s) before {run}; starting only the latest", tick.missed),
+            ));
+        }
+        start(schedule, jobs, run, &mut d);
+    }
+    let requeue = tick.next.map(|next| Duration::from_secs(next.duration_since(now).as_secs().max(1) as u64));
+    finish(d, jobs, requeue)
+}
+
+/// The run at `run`: under spec.concurrencyPolicy, a job to create, and the active jobs it replaces.
+fn start(schedule: &BackgroundJobSchedule, jobs: &[ScheduledJob], run: Timestamp, d: &mut ScheduleDecision) {
+    let name = job_name(&schedule.name_any(), run);
+    let taken = |d: &mut ScheduleDecision| {
+        if d.status.last_schedule_time.as_ref().is_none_or(|t| t.0 < run) {
+            d.status.last_schedule_time = Some(time(run));
+        }
+    };
+    if jobs.iter().any(|j| j.name == name) {
+        return taken(d);
+    }
+    let mut active: Vec<&ScheduledJob> = jobs.iter().filter(|j| !j.finished()).collect();
+    active.sort_by(|a, b| a.age_key().cmp(&b.age_key()));
+    let names = || active.iter().map(|j| j.name.as_str()).collect::<Vec<_>>().join(", ");
+    match schedule.spec.concurrency_policy {
+        ConcurrencyPolicy::Forbid if !active.is_empty() => {
+            d.events.push(EventNote::normal(
+                EventReason::JobAlreadyActive,
+                format!("not starting the run of {run}: {} still active and spec.concurrencyPolicy is Forbid", names()),
+            ));
+            return;
+        }
+        ConcurrencyPolicy::Replace if !active.is_empty() => {
+            d.events.push(EventNote::normal(
+                EventReason::SuccessfulDelete,
+                format!("deleted active job(s) {} to start the run of {run} (spec.concurrencyPolicy Replace)", names()),
+            ));
+            d.replace = active.iter().map(|j| j.name.clone()).collect();
+        }
+        _ => {}
+    }
+    d.events.push(EventNote::normal(EventReason::SuccessfulCreate, format!("created job {name} for {run}")));
+    d.create = Some(ScheduledRun { name, scheduled_at: run });
+    taken(d);
+}
+
+/// The finished jobs beyond spec.successfulJobsHistoryLimit and spec.failedJobsHistoryLimit, oldest first.
+fn beyond_history(spec: &BackgroundJobScheduleSpec, jobs: &[ScheduledJob]) -> Vec<String> {
+    let mut delete = Vec::new();
+    for (phase, limit) in
+        [(Phase::Succeeded, spec.successful_jobs_history_limit), (Phase::Failed, spec.failed_jobs_history_limit)]
+    {
+        let mut done: Vec<&ScheduledJob> = jobs.iter().filter(|j| j.phase == Some(phase)).collect();
+        done.sort_by(|a, b| a.age_key().cmp(&b.age_key()));
+        let over = done.len().saturating_sub(limit.max(0) as usize);
+        delete.extend(done[..over].iter().map(|j| j.name.clone()));
+    }
+    delete
+}
+
+/// The active list: the jobs not finished nor replaced now, and the one created, oldest first.
+fn finish(mut d: ScheduleDecision, jobs: &[ScheduledJob], requeue_after: Option<Duration>) -> ScheduleDecision {
+    let mut active: Vec<&ScheduledJob> =
+        jobs.iter().filter(|j| !j.finished() && !d.replace.contains(&j.name)).collect();
+    active.sort_by(|a, b| a.age_key().cmp(&b.age_key()));
+    d.status.active = active.iter().map(|j| ActiveJob { name: j.name.clone() }).collect();
+    if let Some(run) = &d.create {
+        d.status.active.push(ActiveJob { name: run.name.clone() });
+    }
+    d.requeue_after = requeue_after;
+    d
+}
+
+#[cfg(test)]
+mod tests;

@@ -13,5 +13,6 @@ mod node;
 mod operator;
 mod plugin;
 mod queue;
+mod schedules;
 mod support;
 mod templates;

@@ -72,10 +72,18 @@ namespace, a Role's in each watched namespace otherwise.
 */}}
 {{- define "nightshift.operatorRules" -}}
 # Watch BackgroundJobs; delete a finished one ttlSecondsAfterFinished after it finished; patch
-# one that names a template to write the template's fields into it.
+# one that names a template to write the template's fields into it. Create the jobs of a
+# BackgroundJobSchedule; delete them beyond its history limits, or to replace them.
 - apiGroups: ["nightshift.dev"]
   resources: ["backgroundjobs"]
-  verbs: ["get", "list", "watch", "delete", "patch"]
+  verbs: ["get", "list", "watch", "create", "delete", "patch"]
+# Watch BackgroundJobSchedules, and write their status with server-side apply.
+- apiGroups: ["nightshift.dev"]
+  resources: ["backgroundjobschedules"]
+  verbs: ["get", "list", "watch"]
+- apiGroups: ["nightshift.dev"]
+  resources: ["backgroundjobschedules/status"]
+  verbs: ["get", "patch"]
 # Read the templates jobs name (spec.templateRef).
 - apiGroups: ["nightshift.dev"]
   resources: ["backgroundjobtemplates"]
@@ -105,7 +113,8 @@ namespace, a Role's in each watched namespace otherwise.
 - apiGroups: ["rbac.authorization.k8s.io"]
   resources: ["roles", "rolebindings"]
   verbs: ["get", "create", "patch"]
-# Events on the jobs (Admitted, WorkerStarted, AttemptFailed, ...); repeated ones are patched.
+# Events on the jobs (Admitted, WorkerStarted, AttemptFailed, ...) and schedules (SuccessfulCreate,
+# JobAlreadyActive, ...); repeated ones are patched.
 - apiGroups: ["events.k8s.io", ""]
   resources: ["events"]
   verbs: ["create", "patch"]

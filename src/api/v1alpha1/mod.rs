@@ -4,6 +4,7 @@
 // kube(printcolumn(...)) repeats `type_ = "string"` by design; the lint mistakes it for a typo.
 #![allow(clippy::duplicated_attributes)]
 
+mod schedule;
 mod status;
 mod template;
 
@@ -11,6 +12,7 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::PodTemplateSpec;
 use kube::CustomResource;
+pub use schedule::*;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 pub use status::*;

@@ -178,6 +178,11 @@ pub async fn install_crd(client: &Client) {
         templates.list(&Default::default()).await.map(|_| ()).map_err(|e| e.to_string())
     })
     .await;
+    let schedules: Api<nightshift::api::BackgroundJobSchedule> = Api::default_namespaced(client.clone());
+    wait_until("BackgroundJobSchedules to be served", WAIT, || async {
+        schedules.list(&Default::default()).await.map(|_| ()).map_err(|e| e.to_string())
+    })
+    .await;
     // Established can precede the resource being served by a moment.
     let jobs: Api<nightshift::api::BackgroundJob> = Api::default_namespaced(client.clone());
     wait_until("BackgroundJobs to be served", WAIT, || async {

@@ -1,0 +1,308 @@
+//! BackgroundJobSchedules: a controller of their own beside the job controller, fed by the same
+//! watch of BackgroundJobs (a second subscriber of its shared store, not a second LIST/WATCH).
+//! Each reconcile of a schedule is observe → decide → act → record:
+//!
+//! - observe: the schedule (with the status this process last wrote, if the cache is behind),
+//!   the jobs it owns from the shared cache, and those it created that the cache does not show yet;
+//! - decide: [`decision::schedule::decide`], pure, `now` an argument;
+//! - act: delete the jobs a run replaces, then create the run's job (AlreadyExists counts as
+//!   created: that is how a restart, or a second replica, never doubles a run);
+//! - record: write the status (server-side apply, only when it changed), then delete the jobs
+//!   beyond the history limits, and publish events.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex, MutexGuard},
+    time::{Duration, Instant},
+};
+
+use k8s_openapi::jiff::Timestamp;
+use kube::{
+    Api, Client, Resource, ResourceExt,
+    api::{ApiResource, DeleteParams, DynamicObject, Patch, PatchParams, PostParams},
+    runtime::{
+        controller::Action,
+        events::Recorder,
+        reflector::{ObjectRef, Store},
+    },
+};
+use serde_json::json;
+use tracing::{debug, info, warn};
+
+use super::{Error, context::object_key, events, expectations::Expectations, now};
+use crate::{
+    api::{self, BackgroundJob, BackgroundJobSchedule, BackgroundJobScheduleStatus},
+    decision::{
+        EventNote,
+        schedule::{ScheduleDecision, ScheduledJob, decide},
+    },
+    operator::{Metrics, metrics::ErrorLabel},
+};
+
+/// How long a created job may take to show in the cache before the schedule stops counting it.
+const EXPECTATION_TTL: Duration = Duration::from_secs(60);
+
+pub struct ScheduleContext {
+    pub client: Client,
+    pub recorder: Recorder,
+    /// The job controller's cache of BackgroundJobs.
+    pub jobs: Store<BackgroundJob>,
+    /// The schedule controller's own cache, to forget what it remembers of deleted schedules.
+    pub schedules: Store<BackgroundJobSchedule>,
+    pub metrics: Arc<Metrics>,
+    memory: Mutex<ScheduleMemory>,
+}
+
+/// What the schedule controller remembers between reconciles; lost on a restart, by design
+/// (the caches, filled from a fresh LIST, then hold all of it).
+struct ScheduleMemory {
+    /// Per schedule uid: the status last written, with the resourceVersion it produced.
+    written: HashMap<String, (u64, BackgroundJobScheduleStatus)>,
+    /// Jobs created ("namespace/name") that the cache may not show yet: their schedule's uid
+    /// and the job as decide sees it.
+    creating: Expectations<(String, ScheduledJob)>,
+    /// Per schedule uid: the event notes of its last reconcile. A note said then is not said
+    /// again (a skipped run is decided again on each change of the active job; one event does).
+    noted: HashMap<String, Vec<EventNote>>,
+}
+
+impl ScheduleContext {
+    pub fn new(
+        client: Client,
+        recorder: Recorder,
+        jobs: Store<BackgroundJob>,
+        schedules: Store<BackgroundJobSchedule>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let memory = ScheduleMemory {
+            written: HashMap::new(),
+            creating: Expectations::new(EXPECTATION_TTL),
+            noted: HashMap::new(),
+        };
+        Self { client, recorder, jobs, schedules, metrics, memory: Mutex::new(memory) }
+    }
+
+    fn memory(&self) -> MutexGuard<'_, ScheduleMemory> {
+        self.memory.lock().expect("no reconcile panics holding the memory")
+    }
+}
+
+/// The schedule that controls a job, to wake when the job is deleted (the shared job stream
+/// only carries changes).
+pub fn owner_of(job: &BackgroundJob) -> Option<ObjectRef<BackgroundJobSchedule>> {
+    let owner = job.owner_references().iter().find(|o| o.controller == Some(true))?;
+    (owner.kind == BackgroundJobSchedule::kind(&()) && owner.api_version == BackgroundJobSchedule::api_version(&()))
+        .then(|| ObjectRef::new(&owner.name).within(&job.namespace().unwrap_or_default()))
+}
+
+#[tracing::instrument(name = "reconcile", skip_all, fields(namespace = schedule.namespace().unwrap_or_default(), schedule = schedule.name_any()))]
+pub async fn reconcile(schedule: Arc<BackgroundJobSchedule>, ctx: Arc<ScheduleContext>) -> Result<Action, Error> {
+    if schedule.metadata.deletion_timestamp.is_some() {
+        // The garbage collector deletes its jobs.
+        return Ok(Action::await_change());
+    }
+    // Deciding on a half-filled job cache could start a run twice (the name would refuse the
+    // second job, but Replace could delete the first): wait for the first LIST.
+    let _ = ctx.jobs.wait_until_ready().await;
+    let now = now();
+    let (schedule, jobs) = observe(&ctx, schedule);
+    let d = decide(&schedule, &jobs, now);
+    act(&ctx, &schedule, &d).await?;
+    record(&ctx, &schedule, d).await
+}
+
+pub fn error_policy(schedule: Arc<BackgroundJobSchedule>, error: &Error, ctx: Arc<ScheduleContext>) -> Action {
+    ctx.metrics.reconcile_errors.get_or_create(&ErrorLabel { error: error.metric_label().into() }).inc();
+    warn!(namespace = %schedule.namespace().unwrap_or_default(), schedule = %schedule.name_any(), error = %error, "reconcile failed; retrying in 5s");
+    Action::requeue(Duration::from_secs(5))
+}
+
+fn observe(
+    ctx: &ScheduleContext,
+    schedule: Arc<BackgroundJobSchedule>,
+) -> (Arc<BackgroundJobSchedule>, Vec<ScheduledJob>) {
+    let (ns, uid) = (schedule.namespace().unwrap_or_default(), schedule.uid().unwrap_or_default());
+    let owned = ctx.jobs.state_filter(|j| {
+        j.metadata.namespace.as_deref() == Some(ns.as_str())
+            && j.owner_references().iter().any(|o| o.uid == uid && o.controller == Some(true))
+    });
+    let mut jobs: Vec<ScheduledJob> = owned.iter().map(|j| scheduled_job(j)).collect();
+    let mut memory = ctx.memory();
+    for job in &jobs {
+        memory.creating.forget(&object_key(&ns, &job.name));
+    }
+    let unseen: Vec<ScheduledJob> = memory
+        .creating
+        .open(Instant::now())
+        .filter(|(_, (owner, _))| *owner == uid)
+        .map(|(_, (_, j))| j.clone())
+        .collect();
+    jobs.extend(unseen);
+    // Read-your-writes: the status this process wrote, while the cache has not caught up.
+    let seen = resource_version(&schedule.metadata);
+    let schedule = match memory.written.get(&uid) {
+        Some((rv, status)) if seen < *rv => {
+            let mut newer = (*schedule).clone();
+            newer.status = Some(status.clone());
+            Arc::new(newer)
+        }
+        _ => {
+            memory.written.remove(&uid);
+            schedule
+        }
+    };
+    (schedule, jobs)
+}
+
+/// A job as decide sees it.
+fn scheduled_job(job: &BackgroundJob) -> ScheduledJob {
+    let status = job.status.as_ref();
+    ScheduledJob {
+        name: job.name_any(),
+        scheduled_at: job.annotations().get(api::ANNOTATION_SCHEDULED_AT).and_then(|t| t.parse::<Timestamp>().ok()),
+        phase: status.and_then(|s| s.phase),
+        completion_time: status.and_then(|s| s.completion_time.as_ref()).map(|t| t.0),
+    }
+}
+
+async fn act(ctx: &ScheduleContext, schedule: &BackgroundJobSchedule, d: &ScheduleDecision) -> Result<(), Error> {
+    delete_jobs(ctx, schedule, &d.replace).await?;
+    let Some(run) = &d.create else { return Ok(()) };
+    let ns = schedule.namespace().unwrap_or_default();
+    let job = job_for(schedule, &run.name, run.scheduled_at);
+    let api: Api<DynamicObject> =
+        Api::namespaced_with(ctx.client.clone(), &ns, &ApiResource::erase::<BackgroundJob>(&()));
+    let params = PostParams { field_manager: Some(api::MANAGER.into()), ..Default::default() };
+    match api.create(&params, &job).await {
+        Ok(_) => info!(job = run.name, scheduled = %run.scheduled_at, "created the job"),
+        // Created already, by this operator before a restart or by another replica.
+        Err(kube::Error::Api(e)) if e.code == 409 => debug!(job = run.name, "the job exists already"),
+        Err(e) => return Err(e.into()),
+    }
+    let view = ScheduledJob {
+        name: run.name.clone(),
+        scheduled_at: Some(run.scheduled_at),
+        phase: None,
+        completion_time: None,
+    };
+    ctx.memory().creating.expect(
+        object_key(&ns, &run.name),
+        (schedule.uid().unwrap_or_default(), view),
+        Instant::now(),
+    );
+    Ok(())
+}
+
+/// The job of the run at `scheduled_at`: jobTemplate's spec as written (the API server and a
+/// BackgroundJobTemplate fill in what it leaves out), its labels and annotations, ours, and the
+/// schedule as its controlling owner.
+fn job_for(schedule: &BackgroundJobSchedule, name: &str, scheduled_at: Timestamp) -> DynamicObject {
+    let template = schedule.spec.job_template.metadata.clone().unwrap_or_default();
+    let mut labels = template.labels;
+    labels.insert(api::LABEL_SCHEDULE.into(), schedule.name_any());
+    let mut annotations = template.annotations;
+    annotations.insert(api::ANNOTATION_SCHEDULED_AT.into(), scheduled_at.to_string());
+    let job = json!({
+        "apiVersion": BackgroundJob::api_version(&()),
+        "kind": BackgroundJob::kind(&()),
+        "metadata": {
+            "name": name,
+            "namespace": schedule.namespace(),
+            "labels": labels,
+            "annotations": annotations,
+            "ownerReferences": [schedule.controller_owner_ref(&())],
+        },
+        "spec": schedule.spec.job_template.spec,
+    });
+    serde_json::from_value(job).expect("a job is an object")
+}
+
+async fn record(
+    ctx: &Arc<ScheduleContext>,
+    schedule: &BackgroundJobSchedule,
+    d: ScheduleDecision,
+) -> Result<Action, Error> {
+    if schedule.status.as_ref() != Some(&d.status) {
+        let patch = json!({
+            "apiVersion": BackgroundJobSchedule::api_version(&()),
+            "kind": BackgroundJobSchedule::kind(&()),
+            "status": d.status,
+        });
+        let api: Api<BackgroundJobSchedule> =
+            Api::namespaced(ctx.client.clone(), &schedule.namespace().unwrap_or_default());
+        let params = PatchParams::apply(api::MANAGER).force();
+        let written = api.patch_status(&schedule.name_any(), &params, &Patch::Apply(&patch)).await?;
+        ctx.metrics.status_writes.inc();
+        if let Some(status) = written.status {
+            ctx.memory()
+                .written
+                .insert(schedule.uid().unwrap_or_default(), (resource_version(&written.metadata), status));
+        }
+        debug!("status written");
+    }
+    delete_jobs(ctx, schedule, &d.delete).await?;
+    let fresh: Vec<EventNote> = {
+        let mut memory = ctx.memory();
+        let said = memory.noted.insert(schedule.uid().unwrap_or_default(), d.events.clone()).unwrap_or_default();
+        if memory.noted.len() > 2 * ctx.schedules.state().len() + 16 {
+            let live: std::collections::HashSet<String> =
+                ctx.schedules.state().iter().filter_map(|s| s.uid()).collect();
+            memory.noted.retain(|uid, _| live.contains(uid));
+            memory.written.retain(|uid, _| live.contains(uid));
+        }
+        d.events.into_iter().filter(|note| !said.contains(note)).collect()
+    };
+    events::send(&ctx.recorder, &ctx.metrics, schedule.object_ref(&()), &fresh);
+    Ok(d.requeue_after.map(Action::requeue).unwrap_or_else(Action::await_change))
+}
+
+async fn delete_jobs(ctx: &ScheduleContext, schedule: &BackgroundJobSchedule, names: &[String]) -> Result<(), Error> {
+    let api: Api<BackgroundJob> = Api::namespaced(ctx.client.clone(), &schedule.namespace().unwrap_or_default());
+    for name in names {
+        match api.delete(name, &DeleteParams::background()).await {
+            Ok(_) => info!(job = name, "deleted the job"),
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+/// See [`super::context::resource_version`].
+fn resource_version(meta: &kube::api::ObjectMeta) -> u64 {
+    meta.resource_version.as_deref().and_then(|v| v.parse().ok()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_job_keeps_the_template_spec_as_written_and_names_its_schedule() {
+        let schedule: BackgroundJobSchedule = serde_json::from_value(json!({
+            "apiVersion": "nightshift.dev/v1alpha1", "kind": "BackgroundJobSchedule",
+            "metadata": {"name": "nightly", "namespace": "ns", "uid": "u-1"},
+            "spec": {
+                "schedule": "@daily",
+                "jobTemplate": {
+                    "metadata": {"labels": {"team": "data"}, "annotations": {"note": "x"}},
+                    "spec": {"templateRef": {"name": "export"}, "parameters": {"DAY": "today"}}
+                }
+            }
+        }))
+        .unwrap();
+        let at: Timestamp = "2025-01-01T00:00:00Z".parse().unwrap();
+        let job = serde_json::to_value(job_for(&schedule, "nightly-28928160", at)).unwrap();
+        // No default of the typed spec: the template named fills shards, workers, ...
+        assert_eq!(job["spec"], json!({"templateRef": {"name": "export"}, "parameters": {"DAY": "today"}}));
+        assert_eq!(job["metadata"]["labels"], json!({"team": "data", "nightshift.dev/schedule": "nightly"}));
+        assert_eq!(job["metadata"]["annotations"]["nightshift.dev/scheduled-at"], "2025-01-01T00:00:00Z");
+        assert_eq!(job["metadata"]["annotations"]["note"], "x");
+        let owner = &job["metadata"]["ownerReferences"][0];
+        assert_eq!(
+            (owner["kind"].as_str(), owner["uid"].as_str(), owner["controller"].as_bool()),
+            (Some("BackgroundJobSchedule"), Some("u-1"), Some(true))
+        );
+        assert_eq!(job["kind"], "BackgroundJob");
+    }
+}
