@@ -142,9 +142,15 @@ pub async fn submit(target: &Target, s: Submit) -> Result<Outcome, Error> {
         }
         None => target.namespace.clone(),
     };
-    let job: BackgroundJob = serde_json::from_value(manifest)
+    // Checked as a BackgroundJob, but sent as written: the typed job would send every field with
+    // its default, and so override what a spec.templateRef's template would fill in.
+    serde_json::from_value::<BackgroundJob>(manifest.clone())
         .map_err(|e| Error::Input(format!("{}: not a valid BackgroundJob: {e}", s.file)))?;
-    let api: kube::Api<BackgroundJob> = kube::Api::namespaced(target.client.clone(), &namespace);
+    let job: kube::api::DynamicObject = serde_json::from_value(manifest)
+        .map_err(|e| Error::Input(format!("{}: not a valid BackgroundJob: {e}", s.file)))?;
+    let resource = kube::api::ApiResource::erase::<BackgroundJob>(&());
+    let api: kube::Api<kube::api::DynamicObject> =
+        kube::Api::namespaced_with(target.client.clone(), &namespace, &resource);
     let created = api.create(&PostParams::default(), &job).await.map_err(|e| Error::from_kube(e, target))?;
     let name = created.metadata.name.unwrap_or_default();
     println!("{name}");

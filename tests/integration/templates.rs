@@ -13,7 +13,7 @@ use nightshift::{
 };
 use serde_json::json;
 
-use crate::support::{Fixture, WAIT, fixture, wait_until};
+use crate::support::{Fixture, TempFile, WAIT, fixture, kubeconfig_path, plugin, wait_until};
 
 /// Creates a job as an app would send it: only the fields written (the typed `BackgroundJob`
 /// would send every field with its default, leaving the template nothing to fill).
@@ -119,4 +119,17 @@ async fn a_template_that_does_not_fit_the_job_fails_it_naming_the_template() {
         "{}",
         failed.message
     );
+}
+
+#[tokio::test]
+async fn kubectl_nightshift_submit_sends_a_templated_job_as_written() {
+    let (f, _operator) = fixture("template-submit").await;
+    f.ns.api::<BackgroundJobTemplate>().create(&PostParams::default(), &template("importer:1")).await.unwrap();
+    let manifest = "apiVersion: nightshift.dev/v1alpha1\nkind: BackgroundJob\nmetadata: {name: from-plugin}\nspec:\n  templateRef: {name: bulk-import}\n  parameters: {FILE: a.csv}\n";
+    let file = TempFile::new(&format!("{}-submit.yaml", f.ns.name), manifest);
+    let (code, out, err) = plugin(&kubeconfig_path(), &f.ns.name, &["submit", file.0.to_str().unwrap()]).await;
+    assert_eq!((code, out.trim()), (0, "from-plugin"), "{err}");
+    f.wait_live("from-plugin", 3).await;
+    let job = f.jobs.get("from-plugin").await.unwrap();
+    assert_eq!((job.spec.shards, job.spec.retry.limit), (3, 1), "the template's, not the defaults");
 }
