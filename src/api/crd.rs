@@ -33,12 +33,6 @@ pub fn crds_yaml() -> String {
 pub fn crd() -> CustomResourceDefinition {
     let mut value = serde_json::to_value(BackgroundJob::crd()).expect("the CRD serializes");
     let schema = &mut value["spec"]["versions"][0]["schema"]["openAPIV3Schema"];
-    // The fields a BackgroundJobTemplate may fill have no default in the schema: a job that
-    // leaves one out takes the template's, else the default its description names (the
-    // operator applies it).
-    for field in ["shards", "workers", "timeouts", "retry"] {
-        schema["properties"]["spec"]["properties"][field].as_object_mut().expect("a field").remove("default");
-    }
     let unchanged = |field: &str| {
         format!(
             "!has(oldSelf.status) || !has(oldSelf.status.startTime) || (has(self.spec.{field}) == has(oldSelf.spec.{field}) && (!has(self.spec.{field}) || self.spec.{field} == oldSelf.spec.{field}))"
@@ -54,32 +48,18 @@ pub fn crd() -> CustomResourceDefinition {
                     "metadata.name must be at most {MAX_NAME_LENGTH} characters: it is part of the worker pod names"
                 ),
             ),
-            (
-                "has(self.spec.template) || has(self.spec.templateRef)".into(),
-                "spec.template or spec.templateRef must be set: the worker pod, or a BackgroundJobTemplate that has it".into(),
-            ),
             (unchanged("shards"), frozen("shards")),
             (unchanged("onlyShards"), frozen("onlyShards")),
             (unchanged("parameters"), frozen("parameters")),
-            (
-                format!("!has(self.spec.heartbeat) || !has(self.spec.shards) || self.spec.shards <= {MAX_SHARDS_WITH_HEARTBEAT}"),
-                format!(
-                    "spec.shards must be at most {MAX_SHARDS_WITH_HEARTBEAT} with spec.heartbeat: the workers' Role names each shard's Lease"
-                ),
-            ),
             (
                 "!has(self.spec.after) || !(self.metadata.name in self.spec.after)".into(),
                 "spec.after must not name the job itself (metadata.name): a job cannot wait for its own success".into(),
             ),
             (unchanged("after"), frozen("after")),
-            (
-                "!has(self.spec.heartbeat) || !has(self.spec.heartbeat.injectAgent) || !self.spec.heartbeat.injectAgent || !has(self.spec.template) || has(self.spec.template.spec.containers[0].command)".into(),
-                "spec.template.spec.containers[0].command must be set when spec.heartbeat.injectAgent is true: the agent wraps it".into(),
-            ),
             (unchanged("template"), frozen("template")),
         ],
     );
-    tighten_pod_template(&mut schema["properties"]["spec"]["properties"]["template"], "spec.template");
+    job_spec_rules(&mut schema["properties"]["spec"], "spec", true);
     serde_json::from_value(value).expect("the edited CRD deserializes")
 }
 
@@ -87,22 +67,7 @@ pub fn crd() -> CustomResourceDefinition {
 pub fn template_crd() -> CustomResourceDefinition {
     let mut value = serde_json::to_value(BackgroundJobTemplate::crd()).expect("the CRD serializes");
     let schema = &mut value["spec"]["versions"][0]["schema"]["openAPIV3Schema"];
-    add_rules(
-        &mut schema["properties"]["spec"],
-        &[
-            (
-                format!("!has(self.heartbeat) || !has(self.shards) || self.shards <= {MAX_SHARDS_WITH_HEARTBEAT}"),
-                format!(
-                    "spec.shards must be at most {MAX_SHARDS_WITH_HEARTBEAT} with spec.heartbeat: the workers' Role names each shard's Lease"
-                ),
-            ),
-            (
-                "!has(self.heartbeat) || !has(self.heartbeat.injectAgent) || !self.heartbeat.injectAgent || has(self.template.spec.containers[0].command)".into(),
-                "spec.template.spec.containers[0].command must be set when spec.heartbeat.injectAgent is true: the agent wraps it".into(),
-            ),
-        ],
-    );
-    tighten_pod_template(&mut schema["properties"]["spec"]["properties"]["template"], "spec.template");
+    job_spec_rules(&mut schema["properties"]["spec"], "spec", false);
     serde_json::from_value(value).expect("the edited CRD deserializes")
 }
 
@@ -136,30 +101,7 @@ pub fn schedule_crd() -> CustomResourceDefinition {
         )],
     );
     // The job's spec: what a BackgroundJob's allows, checked as for a job.
-    let job = &mut spec["jobTemplate"]["properties"]["spec"];
-    for field in ["shards", "workers", "timeouts", "retry"] {
-        job["properties"][field].as_object_mut().expect("a field").remove("default");
-    }
-    add_rules(
-        job,
-        &[
-            (
-                "has(self.template) || has(self.templateRef)".into(),
-                "spec.jobTemplate.spec.template or spec.jobTemplate.spec.templateRef must be set: the worker pod, or a BackgroundJobTemplate that has it".into(),
-            ),
-            (
-                format!("!has(self.heartbeat) || !has(self.shards) || self.shards <= {MAX_SHARDS_WITH_HEARTBEAT}"),
-                format!(
-                    "spec.jobTemplate.spec.shards must be at most {MAX_SHARDS_WITH_HEARTBEAT} with spec.heartbeat: the workers' Role names each shard's Lease"
-                ),
-            ),
-            (
-                "!has(self.heartbeat) || !has(self.heartbeat.injectAgent) || !self.heartbeat.injectAgent || !has(self.template) || has(self.template.spec.containers[0].command)".into(),
-                "spec.jobTemplate.spec.template.spec.containers[0].command must be set when spec.heartbeat.injectAgent is true: the agent wraps it".into(),
-            ),
-        ],
-    );
-    tighten_pod_template(&mut job["properties"]["template"], "spec.jobTemplate.spec.template");
+    job_spec_rules(&mut spec["jobTemplate"]["properties"]["spec"], "spec.jobTemplate.spec", true);
     serde_json::from_value(value).expect("the edited CRD deserializes")
 }
 
@@ -184,6 +126,38 @@ fn cron_regex() -> String {
         "^(?i)( *@(yearly|annually|monthly|weekly|daily|midnight|hourly) *| *{} *)$",
         fields.map(|f| format!("({f})")).join(" +")
     )
+}
+
+/// The rules of a BackgroundJob's spec wherever one is written (a job, a template, a schedule's
+/// jobTemplate): `spec` is its schema, `path` where it is, for the messages; `needs_pod`: it must
+/// name its pod, in `template` or `templateRef` (a template always has one).
+fn job_spec_rules(spec: &mut Value, path: &str, needs_pod: bool) {
+    // The fields a BackgroundJobTemplate may fill have no default in the schema: a job that
+    // leaves one out takes the template's, else the default its description names (the
+    // operator applies it).
+    for field in ["shards", "workers", "timeouts", "retry"] {
+        spec["properties"][field].as_object_mut().expect("a field").remove("default");
+    }
+    let mut rules = vec![
+        (
+            format!("!has(self.heartbeat) || !has(self.shards) || self.shards <= {MAX_SHARDS_WITH_HEARTBEAT}"),
+            format!(
+                "{path}.shards must be at most {MAX_SHARDS_WITH_HEARTBEAT} with spec.heartbeat: the workers' Role names each shard's Lease"
+            ),
+        ),
+        (
+            "!has(self.heartbeat) || !has(self.heartbeat.injectAgent) || !self.heartbeat.injectAgent || !has(self.template) || has(self.template.spec.containers[0].command)".into(),
+            format!("{path}.template.spec.containers[0].command must be set when spec.heartbeat.injectAgent is true: the agent wraps it"),
+        ),
+    ];
+    if needs_pod {
+        rules.push((
+            "has(self.template) || has(self.templateRef)".into(),
+            format!("{path}.template or {path}.templateRef must be set: the worker pod, or a BackgroundJobTemplate that has it"),
+        ));
+    }
+    add_rules(spec, &rules);
+    tighten_pod_template(&mut spec["properties"]["template"], &format!("{path}.template"));
 }
 
 /// What the pod template of a job (or of a job template) must hold, beyond the PodTemplateSpec
@@ -322,7 +296,14 @@ mod tests {
             assert_eq!(items["required"], json!(["name", "image"]), "{list}");
             assert_eq!(items["properties"]["image"]["type"], "string", "{list}");
         }
-        // Every field of ours is described; the pod template's fields are not (size).
+        let template = serde_json::to_string(&props["template"]).unwrap();
+        assert_eq!(template.matches("\"description\"").count(), 1, "only the template itself is described");
+    }
+
+    /// Every field of ours, in every CRD, is described (the pod templates' fields are not: size;
+    /// metav1.Condition's come described from k8s-openapi), and each CRD fits `kubectl apply`.
+    #[test]
+    fn every_crd_is_described_and_fits_kubectl_apply() {
         fn undescribed(schema: &Value, path: &str, out: &mut Vec<String>) {
             if path.ends_with(".template") {
                 return;
@@ -340,16 +321,20 @@ mod tests {
                 undescribed(items, &format!("{path}[]"), out);
             }
         }
-        let mut missing = Vec::new();
-        let root = &version["schema"]["openAPIV3Schema"];
-        undescribed(&root["properties"]["spec"], "spec", &mut missing);
-        undescribed(&root["properties"]["status"], "status", &mut missing);
-        // metav1.Condition's own fields come described from k8s-openapi.
-        assert!(missing.is_empty(), "fields without a description: {missing:?}");
-        let template = serde_json::to_string(&props["template"]).unwrap();
-        assert_eq!(template.matches("\"description\"").count(), 1, "only the template itself is described");
-        let size = serde_json::to_string(&crd).unwrap().len();
-        assert!(size < 200 * 1024, "the CRD must fit kubectl apply's 256 KiB annotation: {size} bytes");
+        for crd in crds() {
+            let crd = serde_json::to_value(crd).unwrap();
+            let name = crd["metadata"]["name"].as_str().unwrap().to_string();
+            let root = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"];
+            let mut missing = Vec::new();
+            for part in ["spec", "status"] {
+                if let Some(schema) = root["properties"].get(part) {
+                    undescribed(schema, part, &mut missing);
+                }
+            }
+            assert!(missing.is_empty(), "{name}: fields without a description: {missing:?}");
+            let size = serde_json::to_string(&crd).unwrap().len();
+            assert!(size < 200 * 1024, "{name} must fit kubectl apply's 256 KiB annotation: {size} bytes");
+        }
     }
 
     /// The schedule's CRD: CronJob's names and columns, every field of ours described, the pod
@@ -408,28 +393,6 @@ mod tests {
         assert_eq!(job["properties"]["template"]["required"], json!(["spec"]));
         let template = serde_json::to_string(&job["properties"]["template"]).unwrap();
         assert_eq!(template.matches("\"description\"").count(), 1, "only the template itself is described");
-        fn undescribed(schema: &Value, path: &str, out: &mut Vec<String>) {
-            if path.ends_with(".template") {
-                return;
-            }
-            if schema.get("description").is_none() {
-                out.push(path.to_string());
-            }
-            if let Some(Value::Object(props)) = schema.get("properties") {
-                for (k, v) in props {
-                    undescribed(v, &format!("{path}.{k}"), out);
-                }
-            }
-            if let Some(items) = schema.get("items").filter(|i| i.get("properties").is_some()) {
-                undescribed(items, &format!("{path}[]"), out);
-            }
-        }
-        let mut missing = Vec::new();
-        undescribed(spec, "spec", &mut missing);
-        undescribed(&root["properties"]["status"], "status", &mut missing);
-        assert!(missing.is_empty(), "fields without a description: {missing:?}");
-        let size = serde_json::to_string(&crd).unwrap().len();
-        assert!(size < 200 * 1024, "the CRD must fit kubectl apply's 256 KiB annotation: {size} bytes");
     }
 
     /// The cron rule's regular expression against the schedules CronJob takes and refuses (RE2
