@@ -169,7 +169,6 @@ fn resolve(observed: &Observed, mut status: BackgroundJobStatus, now: Timestamp)
         d.status = fail(job, status, Reason::InvalidTemplate, message, now);
         return d;
     }
-    let queued = observed.job.status.as_ref().and_then(|s| s.phase) == Some(Phase::Queued);
     status.phase = Some(Phase::Queued);
     match observed.template {
         Some(template_generation) => d.resolve = Some(template_generation),
@@ -178,7 +177,7 @@ fn resolve(observed: &Observed, mut status: BackgroundJobStatus, now: Timestamp)
             let message = format!(
                 "spec.templateRef: BackgroundJobTemplate {name} does not exist in namespace {namespace}; the job starts once it is created"
             );
-            if !queued {
+            if newly_waiting(job.status.as_ref(), Reason::WaitingForTemplate) {
                 d.events.push(EventNote::normal(EventReason::Queued, message.clone()));
             }
             let conditions = &mut status.conditions;
@@ -278,7 +277,7 @@ fn settle(observed: &Observed, prev: &BackgroundJobStatus, status: &mut Backgrou
             generation,
         );
     } else if let Some(Verdict::Wait { message, recheck }) = chain {
-        if prev.phase != Some(Phase::Queued) {
+        if newly_waiting(Some(prev), Reason::WaitingForDependencies) {
             book.d.events.push(EventNote::normal(EventReason::Queued, message.clone()));
         }
         if let Some(t) = recheck {
@@ -298,7 +297,7 @@ fn settle(observed: &Observed, prev: &BackgroundJobStatus, status: &mut Backgrou
     } else if let Some((position, reason)) = waiting {
         // Not started, and the budget has no room yet: wait in the queue.
         desired = wants;
-        if prev.phase != Some(Phase::Queued) {
+        if newly_waiting(Some(prev), Reason::WaitingForWorkers) {
             book.d.events.push(EventNote::normal(EventReason::Queued, format!("waiting for workers: {reason}")));
         }
         status.phase = Some(Phase::Queued);
@@ -324,6 +323,12 @@ fn settle(observed: &Observed, prev: &BackgroundJobStatus, status: &mut Backgrou
     }
     workers_blocked(observed, status, book);
     desired
+}
+
+/// A job starts waiting for `reason` (it was not Queued for it already): the moment for a Queued event.
+fn newly_waiting(prev: Option<&BackgroundJobStatus>, reason: Reason) -> bool {
+    let admitted = prev.and_then(|s| s.conditions.iter().find(|c| c.type_ == ConditionType::Admitted.as_str()));
+    prev.and_then(|s| s.phase) != Some(Phase::Queued) || admitted.is_none_or(|c| c.reason != reason.as_str())
 }
 
 /// For a job that has not started and names others in spec.after: what its chain allows.

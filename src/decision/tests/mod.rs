@@ -601,3 +601,22 @@ fn a_chained_job_waits_queued_then_starts_once_its_dependency_succeeded() {
     let d = decide(&Observed::new(&job, &w.pods).chain(Some(&failed)), at(31));
     assert_eq!(d.status.phase, Some(Phase::Running));
 }
+
+#[test]
+fn a_job_that_waits_for_one_thing_then_another_says_each_in_a_queued_event() {
+    use crate::decision::chain::Chain;
+    let mut job = job(1, 1, json!({"after": ["load-catalog"], "templateRef": {"name": "t"}}));
+    // Waiting for its template: one Queued event, and none on the next look.
+    let d = decide(&Observed::new(&job, &[]), t0());
+    let queued = |d: &Decision| d.events.iter().filter(|e| e.reason == EventReason::Queued).count();
+    assert_eq!(queued(&d), 1);
+    job.status = Some(d.status);
+    assert_eq!(queued(&decide(&Observed::new(&job, &[]), at(1))), 0);
+    // Resolved, it waits for load-catalog: a second Queued event, naming it.
+    job.metadata.annotations = Some([(crate::api::ANNOTATION_TEMPLATE.to_string(), "t/1".to_string())].into());
+    let running = Chain { phases: [("load-catalog".to_string(), Phase::Running)].into(), cycle: None };
+    let d = decide(&Observed::new(&job, &[]).chain(Some(&running)), at(2));
+    let notes: Vec<&str> =
+        d.events.iter().filter(|e| e.reason == EventReason::Queued).map(|e| e.note.as_str()).collect();
+    assert_eq!(notes, ["waiting for load-catalog (Running) to succeed"]);
+}
