@@ -8,7 +8,7 @@ use schemars::{Schema, SchemaGenerator, json_schema};
 use serde_json::{Value, json};
 
 use super::{BackgroundJob, BackgroundJobSchedule, BackgroundJobTemplate};
-use crate::decision::schedule::MAX_SCHEDULE_NAME_LENGTH;
+use crate::decision::schedule::{MAX_SCHEDULE_NAME_LENGTH, time_zones};
 
 /// Longest job name: it is part of worker pod names (`NAME-SHARD-ATTEMPT`) and label values (63).
 pub const MAX_NAME_LENGTH: usize = 52;
@@ -92,7 +92,7 @@ pub fn schedule_crd() -> CustomResourceDefinition {
             "spec.schedule must be 5 cron fields (minute 0-59, hour 0-23, day of month 1-31, month 1-12 or JAN-DEC, day of week 0-7 or SUN-SAT; each *, a value, a range, a list, with /step) or @hourly, @daily, @midnight, @weekly, @monthly, @yearly, @annually".into(),
         )],
     );
-    let zones: Vec<String> = k8s_openapi::jiff::tz::db().available().map(|z| z.to_string()).collect();
+    let zones: Vec<String> = time_zones().available().map(|z| z.to_string()).collect();
     add_rules(
         &mut spec["timeZone"],
         &[(

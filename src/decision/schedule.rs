@@ -8,7 +8,10 @@ use croner::{
 };
 use std::time::Duration;
 
-use k8s_openapi::jiff::{SignedDuration, Timestamp, Zoned, tz::TimeZone};
+use k8s_openapi::jiff::{
+    SignedDuration, Timestamp, Zoned,
+    tz::{TimeZone, TimeZoneDatabase},
+};
 use kube::ResourceExt;
 
 use super::{EventNote, status::set_condition, step::time};
@@ -35,6 +38,13 @@ pub struct Cadence {
     zone: TimeZone,
 }
 
+/// The time zones a schedule may name: the IANA database bundled into the binary, never the
+/// machine's /usr/share/zoneinfo, so the CRD's list (`nightshift crd`) and the parser agree on
+/// every machine, the image (which has no zoneinfo) included.
+pub fn time_zones() -> TimeZoneDatabase {
+    TimeZoneDatabase::bundled()
+}
+
 impl Cadence {
     /// Parses spec.schedule and spec.timeZone; every refusal names the field and what is allowed.
     pub fn parse(schedule: &str, time_zone: Option<&str>) -> Result<Cadence, String> {
@@ -56,7 +66,7 @@ impl Cadence {
         let cron = parser.parse(pattern).map_err(|e| refuse(&e.to_string()))?;
         let zone = match time_zone {
             None => TimeZone::UTC,
-            Some(name) => k8s_openapi::jiff::tz::db().get(name).map_err(|_| {
+            Some(name) => time_zones().get(name).map_err(|_| {
                 format!("spec.timeZone: {name:?} is not a time zone of the IANA database (like Europe/Berlin or America/New_York)")
             })?,
         };
