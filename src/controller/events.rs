@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::ObjectReference;
+use k8s_openapi::api::core::v1::{ObjectReference, Pod};
 use kube::{
     Resource,
     runtime::events::{Event, EventType, Recorder},
@@ -14,8 +14,8 @@ use tracing::{debug, info, warn};
 
 use super::context::Context;
 use crate::{
-    api::{BackgroundJob, names::EventReason},
-    decision::EventNote,
+    api::{BackgroundJob, BackgroundJobTemplate, names::EventReason},
+    decision::{EventNote, Related},
     operator::Metrics,
 };
 
@@ -54,19 +54,29 @@ pub fn send(recorder: &Recorder, metrics: &Arc<Metrics>, reference: ObjectRefere
                 reason: note.reason.to_string(),
                 note: Some(note.note),
                 action: note.reason.to_string(),
-                secondary: note.pod.map(|pod| ObjectReference {
-                    api_version: Some("v1".into()),
-                    kind: Some("Pod".into()),
-                    name: Some(pod),
-                    namespace: reference.namespace.clone(),
-                    ..Default::default()
-                }),
+                secondary: note.related.map(|related| related_reference(related, &reference)),
             };
             if let Err(e) = recorder.publish(&event, &reference).await {
                 debug!(error = %e, "publishing an event");
             }
         }
     });
+}
+
+/// The reference of an event's related object, in the namespace of the object it is on.
+fn related_reference(related: Related, on: &ObjectReference) -> ObjectReference {
+    let (api_version, kind, name) = match related {
+        Related::Pod(name) => (Pod::api_version(&()), Pod::kind(&()), name),
+        Related::Job(name) => (BackgroundJob::api_version(&()), BackgroundJob::kind(&()), name),
+        Related::Template(name) => (BackgroundJobTemplate::api_version(&()), BackgroundJobTemplate::kind(&()), name),
+    };
+    ObjectReference {
+        api_version: Some(api_version.into_owned()),
+        kind: Some(kind.into_owned()),
+        name: Some(name),
+        namespace: on.namespace.clone(),
+        ..Default::default()
+    }
 }
 
 /// Notes in a row of one reason (and type) become one; workers started right after a job's
@@ -107,7 +117,7 @@ mod tests {
     use super::*;
 
     fn started(pod: &str) -> EventNote {
-        EventNote::normal(EventReason::WorkerStarted, format!("on pod {pod}")).about(pod)
+        EventNote::normal(EventReason::WorkerStarted, format!("on pod {pod}")).about(Related::Pod(pod.into()))
     }
 
     #[test]

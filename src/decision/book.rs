@@ -12,7 +12,7 @@ use kube::ResourceExt;
 use super::{
     heartbeat::heartbeat_failure,
     ranges::Ranges,
-    step::{Decision, EventNote, min_opt, plus, time, until},
+    step::{Decision, EventNote, Related, min_opt, plus, time, until},
     view::{LeaseView, PodPhase, PodView},
 };
 use crate::api::{
@@ -313,7 +313,7 @@ impl<'a> Book<'a> {
     fn start(&mut self, shard: i32, attempt: i32, failures: i32, disruptions: i32) {
         let pod = super::pod::pod_name(&self.job.name_any(), shard, attempt);
         let note = format!("shard {shard} attempt {attempt} on pod {pod}");
-        self.d.events.push(EventNote::normal(EventReason::WorkerStarted, note).about(&pod));
+        self.d.events.push(EventNote::normal(EventReason::WorkerStarted, note).about(Related::Pod(pod.clone())));
         self.d.create.push((shard, attempt));
         self.active.insert(
             shard,

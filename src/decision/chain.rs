@@ -28,6 +28,8 @@ pub enum Verdict {
     /// Wait (phase Queued); look again at `recheck` at the latest (a missing job's time is up).
     Wait {
         message: String,
+        /// The first job waited for.
+        first: String,
         recheck: Option<Timestamp>,
     },
     Fail {
@@ -43,7 +45,7 @@ pub fn judge(after: &[String], chain: &Chain, queued: Timestamp, now: Timestamp)
         return Verdict::Fail { reason: Reason::DependencyCycle, message };
     }
     let give_up = plus(queued, MISSING_DEPENDENCY_SECONDS);
-    let mut waiting = Vec::new();
+    let mut waiting: Vec<(&String, String)> = Vec::new();
     let mut recheck = None;
     for name in after {
         match chain.phases.get(name) {
@@ -59,16 +61,18 @@ pub fn judge(after: &[String], chain: &Chain, queued: Timestamp, now: Timestamp)
                 return Verdict::Fail { reason: Reason::DependencyFailed, message };
             }
             None => {
-                waiting.push(format!("{name} (not created yet)"));
+                waiting.push((name, format!("{name} (not created yet)")));
                 recheck = Some(give_up);
             }
-            Some(phase) => waiting.push(format!("{name} ({phase})")),
+            Some(phase) => waiting.push((name, format!("{name} ({phase})"))),
         }
     }
-    if waiting.is_empty() {
+    let Some((first, _)) = waiting.first() else {
         return Verdict::Start;
-    }
-    Verdict::Wait { message: format!("waiting for {} to succeed", waiting.join(", ")), recheck }
+    };
+    let message =
+        format!("waiting for {} to succeed", waiting.iter().map(|(_, w)| w.as_str()).collect::<Vec<_>>().join(", "));
+    Verdict::Wait { message, first: first.to_string(), recheck }
 }
 
 /// The cycle through `start` that following spec.after finds, if any: `start`, the jobs along
@@ -113,9 +117,14 @@ mod tests {
 
     #[test]
     fn waits_until_every_dependency_succeeded() {
-        let (after, c) = chain(&[("load-catalog", Some(Phase::Running)), ("other", Some(Phase::Succeeded))]);
-        let Verdict::Wait { message, recheck } = judge(&after, &c, at(0), at(5)) else { panic!() };
-        assert_eq!(message, "waiting for load-catalog (Running) to succeed");
+        let (after, c) = chain(&[
+            ("other", Some(Phase::Succeeded)),
+            ("load-catalog", Some(Phase::Running)),
+            ("images", Some(Phase::Queued)),
+        ]);
+        let Verdict::Wait { message, first, recheck } = judge(&after, &c, at(0), at(5)) else { panic!() };
+        assert_eq!(message, "waiting for load-catalog (Running), images (Queued) to succeed");
+        assert_eq!(first, "load-catalog", "the first job waited for, the event's related object");
         assert_eq!(recheck, None, "a present job wakes its dependents when it changes: no timer");
         let (after, c) = chain(&[("load-catalog", Some(Phase::Succeeded))]);
         assert_eq!(judge(&after, &c, at(0), at(5)), Verdict::Start);
@@ -132,7 +141,7 @@ mod tests {
     #[test]
     fn a_missing_dependency_is_waited_for_a_minute() {
         let (after, c) = chain(&[("later", None)]);
-        let Verdict::Wait { message, recheck } = judge(&after, &c, at(0), at(10)) else { panic!() };
+        let Verdict::Wait { message, recheck, .. } = judge(&after, &c, at(0), at(10)) else { panic!() };
         assert!(message.contains("later (not created yet)"), "{message}");
         assert_eq!(recheck, Some(at(MISSING_DEPENDENCY_SECONDS)));
         let Verdict::Fail { reason, message } = judge(&after, &c, at(0), at(60)) else { panic!() };

@@ -19,7 +19,7 @@ mod step;
 pub mod template;
 mod view;
 
-pub use step::{Decision, EventNote, backoff_seconds, decide};
+pub use step::{Decision, EventNote, Related, backoff_seconds, decide};
 pub use view::{FOLD_SECONDS, FORBIDDEN_PAUSE_SECONDS, LeaseView, Observed, PodPhase, PodView, Refusal};
 
 #[cfg(test)]

@@ -4,7 +4,7 @@
 
 use super::{
     book::Book,
-    step::{EventNote, backoff_seconds, plus, time},
+    step::{EventNote, Related, backoff_seconds, plus, time},
 };
 use crate::api::{
     ActiveShard, ExitCodeAction, Failure, MAX_SHARD_FAILURES, RetryingShard, ShardFailure,
@@ -89,7 +89,7 @@ impl Book<'_> {
                 }
             }
         };
-        self.d.events.push(EventNote::warning(EventReason::AttemptFailed, note).about(&entry.pod));
+        self.d.events.push(EventNote::warning(EventReason::AttemptFailed, note).about(Related::Pod(entry.pod.clone())));
     }
 
     /// The shard waits `wait` seconds for its next attempt, with `failures` counted so far.
@@ -144,7 +144,9 @@ impl Book<'_> {
              (disruption {disruptions} of spec.retry.disruptionLimit {limit})",
             entry.attempt
         );
-        self.d.events.push(EventNote::normal(EventReason::AttemptDisrupted, note).about(&entry.pod));
+        self.d
+            .events
+            .push(EventNote::normal(EventReason::AttemptDisrupted, note).about(Related::Pod(entry.pod.clone())));
     }
 
     /// When every shard has ended and some failed for good without failing the job (by a

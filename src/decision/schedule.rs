@@ -14,7 +14,7 @@ use k8s_openapi::jiff::{
 };
 use kube::ResourceExt;
 
-use super::{EventNote, status::set_condition, step::time};
+use super::{EventNote, Related, status::set_condition, step::time};
 use crate::api::{
     ActiveJob, BackgroundJobSchedule, BackgroundJobScheduleSpec, BackgroundJobScheduleStatus, ConcurrencyPolicy, Phase,
     names::{ConditionType, EventReason, Reason},
@@ -205,10 +205,10 @@ pub fn decide(schedule: &BackgroundJobSchedule, jobs: &[ScheduledJob], now: Time
     }
     d.delete = beyond_history(spec, jobs);
     for name in &d.delete {
-        d.events.push(EventNote::normal(
-            EventReason::SuccessfulDelete,
-            format!("deleted finished job {name} (history limit)"),
-        ));
+        d.events.push(
+            EventNote::normal(EventReason::SuccessfulDelete, format!("deleted finished job {name} (history limit)"))
+                .about(Related::Job(name.clone())),
+        );
     }
     let condition = |status: bool, reason: Reason, message: String, d: &mut ScheduleDecision| {
         set_condition(&mut d.status.conditions, ConditionType::Scheduling, status, reason, message, now, generation);
@@ -277,22 +277,35 @@ fn start(schedule: &BackgroundJobSchedule, jobs: &[ScheduledJob], run: Timestamp
     let names = || active.iter().map(|j| j.name.as_str()).collect::<Vec<_>>().join(", ");
     match schedule.spec.concurrency_policy {
         ConcurrencyPolicy::Forbid if !active.is_empty() => {
-            d.events.push(EventNote::normal(
-                EventReason::JobAlreadyActive,
-                format!("not starting the run of {run}: {} still active and spec.concurrencyPolicy is Forbid", names()),
-            ));
+            d.events.push(
+                EventNote::normal(
+                    EventReason::JobAlreadyActive,
+                    format!(
+                        "not starting the run of {run}: {} still active and spec.concurrencyPolicy is Forbid",
+                        names()
+                    ),
+                )
+                .about(Related::Job(active[0].name.clone())),
+            );
             return;
         }
         ConcurrencyPolicy::Replace if !active.is_empty() => {
-            d.events.push(EventNote::normal(
-                EventReason::SuccessfulDelete,
-                format!("deleted active job(s) {} to start the run of {run} (spec.concurrencyPolicy Replace)", names()),
-            ));
+            d.events.push(
+                EventNote::normal(
+                    EventReason::SuccessfulDelete,
+                    format!(
+                        "deleted active job(s) {} to start the run of {run} (spec.concurrencyPolicy Replace)",
+                        names()
+                    ),
+                )
+                .about(Related::Job(active[0].name.clone())),
+            );
             d.replace = active.iter().map(|j| j.name.clone()).collect();
         }
         _ => {}
     }
-    d.events.push(EventNote::normal(EventReason::SuccessfulCreate, format!("created job {name} for {run}")));
+    let created = EventNote::normal(EventReason::SuccessfulCreate, format!("created job {name} for {run}"));
+    d.events.push(created.about(Related::Job(name.clone())));
     d.create = Some(ScheduledRun { name, scheduled_at: run });
     taken(d);
 }

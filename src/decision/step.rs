@@ -32,22 +32,32 @@ pub struct EventNote {
     pub warning: bool,
     pub reason: EventReason,
     pub note: String,
-    /// The worker pod it is about, if one: the event's related object. It also keeps two events
-    /// of one reason apart (the event recorder would fold them into one series otherwise).
-    pub pod: Option<String>,
+    /// The object it is about, if one besides the one it is on: the event's related object.
+    pub related: Option<Related>,
+}
+
+/// An event's related object. It also keeps two events of one reason apart: the event recorder
+/// (like client-go's for events.k8s.io) folds events of one reason and related object into one
+/// series that keeps the first note, so "created job a", then "created job b" with no related
+/// object would read "created job a" (x2).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Related {
+    Pod(String),
+    Job(String),
+    Template(String),
 }
 
 impl EventNote {
     pub fn normal(reason: EventReason, note: impl Into<String>) -> Self {
-        Self { warning: false, reason, note: note.into(), pod: None }
+        Self { warning: false, reason, note: note.into(), related: None }
     }
 
     pub fn warning(reason: EventReason, note: impl Into<String>) -> Self {
         Self { warning: true, ..Self::normal(reason, note) }
     }
 
-    pub fn about(self, pod: &str) -> Self {
-        Self { pod: Some(pod.to_string()), ..self }
+    pub fn about(self, related: Related) -> Self {
+        Self { related: Some(related), ..self }
     }
 }
 
@@ -178,7 +188,9 @@ fn resolve(observed: &Observed, mut status: BackgroundJobStatus, now: Timestamp)
                 "spec.templateRef: BackgroundJobTemplate {name} does not exist in namespace {namespace}; the job starts once it is created"
             );
             if newly_waiting(job.status.as_ref(), Reason::WaitingForTemplate) {
-                d.events.push(EventNote::normal(EventReason::Queued, message.clone()));
+                d.events.push(
+                    EventNote::normal(EventReason::Queued, message.clone()).about(Related::Template(name.to_string())),
+                );
             }
             let conditions = &mut status.conditions;
             set_condition(
@@ -276,9 +288,9 @@ fn settle(observed: &Observed, prev: &BackgroundJobStatus, status: &mut Backgrou
             now,
             generation,
         );
-    } else if let Some(Verdict::Wait { message, recheck }) = chain {
+    } else if let Some(Verdict::Wait { message, first, recheck }) = chain {
         if newly_waiting(Some(prev), Reason::WaitingForDependencies) {
-            book.d.events.push(EventNote::normal(EventReason::Queued, message.clone()));
+            book.d.events.push(EventNote::normal(EventReason::Queued, message.clone()).about(Related::Job(first)));
         }
         if let Some(t) = recheck {
             book.d.requeue_after = min_opt(book.d.requeue_after, until(now, t));

@@ -1,6 +1,6 @@
 //! Chains (spec.after) against the real control plane: jobs applied together in one
-//! `kubectl apply -f` run in order, a failed dependency fails the job waiting for it, a cycle fails
-//! every job on it. The test plays the node.
+//! `kubectl apply -f` run in order, a failed or deleted dependency fails the job waiting for it,
+//! a cycle fails every job on it. The test plays the node.
 
 use nightshift::{api::Phase, sim::SCHEDULER_NAME};
 
@@ -79,6 +79,33 @@ async fn a_failed_dependency_fails_the_job_naming_it() {
     let failed = status.conditions.iter().find(|c| c.type_ == "Failed").unwrap();
     assert_eq!(failed.reason, "DependencyFailed");
     assert!(failed.message.contains("job import failed"), "{}", failed.message);
+    assert!(f.all_pods("report").await.is_empty());
+}
+
+/// A dependency deleted before it succeeded is, like one never created, waited for a minute from
+/// the dependent's queueing (jobs applied together arrive in any order), then fails the dependent
+/// naming it: the one-shot recheck fires with no event to wake it.
+#[tokio::test]
+async fn a_deleted_dependency_fails_the_job_naming_it() {
+    let (f, _operator) = fixture("chain-deleted").await;
+    let manifests = [job_yaml("import", &[]), job_yaml("report", &["import"])].join("---\n");
+    let (code, out, err) = kubectl(&f.ns.name, &["apply", "-f", "-"], &manifests).await;
+    assert_eq!(code, 0, "kubectl apply: {out}{err}");
+    f.wait_live("import", 2).await;
+    let waiting = f.wait_phase("report", Phase::Queued).await;
+    assert_eq!(admitted(&waiting).1, "WaitingForDependencies");
+    let (code, out, err) = kubectl(&f.ns.name, &["delete", "backgroundjob", "import"], "").await;
+    assert_eq!(code, 0, "kubectl delete: {out}{err}");
+    let failed = wait_until("report to fail for its deleted dependency", 2 * WAIT, || async {
+        let s = f.status("report").await;
+        match s.conditions.iter().find(|c| c.type_ == "Failed") {
+            Some(c) => Ok(c.clone()),
+            None => Err(format!("{s:?}")),
+        }
+    })
+    .await;
+    assert_eq!(failed.reason, "DependencyFailed");
+    assert!(failed.message.contains("job import does not exist"), "{}", failed.message);
     assert!(f.all_pods("report").await.is_empty());
 }
 

@@ -1,10 +1,11 @@
 //! BackgroundJobSchedules against the real control plane. The scenarios bound to minute
-//! boundaries run concurrently in one test, each in a namespace with an operator of its own, so
-//! the file costs about two minutes of wall time, not two per scenario. The test plays the node.
+//! boundaries (every minute, Forbid, Replace, two replicas, a restart) run concurrently in one
+//! test, each in a namespace with an operator of its own, so the file costs about two minutes of
+//! wall time, not two per scenario. The test plays the node.
 
 use std::time::Duration;
 
-use k8s_openapi::jiff::Timestamp;
+use k8s_openapi::{api::core::v1::Event, jiff::Timestamp};
 use kube::{
     Api, ResourceExt,
     api::{ListParams, PostParams},
@@ -73,7 +74,7 @@ async fn schedule_status(f: &Fixture, name: &str) -> nightshift::api::Background
 
 #[tokio::test]
 async fn schedules_start_jobs_at_the_minute() {
-    tokio::join!(every_minute(), forbid(), two_replicas(), restart());
+    tokio::join!(every_minute(), forbid(), replace(), two_replicas(), restart());
 }
 
 /// An every-minute schedule starts `<schedule>-<minutes>`, owned by it, at the minute; its run
@@ -138,6 +139,39 @@ async fn forbid() {
     assert_eq!(jobs_of(&f, "sync").await.len(), 1, "no second job while {first} is active");
     let status = schedule_status(&f, "sync").await;
     assert_eq!(status.active.iter().map(|a| a.name.as_str()).collect::<Vec<_>>(), [first.as_str()]);
+}
+
+/// Replace: at the next minute the running job is deleted and the new one started.
+async fn replace() {
+    let (f, _operator) = fixture("sched-replace").await;
+    apply(&f, &schedule_yaml("refresh", "* * * * *", "  concurrencyPolicy: Replace")).await;
+    let first = wait_jobs(&f, "refresh", 1, MINUTE).await.remove(0);
+    // Its worker pod never finishes: the test's node leaves it Pending.
+    let second = wait_until("the next minute's job in place of the first", MINUTE, || async {
+        let names: Vec<String> = jobs_of(&f, "refresh").await.iter().map(|j| j.name_any()).collect();
+        match names.as_slice() {
+            [only] if *only != first => Ok(only.clone()),
+            _ => Err(format!("jobs {names:?}")),
+        }
+    })
+    .await;
+    // An event each, not the first folded into a series: each relates to its job.
+    f.wait_event("refresh", "SuccessfulCreate", &second).await;
+    let events = f.wait_event("refresh", "SuccessfulDelete", &first).await;
+    assert!(events.iter().any(|(_, m)| m.contains("spec.concurrencyPolicy Replace")), "{events:?}");
+    let api: Api<Event> = f.ns.api();
+    let related: Vec<(String, String)> = api
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| e.reason.as_deref() == Some("SuccessfulCreate"))
+        .filter_map(|e| e.related.map(|r| (r.kind.unwrap_or_default(), r.name.unwrap_or_default())))
+        .collect();
+    assert!(related.contains(&("BackgroundJob".to_string(), second.clone())), "{related:?}");
+    let status = schedule_status(&f, "refresh").await;
+    assert!(!status.active.iter().any(|a| a.name == first), "{status:?}");
 }
 
 /// Two operators at once on one namespace (two replicas without leader election): one job per

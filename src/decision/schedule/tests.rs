@@ -252,6 +252,16 @@ fn forbid_skips_while_active_and_replace_deletes_first() {
     assert_eq!(replace.replace, ["nightly-28928760"]);
     assert_eq!(replace.create.unwrap().name, "nightly-28928761");
     assert_eq!(replace.status.active, [ActiveJob { name: "nightly-28928761".into() }]);
+    // Each event relates to its job, so the recorder keeps them apart (and folds a repeat of one).
+    let related: Vec<_> = replace.events.iter().map(|e| (e.reason, e.related.clone())).collect();
+    assert_eq!(
+        related,
+        [
+            (EventReason::SuccessfulDelete, Some(Related::Job("nightly-28928760".into()))),
+            (EventReason::SuccessfulCreate, Some(Related::Job("nightly-28928761".into()))),
+        ]
+    );
+    assert_eq!(forbid.events[0].related, Some(Related::Job("nightly-28928760".into())));
     let allow = decide(&sched(serde_json::json!({})), &jobs, now);
     assert_eq!(allow.status.active.len(), 2);
 }

@@ -610,13 +610,21 @@ fn a_job_that_waits_for_one_thing_then_another_says_each_in_a_queued_event() {
     let d = decide(&Observed::new(&job, &[]), t0());
     let queued = |d: &Decision| d.events.iter().filter(|e| e.reason == EventReason::Queued).count();
     assert_eq!(queued(&d), 1);
+    // Each relates to what it waits for: the event recorder folds events of one reason and
+    // related object into one series that keeps the first note.
+    use crate::decision::Related;
+    assert_eq!(d.events[0].related, Some(Related::Template("t".into())));
     job.status = Some(d.status);
     assert_eq!(queued(&decide(&Observed::new(&job, &[]), at(1))), 0);
     // Resolved, it waits for load-catalog: a second Queued event, naming it.
     job.metadata.annotations = Some([(crate::api::ANNOTATION_TEMPLATE.to_string(), "t/1".to_string())].into());
     let running = Chain { phases: [("load-catalog".to_string(), Phase::Running)].into(), cycle: None };
     let d = decide(&Observed::new(&job, &[]).chain(Some(&running)), at(2));
-    let notes: Vec<&str> =
-        d.events.iter().filter(|e| e.reason == EventReason::Queued).map(|e| e.note.as_str()).collect();
-    assert_eq!(notes, ["waiting for load-catalog (Running) to succeed"]);
+    let notes: Vec<(&str, Option<Related>)> = d
+        .events
+        .iter()
+        .filter(|e| e.reason == EventReason::Queued)
+        .map(|e| (e.note.as_str(), e.related.clone()))
+        .collect();
+    assert_eq!(notes, [("waiting for load-catalog (Running) to succeed", Some(Related::Job("load-catalog".into())))]);
 }
