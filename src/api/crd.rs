@@ -1,6 +1,7 @@
-//! The BackgroundJob CRD as installed: kube's generated schema plus what derive cannot express
-//! (rules on the embedded pod template, transition rules) and minus the pod template's field
-//! descriptions, which would push the CRD past what `kubectl apply` can store.
+//! The CRDs as installed (BackgroundJob, BackgroundJobTemplate, BackgroundJobSchedule): kube's
+//! generated schemas plus what derive cannot express (rules on the embedded pod template,
+//! transition rules, CEL) and minus the pod template's field descriptions, which would push the
+//! CRD past what `kubectl apply` can store.
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
@@ -31,77 +32,81 @@ pub fn crds_yaml() -> String {
 
 /// The BackgroundJob CRD.
 pub fn crd() -> CustomResourceDefinition {
-    let mut value = serde_json::to_value(BackgroundJob::crd()).expect("the CRD serializes");
-    let schema = &mut value["spec"]["versions"][0]["schema"]["openAPIV3Schema"];
-    let unchanged = |field: &str| {
-        format!(
-            "!has(oldSelf.status) || !has(oldSelf.status.startTime) || (has(self.spec.{field}) == has(oldSelf.spec.{field}) && (!has(self.spec.{field}) || self.spec.{field} == oldSelf.spec.{field}))"
-        )
-    };
-    let frozen = |field: &str| format!("spec.{field} cannot change once the job is admitted (status.startTime is set)");
-    add_rules(
-        schema,
-        &[
-            (
-                format!("size(self.metadata.name) <= {MAX_NAME_LENGTH}"),
-                format!(
-                    "metadata.name must be at most {MAX_NAME_LENGTH} characters: it is part of the worker pod names"
+    edited(BackgroundJob::crd(), |schema| {
+        let unchanged = |field: &str| {
+            format!(
+                "!has(oldSelf.status) || !has(oldSelf.status.startTime) || (has(self.spec.{field}) == has(oldSelf.spec.{field}) && (!has(self.spec.{field}) || self.spec.{field} == oldSelf.spec.{field}))"
+            )
+        };
+        let frozen =
+            |field: &str| format!("spec.{field} cannot change once the job is admitted (status.startTime is set)");
+        add_rules(
+            schema,
+            &[
+                (
+                    format!("size(self.metadata.name) <= {MAX_NAME_LENGTH}"),
+                    format!(
+                        "metadata.name must be at most {MAX_NAME_LENGTH} characters: it is part of the worker pod names"
+                    ),
                 ),
-            ),
-            (unchanged("shards"), frozen("shards")),
-            (unchanged("onlyShards"), frozen("onlyShards")),
-            (unchanged("parameters"), frozen("parameters")),
-            (
-                "!has(self.spec.after) || !(self.metadata.name in self.spec.after)".into(),
-                "spec.after must not name the job itself (metadata.name): a job cannot wait for its own success".into(),
-            ),
-            (unchanged("after"), frozen("after")),
-            (unchanged("template"), frozen("template")),
-        ],
-    );
-    job_spec_rules(&mut schema["properties"]["spec"], "spec", true);
-    serde_json::from_value(value).expect("the edited CRD deserializes")
+                (unchanged("shards"), frozen("shards")),
+                (unchanged("onlyShards"), frozen("onlyShards")),
+                (unchanged("parameters"), frozen("parameters")),
+                (
+                    "!has(self.spec.after) || !(self.metadata.name in self.spec.after)".into(),
+                    "spec.after must not name the job itself (metadata.name): a job cannot wait for its own success"
+                        .into(),
+                ),
+                (unchanged("after"), frozen("after")),
+                (unchanged("template"), frozen("template")),
+            ],
+        );
+        job_spec_rules(&mut schema["properties"]["spec"], "spec", true);
+    })
 }
 
 /// The BackgroundJobTemplate CRD.
 pub fn template_crd() -> CustomResourceDefinition {
-    let mut value = serde_json::to_value(BackgroundJobTemplate::crd()).expect("the CRD serializes");
-    let schema = &mut value["spec"]["versions"][0]["schema"]["openAPIV3Schema"];
-    job_spec_rules(&mut schema["properties"]["spec"], "spec", false);
-    serde_json::from_value(value).expect("the edited CRD deserializes")
+    edited(BackgroundJobTemplate::crd(), |schema| job_spec_rules(&mut schema["properties"]["spec"], "spec", false))
 }
 
 /// The BackgroundJobSchedule CRD.
 pub fn schedule_crd() -> CustomResourceDefinition {
-    let mut value = serde_json::to_value(BackgroundJobSchedule::crd()).expect("the CRD serializes");
-    let schema = &mut value["spec"]["versions"][0]["schema"]["openAPIV3Schema"];
-    add_rules(
-        schema,
-        &[(
-            format!("size(self.metadata.name) <= {MAX_SCHEDULE_NAME_LENGTH}"),
-            format!(
-                "metadata.name must be at most {MAX_SCHEDULE_NAME_LENGTH} characters: the names of its jobs add 11 (\"-\" and the scheduled minute)"
-            ),
-        )],
-    );
-    let spec = &mut schema["properties"]["spec"]["properties"];
-    add_rules(
-        &mut spec["schedule"],
-        &[(
-            format!("self.matches('{}')", cron_regex()),
-            "spec.schedule must be 5 cron fields (minute 0-59, hour 0-23, day of month 1-31, month 1-12 or JAN-DEC, day of week 0-7 or SUN-SAT; each *, a value, a range, a list, with /step) or @hourly, @daily, @midnight, @weekly, @monthly, @yearly, @annually".into(),
-        )],
-    );
-    let zones: Vec<String> = time_zones().available().map(|z| z.to_string()).collect();
-    add_rules(
-        &mut spec["timeZone"],
-        &[(
-            format!("self in {}", serde_json::to_string(&zones).expect("names serialize")),
-            "spec.timeZone must be a time zone of the IANA database, like Europe/Berlin".into(),
-        )],
-    );
-    // The job's spec: what a BackgroundJob's allows, checked as for a job.
-    job_spec_rules(&mut spec["jobTemplate"]["properties"]["spec"], "spec.jobTemplate.spec", true);
+    edited(BackgroundJobSchedule::crd(), |schema| {
+        add_rules(
+            schema,
+            &[(
+                format!("size(self.metadata.name) <= {MAX_SCHEDULE_NAME_LENGTH}"),
+                format!(
+                    "metadata.name must be at most {MAX_SCHEDULE_NAME_LENGTH} characters: the names of its jobs add 11 (\"-\" and the scheduled minute)"
+                ),
+            )],
+        );
+        let spec = &mut schema["properties"]["spec"]["properties"];
+        add_rules(
+            &mut spec["schedule"],
+            &[(
+                format!("self.matches('{}')", cron_regex()),
+                "spec.schedule must be 5 cron fields (minute 0-59, hour 0-23, day of month 1-31, month 1-12 or JAN-DEC, day of week 0-7 or SUN-SAT; each *, a value, a range, a list, with /step) or @hourly, @daily, @midnight, @weekly, @monthly, @yearly, @annually".into(),
+            )],
+        );
+        let zones: Vec<String> = time_zones().available().map(|z| z.to_string()).collect();
+        add_rules(
+            &mut spec["timeZone"],
+            &[(
+                format!("self in {}", serde_json::to_string(&zones).expect("names serialize")),
+                "spec.timeZone must be a time zone of the IANA database, like Europe/Berlin".into(),
+            )],
+        );
+        // The job's spec: what a BackgroundJob's allows, checked as for a job.
+        job_spec_rules(&mut spec["jobTemplate"]["properties"]["spec"], "spec.jobTemplate.spec", true);
+    })
+}
+
+/// `crd` with its (first version's) schema changed by `edit`.
+fn edited(crd: CustomResourceDefinition, edit: impl FnOnce(&mut Value)) -> CustomResourceDefinition {
+    let mut value = serde_json::to_value(crd).expect("the CRD serializes");
+    edit(&mut value["spec"]["versions"][0]["schema"]["openAPIV3Schema"]);
     serde_json::from_value(value).expect("the edited CRD deserializes")
 }
 

@@ -12,7 +12,7 @@ use k8s_openapi::{
     jiff::Timestamp,
 };
 use kube::{
-    Client, ResourceExt,
+    Client, Resource, ResourceExt,
     runtime::{
         events::Recorder,
         reflector::{ObjectRef, Store},
@@ -94,20 +94,9 @@ impl Context {
     /// `job` with the status this process last wrote, when the cache has not caught up with it.
     pub fn with_latest_status(&self, job: Arc<BackgroundJob>) -> Arc<BackgroundJob> {
         let uid = job.uid().unwrap_or_default();
-        let seen = resource_version(&job);
         let mut memory = self.memory();
         let Some(entry) = memory.jobs.get_mut(&uid) else { return job };
-        match &entry.written {
-            Some((rv, status)) if seen < *rv => {
-                let mut job = (*job).clone();
-                job.status = Some(status.clone());
-                Arc::new(job)
-            }
-            _ => {
-                entry.written = None;
-                job
-            }
-        }
+        with_written(job, &mut entry.written, |job| &mut job.status)
     }
 
     /// Every job's claim on the worker budget, counting the pods that exist and those being
@@ -192,6 +181,28 @@ pub fn object_key(namespace: &str, name: &str) -> String {
 
 /// resourceVersions are etcd revisions: comparable as numbers in practice. Unparseable ones
 /// count as newest, so the cache is then simply not used.
-pub fn resource_version(job: &BackgroundJob) -> u64 {
-    job.metadata.resource_version.as_deref().and_then(|v| v.parse().ok()).unwrap_or(u64::MAX)
+pub fn resource_version(object: &impl Resource) -> u64 {
+    object.meta().resource_version.as_deref().and_then(|v| v.parse().ok()).unwrap_or(u64::MAX)
+}
+
+/// Read-your-writes. `written` is the status this process last wrote to `object`, with the
+/// resourceVersion that write produced: while the cache shows an older `object`, it gets that
+/// status (so a stale cache never undoes a decision); once the cache has caught up, `written`
+/// is forgotten.
+pub fn with_written<K: Resource + Clone, S: Clone>(
+    object: Arc<K>,
+    written: &mut Option<(u64, S)>,
+    status: fn(&mut K) -> &mut Option<S>,
+) -> Arc<K> {
+    match written {
+        Some((rv, latest)) if resource_version(&*object) < *rv => {
+            let mut newer = (*object).clone();
+            *status(&mut newer) = Some(latest.clone());
+            Arc::new(newer)
+        }
+        _ => {
+            *written = None;
+            object
+        }
+    }
 }

@@ -29,7 +29,13 @@ use kube::{
 use serde_json::json;
 use tracing::{debug, info, warn};
 
-use super::{Error, context::object_key, events, expectations::Expectations, now};
+use super::{
+    Error,
+    context::{object_key, resource_version, with_written},
+    events,
+    expectations::Expectations,
+    now,
+};
 use crate::{
     api::{self, BackgroundJob, BackgroundJobSchedule, BackgroundJobScheduleStatus},
     decision::{
@@ -57,7 +63,7 @@ pub struct ScheduleContext {
 /// (the caches, filled from a fresh LIST, then hold all of it).
 struct ScheduleMemory {
     /// Per schedule uid: the status last written, with the resourceVersion it produced.
-    written: HashMap<String, (u64, BackgroundJobScheduleStatus)>,
+    written: HashMap<String, Option<(u64, BackgroundJobScheduleStatus)>>,
     /// Jobs created ("namespace/name") that the cache may not show yet: their schedule's uid
     /// and the job as decide sees it.
     creating: Expectations<(String, ScheduledJob)>,
@@ -139,17 +145,9 @@ fn observe(
         .collect();
     jobs.extend(unseen);
     // Read-your-writes: the status this process wrote, while the cache has not caught up.
-    let seen = resource_version(&schedule.metadata);
-    let schedule = match memory.written.get(&uid) {
-        Some((rv, status)) if seen < *rv => {
-            let mut newer = (*schedule).clone();
-            newer.status = Some(status.clone());
-            Arc::new(newer)
-        }
-        _ => {
-            memory.written.remove(&uid);
-            schedule
-        }
+    let schedule = match memory.written.get_mut(&uid) {
+        Some(written) => with_written(schedule, written, |s| &mut s.status),
+        None => schedule,
     };
     (schedule, jobs)
 }
@@ -233,10 +231,9 @@ async fn record(
         let params = PatchParams::apply(api::MANAGER).force();
         let written = api.patch_status(&schedule.name_any(), &params, &Patch::Apply(&patch)).await?;
         ctx.metrics.status_writes.inc();
+        let rv = resource_version(&written);
         if let Some(status) = written.status {
-            ctx.memory()
-                .written
-                .insert(schedule.uid().unwrap_or_default(), (resource_version(&written.metadata), status));
+            ctx.memory().written.insert(schedule.uid().unwrap_or_default(), Some((rv, status)));
         }
         debug!("status written");
     }
@@ -266,11 +263,6 @@ async fn delete_jobs(ctx: &ScheduleContext, schedule: &BackgroundJobSchedule, na
         }
     }
     Ok(())
-}
-
-/// See [`super::context::resource_version`].
-fn resource_version(meta: &kube::api::ObjectMeta) -> u64 {
-    meta.resource_version.as_deref().and_then(|v| v.parse().ok()).unwrap_or(u64::MAX)
 }
 
 #[cfg(test)]

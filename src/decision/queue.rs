@@ -13,10 +13,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 
-use crate::api::{
-    BackgroundJob, Phase,
-    names::{ConditionType, Reason},
-};
+use crate::api::{BackgroundJob, Phase, names::Reason};
 
 /// Operator-wide and per-namespace caps on live worker pods. None: no cap.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -61,8 +58,7 @@ impl Claim {
         if super::template::unresolved(job) {
             return None;
         }
-        let admitted = status.and_then(|s| s.conditions.iter().find(|c| c.type_ == ConditionType::Admitted.as_str()));
-        if admitted.is_some_and(|c| c.status == "False" && c.reason == Reason::WaitingForDependencies.as_str()) {
+        if status.and_then(|s| s.waiting_for()) == Some(Reason::WaitingForDependencies.as_str()) {
             return None;
         }
         let left = status.and_then(|s| s.shards.as_ref()).map_or(job.spec.shards, |s| s.total - s.succeeded - s.failed);

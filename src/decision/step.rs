@@ -339,8 +339,7 @@ fn settle(observed: &Observed, prev: &BackgroundJobStatus, status: &mut Backgrou
 
 /// A job starts waiting for `reason` (it was not Queued for it already): the moment for a Queued event.
 fn newly_waiting(prev: Option<&BackgroundJobStatus>, reason: Reason) -> bool {
-    let admitted = prev.and_then(|s| s.conditions.iter().find(|c| c.type_ == ConditionType::Admitted.as_str()));
-    prev.and_then(|s| s.phase) != Some(Phase::Queued) || admitted.is_none_or(|c| c.reason != reason.as_str())
+    prev.and_then(|s| s.phase) != Some(Phase::Queued) || prev.and_then(|s| s.waiting_for()) != Some(reason.as_str())
 }
 
 /// For a job that has not started and names others in spec.after: what its chain allows.

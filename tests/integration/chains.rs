@@ -2,9 +2,12 @@
 //! `kubectl apply -f` run in order, a failed or deleted dependency fails the job waiting for it,
 //! a cycle fails every job on it. The test plays the node.
 
+use std::time::Duration;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use nightshift::{api::Phase, sim::SCHEDULER_NAME};
 
-use crate::support::{WAIT, fixture, kubectl, wait_until};
+use crate::support::{Fixture, WAIT, fixture, kubectl, wait_until};
 
 /// A job manifest for `kubectl apply`, its pods for the test's node.
 fn job_yaml(name: &str, after: &[&str]) -> String {
@@ -25,6 +28,15 @@ spec:
           image: registry.example/worker:1
 "#
     )
+}
+
+/// Waits until the job has failed; returns its Failed condition.
+async fn wait_failed(f: &Fixture, name: &str, timeout: Duration) -> Condition {
+    wait_until(&format!("{name} to fail"), timeout, || async {
+        let s = f.status(name).await;
+        s.conditions.iter().find(|c| c.type_ == "Failed").cloned().ok_or_else(|| format!("{s:?}"))
+    })
+    .await
 }
 
 fn admitted(status: &nightshift::api::BackgroundJobStatus) -> (String, String, String) {
@@ -75,8 +87,7 @@ async fn a_failed_dependency_fails_the_job_naming_it() {
     let pods = f.wait_live("import", 1).await;
     f.finish(&pods[0], 1).await;
     f.wait_phase("import", Phase::Failed).await;
-    let status = f.wait_phase("report", Phase::Failed).await;
-    let failed = status.conditions.iter().find(|c| c.type_ == "Failed").unwrap();
+    let failed = wait_failed(&f, "report", WAIT).await;
     assert_eq!(failed.reason, "DependencyFailed");
     assert!(failed.message.contains("job import failed"), "{}", failed.message);
     assert!(f.all_pods("report").await.is_empty());
@@ -96,14 +107,8 @@ async fn a_deleted_dependency_fails_the_job_naming_it() {
     assert_eq!(admitted(&waiting).1, "WaitingForDependencies");
     let (code, out, err) = kubectl(&f.ns.name, &["delete", "backgroundjob", "import"], "").await;
     assert_eq!(code, 0, "kubectl delete: {out}{err}");
-    let failed = wait_until("report to fail for its deleted dependency", 2 * WAIT, || async {
-        let s = f.status("report").await;
-        match s.conditions.iter().find(|c| c.type_ == "Failed") {
-            Some(c) => Ok(c.clone()),
-            None => Err(format!("{s:?}")),
-        }
-    })
-    .await;
+    // The minute from its queueing, and the reconcile after it.
+    let failed = wait_failed(&f, "report", 2 * WAIT).await;
     assert_eq!(failed.reason, "DependencyFailed");
     assert!(failed.message.contains("job import does not exist"), "{}", failed.message);
     assert!(f.all_pods("report").await.is_empty());
@@ -116,13 +121,9 @@ async fn a_cycle_fails_every_job_on_it() {
     let (code, out, err) = kubectl(&f.ns.name, &["apply", "-f", "-"], &manifests).await;
     assert_eq!(code, 0, "kubectl apply: {out}{err}");
     for name in ["a", "b", "c"] {
-        let status = wait_until(&format!("{name} to fail as part of a cycle"), WAIT, || async {
-            let s = f.status(name).await;
-            let reason = s.conditions.iter().find(|c| c.type_ == "Failed").map(|c| c.reason.clone());
-            if reason.as_deref() == Some("DependencyCycle") { Ok(s) } else { Err(format!("{s:?}")) }
-        })
-        .await;
-        let message = &status.conditions.iter().find(|c| c.type_ == "Failed").unwrap().message;
+        let failed = wait_failed(&f, name, WAIT).await;
+        assert_eq!(failed.reason, "DependencyCycle");
+        let message = &failed.message;
         assert!(
             message.contains("a → b → c → a") || message.contains("b → c → a → b") || message.contains("c → a → b → c"),
             "{message}"

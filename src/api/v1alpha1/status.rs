@@ -4,6 +4,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::api::names::ConditionType;
+
 /// Where a job is in its life.
 #[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
 pub enum Phase {
@@ -101,6 +103,15 @@ pub struct BackgroundJobStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "crate::api::crd::free_form_object")]
     pub result: Option<serde_json::Value>,
+}
+
+impl BackgroundJobStatus {
+    /// What a job not admitted yet waits for: the reason of its Admitted condition, when False
+    /// (WaitingForTemplate, WaitingForDependencies, WaitingForWorkers).
+    pub fn waiting_for(&self) -> Option<&str> {
+        let admitted = self.conditions.iter().find(|c| c.type_ == ConditionType::Admitted.as_str())?;
+        (admitted.status == "False").then_some(admitted.reason.as_str())
+    }
 }
 
 /// Shards by state; they add up to total.
