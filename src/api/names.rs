@@ -91,6 +91,11 @@ names! {
         Scheduled,
         /// A schedule's spec.schedule or spec.timeZone cannot be read.
         InvalidSchedule,
+        /// A schedule's last run started late, passing over earlier scheduled times; until the
+        /// next run on time.
+        MissSchedule,
+        /// As MissSchedule, over more than 100 scheduled times.
+        TooManyMissedTimes,
     }
 }
 

@@ -230,7 +230,7 @@ pub fn decide(schedule: &BackgroundJobSchedule, jobs: &[ScheduledJob], now: Time
         return finish(d, jobs, None);
     }
     let zone = spec.time_zone.as_deref().unwrap_or("UTC");
-    condition(true, Reason::Scheduled, format!("starts a job at the times of {:?} in {zone}", spec.schedule), &mut d);
+    let on_time = format!("starts a job at the times of {:?} in {zone}", spec.schedule);
     // A job's scheduled time counts as run even if the status never said so (the operator
     // stopped between creating the job and writing the status).
     let last = old
@@ -243,18 +243,30 @@ pub fn decide(schedule: &BackgroundJobSchedule, jobs: &[ScheduledJob], now: Time
     d.status.last_schedule_time = last.map(time);
     let created = schedule.metadata.creation_timestamp.as_ref().map_or(now, |t| t.0);
     let tick = tick(&cadence, last, created, spec.starting_deadline_seconds, now);
-    if let Some(run) = tick.run {
-        if tick.missed >= MISSED_COUNT_LIMIT {
-            d.events.push(EventNote::warning(
-                EventReason::TooManyMissedTimes,
-                format!("too many missed start times (> {}): set or decrease spec.startingDeadlineSeconds or check clock skew", MISSED_COUNT_LIMIT - 1),
-            ));
-        } else if tick.missed > 0 {
-            d.events.push(EventNote::warning(
-                EventReason::MissSchedule,
-                format!("missed {} scheduled start time(s) before {run}; starting only the latest", tick.missed),
-            ));
+    match tick.run {
+        Some(run) if tick.missed >= MISSED_COUNT_LIMIT => {
+            let message = format!(
+                "too many missed start times (> {}) before {run}: set or decrease spec.startingDeadlineSeconds or check clock skew",
+                MISSED_COUNT_LIMIT - 1
+            );
+            d.events.push(EventNote::warning(EventReason::TooManyMissedTimes, message.clone()));
+            condition(true, Reason::TooManyMissedTimes, message, &mut d);
         }
+        Some(run) if tick.missed > 0 => {
+            let message =
+                format!("missed {} scheduled start time(s) before {run}; starting only the latest", tick.missed);
+            d.events.push(EventNote::warning(EventReason::MissSchedule, message.clone()));
+            condition(true, Reason::MissSchedule, message, &mut d);
+        }
+        // A late run's condition holds until the next run.
+        None if old.conditions.iter().any(|c| {
+            c.type_ == ConditionType::Scheduling.as_str()
+                && c.status == "True"
+                && [Reason::MissSchedule.as_str(), Reason::TooManyMissedTimes.as_str()].contains(&c.reason.as_str())
+        }) => {}
+        _ => condition(true, Reason::Scheduled, on_time, &mut d),
+    }
+    if let Some(run) = tick.run {
         start(schedule, jobs, run, &mut d);
     }
     let requeue = tick.next.map(|next| Duration::from_secs(next.duration_since(now).as_secs().max(1) as u64));

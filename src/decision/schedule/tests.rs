@@ -305,9 +305,24 @@ fn bad_input_suspend_and_missed_times() {
     // Down for a day: one run (the latest), a warning.
     let d = decide(&sched(serde_json::json!({})), &[], ts("2025-01-02T10:00:30Z"));
     assert_eq!(reasons(&d), [EventReason::TooManyMissedTimes, EventReason::SuccessfulCreate]);
+    assert_eq!(scheduling(&d).1, "TooManyMissedTimes");
     let d = decide(&sched(serde_json::json!({})), &[], ts("2025-01-01T10:05:30Z"));
     assert_eq!(reasons(&d), [EventReason::MissSchedule, EventReason::SuccessfulCreate]);
     assert!(d.events[0].note.starts_with("missed 5 scheduled"), "{}", d.events[0].note);
+    // The condition says so until the next run, which is on time.
+    let (status, reason, message) = scheduling(&d);
+    assert_eq!(
+        (status.as_str(), reason.as_str(), message.as_str()),
+        ("True", "MissSchedule", d.events[0].note.as_str())
+    );
+    let mut s = sched(serde_json::json!({}));
+    s.status = Some(d.status.clone());
+    let jobs = [job("2025-01-01T10:05:00Z", None)];
+    let later = decide(&s, &jobs, ts("2025-01-01T10:05:50Z"));
+    assert_eq!((later.create.as_ref(), scheduling(&later).1.as_str()), (None, "MissSchedule"));
+    let next = decide(&s, &jobs, ts("2025-01-01T10:06:01Z"));
+    assert!(next.create.is_some());
+    assert_eq!(scheduling(&next).1, "Scheduled");
     // With a deadline, a run too late is not started.
     let d = decide(&sched(serde_json::json!({"startingDeadlineSeconds": 10})), &[], ts("2025-01-01T10:05:30Z"));
     assert_eq!((d.create, d.events.len()), (None, 0));

@@ -56,7 +56,19 @@ pub async fn admin_config() -> Config {
 }
 
 pub async fn client() -> Client {
+    capture_logs();
     Client::try_from(admin_config().await).expect("a client for the test control plane")
+}
+
+/// The logs of the operators a test runs in-process go to that test's captured output, which
+/// the harness prints when it fails: `nightshift=debug` unless RUST_LOG says otherwise.
+fn capture_logs() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,nightshift=debug"));
+        let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
+    });
 }
 
 /// A namespace of its own for one test, deleted when the guard drops (also when the test panics).
