@@ -5,15 +5,19 @@
 
 use std::time::Duration;
 
-use k8s_openapi::{api::core::v1::Event, jiff::Timestamp};
+use k8s_openapi::{
+    api::core::v1::Event,
+    jiff::{SignedDuration, Timestamp, tz::TimeZone},
+};
 use kube::{
     Api, ResourceExt,
-    api::{ListParams, PostParams},
+    api::{ListParams, Patch, PatchParams, PostParams},
 };
 use nightshift::{
     api::{ANNOTATION_SCHEDULED_AT, BackgroundJob, BackgroundJobSchedule, LABEL_SCHEDULE},
     sim::SCHEDULER_NAME,
 };
+use serde_json::json;
 
 use crate::support::{Fixture, Operator, TestNamespace, WAIT, client, fixture, install_crd, kubectl, wait_until};
 
@@ -217,6 +221,49 @@ async fn restart() {
     .await;
     assert_ne!(next, first);
     assert_eq!(jobs_of(&f, "nightly").await.len(), 1);
+}
+
+/// A schedule that did not run for days (suspended here; an operator that was down decides the
+/// same from status.lastScheduleTime): one catch-up run, of the latest time, and a condition and
+/// an event that say how many times it passed over. No minute boundary to wait for: the schedule
+/// runs daily at the minute an hour ago, so its next time is 23 hours away.
+#[tokio::test]
+async fn a_late_schedule_runs_the_latest_time_once_and_says_what_it_missed() {
+    let (f, _operator) = fixture("sched-late").await;
+    let api: Api<BackgroundJobSchedule> = f.ns.api();
+    let now = Timestamp::now();
+    let an_hour_ago = (now - SignedDuration::from_hours(1)).to_zoned(TimeZone::UTC);
+    let daily = format!("{} {} * * *", an_hour_ago.minute(), an_hour_ago.hour());
+    let late = [
+        ("late", SignedDuration::from_hours(2 * 24 + 2), "MissSchedule", "missed 2 scheduled start time(s) before"),
+        ("later", SignedDuration::from_hours(200 * 24), "TooManyMissedTimes", "too many missed start times (> 100)"),
+    ];
+    for (name, ago, _, _) in late {
+        apply(&f, &schedule_yaml(name, &daily, "  suspend: true")).await;
+        let last = Timestamp::from_second((now - ago).as_second()).unwrap();
+        let status = json!({"status": {"lastScheduleTime": last.to_string()}});
+        api.patch_status(name, &PatchParams::default(), &Patch::Merge(status)).await.unwrap();
+        api.patch(name, &PatchParams::default(), &Patch::Merge(json!({"spec": {"suspend": false}}))).await.unwrap();
+    }
+    for (name, _, reason, says) in late {
+        let condition = wait_until(&format!("the Scheduling condition of {name}"), WAIT, || async {
+            let status = schedule_status(&f, name).await;
+            match status.conditions.iter().find(|c| c.type_ == "Scheduling") {
+                Some(c) if c.reason == reason => Ok(c.clone()),
+                other => Err(format!("{other:?}")),
+            }
+        })
+        .await;
+        assert_eq!(condition.status, "True");
+        assert!(condition.message.starts_with(says), "{}", condition.message);
+        f.wait_event(name, reason, says).await;
+        // One job, of the latest scheduled time, an hour ago (what status.lastScheduleTime says).
+        let jobs = jobs_of(&f, name).await;
+        assert_eq!(jobs.len(), 1, "one catch-up run: {:?}", jobs.iter().map(|j| j.name_any()).collect::<Vec<_>>());
+        let at = jobs[0].annotations()[ANNOTATION_SCHEDULED_AT].parse::<Timestamp>().unwrap();
+        assert_eq!(at.as_second(), an_hour_ago.timestamp().as_second() / 60 * 60, "the latest time");
+        assert_eq!(schedule_status(&f, name).await.last_schedule_time.map(|t| t.0), Some(at));
+    }
 }
 
 /// What the schema refuses at `kubectl apply`, naming the field; and what it takes.
