@@ -1,7 +1,7 @@
 //! Templates (spec.templateRef, spec.parameters) against the real control plane: a job that
 //! names a template not there yet waits, starts once it is created, takes what it leaves unset
 //! from it (frozen: a later edit of the template changes nothing), and its workers get the
-//! parameters. The test plays the node.
+//! parameters. The test plays the node, except for the last test, on the real node.
 
 use kube::{
     Api,
@@ -132,4 +132,38 @@ async fn kubectl_nightshift_submit_sends_a_templated_job_as_written() {
     f.wait_live("from-plugin", 3).await;
     let job = f.jobs.get("from-plugin").await.unwrap();
     assert_eq!((job.spec.shards, job.spec.retry.limit), (3, 1), "the template's, not the defaults");
+}
+
+/// On the real node: the worker process gets the parameters as NIGHTSHIFT_PARAM_<key>, the job's
+/// value over the template's, the template's where the job sets none; it exits 0 only if so
+/// (else 3, and the job fails with the environment it saw in its message).
+#[tokio::test]
+async fn the_worker_process_gets_the_parameters_as_environment_variables() {
+    let (f, _operator) = crate::node::node("template-env").await;
+    let check = r#"test "$NIGHTSHIFT_PARAM_UPLOAD_ID" = 42 && test "$NIGHTSHIFT_PARAM_MODE" = "delta run" || { env | grep NIGHTSHIFT_PARAM; exit 3; }"#;
+    let template: BackgroundJobTemplate = serde_json::from_value(json!({
+        "apiVersion": "nightshift.dev/v1alpha1", "kind": "BackgroundJobTemplate",
+        "metadata": {"name": "import"},
+        "spec": {
+            "template": {"spec": {
+                "restartPolicy": "Never",
+                "terminationGracePeriodSeconds": 10,
+                "containers": [{"name": "import", "image": crate::node::example_image(),
+                                "imagePullPolicy": "IfNotPresent", "command": ["sh", "-c", check]}]
+            }},
+            "retry": {"limit": 0},
+            "parameters": {"UPLOAD_ID": "0", "MODE": "delta run"}
+        }
+    }))
+    .unwrap();
+    f.ns.api::<BackgroundJobTemplate>().create(&PostParams::default(), &template).await.unwrap();
+    let job = |name: &str, upload: &str| {
+        json!({"apiVersion": "nightshift.dev/v1alpha1", "kind": "BackgroundJob", "metadata": {"name": name},
+               "spec": {"templateRef": {"name": "import"}, "parameters": {"UPLOAD_ID": upload}}})
+    };
+    create_as_written(&f, job("upload-42", "42")).await;
+    create_as_written(&f, job("upload-7", "7")).await;
+    f.wait_phase("upload-42", Phase::Succeeded).await;
+    let failed = f.wait_phase("upload-7", Phase::Failed).await;
+    assert!(format!("{failed:?}").contains("NIGHTSHIFT_PARAM_UPLOAD_ID=7"), "{failed:?}");
 }
