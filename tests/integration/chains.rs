@@ -1,6 +1,7 @@
 //! Chains (spec.after) against the real control plane: jobs applied together in one
 //! `kubectl apply -f` run in order, a failed or deleted dependency fails the job waiting for it,
-//! a cycle fails every job on it. The test plays the node.
+//! a cycle fails every job on it. The test plays the node, except for examples/chain.yaml, run
+//! on the real node.
 
 use std::time::Duration;
 
@@ -130,4 +131,29 @@ async fn a_cycle_fails_every_job_on_it() {
         );
         assert!(f.all_pods(name).await.is_empty());
     }
+}
+
+/// examples/chain.yaml with the bulk-import template, on the real node: download-images waits
+/// for load-catalog, then runs; both succeed. (The template's batches are made quick.)
+#[tokio::test]
+async fn the_example_chain_runs_in_order_on_the_node() {
+    let (f, _operator) = crate::node::node("chain-example").await;
+    let example =
+        |path: &str| std::fs::read_to_string(format!("{}/examples/{path}", env!("CARGO_MANIFEST_DIR"))).unwrap();
+    let template = example("templates/bulk-import-template.yaml")
+        .replace(r#"BATCH_SIZE: "25""#, r#"BATCH_SIZE: "500""#)
+        .replace(r#"BATCH_SECONDS: "0.45""#, r#"BATCH_SECONDS: "0""#);
+    assert!(template.contains(r#"BATCH_SECONDS: "0""#), "the example template changed: {template}");
+    let manifests = [template, example("chain.yaml")].join("\n---\n");
+    let (code, out, err) = kubectl(&f.ns.name, &["apply", "-f", "-"], &manifests).await;
+    assert_eq!(code, 0, "kubectl apply: {out}{err}");
+    let loaded = f.wait_phase("load-catalog", Phase::Succeeded).await;
+    let downloaded = f.wait_phase("download-images", Phase::Succeeded).await;
+    let (loaded_at, started_at) = (loaded.completion_time.unwrap().0, downloaded.start_time.unwrap().0);
+    assert!(
+        started_at >= loaded_at,
+        "download-images started at {started_at}, before load-catalog ended at {loaded_at}"
+    );
+    let events = f.events("download-images").await;
+    assert!(events.iter().any(|(r, m)| r == "Queued" && m.contains("load-catalog")), "{events:?}");
 }
