@@ -296,6 +296,10 @@ async fn bad_schedules_are_refused_at_apply() {
         let (code, out, err) = kubectl(&ns.name, &["apply", "-f", "-"], manifest).await;
         assert_eq!(code, 0, "kubectl apply refused it: {out}{err}");
     }
+    // And the README's example.
+    let example = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/schedule.yaml")).unwrap();
+    let (code, out, err) = kubectl(&ns.name, &["apply", "-f", "-"], &example).await;
+    assert_eq!(code, 0, "kubectl apply refused examples/schedule.yaml: {out}{err}");
     // The typed client too: a create through the API names the field.
     let api: Api<BackgroundJobSchedule> = ns.api();
     let mut schedule: BackgroundJobSchedule =
