@@ -142,6 +142,7 @@ pub async fn run_with_metrics(
         .modify(lean)
         .reflect_shared(job_writer)
         .for_each(move |event| {
+            warn_failed("BackgroundJobs", &event);
             if let Ok(event) = event {
                 for job in dependents.observe(&event) {
                     let _ = wake_dependents.unbounded_send(job);
@@ -195,15 +196,18 @@ pub async fn run_with_metrics(
     // pod watch also wakes jobs waiting for workers and queues possible orphans. Neither ever
     // waits for the API.
     let pods = pod_watch.for_each(|event| {
+        warn_failed("Pods", &event);
         on_pod(&ctx, &orphan_tx, event);
         future::ready(())
     });
     let heartbeats = lease_watch.for_each(|event| {
+        warn_failed("Leases", &event);
         on_lease(&ctx, event);
         future::ready(())
     });
     // A template that appears (or changes) wakes the jobs waiting for it.
     let templates = template_watch.for_each(|template| {
+        warn_failed("BackgroundJobTemplates", &template);
         if let Ok(template) = template {
             for job in templates::waiting_for(&ctx.jobs, &template) {
                 let _ = ctx.wake.unbounded_send(job);
@@ -244,6 +248,14 @@ pub async fn run_with_metrics(
         _ = future::join(reconciler, schedule_reconciler) => {},
     }
     info!("controller stopped");
+}
+
+/// The watcher retries a failed watch with backoff; say so, or a watch refused for good (RBAC, a
+/// CRD not installed) would look like an idle operator.
+fn warn_failed<T>(watch: &str, event: &Result<T, watcher::Error>) {
+    if let Err(e) = event {
+        warn!(watch, error = %e, "watch failed; retrying with backoff");
+    }
 }
 
 fn on_pod(ctx: &Context, orphans: &UnboundedSender<Pod>, event: Result<watcher::Event<Pod>, watcher::Error>) {

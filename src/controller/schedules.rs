@@ -113,6 +113,7 @@ pub async fn reconcile(schedule: Arc<BackgroundJobSchedule>, ctx: Arc<ScheduleCo
     let now = now();
     let (schedule, jobs) = observe(&ctx, schedule);
     let d = decide(&schedule, &jobs, now);
+    debug!(jobs = jobs.len(), create = ?d.create.as_ref().map(|r| &r.name), requeue = ?d.requeue_after, "decided");
     act(&ctx, &schedule, &d).await?;
     record(&ctx, &schedule, d).await
 }

@@ -1,7 +1,7 @@
 //! BackgroundJobSchedules against the real control plane. The scenarios bound to minute
 //! boundaries (every minute, Forbid, Replace, two replicas, a restart) run concurrently in one
-//! test, each in a namespace with an operator of its own, so the file costs about two minutes of
-//! wall time, not two per scenario. The test plays the node.
+//! test, a thread each, each in a namespace with an operator of its own, so the file costs about
+//! two minutes of wall time, not two per scenario. The test plays the node.
 
 use std::time::Duration;
 
@@ -76,9 +76,21 @@ async fn schedule_status(f: &Fixture, name: &str) -> nightshift::api::Background
     api.get_status(name).await.unwrap().status.unwrap_or_default()
 }
 
-#[tokio::test]
-async fn schedules_start_jobs_at_the_minute() {
-    tokio::join!(every_minute(), forbid(), replace(), two_replicas(), restart());
+/// Each scenario on a thread and runtime of its own, as separate tests are: a scenario that ends
+/// cleans its namespace up in a blocking Drop, which on a shared runtime froze the other
+/// scenarios' operators (their next-minute runs started seconds late).
+#[test]
+fn schedules_start_jobs_at_the_minute() {
+    fn on_its_own(scenario: impl Future<Output = ()>) {
+        tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(scenario)
+    }
+    std::thread::scope(|s| {
+        s.spawn(|| on_its_own(every_minute()));
+        s.spawn(|| on_its_own(forbid()));
+        s.spawn(|| on_its_own(replace()));
+        s.spawn(|| on_its_own(two_replicas()));
+        s.spawn(|| on_its_own(restart()));
+    });
 }
 
 /// An every-minute schedule starts `<schedule>-<minutes>`, owned by it, at the minute; its run
@@ -210,7 +222,8 @@ async fn restart() {
     wait_jobs(&f, "nightly", 0, WAIT).await;
     assert!(schedule_status(&f, "nightly").await.last_successful_time.is_some());
     operator.kill().await;
-    let _restarted = Operator::start(&f.client, &f.ns.name).await;
+    // A new process: a client of its own (new connections), like a restarted pod.
+    let _restarted = Operator::start(&client().await, &f.ns.name).await;
     // The next minute's job, and never the first again. Two minutes: on a loaded machine (the
     // whole suite on 2 cores) the restarted operator once took longer than 75 s to start it.
     let next = wait_until("the next minute's job", 2 * MINUTE, || async {
