@@ -160,7 +160,8 @@ pub async fn run_with_metrics(
         .default_backoff()
         .modify(lean)
         .reflect(schedule_writer)
-        .applied_objects();
+        .applied_objects()
+        .inspect(|event| warn_failed("BackgroundJobSchedules", event));
 
     let (orphan_tx, orphan_rx) = futures::channel::mpsc::unbounded();
     let reporter = Reporter { controller: api::MANAGER.into(), instance: std::env::var("POD_NAME").ok() };

@@ -224,8 +224,9 @@ async fn restart() {
     operator.kill().await;
     // A new process: a client of its own (new connections), like a restarted pod.
     let _restarted = Operator::start(&client().await, &f.ns.name).await;
-    // The next minute's job, and never the first again. Two minutes: on a loaded machine (the
-    // whole suite on 2 cores) the restarted operator once took longer than 75 s to start it.
+    // The next minute's job, and never the first again. This fails now and then under load: a
+    // restarted operator that sees the deleted first job in its initial LIST may never reconcile
+    // the schedule (a known bug, see branch fanout-triggers); two minutes is not a cure.
     let next = wait_until("the next minute's job", 2 * MINUTE, || async {
         let names: Vec<String> = jobs_of(&f, "nightly").await.iter().map(|j| j.name_any()).collect();
         assert!(!names.contains(&first), "{first} was created again after the restart: {names:?}");
