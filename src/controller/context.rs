@@ -187,8 +187,9 @@ pub fn resource_version(object: &impl Resource) -> u64 {
 
 /// Read-your-writes. `written` is the status this process last wrote to `object`, with the
 /// resourceVersion that write produced: while the cache shows an older `object`, it gets that
-/// status (so a stale cache never undoes a decision); once the cache has caught up, `written`
-/// is forgotten.
+/// status and resourceVersion (so a stale cache never undoes a decision, and the next write is
+/// fenced on the version it was decided from); once the cache has caught up, `written` is
+/// forgotten.
 pub fn with_written<K: Resource + Clone, S: Clone>(
     object: Arc<K>,
     written: &mut Option<(u64, S)>,
@@ -198,6 +199,7 @@ pub fn with_written<K: Resource + Clone, S: Clone>(
         Some((rv, latest)) if resource_version(&*object) < *rv => {
             let mut newer = (*object).clone();
             *status(&mut newer) = Some(latest.clone());
+            newer.meta_mut().resource_version = Some(rv.to_string());
             Arc::new(newer)
         }
         _ => {

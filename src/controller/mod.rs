@@ -20,6 +20,7 @@ mod reconcile;
 mod record;
 mod schedules;
 mod templates;
+mod triggers;
 
 use std::{sync::Arc, time::Duration};
 
@@ -47,6 +48,7 @@ use crate::{
 
 use context::{Context, object_key, occupies_worker};
 pub use observe::{lease_view, pod_view};
+use triggers::Fanout;
 
 /// Everything that can go wrong in a reconcile. Each is retried; none stops the operator.
 #[derive(Debug, thiserror::Error)]
@@ -112,49 +114,51 @@ pub async fn run_with_metrics(
 ) {
     let (jobs_api, pods_api, leases_api): (Api<BackgroundJob>, Api<Pod>, Api<Lease>) =
         (scoped(&client, &options), scoped(&client, &options), scoped(&client, &options));
+    // What wakes a reconcile: keys sent by the watches below (see triggers.rs for why not
+    // kube-runtime's shared streams), and the operator's own wake-ups (templates, chains, the
+    // worker budget).
+    let (wake_tx, wake_rx) = futures::channel::mpsc::unbounded();
+    let (wake_schedule, wake_schedule_rx) = futures::channel::mpsc::unbounded();
     // Only our pods and Leases, by label: the operator never caches the rest of the cluster.
     let selector = watcher::Config::default().labels(api::LABEL_JOB);
-    let (pod_store, pod_writer) = reflector::store_shared(1024);
-    let pod_events = pod_writer.subscribe().expect("a shared store hands out subscribers");
-    let pod_watch = watcher(pods_api, selector.clone()).default_backoff().modify(lean).reflect_shared(pod_writer);
+    let (pod_store, pod_writer) = reflector::store();
+    let pod_watch = watcher(pods_api, selector.clone()).default_backoff().modify(lean).reflect(pod_writer);
+    let pods_wake = Fanout::new(pod_store.clone(), triggers::controller_of::<Pod, BackgroundJob>, wake_tx.clone());
     // Leases are cached but do not trigger reconciles: renewals are folded in on a timer.
     let (lease_store, lease_writer) = reflector::store();
     let lease_watch = watcher(leases_api, selector).default_backoff().modify(lean).reflect(lease_writer);
-    let (wake_tx, wake_rx) = futures::channel::mpsc::unbounded();
     let (template_store, template_writer) = reflector::store();
     let template_watch = watcher(scoped::<api::BackgroundJobTemplate>(&client, &options), watcher::Config::default())
         .default_backoff()
         .modify(lean)
         .reflect(template_writer)
         .applied_objects();
-    // One watch of BackgroundJobs, shared: the job controller and the schedule controller each
-    // subscribe to its changes and read its store.
-    let (job_store, job_writer) = reflector::store_shared(1024);
-    let job_events = job_writer.subscribe().expect("a shared store hands out subscribers");
-    let scheduled_job_events = job_writer.subscribe().expect("a shared store hands out subscribers");
-    // A job's change of phase, or its deletion, wakes the jobs whose spec.after waits for it;
-    // its deletion wakes its schedule (subscribers see only changes).
+    // One watch of BackgroundJobs for both controllers: a change wakes the job and the schedule
+    // that controls it; a change of phase, or a deletion, wakes the jobs whose spec.after waits
+    // for it.
+    let (job_store, job_writer) = reflector::store();
+    let jobs_wake = Fanout::new(job_store.clone(), triggers::itself, wake_tx.clone()).changes_only();
+    let schedules_wake = Fanout::new(
+        job_store.clone(),
+        triggers::controller_of::<BackgroundJob, api::BackgroundJobSchedule>,
+        wake_schedule,
+    );
     let mut dependents = chains::Dependents::default();
     let wake_dependents = wake_tx.clone();
-    let (wake_schedule, wake_schedule_rx) = futures::channel::mpsc::unbounded();
-    let job_watch = watcher(jobs_api, watcher::Config::default())
-        .default_backoff()
-        .modify(lean)
-        .reflect_shared(job_writer)
-        .for_each(move |event| {
-            warn_failed("BackgroundJobs", &event);
-            if let Ok(event) = event {
-                for job in dependents.observe(&event) {
-                    let _ = wake_dependents.unbounded_send(job);
+    let job_watch =
+        watcher(jobs_api, watcher::Config::default()).default_backoff().modify(lean).reflect(job_writer).for_each(
+            move |event| {
+                warn_failed("BackgroundJobs", &event);
+                if let Ok(event) = event {
+                    jobs_wake.send(&event);
+                    schedules_wake.send(&event);
+                    for job in dependents.observe(&event) {
+                        let _ = wake_dependents.unbounded_send(job);
+                    }
                 }
-                if let watcher::Event::Delete(job) = &event
-                    && let Some(schedule) = schedules::owner_of(job)
-                {
-                    let _ = wake_schedule.unbounded_send(schedule);
-                }
-            }
-            future::ready(())
-        });
+                future::ready(())
+            },
+        );
     let (schedule_store, schedule_writer) = reflector::store();
     let schedule_watch = watcher(scoped::<api::BackgroundJobSchedule>(&client, &options), watcher::Config::default())
         .default_backoff()
@@ -186,11 +190,11 @@ pub async fn run_with_metrics(
         schedule_store.clone(),
         ctx.metrics.clone(),
     ));
-    let controller = Controller::for_shared_stream(job_events, job_store)
+    // The job controller's triggers are all keys (reconcile_on); it reads jobs from the store.
+    let controller = Controller::for_shared_stream(futures::stream::pending(), job_store)
         .with_config(
             kube::runtime::controller::Config::default().debounce(options.debounce).concurrency(options.concurrency),
         )
-        .owns_shared_stream(pod_events)
         .reconcile_on(wake_rx);
 
     // The pod and Lease watches only note what decisions need, on the operator's clock; the
@@ -198,6 +202,9 @@ pub async fn run_with_metrics(
     // waits for the API.
     let pods = pod_watch.for_each(|event| {
         warn_failed("Pods", &event);
+        if let Ok(event) = &event {
+            pods_wake.send(event);
+        }
         on_pod(&ctx, &orphan_tx, event);
         future::ready(())
     });
@@ -219,7 +226,6 @@ pub async fn run_with_metrics(
     let shutdown = shutdown.shared();
     let schedule_reconciler = Controller::for_stream(schedule_watch, schedule_store)
         .with_config(kube::runtime::controller::Config::default().debounce(options.debounce))
-        .owns_shared_stream(scheduled_job_events)
         .reconcile_on(wake_schedule_rx)
         .graceful_shutdown_on(shutdown.clone())
         .run(schedules::reconcile, schedules::error_policy, schedule_ctx)

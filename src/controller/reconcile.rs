@@ -42,6 +42,11 @@ pub async fn reconcile(job: Arc<BackgroundJob>, ctx: Arc<Context>) -> Result<Act
     if let Some(refusal) = act::act(&ctx, &seen.job, &d, now).await? {
         return Ok(refused(&ctx, &seen.job, refusal));
     }
+    if d.resolve.is_some() {
+        // The job's spec changed: its new version wakes it, and that step writes the status
+        // (this one's status write would be fenced off by that very change).
+        return Ok(Action::await_change());
+    }
     record::record(&ctx, &seen.job, &seen.pods, d, now).await
 }
 

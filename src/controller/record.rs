@@ -31,7 +31,11 @@ pub async fn record(
     d: Decision,
     now: Timestamp,
 ) -> Result<Action, Error> {
-    write_status(ctx, job, &d, now).await?;
+    if !write_status(ctx, job, &d, now).await? {
+        // Decided from an old version of the job: its newer version, on its way to the cache,
+        // wakes the job again; nothing of this decision is recorded.
+        return Ok(Action::requeue(FENCED_RETRY));
+    }
     release_finalizers(ctx, job, pods, &d.release).await?;
     for reason in &d.failed_attempts {
         ctx.metrics.attempts_failed.get_or_create(&ReasonLabel { reason: reason.clone() }).inc();
@@ -47,18 +51,35 @@ pub async fn record(
     Ok(d.requeue_after.map(Action::requeue).unwrap_or_else(Action::await_change))
 }
 
-async fn write_status(ctx: &Context, job: &BackgroundJob, d: &Decision, now: Timestamp) -> Result<(), Error> {
+/// How soon a job whose status write was fenced off is decided again, should the newer version
+/// not have woken it by then.
+const FENCED_RETRY: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Writes the decided status, only onto the version of the job it was decided from (its
+/// resourceVersion is a precondition): a paused former leader, or a reconcile that read a stale
+/// cache, cannot overwrite a newer status (a finished job's, say). False when the API server
+/// refused it for that reason (409).
+async fn write_status(ctx: &Context, job: &BackgroundJob, d: &Decision, now: Timestamp) -> Result<bool, Error> {
     if job.status.as_ref() == Some(&d.status) {
-        return Ok(());
+        return Ok(true);
     }
     let patch = json!({
         "apiVersion": BackgroundJob::api_version(&()),
         "kind": BackgroundJob::kind(&()),
+        "metadata": {"resourceVersion": job.resource_version()},
         "status": d.status,
     });
     let api: Api<BackgroundJob> = Api::namespaced(ctx.client.clone(), &job.namespace().unwrap_or_default());
     let params = PatchParams::apply(api::MANAGER).force();
-    let written = api.patch_status(&job.name_any(), &params, &Patch::Apply(&patch)).await?;
+    let written = match api.patch_status(&job.name_any(), &params, &Patch::Apply(&patch)).await {
+        Ok(written) => written,
+        Err(kube::Error::Api(e)) if e.code == 409 => {
+            ctx.metrics.status_writes_fenced.inc();
+            debug!(resource_version = ?job.resource_version(), "status write fenced off: the job changed since");
+            return Ok(false);
+        }
+        Err(e) => return Err(e.into()),
+    };
     let mut memory = ctx.memory();
     let entry = memory.jobs.entry(job.uid().unwrap_or_default()).or_default();
     entry.written = written.status.clone().map(|status| (resource_version(&written), status));
@@ -67,7 +88,7 @@ async fn write_status(ctx: &Context, job: &BackgroundJob, d: &Decision, now: Tim
     }
     ctx.metrics.status_writes.inc();
     debug!(phase = ?d.status.phase, "status written");
-    Ok(())
+    Ok(true)
 }
 
 /// Releases concurrently, and never twice: a lagging cache still shows a released finalizer.

@@ -20,11 +20,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::{
     Api, Client, Resource, ResourceExt,
     api::{ApiResource, DeleteParams, DynamicObject, Patch, PatchParams, PostParams},
-    runtime::{
-        controller::Action,
-        events::Recorder,
-        reflector::{ObjectRef, Store},
-    },
+    runtime::{controller::Action, events::Recorder, reflector::Store},
 };
 use serde_json::json;
 use tracing::{debug, info, warn};
@@ -91,14 +87,6 @@ impl ScheduleContext {
     fn memory(&self) -> MutexGuard<'_, ScheduleMemory> {
         self.memory.lock().expect("no reconcile panics holding the memory")
     }
-}
-
-/// The schedule that controls a job, to wake when the job is deleted (the shared job stream
-/// only carries changes).
-pub fn owner_of(job: &BackgroundJob) -> Option<ObjectRef<BackgroundJobSchedule>> {
-    let owner = job.owner_references().iter().find(|o| o.controller == Some(true))?;
-    (owner.kind == BackgroundJobSchedule::kind(&()) && owner.api_version == BackgroundJobSchedule::api_version(&()))
-        .then(|| ObjectRef::new(&owner.name).within(&job.namespace().unwrap_or_default()))
 }
 
 #[tracing::instrument(name = "reconcile", skip_all, fields(namespace = schedule.namespace().unwrap_or_default(), schedule = schedule.name_any()))]

@@ -134,7 +134,7 @@ pub(super) fn summarize(
     if let Some(latest) = leases.values().filter_map(|l| l.last_renewal).max() {
         status.last_heartbeat_time = Some(time(latest));
     }
-    status.result = merged_result(leases.values().filter_map(|l| l.result.as_ref()));
+    merge_results(&mut status, &succeeded, leases);
     d.status = status;
     d
 }
@@ -199,34 +199,57 @@ fn job_progress(
     (progress, if total > 0 { fraction / f64::from(total) } else { 1.0 })
 }
 
-/// The workers' result summaries merged: numbers summed, lists concatenated (first 10 items),
-/// anything else from the highest shard that reported it. Dropped if it grows past 4 KiB.
-fn merged_result<'a>(results: impl Iterator<Item = &'a serde_json::Value>) -> Option<serde_json::Value> {
-    use serde_json::{Map, Value};
-    let mut merged = Map::new();
-    let mut any = false;
-    for result in results {
-        let Value::Object(fields) = result else { continue };
-        any = true;
-        for (k, v) in fields {
-            let next = match (merged.remove(k), v) {
-                (Some(Value::Number(a)), Value::Number(b)) => match (a.as_i64(), b.as_i64()) {
-                    (Some(a), Some(b)) => Value::from(a.saturating_add(b)),
-                    _ => Value::from(a.as_f64().unwrap_or(0.0) + b.as_f64().unwrap_or(0.0)),
-                },
-                (Some(Value::Array(mut a)), Value::Array(b)) => {
-                    a.extend(b.iter().cloned());
-                    a.truncate(10);
-                    Value::Array(a)
-                }
-                (_, Value::Array(b)) => Value::Array(b.iter().take(10).cloned().collect()),
-                (_, v) => v.clone(),
-            };
-            merged.insert(k.clone(), next);
+/// Merges into `status.result` the result of each succeeded shard not merged yet, once, from the
+/// Lease of the attempt that succeeded; `status.resultShards` says which are in. The result is
+/// never recomputed from Leases: a new leader, a stale cache or a lost Lease cannot take a shard's
+/// result out or count it twice. A shard whose Lease shows no result yet is merged when it does,
+/// until the job finishes.
+fn merge_results(status: &mut BackgroundJobStatus, succeeded: &Ranges, leases: &BTreeMap<i32, &LeaseView>) {
+    let mut merged = Ranges::from_opt(status.result_shards.as_ref());
+    // Once dropped for its size, the result stays absent: merging into nothing would undercount.
+    let dropped = status.result.is_none() && !merged.is_empty();
+    for shard in succeeded.iter() {
+        if merged.contains(shard) {
+            continue;
+        }
+        let Some(result) = leases.get(&shard).and_then(|l| l.result.as_ref()).filter(|r| r.is_object()) else {
+            continue;
+        };
+        merged.insert(shard);
+        if !dropped {
+            status.result = merge_result(status.result.take().unwrap_or_default(), result);
         }
     }
+    status.result_shards = merged.to_opt_string();
+}
+
+/// One shard's result summary merged into the job's: numbers summed, lists concatenated (first 10
+/// items), anything else from the shard merged last. None if it grows past 4 KiB.
+fn merge_result(into: serde_json::Value, result: &serde_json::Value) -> Option<serde_json::Value> {
+    use serde_json::{Map, Value};
+    let mut merged = match into {
+        Value::Object(fields) => fields,
+        _ => Map::new(),
+    };
+    let Value::Object(fields) = result else { return Some(Value::Object(merged)) };
+    for (k, v) in fields {
+        let next = match (merged.remove(k), v) {
+            (Some(Value::Number(a)), Value::Number(b)) => match (a.as_i64(), b.as_i64()) {
+                (Some(a), Some(b)) => Value::from(a.saturating_add(b)),
+                _ => Value::from(a.as_f64().unwrap_or(0.0) + b.as_f64().unwrap_or(0.0)),
+            },
+            (Some(Value::Array(mut a)), Value::Array(b)) => {
+                a.extend(b.iter().cloned());
+                a.truncate(10);
+                Value::Array(a)
+            }
+            (_, Value::Array(b)) => Value::Array(b.iter().take(10).cloned().collect()),
+            (_, v) => v.clone(),
+        };
+        merged.insert(k.clone(), next);
+    }
     let merged = Value::Object(merged);
-    (any && serde_json::to_string(&merged).map_or(0, |s| s.len()) <= crate::api::MAX_RESULT_BYTES).then_some(merged)
+    (serde_json::to_string(&merged).map_or(usize::MAX, |s| s.len()) <= crate::api::MAX_RESULT_BYTES).then_some(merged)
 }
 
 /// `status` with the heartbeat-driven fields of `prev`: what it would be if no heartbeat were folded in.
@@ -243,7 +266,6 @@ pub(super) fn with_heartbeats_of(status: &BackgroundJobStatus, prev: &Background
     if let (Some(now), Some(before)) = (stale.workers.as_mut(), prev.workers.as_ref()) {
         now.ready = before.ready;
     }
-    stale.result = prev.result.clone();
     // The estimate moves with the clock; alone it is never worth a write.
     stale.estimated_completion_time = prev.estimated_completion_time.clone();
     // Progress from shard completions is not a heartbeat; from worker reports it is.

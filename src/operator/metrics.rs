@@ -50,6 +50,8 @@ pub struct Metrics {
     pub reconcile_duration: Histogram,
     pub reconcile_errors: Family<ErrorLabel, Counter>,
     pub status_writes: Counter,
+    /// Status writes the API server refused because the job changed since it was read.
+    pub status_writes_fenced: Counter,
     /// Events decided but not sent yet (they wait behind the work for the client's API budget).
     pub events_pending: Gauge,
     pub leader: Gauge,
@@ -74,6 +76,7 @@ impl Default for Metrics {
             reconcile_duration: Histogram::new([0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0]),
             reconcile_errors: Family::default(),
             status_writes: Counter::default(),
+            status_writes_fenced: Counter::default(),
             events_pending: Gauge::default(),
             leader: Gauge::default(),
             caches_synced: AtomicBool::new(false),
@@ -114,6 +117,11 @@ impl Default for Metrics {
         );
         registry.register("reconcile_errors", "Failed reconciles, by error", m.reconcile_errors.clone());
         registry.register("status_writes", "Job status writes", m.status_writes.clone());
+        registry.register(
+            "status_writes_fenced",
+            "Job status writes refused because the job changed since it was read (409)",
+            m.status_writes_fenced.clone(),
+        );
         registry.register("leader", "1 while this replica leads and reconciles", m.leader.clone());
         Metrics { registry, ..m }
     }

@@ -16,3 +16,4 @@ mod queue;
 mod schedules;
 mod support;
 mod templates;
+mod wakeups;

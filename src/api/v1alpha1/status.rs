@@ -99,10 +99,16 @@ pub struct BackgroundJobStatus {
     /// The latest heartbeat of any worker, on the operator's clock (folded in at most every 15 s).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_heartbeat_time: Option<Time>,
-    /// A small summary the workers reported (for example counts of rows created and failed).
+    /// A small summary the workers reported (for example counts of rows created and failed):
+    /// each shard's, merged in once, when its success is recorded. Absent when the merge
+    /// outgrew 4 KiB.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "crate::api::crd::free_form_object")]
     pub result: Option<serde_json::Value>,
+    /// Shards whose result summaries are merged into result, as ranges of indexes. A shard is
+    /// merged once: no later step, leader or Lease can take it out or count it again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result_shards: Option<String>,
 }
 
 impl BackgroundJobStatus {

@@ -136,7 +136,9 @@ fn job_progress_counts_finished_shards_and_partial_ones() {
     let d = decide(&Observed::new(&job, &w.pods).leases(&leases), t0());
     let p = d.status.progress.unwrap();
     assert_eq!((p.done, p.total, p.percent), (175, 300, 43)); // (1 + 0.5 + 0.25) / 4
-    assert_eq!(d.status.result, Some(json!({"created": 175, "errors": ["e0", "e1", "e2"]})));
+    // The result holds what the shards that succeeded reported, not work in progress.
+    assert_eq!(d.status.result, Some(json!({"created": 100, "errors": ["e0"]})));
+    assert_eq!(d.status.result_shards.as_deref(), Some("0"));
 }
 
 /// Decides for a 1-shard heartbeat job (deadline 100 s) whose worker reports `done`/100 at

@@ -482,6 +482,7 @@ proptest! {
 }
 
 mod heartbeats;
+mod results;
 
 proptest! {
     #[test]

@@ -1,0 +1,214 @@
+//! What wakes a reconcile: each watch's events, once in its store, fanned out as keys into the
+//! controllers' `reconcile_on` channels.
+//!
+//! kube-runtime's shared stores (`store_shared` + `subscribe`) lose wake-ups: in 5.0.0 a
+//! `ReflectHandle` that takes a key whose object is already gone from the store (deleted between
+//! the broadcast and the poll, e.g. an `InitDone` of a job deleted just after the initial LIST)
+//! answers `Pending` without registering a waker, so the controller never polls that trigger
+//! again; its broadcast then fills and blocks the watch itself (tested below). So each watch here
+//! has a plain store, and its `for_each` sends keys, never objects (a queued object would pin a
+//! stale copy), through unbounded channels: no consumer can block a watch.
+//!
+//! Memory stays bounded by the number of objects, not of events: the controller's scheduler drains
+//! its trigger channels on every poll, also while all reconcile slots are busy, into a map keyed by
+//! object, so 10,000 jobs queue at most 10,000 keys (a few hundred bytes each) however many events
+//! arrive.
+
+use std::collections::HashSet;
+
+use futures::channel::mpsc::UnboundedSender;
+use kube::{
+    Resource,
+    runtime::{
+        reflector::{ObjectRef, Store},
+        watcher,
+    },
+};
+
+/// Sends the keys that a watch's events wake, through `route`: from an object of the watch to the
+/// object to reconcile (itself, or its owner).
+pub struct Fanout<K: Resource<DynamicType = ()> + 'static, T: Resource<DynamicType = ()>> {
+    store: Store<K>,
+    route: fn(&K) -> Option<ObjectRef<T>>,
+    tx: UnboundedSender<ObjectRef<T>>,
+    /// Whether a deletion wakes its route too (an owner: yes; the object itself: nothing to do).
+    deletions: bool,
+}
+
+impl<K, T> Fanout<K, T>
+where
+    K: Resource<DynamicType = ()> + Clone + 'static,
+    T: Resource<DynamicType = ()>,
+{
+    /// `store` must be the store the watch's events have already been applied to.
+    pub fn new(store: Store<K>, route: fn(&K) -> Option<ObjectRef<T>>, tx: UnboundedSender<ObjectRef<T>>) -> Self {
+        Self { store, route, tx, deletions: true }
+    }
+
+    /// Deletions wake nothing.
+    pub fn changes_only(self) -> Self {
+        Self { deletions: false, ..self }
+    }
+
+    /// Wakes what `event` concerns: the object's route on a change (and a deletion); after a (re)list,
+    /// the route of every object in the store, once each (a relist may have missed deletions and
+    /// changes alike).
+    pub fn send(&self, event: &watcher::Event<K>) {
+        let keys: HashSet<ObjectRef<T>> = match event {
+            watcher::Event::Apply(object) => (self.route)(object).into_iter().collect(),
+            watcher::Event::Delete(object) if self.deletions => (self.route)(object).into_iter().collect(),
+            watcher::Event::Delete(_) => HashSet::new(),
+            watcher::Event::InitDone => self.store.state().iter().filter_map(|o| (self.route)(o)).collect(),
+            watcher::Event::Init | watcher::Event::InitApply(_) => HashSet::new(),
+        };
+        for key in keys {
+            // Closed only when the controller has stopped, and then nothing is left to wake.
+            let _ = self.tx.unbounded_send(key);
+        }
+    }
+}
+
+/// The route of an object to itself.
+pub fn itself<K: Resource<DynamicType = ()>>(object: &K) -> Option<ObjectRef<K>> {
+    Some(ObjectRef::from_obj(object))
+}
+
+/// The route of an object to its controller of kind `T`, in its namespace.
+pub fn controller_of<K: Resource, T: Resource<DynamicType = ()>>(object: &K) -> Option<ObjectRef<T>> {
+    let owner = object.meta().owner_references.as_ref()?.iter().find(|o| o.controller == Some(true))?;
+    (owner.kind == T::kind(&()) && owner.api_version == T::api_version(&()))
+        .then(|| ObjectRef::new(&owner.name).within(object.meta().namespace.as_deref().unwrap_or_default()))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        pin::pin,
+        sync::{
+            Arc,
+            atomic::{AtomicBool, Ordering},
+        },
+        task::{Context, Wake, Waker},
+    };
+
+    use futures::{Stream, StreamExt, stream};
+    use k8s_openapi::{
+        api::core::v1::Pod,
+        apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference},
+    };
+    use kube::runtime::{reflector, watcher::Event};
+
+    use super::*;
+    use crate::api::BackgroundJob;
+
+    fn job(name: &str) -> BackgroundJob {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "nightshift.dev/v1alpha1", "kind": "BackgroundJob",
+            "metadata": {"name": name, "namespace": "ns"},
+            "spec": {"shards": 1, "template": {"spec": {"containers": [{"name": "w", "image": "w"}]}}}
+        }))
+        .expect("a valid job")
+    }
+
+    fn pod_of(job: &str, name: &str) -> Pod {
+        let owner = OwnerReference {
+            api_version: BackgroundJob::api_version(&()).into(),
+            kind: BackgroundJob::kind(&()).into(),
+            name: job.into(),
+            uid: format!("uid-{job}"),
+            controller: Some(true),
+            ..Default::default()
+        };
+        let metadata = ObjectMeta {
+            name: Some(name.into()),
+            namespace: Some("ns".into()),
+            owner_references: Some(vec![owner]),
+            ..Default::default()
+        };
+        Pod { metadata, ..Default::default() }
+    }
+
+    /// A job in the initial LIST, deleted just after it; then another job changes.
+    fn restart_events() -> Vec<watcher::Result<Event<BackgroundJob>>> {
+        vec![
+            Ok(Event::Init),
+            Ok(Event::InitApply(job("a"))),
+            Ok(Event::InitDone),
+            Ok(Event::Delete(job("a"))),
+            Ok(Event::Apply(job("b"))),
+        ]
+    }
+
+    /// Notes whether anybody woke it.
+    #[derive(Default)]
+    struct Flag(AtomicBool);
+
+    impl Wake for Flag {
+        fn wake(self: Arc<Self>) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+
+    /// Why the operator has no `ReflectHandle`: in kube-runtime 5.0.0 the handle, given the key of
+    /// a job already gone, answers Pending without arranging a wake-up although the change of `b`
+    /// is waiting in its channel. A controller polls a trigger again only when woken, so it would
+    /// never see `b`, nor anything after it. (When this fails, kube-runtime has fixed it.)
+    #[tokio::test]
+    async fn a_reflect_handle_of_kube_runtime_5_loses_every_wake_up_after_a_deleted_key() {
+        let (_reader, writer) = reflector::store_shared::<BackgroundJob>(16);
+        let mut handle = pin!(writer.subscribe().expect("a shared store hands out subscribers"));
+        reflector::reflector(writer, stream::iter(restart_events())).for_each(|_| async {}).await;
+
+        let flag = Arc::new(Flag::default());
+        let waker = Waker::from(flag.clone());
+        let poll = handle.as_mut().poll_next(&mut Context::from_waker(&waker));
+        assert!(poll.is_pending(), "the handle yielded {poll:?}");
+        assert!(!flag.0.load(Ordering::SeqCst), "the handle arranged a wake-up");
+    }
+
+    /// The same events through the fan-out: `a` (relisted) and then `b` are both woken; `a`'s
+    /// deletion wakes nothing.
+    #[tokio::test]
+    async fn the_fanout_wakes_every_change_after_a_deleted_key() {
+        let (reader, writer) = reflector::store::<BackgroundJob>();
+        let (tx, rx) = futures::channel::mpsc::unbounded();
+        let fanout = Fanout::new(reader, itself, tx).changes_only();
+        reflector::reflector(writer, stream::iter(restart_events()))
+            .for_each(|event| {
+                fanout.send(&event.expect("no watch error"));
+                async {}
+            })
+            .await;
+        drop(fanout);
+        let woken: Vec<String> = rx.map(|key| key.name).collect().await;
+        assert_eq!(woken, ["a", "b"]);
+    }
+
+    /// Pods wake their job, once per job after a relist, also when they are deleted; a pod of no
+    /// job wakes nothing.
+    #[tokio::test]
+    async fn pods_wake_their_controlling_job() {
+        let (reader, writer) = reflector::store::<Pod>();
+        let (tx, rx) = futures::channel::mpsc::unbounded();
+        let fanout = Fanout::new(reader, controller_of::<Pod, BackgroundJob>, tx);
+        let stray =
+            Pod { metadata: ObjectMeta { name: Some("stray".into()), ..Default::default() }, ..Default::default() };
+        let events = vec![
+            Ok(Event::Init),
+            Ok(Event::InitApply(pod_of("a", "a-0-1"))),
+            Ok(Event::InitApply(pod_of("a", "a-1-1"))),
+            Ok(Event::InitApply(stray)),
+            Ok(Event::InitDone),
+            Ok(Event::Delete(pod_of("b", "b-0-1"))),
+        ];
+        reflector::reflector(writer, stream::iter(events))
+            .for_each(|event: watcher::Result<Event<Pod>>| {
+                fanout.send(&event.expect("no watch error"));
+                async {}
+            })
+            .await;
+        drop(fanout);
+        let woken: Vec<(String, Option<String>)> = rx.map(|key| (key.name, key.namespace)).collect().await;
+        assert_eq!(woken, [("a".to_string(), Some("ns".to_string())), ("b".to_string(), Some("ns".to_string()))]);
+    }
+}
