@@ -34,7 +34,7 @@ pub use connect::Target;
   kubectl nightshift logs import-customers -f    # every worker's log, prefixed with shard/attempt
   kubectl nightshift status import-customers
   kubectl nightshift submit examples/bulk-import.yaml --generate-name --wait
-  kubectl nightshift dashboard -A                # http://127.0.0.1:8080/
+  kubectl nightshift dashboard -A                # prints http://127.0.0.1:PORT/?token=... to open
 
 Exit codes: 0 done (watch: every job succeeded), 1 a job failed, 2 bad usage or input,
 3 the cluster refused or could not be reached."
@@ -112,11 +112,14 @@ pub enum Command {
         wait: bool,
     },
     /// A read-only web page of the jobs (progress, shards, events, logs), live, on 127.0.0.1.
-    #[command(after_help = "It uses your kubeconfig's credentials and listens on 127.0.0.1 only; Ctrl-C stops it.")]
+    #[command(after_help = "It uses your kubeconfig's credentials and listens on 127.0.0.1 only; Ctrl-C stops it.
+It prints the address to open: http://127.0.0.1:PORT/?token=... The token is new each run and every
+request needs it (the page keeps it in a cookie), so that no other web page or local user can read
+your jobs and logs through it; requests naming another host than 127.0.0.1 or localhost are refused.")]
     Dashboard {
-        /// The port (0: any free one; the address is printed).
-        #[arg(long, default_value_t = 8080)]
-        port: u16,
+        /// The port to listen on (default: a free one; the address is printed either way).
+        #[arg(long)]
+        port: Option<u16>,
     },
     /// Create a job from a manifest and print its name at once (--wait: then watch it to its end).
     #[command(after_help = "Examples:

@@ -1,6 +1,7 @@
 //! `nightshift agent -- CMD [ARGS...]`: runs a worker command that knows nothing of Kubernetes
 //! and heartbeats for it. The command reports progress and results with `::nightshift::` lines
-//! on its stdout ([`super::parse_line`]); every line is passed through unchanged.
+//! on its stdout ([`super::parse_line`]); the output is passed through unchanged, in bounded
+//! memory however long its lines.
 //!
 //! When the worker is fenced (another attempt owns the shard, or the job is gone) the command
 //! gets SIGTERM, then SIGKILL after the grace period. SIGTERM and SIGINT sent to the agent are
@@ -13,14 +14,18 @@ use std::{os::unix::process::ExitStatusExt, process::Stdio, time::Duration};
 
 use kube::Client;
 use tokio::{
-    io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
-    process::{Child, ChildStdout, Command},
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
+    process::{Child, Command},
     signal::unix::{SignalKind, signal},
     time::Instant,
 };
 use tracing::{debug, warn};
 
-use super::{Directive, Heartbeat, PREFIX, WorkerEnv, parse_line};
+use super::{
+    Directive, Heartbeat, PREFIX, WorkerEnv,
+    lines::{Line, LineBuffer, MAX_LINE_BYTES},
+    parse_line,
+};
 
 /// Exit code when the command cannot be started (as a shell does for "command not found").
 pub const EXIT_CANNOT_START: u8 = 127;
@@ -30,6 +35,9 @@ pub const EXIT_SETUP: u8 = 2;
 /// How long output still in the pipe is read after the command exited. Bounded because a
 /// process the command left behind may hold the pipe open for ever.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How much of the command's output is read at a time.
+const READ_BLOCK_BYTES: usize = 16 * 1024;
 
 /// Runs `command` (program and arguments) under the heartbeat of the environment's Lease, if
 /// any, and returns the exit code the agent should exit with.
@@ -89,7 +97,7 @@ async fn supervise(program: &str, args: &[String], grace: Duration, heartbeat: O
         }
     };
     let stdout = child.stdout.take().expect("stdout is piped");
-    let mut pump = tokio::spawn(pump(stdout, heartbeat.clone()));
+    let mut pump = tokio::spawn(pump(stdout, tokio::io::stdout(), heartbeat.clone()));
 
     let mut fenced = false;
     let mut kill_at: Option<Instant> = None;
@@ -118,9 +126,13 @@ async fn supervise(program: &str, args: &[String], grace: Duration, heartbeat: O
     };
     // The last lines (and directives) may still be in the pipe: read them before the final
     // flush, so that the last progress and result land.
-    if tokio::time::timeout(DRAIN_TIMEOUT, &mut pump).await.is_err() {
-        warn!("the output of {program:?} is still open {DRAIN_TIMEOUT:?} after it exited; no longer reading it");
-        pump.abort();
+    match tokio::time::timeout(DRAIN_TIMEOUT, &mut pump).await {
+        Ok(Ok(longest)) => debug!(longest_line_kept = longest, "the output of {program:?} ended"),
+        Ok(Err(e)) => warn!(error = %e, "reading the output of {program:?} ended abnormally"),
+        Err(_) => {
+            warn!("the output of {program:?} is still open {DRAIN_TIMEOUT:?} after it exited; no longer reading it");
+            pump.abort();
+        }
     }
     match status {
         Ok(status) => match (status.code(), status.signal()) {
@@ -135,28 +147,33 @@ async fn supervise(program: &str, args: &[String], grace: Duration, heartbeat: O
     }
 }
 
-/// Copies the command's output to ours line by line, bytes unchanged, and reports the
-/// directives among them.
-async fn pump(from: ChildStdout, heartbeat: Option<Heartbeat>) {
-    let mut reader = BufReader::new(from);
-    let mut out = tokio::io::stdout();
+/// Copies the command's output to `to` as it comes, bytes unchanged, and reports the directives
+/// among its lines. Memory stays bounded whatever the command prints: a read block, and the
+/// current line up to [`MAX_LINE_BYTES`] (see [`LineBuffer`]). Returns the most bytes of a line
+/// it kept at once.
+pub(super) async fn pump(
+    mut from: impl AsyncRead + Unpin,
+    mut to: impl AsyncWrite + Unpin,
+    heartbeat: Option<Heartbeat>,
+) -> usize {
+    let mut block = vec![0; READ_BLOCK_BYTES];
+    let mut lines = LineBuffer::new(MAX_LINE_BYTES);
     let mut passing_through = true;
-    let mut line = Vec::new();
     loop {
-        line.clear();
-        match reader.read_until(b'\n', &mut line).await {
-            Ok(0) => return,
-            Ok(_) => {}
+        let read = match from.read(&mut block).await {
+            Ok(0) => break,
+            Ok(read) => &block[..read],
             Err(e) => {
                 warn!(error = %e, "reading the command's output");
-                return;
+                break;
             }
-        }
+        };
         if passing_through {
-            // Flushed per line so that logs interleave with stderr and show up promptly.
+            // Written and flushed as it comes, not held until a newline: the log shows a `\r`
+            // progress bar as it moves, and a line as soon as it is printed.
             let written = async {
-                out.write_all(&line).await?;
-                out.flush().await
+                to.write_all(read).await?;
+                to.flush().await
             };
             if let Err(e) = written.await {
                 // Keep reading, or the command would block on a full pipe.
@@ -164,9 +181,25 @@ async fn pump(from: ChildStdout, heartbeat: Option<Heartbeat>) {
                 passing_through = false;
             }
         }
-        if let (Some(heartbeat), Ok(text)) = (&heartbeat, std::str::from_utf8(&line)) {
-            report(heartbeat, text);
+        lines.push(read, |line| look(heartbeat.as_ref(), line));
+    }
+    lines.finish(|line| look(heartbeat.as_ref(), line));
+    lines.high_water()
+}
+
+/// Reports the directive a line of output may be.
+fn look(heartbeat: Option<&Heartbeat>, line: Line<'_>) {
+    let Some(heartbeat) = heartbeat else { return };
+    match line {
+        Line::Whole(bytes) => {
+            if let Ok(text) = std::str::from_utf8(bytes) {
+                report(heartbeat, text);
+            }
         }
+        Line::Overlong(start) if start.trim_ascii_start().starts_with(PREFIX.as_bytes()) => {
+            warn!("a line of more than {MAX_LINE_BYTES} bytes starts like a nightshift directive; ignored as one");
+        }
+        Line::Overlong(_) => {}
     }
 }
 

@@ -10,6 +10,7 @@
 
 pub mod agent;
 mod directive;
+mod lines;
 
 use std::{
     ffi::OsString,

@@ -1,4 +1,5 @@
-//! Tests of the worker side: the renewal patch, reports, the environment, the heartbeat loop.
+//! Tests of the worker side: the renewal patch, reports, the environment, the heartbeat loop,
+//! the agent's reading of a real command's output.
 
 use std::collections::HashMap;
 
@@ -244,4 +245,71 @@ async fn network_errors_do_not_fence_and_stop_ends_the_loop() {
     assert!(!observer.is_fenced());
     // fenced() must not resolve for a heartbeat that was stopped, not fenced.
     assert!(tokio::time::timeout(Duration::from_millis(50), observer.fenced()).await.is_err());
+}
+
+/// Where the agent's pump writes in the test: counts what it is given, keeps the end of it, and
+/// the largest single write (what the pump held at once to pass through).
+#[derive(Default)]
+struct Recorder {
+    bytes: usize,
+    largest_write: usize,
+    tail: Vec<u8>,
+}
+
+impl tokio::io::AsyncWrite for Recorder {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        self.bytes += buf.len();
+        self.largest_write = self.largest_write.max(buf.len());
+        self.tail.extend_from_slice(buf);
+        let keep = self.tail.len().saturating_sub(256);
+        self.tail.drain(..keep);
+        std::task::Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+#[tokio::test]
+async fn the_agent_reads_50_mb_without_a_newline_in_bounded_memory_and_still_sees_the_directive() {
+    const BAR: usize = 50_000_000;
+    // A progress bar gone wrong: 50 MB of `\r` and not one newline, then a directive line.
+    let script = format!("head -c {BAR} /dev/zero | tr '\\0' '\\r'; printf '\\n::nightshift:: progress 4/5 almost\\n'");
+    let mut child = tokio::process::Command::new("sh")
+        .args(["-c", &script])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("sh starts");
+    let stdout = child.stdout.take().unwrap();
+    let heartbeat = Heartbeat::start(unreachable_client(), &test_env());
+    let mut out = Recorder::default();
+    let pumped = agent::pump(stdout, &mut out, Some(heartbeat.clone()));
+    let longest = tokio::time::timeout(Duration::from_secs(60), pumped).await.expect("the output is read to its end");
+    assert!(child.wait().await.unwrap().success());
+
+    let directive = b"\n::nightshift:: progress 4/5 almost\n";
+    assert_eq!(heartbeat.report().progress, Some(ShardProgress { done: 4, total: 5, message: "almost".into() }));
+    assert_eq!(out.bytes, BAR + directive.len(), "every byte passed through");
+    assert!(out.tail.ends_with(directive), "passed through unchanged: {:?}", String::from_utf8_lossy(&out.tail));
+    assert!(out.tail[..out.tail.len() - directive.len()].iter().all(|b| *b == b'\r'));
+    // Memory: the line kept is capped, and the output is passed on as it is read, never held.
+    assert_eq!(longest, lines::MAX_LINE_BYTES, "the 50 MB line was kept up to the cap, no further");
+    assert!(out.largest_write <= lines::MAX_LINE_BYTES, "written {} bytes at once", out.largest_write);
+    heartbeat.stop().await;
 }

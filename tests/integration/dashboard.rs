@@ -1,16 +1,19 @@
 //! `kubectl nightshift dashboard` in a real browser: headless Chromium, driven through
-//! chromedriver (WebDriver), while a job runs on the real node.
+//! chromedriver (WebDriver), while a job runs on the real node; and what it refuses, over plain
+//! HTTP: other hosts' names (DNS rebinding) and requests without the run's token.
 
 use std::{path::PathBuf, process::Stdio};
 
 use fantoccini::{Client, ClientBuilder, Locator};
 use hyper_util::client::legacy::connect::HttpConnector;
+use kube::api::PostParams;
+use nightshift::api::BackgroundJob;
 use serde_json::json;
-use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
 use crate::{
     node::{OnTheNode, example_image, job, node},
-    support::{WAIT, free_port, kubeconfig_path, wait_until},
+    support::{TestNamespace, WAIT, client, free_port, install_crd, kubeconfig_path, wait_until},
 };
 
 /// Where the test leaves its screenshots.
@@ -101,6 +104,9 @@ async fn the_dashboard_shows_a_running_job_advance_and_succeed_without_a_reload(
     client.goto(&url).await.expect("the page loads");
     let loaded = client.execute("return window.__loaded", vec![]).await.expect("the page's script ran");
     assert!(loaded.is_number(), "{loaded:?}");
+    // The page holds the token in its cookie now, not in the address bar (nor the history).
+    let shown = client.current_url().await.unwrap();
+    assert_eq!(shown.query(), None, "{shown}");
 
     let bar = format!("progress[data-key='{ns}/import']");
     let percent = |v: String| v.parse::<i64>().map_err(|e| e.to_string());
@@ -143,4 +149,70 @@ async fn the_dashboard_shows_a_running_job_advance_and_succeed_without_a_reload(
     std::fs::write(&shot, client.screenshot().await.unwrap()).unwrap();
     eprintln!("screenshot of the job's page: {}", shot.display());
     client.close().await.unwrap();
+}
+
+/// One request, as raw as a hostile page could make it: `head` is the request line and headers.
+/// The status code and the whole answer.
+async fn http(port: u16, head: &str) -> (u16, String) {
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.expect("connecting");
+        stream.write_all(format!("{head}Connection: close\r\n\r\n").as_bytes()).await.unwrap();
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).await.unwrap();
+        answer
+    };
+    let answer = tokio::time::timeout(WAIT, exchange).await.expect("the dashboard answers");
+    let code = answer.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    (code, answer)
+}
+
+#[tokio::test]
+async fn the_dashboard_refuses_foreign_hosts_and_requests_without_its_token() {
+    let client = client().await;
+    install_crd(&client).await;
+    let ns = TestNamespace::new(&client, "dashboard-guard").await;
+    let job: BackgroundJob = serde_json::from_value(json!({
+        "apiVersion": "nightshift.dev/v1alpha1", "kind": "BackgroundJob", "metadata": {"name": "import"},
+        "spec": {"shards": 1, "template": {"spec": {"containers": [{"name": "w", "image": "registry.example/w:1"}]}}}
+    }))
+    .unwrap();
+    ns.api::<BackgroundJob>().create(&PostParams::default(), &job).await.expect("creating the job");
+    let (_server, url) = dashboard(&ns.name).await;
+    let rest = url.strip_prefix("http://127.0.0.1:").unwrap();
+    let (port, token) = rest.split_once("/?token=").expect("the printed address carries the token");
+    let port: u16 = port.parse().unwrap();
+    assert!(token.len() >= 32, "an unguessable token: {token}");
+    let host = format!("Host: 127.0.0.1:{port}\r\n");
+
+    // The printed address passes and sets the cookie; the cookie alone then passes too, and the
+    // job is in the data.
+    let (code, answer) = http(port, &format!("GET /?token={token} HTTP/1.1\r\n{host}")).await;
+    assert_eq!(code, 200, "{answer}");
+    let cookie = format!("nightshift-dashboard-{port}={token}");
+    assert!(answer.contains(&format!("set-cookie: {cookie}; Path=/; HttpOnly; SameSite=Strict")), "{answer}");
+    let with_cookie = format!("GET /api/jobs HTTP/1.1\r\nHost: localhost:{port}\r\nCookie: {cookie}\r\n");
+    wait_until("the job in /api/jobs, with the cookie", WAIT, || async {
+        let (code, answer) = http(port, &with_cookie).await;
+        if code == 200 && answer.contains(&format!("{}/import", ns.name)) { Ok(()) } else { Err(answer) }
+    })
+    .await;
+
+    // A rebound name, or none, is refused, token or not.
+    for head in [
+        format!("GET /api/jobs?token={token} HTTP/1.1\r\nHost: evil.example:{port}\r\n"),
+        format!("GET /api/jobs HTTP/1.1\r\nHost: evil.example:{port}\r\nCookie: {cookie}\r\n"),
+        format!("GET /api/jobs?token={token} HTTP/1.0\r\n"),
+    ] {
+        let (code, answer) = http(port, &head).await;
+        assert_eq!(code, 403, "{head}: {answer}");
+        assert!(answer.contains("The dashboard answers only http://127.0.0.1:"), "{answer}");
+        assert!(!answer.contains(&ns.name), "no data in a refusal: {answer}");
+    }
+    // The right host without the token (or with another) is refused, with where to go instead.
+    for path in ["/", "/api/jobs", "/events", "/app.js", &format!("/api/jobs/{}/import", ns.name), "/?token=0000"] {
+        let (code, answer) = http(port, &format!("GET {path} HTTP/1.1\r\n{host}")).await;
+        assert_eq!(code, 403, "{path}: {answer}");
+        assert!(answer.contains("Open the address `kubectl nightshift dashboard` printed"), "{answer}");
+        assert!(!answer.contains(token), "a refusal never shows the token: {answer}");
+    }
 }

@@ -2,6 +2,9 @@
 // /api/jobs/NS/NAME, fetched again when that job changes. No page reloads.
 "use strict";
 window.__loaded = Date.now();
+// The printed address brought the token; the answer set it as a cookie, which the page's own
+// requests carry. Out of the address bar, it stays out of the history and of copied links.
+if (new URLSearchParams(location.search).has("token")) history.replaceState(null, "", location.pathname + location.hash);
 
 const jobs = new Map(); // key -> row
 let detailsTimer = null;
@@ -114,7 +117,11 @@ function connect() {
   source.addEventListener("error", () => {
     $("connection").textContent = "disconnected";
     $("banner").hidden = false;
-    $("banner").textContent = "Disconnected from the dashboard — retrying…";
+    // CLOSED: the dashboard answered, but not with events (a refusal, after a restart gave it a
+    // new token); the browser gives up on such a stream, so the user has to come back.
+    $("banner").textContent = source.readyState === EventSource.CLOSED
+      ? "The dashboard no longer answers this page (restarted?): open the address it printed."
+      : "Disconnected from the dashboard — retrying…";
   });
   source.addEventListener("snapshot", (e) => {
     jobs.clear();

@@ -2,8 +2,9 @@
 //! credentials. A watch of the jobs feeds the page through server-sent events (`/events`); a
 //! job's page fetches its grid, events and workers' last log lines (`/api/jobs/NS/NAME`) when
 //! that job changes. Plain HTML, CSS and JavaScript from the binary: nothing is fetched from
-//! anywhere else.
+//! anywhere else. Only the page opened from the printed address gets answers ([`guard`]).
 
+mod guard;
 mod state;
 
 use std::{
@@ -37,6 +38,7 @@ use tokio::sync::broadcast;
 
 use super::{Error, Outcome, Target, describe::duration, logs};
 use crate::api::{BackgroundJob, LABEL_JOB};
+use guard::{Guard, Pass};
 pub use state::{Cell, Row, grid};
 
 const INDEX: &str = include_str!("index.html");
@@ -48,22 +50,28 @@ struct Hub {
     target: Target,
     jobs: Mutex<BTreeMap<String, BackgroundJob>>,
     changes: broadcast::Sender<String>,
+    guard: Guard,
 }
 
 type Body = BoxBody<Bytes, Infallible>;
 
-pub async fn dashboard(target: &Target, port: u16) -> Result<Outcome, Error> {
-    let address = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+/// Serves the dashboard on 127.0.0.1:`port`, or on a free port when None (a fixed default
+/// port would be one more thing for a hostile page to guess).
+pub async fn dashboard(target: &Target, port: Option<u16>) -> Result<Outcome, Error> {
+    let address = SocketAddr::from((Ipv4Addr::LOCALHOST, port.unwrap_or(0)));
     let listener = tokio::net::TcpListener::bind(address)
         .await
         .map_err(|e| Error::Input(format!("cannot listen on {address}: {e}")))?;
     let bound = listener.local_addr().map_err(|e| Error::Input(e.to_string()))?;
+    let guard = Guard::new(bound.port())
+        .map_err(|e| Error::Input(format!("cannot read /dev/urandom for the dashboard's token: {e}")))?;
+    let url = guard.url();
     let (changes, _) = broadcast::channel(256);
-    let hub = Arc::new(Hub { target: target.clone(), jobs: Mutex::default(), changes });
+    let hub = Arc::new(Hub { target: target.clone(), jobs: Mutex::default(), changes, guard });
     tokio::spawn(watch_jobs(hub.clone()));
     let place =
         if target.all_namespaces { "every namespace".to_string() } else { format!("namespace {}", target.namespace) };
-    println!("serving the dashboard of {place} on http://{bound}/ (Ctrl-C to stop)");
+    println!("serving the dashboard of {place} on {url} (Ctrl-C to stop)");
     loop {
         let Ok((stream, _)) = listener.accept().await else { continue };
         let hub = hub.clone();
@@ -133,7 +141,22 @@ fn frame(event: &str, data: &impl serde::Serialize) -> String {
     format!("event: {event}\ndata: {}\n\n", serde_json::to_string(data).expect("serializes"))
 }
 
+/// Answers a request that passes the guard; one that brought the token in its address gets the
+/// cookie, so that the page's own requests carry it.
 async fn route(hub: &Arc<Hub>, req: Request<hyper::body::Incoming>) -> Response<Body> {
+    let pass = match hub.guard.check(&req) {
+        Ok(pass) => pass,
+        Err(refusal) => return text(403, &refusal.to_string()),
+    };
+    let mut response = answer(hub, req).await;
+    if pass == Pass::Query {
+        let cookie = hub.guard.set_cookie().parse().expect("a header value");
+        response.headers_mut().insert(hyper::header::SET_COOKIE, cookie);
+    }
+    response
+}
+
+async fn answer(hub: &Arc<Hub>, req: Request<hyper::body::Incoming>) -> Response<Body> {
     if req.method() != Method::GET {
         return text(405, "the dashboard is read-only: GET only");
     }
