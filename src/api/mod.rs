@@ -45,7 +45,8 @@ pub const ANNOTATION_CHECKPOINT_PROGRESS: &str = "nightshift.dev/checkpoint-prog
 /// Annotation the controller writes on a job it resolved from a BackgroundJobTemplate:
 /// "NAME/GENERATION" of the template, written with the fields taken from it.
 pub const ANNOTATION_TEMPLATE: &str = "nightshift.dev/template";
-/// Lease annotation the controller writes: the shard the Lease belongs to.
+/// Lease annotation the controller writes: the shard the Lease belongs to, for people and tools
+/// reading it. The operator itself takes the shard from the Lease name, which a worker cannot change.
 pub const ANNOTATION_SHARD: &str = "nightshift.dev/shard";
 /// Longest result summary a worker may report, in bytes of JSON.
 pub const MAX_RESULT_BYTES: usize = 4096;

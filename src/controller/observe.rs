@@ -52,10 +52,15 @@ impl LeaseMemory {
     }
 }
 
-/// The view of a shard's Lease, or None when it does not say which shard it is.
-pub fn lease_view(lease: &Lease, memory: Option<&LeaseMemory>) -> Option<LeaseView> {
-    let shard = lease.annotations().get(api::ANNOTATION_SHARD)?.parse().ok()?;
+/// The view of shard S's Lease of job `job`, or None when it is not one the operator made: its
+/// name must be JOB-S, and its holder a pod of that shard, JOB-S-ATTEMPT, as the operator writes
+/// it. The shard comes from the name, which no worker can change (an annotation or holder
+/// rewritten by a worker must not move its report to another shard).
+pub fn lease_view(job: &str, lease: &Lease, memory: Option<&LeaseMemory>) -> Option<LeaseView> {
+    let name = lease.name_any();
+    let shard = number_after(job, &name)?;
     let holder = lease.spec.as_ref().and_then(|s| s.holder_identity.clone());
+    number_after(&name, holder.as_deref()?)?;
     let memory = memory.filter(|m| m.holder == holder);
     let result = lease
         .annotations()
@@ -71,6 +76,13 @@ pub fn lease_view(lease: &Lease, memory: Option<&LeaseMemory>) -> Option<LeaseVi
         progress_since: memory.and_then(|m| m.progress_at),
         result,
     })
+}
+
+/// N when `name` is exactly `prefix-N` (N a number written as the operator writes it: no sign,
+/// no leading zero), so that `job-1`'s pods are never taken for `job-10`'s.
+fn number_after(prefix: &str, name: &str) -> Option<i32> {
+    let n: i32 = name.strip_prefix(prefix)?.strip_prefix('-')?.parse().ok()?;
+    (n >= 0 && name.len() == prefix.len() + 1 + n.to_string().len()).then_some(n)
 }
 
 /// "DONE/TOTAL" and the message, as the worker wrote them; None when absent or unreadable. An
@@ -195,6 +207,34 @@ fn clip(s: &str, max: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn lease(name: &str, holder: Option<&str>, shard_annotation: &str) -> Lease {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name, "annotations": {api::ANNOTATION_SHARD: shard_annotation}},
+            "spec": {"holderIdentity": holder},
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn the_shard_comes_from_the_lease_name_not_from_its_annotation() {
+        let view = lease_view("job", &lease("job-1", Some("job-1-3"), "0"), None).expect("shard 1's Lease");
+        assert_eq!((view.shard, view.holder.as_deref()), (1, Some("job-1-3")));
+        assert_eq!(lease_view("job", &lease("job-10", Some("job-10-1"), "10"), None).map(|v| v.shard), Some(10));
+        // Not this job's shard Leases: another job's (job-1's shard 0), a name that is no shard.
+        for name in ["job-1-0", "other-0", "job-", "job-01", "job-+1", "job--1", "jobs-1"] {
+            assert_eq!(lease_view("job", &lease(name, Some(&format!("{name}-1")), "1"), None), None, "{name}");
+        }
+    }
+
+    #[test]
+    fn a_lease_held_by_no_pod_of_its_shard_is_ignored() {
+        assert!(lease_view("job", &lease("job-1", Some("job-1-1"), "1"), None).is_some());
+        // Shard 1's Lease held by shard 10's or shard 0's pod, by another job's, by nobody.
+        for holder in [Some("job-10-1"), Some("job-0-1"), Some("job-1"), Some("job-1-x"), Some("other-1-1"), None] {
+            assert_eq!(lease_view("job", &lease("job-1", holder, "1"), None), None, "holder {holder:?}");
+        }
+    }
 
     #[test]
     fn clipping_keeps_the_start_of_a_message_or_the_end_of_a_log() {

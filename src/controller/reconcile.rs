@@ -82,9 +82,10 @@ fn observe(ctx: &Context, job: Arc<BackgroundJob>) -> Seen {
     let running = &memory.running_since;
     let views =
         pods.iter().filter_map(|p| observe::pod_view(p, p.uid().and_then(|u| running.get(&u).copied()))).collect();
+    let name = job.name_any();
     let leases = leases
         .iter()
-        .filter_map(|l| observe::lease_view(l, memory.leases.get(&object_key(&ns, &l.name_any()))))
+        .filter_map(|l| observe::lease_view(&name, l, memory.leases.get(&object_key(&ns, &l.name_any()))))
         .collect();
     let job_memory = memory.jobs.get(&uid);
     let (last_fold, refusal) = (job_memory.and_then(|m| m.last_fold), job_memory.and_then(|m| m.refusal.clone()));

@@ -8,6 +8,7 @@ use std::process::Output;
 
 use k8s_openapi::{
     api::{
+        admissionregistration::v1::{ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding},
         apps::v1::{Deployment, ReplicaSet},
         coordination::v1::Lease,
         core::v1::{Event, Namespace, Pod, Service, ServiceAccount},
@@ -29,7 +30,7 @@ use crate::support::{
     kubeconfig_path, kubectl, plugin, token, token_kubeconfig, wait_default_service_account, wait_until,
 };
 
-const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/charts/nightshift");
+pub(crate) const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/charts/nightshift");
 const CRD: &str = "backgroundjobs.nightshift.dev";
 /// Operator pods with this node selector are never scheduled (no node has the label).
 const PARKED: &[&str] = &["--set-string", "nodeSelector.nightshift\\.dev/parked=true"];
@@ -50,7 +51,7 @@ fn text(output: &Output) -> String {
 }
 
 /// `helm args...`, which must succeed; returns its output.
-async fn helm(args: &[&str]) -> String {
+pub(crate) async fn helm(args: &[&str]) -> String {
     let output = run("helm", args).await;
     assert!(output.status.success(), "helm {} failed: {}", args.join(" "), text(&output));
     text(&output)
@@ -65,8 +66,8 @@ async fn helm_fails(args: &[&str]) -> String {
 
 /// A release of the chart, uninstalled when dropped (also when the test panics) so that no
 /// cluster-wide role of a failed run lingers.
-struct Release {
-    name: String,
+pub(crate) struct Release {
+    pub(crate) name: String,
     namespace: String,
     uninstalled: bool,
 }
@@ -75,14 +76,14 @@ impl Release {
     /// `helm install` with `--wait=false` and the operator pods parked: created (so Pod Security
     /// admission judges them) but never scheduled, so that an operator of all namespaces never
     /// runs beside the tests' own operators.
-    async fn install(ns: &TestNamespace, extra: &[&str]) -> Self {
+    pub(crate) async fn install(ns: &TestNamespace, extra: &[&str]) -> Self {
         let mut args = PARKED.to_vec();
         args.extend_from_slice(extra);
         Self::install_running(ns, &args).await
     }
 
     /// `helm install` with `--wait=false`: the node runs the operator pods.
-    async fn install_running(ns: &TestNamespace, extra: &[&str]) -> Self {
+    pub(crate) async fn install_running(ns: &TestNamespace, extra: &[&str]) -> Self {
         let name = format!("rel-{}", &ns.name[ns.name.len() - 8..]);
         let mut args = vec!["install", &name, CHART, "--namespace", &ns.name, "--wait=false"];
         args.extend_from_slice(extra);
@@ -91,7 +92,7 @@ impl Release {
     }
 
     /// The chart's object names: RELEASE-nightshift.
-    fn fullname(&self) -> String {
+    pub(crate) fn fullname(&self) -> String {
         format!("{}-nightshift", self.name)
     }
 
@@ -117,8 +118,8 @@ impl Drop for Release {
     }
 }
 
-/// A ServiceAccount `name` in `ns` bound (RoleBinding) to the built-in ClusterRole `role`.
-async fn account_bound_to(ns: &TestNamespace, name: &str, role: &str) {
+/// A ServiceAccount `name` in `ns` bound (RoleBinding) to the ClusterRole `role`.
+pub(crate) async fn account_bound_to(ns: &TestNamespace, name: &str, role: &str) {
     let pp = PostParams::default();
     ns.api::<ServiceAccount>()
         .create(&pp, &serde_json::from_value(json!({"metadata": {"name": name}})).unwrap())
@@ -234,6 +235,7 @@ async fn lint_passes_and_bad_values_are_refused_naming_the_value() {
         ("image.tagg=1.0", "'tagg' not allowed"),
         ("leaderElection.enabled=maybe", "/leaderElection/enabled"),
         ("watchNamespaces={a,b}", "/watchNamespaces"),
+        ("admissionPolicy.enabled=maybe", "/admissionPolicy/enabled"),
     ] {
         let lint = helm_fails(&["lint", "--strict", CHART, "--set", set]).await;
         assert!(lint.contains(named), "helm lint --set {set} should name {named}: {lint}");
@@ -244,6 +246,19 @@ async fn lint_passes_and_bad_values_are_refused_naming_the_value() {
     let message = helm_fails(&["template", "bad", CHART, "--set", "replicas=2,leaderElection.enabled=false"]).await;
     assert!(message.contains("leaderElection.enabled is false"), "{message}");
     helm(&["template", "ok", CHART, "--set", "replicas=1,leaderElection.enabled=false"]).await;
+
+    // The admission policies: on by default, bound everywhere or to the watched namespace, off
+    // with admissionPolicy.enabled=false.
+    let kinds = |rendered: &str| -> Vec<String> {
+        rendered.lines().filter(|l| l.starts_with("kind: ValidatingAdmissionPolicy")).map(str::to_string).collect()
+    };
+    let all = helm(&["template", "ok", CHART]).await;
+    assert_eq!(kinds(&all).len(), 4, "2 policies and their bindings: {:?}", kinds(&all));
+    assert!(!all.contains("namespaceSelector"), "all namespaces by default");
+    let one = helm(&["template", "ok", CHART, "--set", "watchNamespaces={shop}"]).await;
+    assert!(one.contains(r#"values: ["shop"]"#), "bound to the watched namespace:\n{one}");
+    let off = helm(&["template", "ok", CHART, "--set", "admissionPolicy.enabled=false"]).await;
+    assert!(kinds(&off).is_empty(), "{:?}", kinds(&off));
 }
 
 #[tokio::test]
@@ -327,6 +342,11 @@ async fn install_into_a_restricted_namespace_then_upgrade_and_uninstall() {
     for want in [name.clone(), format!("{name}-view"), format!("{name}-edit")] {
         assert!(cluster_roles.contains(&want), "ClusterRole {want} missing from {cluster_roles:?}");
     }
+    for policy in ["pod-templates", "worker-leases"] {
+        let policy = format!("{name}-{policy}");
+        Api::<ValidatingAdmissionPolicy>::all(client.clone()).get(&policy).await.expect("the admission policy");
+        Api::<ValidatingAdmissionPolicyBinding>::all(client.clone()).get(&policy).await.expect("its binding");
+    }
     let binding = Api::<ClusterRoleBinding>::all(client.clone()).get(&name).await.expect("the ClusterRoleBinding");
     let subject = &binding.subjects.unwrap()[0];
     assert_eq!((subject.name.as_str(), subject.namespace.as_deref()), (name.as_str(), Some(ns.name.as_str())));
@@ -398,7 +418,9 @@ async fn install_into_a_restricted_namespace_then_upgrade_and_uninstall() {
             names(ns.api::<Role>(), &selector).await?,
             names(ns.api::<RoleBinding>(), &selector).await?,
             names(Api::<ClusterRole>::all(cluster.clone()), &selector).await?,
-            names(Api::<ClusterRoleBinding>::all(cluster), &selector).await?,
+            names(Api::<ClusterRoleBinding>::all(cluster.clone()), &selector).await?,
+            names(Api::<ValidatingAdmissionPolicy>::all(cluster.clone()), &selector).await?,
+            names(Api::<ValidatingAdmissionPolicyBinding>::all(cluster), &selector).await?,
         ]
         .concat();
         if left.is_empty() { Ok(()) } else { Err(format!("left behind: {left:?}")) }
@@ -817,10 +839,14 @@ async fn the_app_examples_start_a_job_with_curl_and_python_as_a_service_account_
     let status: serde_json::Value = serde_json::from_str(&status).unwrap();
     assert_eq!((status["phase"].as_str(), status["percent"].as_i64()), (Some("Succeeded"), Some(100)), "{status}");
 
-    // shop-web may do nothing else: not even read pods.
+    // shop-web reads no pods, and cannot run one through a job either: the chart's policy refuses
+    // it an inline pod template (examples/app/rbac.yaml says so).
     let as_app: Api<Pod> = Api::namespaced(client_with_token(&token).await, &f.ns.name);
     let refused = as_app.list(&ListParams::default()).await.map(|_| ());
     assert_eq!(api_error(&refused).map(|e| e.0), Some(403));
+    let as_app = crate::admission::dynamic::<BackgroundJob>(client_with_token(&token).await, &f.ns.name);
+    let inline = serde_json::to_value(minimal_job("inline")).unwrap();
+    crate::admission::refused_with(&as_app, &inline, "requires permission to create pods").await;
 }
 
 #[tokio::test]

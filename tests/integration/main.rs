@@ -1,6 +1,7 @@
 //! Integration tests against the real local cluster (`make cluster-up`): its control plane, and
 //! (`node`, and `helm`'s last test) its real node.
 
+mod admission;
 mod agent;
 mod chains;
 mod control_plane;
