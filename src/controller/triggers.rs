@@ -33,6 +33,9 @@ pub struct Fanout<K: Resource<DynamicType = ()> + 'static, T: Resource<DynamicTy
     tx: UnboundedSender<ObjectRef<T>>,
     /// Whether a deletion wakes its route too (an owner: yes; the object itself: nothing to do).
     deletions: bool,
+    /// During a relist: the routes of the objects the store held before it, since an object
+    /// deleted while the watch was down leaves no Delete event, only its absence from the list.
+    before: std::sync::Mutex<HashSet<ObjectRef<T>>>,
 }
 
 impl<K, T> Fanout<K, T>
@@ -42,7 +45,7 @@ where
 {
     /// `store` must be the store the watch's events have already been applied to.
     pub fn new(store: Store<K>, route: fn(&K) -> Option<ObjectRef<T>>, tx: UnboundedSender<ObjectRef<T>>) -> Self {
-        Self { store, route, tx, deletions: true }
+        Self { store, route, tx, deletions: true, before: Default::default() }
     }
 
     /// Deletions wake nothing.
@@ -51,14 +54,25 @@ where
     }
 
     /// Wakes what `event` concerns: the object's route on a change (and a deletion); after a (re)list,
-    /// the route of every object in the store, once each (a relist may have missed deletions and
-    /// changes alike).
+    /// the route of every object in the store, and (with deletions) of every object it held
+    /// before, once each: a relist (after a watch expired, say) may have missed changes and
+    /// deletions alike.
     pub fn send(&self, event: &watcher::Event<K>) {
+        let routes = || self.store.state().iter().filter_map(|o| (self.route)(o)).collect::<HashSet<_>>();
         let keys: HashSet<ObjectRef<T>> = match event {
             watcher::Event::Apply(object) => (self.route)(object).into_iter().collect(),
             watcher::Event::Delete(object) if self.deletions => (self.route)(object).into_iter().collect(),
             watcher::Event::Delete(_) => HashSet::new(),
-            watcher::Event::InitDone => self.store.state().iter().filter_map(|o| (self.route)(o)).collect(),
+            // The store still holds what it held before the relist until InitDone.
+            watcher::Event::Init if self.deletions => {
+                *self.before.lock().expect("no panic holding it") = routes();
+                HashSet::new()
+            }
+            watcher::Event::InitDone => {
+                let mut keys = routes();
+                keys.extend(std::mem::take(&mut *self.before.lock().expect("no panic holding it")));
+                keys
+            }
             watcher::Event::Init | watcher::Event::InitApply(_) => HashSet::new(),
         };
         for key in keys {
@@ -182,6 +196,36 @@ mod tests {
         drop(fanout);
         let woken: Vec<String> = rx.map(|key| key.name).collect().await;
         assert_eq!(woken, ["a", "b"]);
+    }
+
+    /// A job deleted while the watch was down (a relist after it expired) wakes its schedule
+    /// too: it is missing from the new list, and no Delete event says so.
+    #[tokio::test]
+    async fn a_relist_wakes_the_owners_of_objects_gone_meanwhile() {
+        let (reader, writer) = reflector::store::<Pod>();
+        let (tx, rx) = futures::channel::mpsc::unbounded();
+        let fanout = Fanout::new(reader, controller_of::<Pod, BackgroundJob>, tx);
+        let events = vec![
+            Ok(Event::Init),
+            Ok(Event::InitApply(pod_of("a", "a-0-1"))),
+            Ok(Event::InitApply(pod_of("b", "b-0-1"))),
+            Ok(Event::InitDone),
+            // The watch expired; b-0-1 was deleted before the relist.
+            Ok(Event::Init),
+            Ok(Event::InitApply(pod_of("a", "a-0-1"))),
+            Ok(Event::InitDone),
+        ];
+        reflector::reflector(writer, stream::iter(events))
+            .for_each(|event: watcher::Result<Event<Pod>>| {
+                fanout.send(&event.expect("no watch error"));
+                async {}
+            })
+            .await;
+        drop(fanout);
+        let mut woken: Vec<String> = rx.map(|key| key.name).collect().await;
+        woken[..2].sort();
+        woken[2..].sort();
+        assert_eq!(woken, ["a", "b", "a", "b"]);
     }
 
     /// Pods wake their job, once per job after a relist, also when they are deleted; a pod of no
