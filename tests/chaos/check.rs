@@ -1,0 +1,135 @@
+//! The invariants, read from the event log's records (and, for the operator, from its pods):
+//! each violation is one line that names the object and the log's time (t=…s) of the evidence.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde_json::Value;
+
+use crate::log::Rec;
+
+/// What a job should end with.
+pub struct Expect {
+    pub job: String,
+    pub phase: &'static str,
+    /// status.result.imported at the end; never more at any status version.
+    pub imported: i64,
+}
+
+/// The job's records in resourceVersion order (a watch's relist may repeat or reorder them).
+fn job_versions<'a>(recs: &'a [Rec], job: &str) -> Vec<&'a Rec> {
+    let mut v: Vec<&Rec> = recs.iter().filter(|r| r.kind == "job" && r.name == job && !r.deleted).collect();
+    v.sort_by_key(|r| r.rv);
+    v.dedup_by_key(|r| r.rv);
+    v
+}
+
+fn imported(r: &Rec) -> Option<i64> {
+    r.data["result"]["imported"].as_i64()
+}
+
+/// The job reached `phase`; its result never went above the work nor down, and ended at it.
+pub fn job_outcome(recs: &[Rec], e: &Expect) -> Vec<String> {
+    let mut out = Vec::new();
+    let versions = job_versions(recs, &e.job);
+    let Some(last) = versions.last() else {
+        return vec![format!("{}: never seen in the event log", e.job)];
+    };
+    if last.data["phase"] != e.phase {
+        out.push(format!("{}: ended in phase {} (t={:.1}s), not {}", e.job, last.data["phase"], last.t, e.phase));
+    }
+    if imported(last) != Some(e.imported) {
+        out.push(format!(
+            "{}: result {} at the end (t={:.1}s), not imported={}",
+            e.job, last.data["result"], last.t, e.imported
+        ));
+    }
+    let mut high: Option<(i64, u64)> = None;
+    for r in &versions {
+        let Some(n) = imported(r) else {
+            if let Some((h, rv)) = high {
+                out.push(format!("{}: result gone at rv {} (t={:.1}s), was imported={h} at rv {rv}", e.job, r.rv, r.t));
+            }
+            continue;
+        };
+        if n > e.imported {
+            out.push(format!("{}: imported={n} > {} at rv {} (t={:.1}s)", e.job, e.imported, r.rv, r.t));
+        }
+        if let Some((h, rv)) = high
+            && n < h
+        {
+            out.push(format!("{}: imported went down {h} (rv {rv}) -> {n} (rv {}, t={:.1}s)", e.job, r.rv, r.t));
+        }
+        if high.is_none_or(|(h, _)| n > h) {
+            high = Some((n, r.rv));
+        }
+    }
+    out
+}
+
+/// Never two attempts of one shard both Running with neither being deleted.
+pub fn single_attempt(recs: &[Rec]) -> Vec<String> {
+    let mut pods: BTreeMap<String, &Rec> = BTreeMap::new();
+    let mut out = Vec::new();
+    let mut reported = BTreeSet::new();
+    for r in recs.iter().filter(|r| r.kind == "pod" && !r.data["job"].is_null()) {
+        // Only newer versions replace what we know (a relist may replay older ones).
+        if pods.get(&r.name).is_some_and(|old| old.rv > r.rv) {
+            continue;
+        }
+        pods.insert(r.name.clone(), r);
+        let shard = (r.data["job"].clone(), r.data["shard"].clone());
+        let live: Vec<&String> = pods
+            .iter()
+            .filter(|(_, p)| (p.data["job"].clone(), p.data["shard"].clone()) == shard)
+            .filter(|(_, p)| !p.deleted && p.data["phase"] == "Running" && p.data["deleting"] == false)
+            .map(|(n, _)| n)
+            .collect();
+        if live.len() > 1 && reported.insert(format!("{live:?}")) {
+            out.push(format!(
+                "shard {}/{}: attempts {live:?} both Running, unfenced (t={:.1}s)",
+                shard.0, shard.1, r.t
+            ));
+        }
+    }
+    out
+}
+
+/// Minutes (since 1970) a schedule ran, from its jobs' names SCHEDULE-MINUTES, each with how
+/// many distinct jobs (uids are not logged for jobs: names are the key, so count creations).
+pub fn scheduled_minutes(recs: &[Rec], schedule: &str) -> BTreeMap<i64, BTreeSet<String>> {
+    let mut minutes: BTreeMap<i64, BTreeSet<String>> = BTreeMap::new();
+    for r in recs.iter().filter(|r| r.kind == "job" && r.data["schedule"] == schedule) {
+        if let Some(m) = r.name.rsplit('-').next().and_then(|m| m.parse().ok()) {
+            minutes.entry(m).or_default().insert(r.name.clone());
+        }
+    }
+    minutes
+}
+
+/// Every minute in `expected` ran exactly once.
+pub fn every_minute_once(recs: &[Rec], schedule: &str, expected: std::ops::RangeInclusive<i64>) -> Vec<String> {
+    let ran = scheduled_minutes(recs, schedule);
+    let mut out = Vec::new();
+    for m in expected {
+        match ran.get(&m).map(|s| s.len()) {
+            Some(1) => {}
+            None => out
+                .push(format!("schedule {schedule}: minute {m} never ran (ran: {:?})", ran.keys().collect::<Vec<_>>())),
+            Some(n) => out.push(format!("schedule {schedule}: minute {m} ran {n} times: {:?}", ran[&m])),
+        }
+    }
+    out
+}
+
+/// Violations the harness noted while it ran (an operator log that panicked, a leftover).
+pub fn noted(recs: &[Rec]) -> Vec<String> {
+    recs.iter()
+        .filter(|r| r.kind == "violation")
+        .map(|r| format!("{}: {} (t={:.1}s)", r.name, short(&r.data), r.t))
+        .collect()
+}
+
+pub fn short(v: &Value) -> String {
+    let s = v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string());
+    if s.chars().count() > 300 { format!("{}…", s.chars().take(300).collect::<String>()) } else { s }
+}
