@@ -133,3 +133,59 @@ pub fn short(v: &Value) -> String {
     let s = v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string());
     if s.chars().count() > 300 { format!("{}…", s.chars().take(300).collect::<String>()) } else { s }
 }
+
+/// The invariants on made-up logs, without a cluster (what a bare `cargo test` runs): each
+/// regression the matrix is meant to catch is caught, and a clean log passes.
+pub fn self_test() -> Result<(), String> {
+    let rec = |kind: &str, name: &str, rv: u64, data: Value| Rec {
+        t: rv as f64,
+        kind: kind.into(),
+        deleted: false,
+        name: name.into(),
+        rv,
+        data,
+    };
+    let job = |rv, phase: &str, n: Option<i64>| {
+        rec(
+            "job",
+            "j",
+            rv,
+            serde_json::json!({"phase": phase, "result": n.map(|n| serde_json::json!({"imported": n}))}),
+        )
+    };
+    let expect = Expect { job: "j".into(), phase: "Succeeded", imported: 7000 };
+    let clean = [job(1, "Running", None), job(2, "Running", Some(500)), job(4, "Succeeded", Some(7000))];
+    let cases: [(&str, Vec<Rec>, usize); 5] = [
+        ("clean", clean.to_vec(), 0),
+        (
+            "lost shards (went down)",
+            vec![job(2, "Running", Some(3000)), job(3, "Running", Some(2500)), job(5, "Succeeded", Some(7000))],
+            1,
+        ),
+        ("counted twice", vec![job(2, "Running", Some(7500)), job(3, "Succeeded", Some(7500))], 3),
+        ("result gone", vec![job(2, "Running", Some(500)), job(3, "Succeeded", None)], 2),
+        ("stale phase", vec![job(3, "Succeeded", Some(7000)), job(2, "Running", Some(6500))], 0),
+    ];
+    for (what, recs, want) in cases {
+        let got = job_outcome(&recs, &expect);
+        if got.len() != want {
+            return Err(format!("job_outcome on {what}: want {want} violations, got {got:?}"));
+        }
+    }
+    let pod = |name: &str, rv, phase: &str, deleting: bool| {
+        rec("pod", name, rv, serde_json::json!({"job": "j", "shard": "0", "phase": phase, "deleting": deleting}))
+    };
+    let fenced =
+        [pod("j-0-1", 1, "Running", false), pod("j-0-1", 2, "Running", true), pod("j-0-2", 3, "Running", false)];
+    let doubled = [pod("j-0-1", 1, "Running", false), pod("j-0-2", 3, "Running", false)];
+    if !single_attempt(&fenced).is_empty() || single_attempt(&doubled).len() != 1 {
+        return Err(format!("single_attempt: {:?} / {:?}", single_attempt(&fenced), single_attempt(&doubled)));
+    }
+    let sched = |name: &str| rec("job", name, 1, serde_json::json!({"schedule": "s"}));
+    let ran = [sched("s-100"), sched("s-102"), sched("s-103")];
+    let missed = every_minute_once(&ran, "s", 100..=103);
+    if missed.len() != 1 || !missed[0].contains("minute 101 never ran") {
+        return Err(format!("every_minute_once: {missed:?}"));
+    }
+    Ok(())
+}

@@ -1,7 +1,8 @@
 //! The fault matrix (issue 22, part 7): real jobs on the real node, faults injected at moments a
 //! seed chooses, invariants checked from a recorded event log (target/chaos/seed-*.jsonl).
 //!
-//! Runs only when NIGHTSHIFT_CHAOS is set (`make chaos`; a bare `cargo test` skips it):
+//! Runs only when NIGHTSHIFT_CHAOS is set (`make chaos`); a bare `cargo test` runs only the
+//! invariants' self-test on made-up logs. Settings:
 //!
 //!   CHAOS_SEEDS=1,2,3        the seeds (or SEED=7); one namespace and chart release each
 //!   CHAOS_DURATION=0         0: the short form, one bulk-import job meeting CHAOS_FAULTS_PER_JOB
@@ -87,8 +88,14 @@ pub struct Outcome {
 }
 
 fn main() -> ExitCode {
+    if let Err(e) = check::self_test() {
+        eprintln!("chaos: the invariants' self-test failed: {e}");
+        return ExitCode::FAILURE;
+    }
     if std::env::var_os("NIGHTSHIFT_CHAOS").is_none() {
-        eprintln!("chaos: skipped; `make chaos SEED=… DURATION=…` runs the fault matrix on the local cluster");
+        eprintln!(
+            "chaos: invariants' self-test passed; the fault matrix itself runs with `make chaos SEED=… DURATION=…`"
+        );
         return ExitCode::SUCCESS;
     }
     let cfg = match Config::from_env() {
