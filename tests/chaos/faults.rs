@@ -73,9 +73,17 @@ impl Fault {
 pub async fn inject(env: &Env, log: &EventLog, rng: &mut Rng, fault: Fault, heartbeat: u64) -> Result<String, String> {
     match fault {
         Fault::Evict | Fault::ForceDelete | Fault::Freeze | Fault::Kill => {
-            let pod = running_worker(env, rng).await?;
-            log.note("fault", fault.name(), json!({"pod": pod.name_any()}));
-            worker_fault(env, fault, &pod, heartbeat).await.map(|d| format!("{} {}", pod.name_any(), d))
+            // The running workers in the seed's order: the first that can take the fault gets it
+            // (a pod still Running in the API may have no process left on the node).
+            let mut last = "no running worker".to_string();
+            for pod in running_workers(env, rng).await? {
+                log.note("fault", fault.name(), json!({"pod": pod.name_any()}));
+                match worker_fault(env, fault, &pod, heartbeat).await {
+                    Ok(done) => return Ok(format!("{} {done}", pod.name_any())),
+                    Err(e) => last = e,
+                }
+            }
+            Err(last)
         }
         Fault::LeaderDelete | Fault::LeaderForceDelete | Fault::LeaderStop => {
             let (leader, duration) = env.leader().await?;
@@ -90,22 +98,23 @@ pub async fn inject(env: &Env, log: &EventLog, rng: &mut Rng, fault: Fault, hear
     }
 }
 
-async fn running_worker(env: &Env, rng: &mut Rng) -> Result<Pod, String> {
+async fn running_workers(env: &Env, rng: &mut Rng) -> Result<Vec<Pod>, String> {
     let list = env
         .api::<Pod>()
         .list(&ListParams::default().labels(nightshift::api::LABEL_JOB))
         .await
         .map_err(|e| e.to_string())?;
-    let running: Vec<Pod> = list
+    let mut running: Vec<Pod> = list
         .items
         .into_iter()
         .filter(|p| p.metadata.deletion_timestamp.is_none())
         .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
         .collect();
-    if running.is_empty() {
-        return Err("no running worker".into());
+    // Fisher-Yates, from the seed.
+    for i in (1..running.len()).rev() {
+        running.swap(i, rng.below(i as u64 + 1) as usize);
     }
-    Ok(running[rng.below(running.len() as u64) as usize].clone())
+    Ok(running)
 }
 
 async fn worker_fault(env: &Env, fault: Fault, pod: &Pod, heartbeat: u64) -> Result<String, String> {

@@ -68,7 +68,10 @@ pub async fn run(env: &Env, log: &EventLog, cfg: &Config, out: &mut Outcome) -> 
         log.note("note", &name, json!("created"));
         let budget = if cfg.long() { usize::MAX } else { cfg.faults_per_job };
         strike_until_done(env, log, cfg, &mut rng, &name, budget, out).await?;
-        let end = wait_done(env, &name, Duration::from_secs(600)).await?;
+        let end = match wait_done(env, &name, Duration::from_secs(600)).await {
+            Ok(end) => end,
+            Err(e) => return Err(format!("{e}{}", schema_hint(env).await)),
+        };
         log.note("note", &name, json!({"finished": end}));
         out.violations.extend(check::job_outcome(
             &log.records(),
@@ -105,6 +108,9 @@ async fn strike_until_done(
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
+        if let Err(e) = crate::setup::apply_crds() {
+            log.note("note", "crds", json!(e));
+        }
         let fault = cfg.faults[rng.below(cfg.faults.len() as u64) as usize];
         match faults::inject(env, log, rng, fault, HEARTBEAT_TIMEOUT).await {
             Ok(what) => {
@@ -119,6 +125,17 @@ async fn strike_until_done(
         }
     }
     Ok(())
+}
+
+/// When the leader's status writes fail on the CRD's schema, says so: the cluster's CRD is older
+/// than the operator image, not a fault's doing.
+async fn schema_hint(env: &Env) -> String {
+    let Ok((leader, _)) = env.leader().await else { return String::new() };
+    let text = env.api::<Pod>().logs(&leader, &Default::default()).await.unwrap_or_default();
+    match text.lines().rev().find(|l| l.contains("field not declared in schema")) {
+        Some(line) => format!("; ENVIRONMENT: the leader's status writes fail on the CRD schema: {line}"),
+        None => String::new(),
+    }
 }
 
 async fn wait_done(env: &Env, job: &str, timeout: Duration) -> Result<String, String> {

@@ -63,6 +63,15 @@ pub fn run(program: &str, args: &[&str]) -> Result<String, String> {
     if out.status.success() { Ok(text) } else { Err(format!("{program} {}: {text}", args.join(" "))) }
 }
 
+/// Server-side applies the chart's CRDs (those of this tree, which the node's operator image
+/// is built from). Integration tests of older trees apply theirs meanwhile: the schema is atomic,
+/// so an older one drops status fields the operator writes and its status writes all fail.
+pub fn apply_crds() -> Result<(), String> {
+    let crds = concat!(env!("CARGO_MANIFEST_DIR"), "/charts/nightshift/crds/nightshift.yaml");
+    let args = ["apply", "--server-side", "--force-conflicts", "--field-manager=nightshift-chaos", "-f", crds];
+    run("kubectl", &args).map(|_| ())
+}
+
 /// A namespace and a release of the chart in it, for one seed.
 pub struct Env {
     pub client: Client,
@@ -92,6 +101,7 @@ impl Env {
             .create(&PostParams::default(), &ns)
             .await
             .map_err(|e| e.to_string())?;
+        apply_crds()?;
         let scope = format!("watchNamespaces={{{}}}", env.ns);
         run(
             "helm",
