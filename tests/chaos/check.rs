@@ -121,6 +121,26 @@ pub fn every_minute_once(recs: &[Rec], schedule: &str, expected: std::ops::Range
     out
 }
 
+/// Why a result may be off that is not the operator's doing under the faults: the shared CRD
+/// replaced (by another tree's tests) with one lacking status.resultShards, which the API server
+/// then prunes from every read, so shards already merged look unmerged.
+pub fn crd_skew(recs: &[Rec]) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut had = None;
+    for r in recs.iter().filter(|r| r.kind == "crd") {
+        let fields = r.data["statusFields"].as_array().cloned().unwrap_or_default();
+        let has = fields.iter().any(|f| f == "resultShards");
+        if had == Some(true) && !has {
+            out.push(format!(
+                "ENVIRONMENT: the BackgroundJob CRD lost status.resultShards at t={:.1}s (rv {}, managers {}): status.result merges are no longer deduplicated",
+                r.t, r.rv, r.data["managers"]
+            ));
+        }
+        had = Some(has);
+    }
+    out
+}
+
 /// Violations the harness noted while it ran (an operator log that panicked, a leftover).
 pub fn noted(recs: &[Rec]) -> Vec<String> {
     recs.iter()

@@ -141,6 +141,7 @@ async fn run_seed(cfg: &Config, seed: u64) -> Outcome {
     let recs = log.records();
     out.violations.extend(check::single_attempt(&recs));
     out.violations.extend(check::noted(&recs));
+    out.violations.extend(check::crd_skew(&recs));
     for w in watches {
         w.abort();
     }
