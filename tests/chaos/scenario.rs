@@ -73,6 +73,7 @@ pub async fn run(env: &Env, log: &EventLog, cfg: &Config, out: &mut Outcome) -> 
             Err(e) => return Err(format!("{e}{}", schema_hint(env).await)),
         };
         log.note("note", &name, json!({"finished": end}));
+        seen_in_log(log, &name).await;
         out.violations.extend(check::job_outcome(
             &log.records(),
             &Expect { job: name.clone(), phase: "Succeeded", imported: ROWS },
@@ -125,6 +126,20 @@ async fn strike_until_done(
         }
     }
     Ok(())
+}
+
+/// Waits (at most 15 s) until the event log too has seen the job finished: the invariants read
+/// the log, whose watch may lag the GET that saw it.
+async fn seen_in_log(log: &EventLog, job: &str) {
+    let _ = wait_until(&format!("the event log to see {job} finished"), Duration::from_secs(15), || async {
+        let recs = log.records();
+        let last = recs.iter().filter(|r| r.kind == "job" && r.name == job).max_by_key(|r| r.rv);
+        match last.and_then(|r| r.data["phase"].as_str()) {
+            Some(p) if finished(p) => Ok(()),
+            p => Err(format!("{p:?}")),
+        }
+    })
+    .await;
 }
 
 /// When the leader's status writes fail on the CRD's schema, says so: the cluster's CRD is older
@@ -233,6 +248,11 @@ async fn finish_schedule(env: &Env, log: &EventLog, start: i64, out: &mut Outcom
     .await?;
     let first = start / 60 + 1;
     let last = (end - 60) / 60;
+    for names in check::scheduled_minutes(&log.records(), SCHEDULE).values() {
+        for job in names {
+            seen_in_log(log, job).await;
+        }
+    }
     let recs = log.records();
     out.violations.extend(check::every_minute_once(&recs, SCHEDULE, first..=last));
     for (_, names) in check::scheduled_minutes(&recs, SCHEDULE) {
