@@ -5,7 +5,7 @@ CARGO   ?= cargo
 CLUSTER := tests/cluster/cluster.sh
 
 .DEFAULT_GOAL := help
-.PHONY: help root run build plugin crd chart-crd lint unit integration test binaries cluster-up cluster-down cluster-env image test-image bench
+.PHONY: help root run build plugin crd chart-crd lint unit integration test chaos binaries cluster-up cluster-down cluster-env image test-image bench
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -37,6 +37,11 @@ integration: ## integration tests; starts the control plane if it is not up, and
 	tests/run-integration.sh
 
 test: root lint unit integration ## everything CI runs (root: the cluster has a real node)
+
+chaos: root ## the fault matrix on the running local cluster: SEED=1[,2,...] DURATION=0 (short) or seconds (long, with a schedule); CHAOS_FAULTS=evict,... (restart-apiserver and restart-kubelet only when named)
+	@$(CLUSTER) status || { echo "make chaos: the local cluster is not up: make cluster-up" >&2; exit 1; }
+	PATH="$$(tests/cluster/build-binaries.sh):$$PATH" NIGHTSHIFT_CHAOS=1 NIGHTSHIFT_TEST_KUBECONFIG="$${NIGHTSHIFT_TEST_KUBECONFIG:-$$($(CLUSTER) env | sed 's/^export KUBECONFIG=//')}" \
+	  CHAOS_SEEDS="$(SEED)" CHAOS_DURATION="$(DURATION)" $(CARGO) test --test chaos
 
 root:
 	@[ "$$(id -u)" = 0 ] || { echo "make: the local cluster runs a real node (containerd, a network namespace, iptables), which needs root: run 'sudo make $(MAKECMDGOALS)'" >&2; exit 1; }

@@ -11,6 +11,8 @@
 #   cluster.sh env     print the `export KUBECONFIG=...` line
 #   cluster.sh status  exit 0 when it is up and healthy
 #   cluster.sh containerd-address   the node's containerd socket (for tests/cluster/images.sh)
+#   cluster.sh restart apiserver|kubelet   stop that one process and start it again with the same
+#                      command line (a fault for `make chaos`); returns once it serves again
 #
 # NIGHTSHIFT_NODE=0 starts the control plane alone (no scheduler, no node: the pod simulator
 # plays the node; the benchmark's cluster). NIGHTSHIFT_CLUSTER_DIR names another state folder
@@ -457,6 +459,23 @@ start() {
   log "up in $((ms / 1000)).$(printf '%03d' $((ms % 1000)))s ($(cat "$STATE/mode")); $(env_line)"
 }
 
+# Stops a running component and starts it again with the command line it runs with now (read
+# from /proc), its log appended to; then waits until the cluster is healthy again.
+restart() {
+  local c="$1" pid args
+  need_root
+  BIN="$(cat "$STATE/bin")"
+  alive "$c" || { log "$c is not running"; exit 1; }
+  pid="$(pid_of "$c")"
+  mapfile -d '' args <"/proc/$pid/cmdline"
+  stop_component "$c"
+  echo "--- restarted by cluster.sh restart at $(date -u +%FT%TZ)" >>"$STATE/$c.log"
+  setsid nsenter --net="/run/netns/$NETNS" -- "${args[@]}" >>"$STATE/$c.log" 2>&1 </dev/null &
+  echo $! >"$STATE/$c.pid"
+  wait_for "$c to serve again" 90 healthy
+  log "$c restarted (pid $pid -> $(pid_of "$c"))"
+}
+
 env_line() { echo "export KUBECONFIG=$STATE/admin.kubeconfig"; }
 
 case "${1:-}" in
@@ -477,5 +496,12 @@ case "${1:-}" in
     ;;
   status) healthy ;;
   containerd-address) echo "$RUN/containerd.sock" ;;
-  *) echo "usage: $0 up|down|env|status|containerd-address" >&2; exit 2 ;;
+  restart)
+    case "${2:-}" in
+      apiserver) restart kube-apiserver ;;
+      kubelet) restart kubelet ;;
+      *) echo "usage: $0 restart apiserver|kubelet" >&2; exit 2 ;;
+    esac
+    ;;
+  *) echo "usage: $0 up|down|env|status|containerd-address|restart apiserver|kubelet" >&2; exit 2 ;;
 esac
