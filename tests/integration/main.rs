@@ -2,6 +2,7 @@
 //! (`node`, and `helm`'s last test) its real node.
 
 mod agent;
+mod bounds;
 mod chains;
 mod control_plane;
 mod crd_validation;
@@ -11,6 +12,7 @@ mod helm;
 mod jobs;
 mod node;
 mod operator;
+mod ownership;
 mod plugin;
 mod queue;
 mod schedules;
