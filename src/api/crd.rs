@@ -162,6 +162,18 @@ fn job_spec_rules(spec: &mut Value, path: &str, needs_pod: bool) {
         ));
     }
     add_rules(spec, &rules);
+    if needs_pod {
+        // Every index below spec.shards (1 when unset and no template fills it). Each number is
+        // found by a regex, not split and parsed, to stay within CEL's cost budget; six digits
+        // at most (the schema's shards are at most 100000) so int() never overflows.
+        let rule = "!has(self.onlyShards) || (!has(self.shards) && has(self.templateRef)) || self.onlyShards.findAll('[0-9]+').all(n, size(n) <= 6 && int(n) < (has(self.shards) ? self.shards : 1))";
+        let list = spec["x-kubernetes-validations"].as_array_mut().expect("rules were added");
+        list.push(json!({
+            "rule": rule,
+            "message": format!("{path}.onlyShards must name only shards that exist: every index must be below {path}.shards (indexes run from 0 to shards-1)"),
+            "fieldPath": ".onlyShards",
+        }));
+    }
     tighten_pod_template(&mut spec["properties"]["template"], &format!("{path}.template"));
 }
 

@@ -38,7 +38,8 @@ names! {
         Complete,
         /// True when the job failed.
         Failed,
-        /// True while the API server refuses the job's worker pods (quota, Pod Security).
+        /// True while the API server refuses the job's worker pods (quota, Pod Security), or an
+        /// object its workers need belongs to something else.
         WorkersBlocked,
         /// True while the estimated completion is past the job's deadline (spec.timeouts.jobSeconds).
         DeadlineAtRisk,
@@ -77,12 +78,19 @@ names! {
         ShardsFailed,
         /// The job asks for the agent, and the operator has no agent image.
         AgentImageUnset,
+        /// spec.onlyShards names shards at or above spec.shards (the CRD refuses it where it can
+        /// see spec.shards; a job that takes shards from its template is judged here).
+        InvalidOnlyShards,
         /// The API server refused a worker pod as invalid.
         InvalidPodTemplate,
         /// The API server forbade a worker pod (403).
         PodCreationForbidden,
         /// Worker pods are no longer refused.
         PodCreationAllowed,
+        /// An object of the job's name (a Lease, the workers' ServiceAccount, Role or RoleBinding;
+        /// for a schedule, a run's BackgroundJob) exists and belongs to something else: the
+        /// operator leaves it alone.
+        ObjectNotOwned,
         /// The estimated completion is past the deadline.
         EstimatePastDeadline,
         /// The estimated completion is within the deadline again (or the job is no longer running).
@@ -126,6 +134,8 @@ names! {
         TooManyMissedTimes,
         /// A schedule's spec.schedule or spec.timeZone cannot be read.
         InvalidSchedule,
+        /// An object the operator would create exists and belongs to something else; it is left alone.
+        ObjectNotOwned,
     }
 }
 

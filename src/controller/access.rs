@@ -1,6 +1,13 @@
-//! What a job's workers need besides their pods, applied with server-side apply: the Lease of
-//! each shard, and the ServiceAccount, Role and RoleBinding that let a worker touch only its
-//! job's Leases. All of it is owned by the job and goes with it.
+//! What a job's workers need besides their pods: the Lease of each shard, and the
+//! ServiceAccount, Role and RoleBinding that let a worker touch only its job's Leases. All of it
+//! is owned by the job and goes with it.
+//!
+//! Their names come from the job's (`JOB-SHARD`, `JOB-worker`), so an object of that name may
+//! already be someone else's: another app's Lease, a Role with other rules. Each is therefore
+//! created, and only one this job controls is applied over; any other is left untouched and
+//! reported as [`NotOwned`] (the job then starts no worker, see `decision::Refusal::NotOwned`).
+
+use std::fmt::Debug;
 
 use k8s_openapi::{
     api::{
@@ -13,15 +20,72 @@ use k8s_openapi::{
 };
 use kube::{
     Api, Client, Resource, ResourceExt,
-    api::{Patch, PatchParams},
+    api::{Patch, PatchParams, PostParams},
 };
-use serde_json::json;
+use serde::{Serialize, de::DeserializeOwned};
+use serde_json::{Value, json};
 use tracing::warn;
 
 use crate::{
     api::{self, BackgroundJob},
     decision::pod::{lease_name, worker_account},
 };
+
+/// An object of the name the job's workers need that this job does not control.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NotOwned {
+    pub kind: String,
+    pub name: String,
+    /// Its controller, "Kind name", if it has one.
+    pub controller: Option<String>,
+}
+
+impl NotOwned {
+    /// For the job's WorkersBlocked condition and its event.
+    pub fn message(&self) -> String {
+        let whose = match &self.controller {
+            Some(c) => format!("it is controlled by {c}"),
+            None => "it has no controller".into(),
+        };
+        format!(
+            "{} {} exists and belongs to something else ({whose}, not this job): nightshift leaves it untouched and starts no worker; delete or rename it, or give the job another name",
+            self.kind, self.name
+        )
+    }
+}
+
+/// Creates `object` (named `name`); if one of that name exists, applies `object` over it only
+/// when `owner` (a uid) controls it. The inner Err: it exists and is someone else's.
+pub async fn claim<K>(api: &Api<K>, owner: &str, name: &str, object: &Value) -> Result<Result<K, NotOwned>, kube::Error>
+where
+    K: Resource<DynamicType = ()> + Clone + Debug + Serialize + DeserializeOwned,
+{
+    let typed: K = serde_json::from_value(object.clone()).map_err(kube::Error::SerdeError)?;
+    let params = PostParams { field_manager: Some(api::MANAGER.into()), ..Default::default() };
+    match api.create(&params, &typed).await {
+        Ok(created) => return Ok(Ok(created)),
+        Err(kube::Error::Api(e)) if e.code == 409 => {}
+        Err(e) => return Err(e),
+    }
+    let existing = api.get(name).await?;
+    let controller = existing.owner_references().iter().find(|o| o.controller == Some(true));
+    if controller.is_none_or(|c| c.uid != owner) {
+        let controller = controller.map(|c| format!("{} {}", c.kind, c.name));
+        return Ok(Err(NotOwned { kind: K::kind(&()).into_owned(), name: name.into(), controller }));
+    }
+    apply_over(api, name, object, &existing).await.map(Ok)
+}
+
+/// Applies `object` over `existing`, this job's, with its uid as a precondition: should it have
+/// been replaced by someone else's since it was read, the API server refuses the apply.
+pub async fn apply_over<K>(api: &Api<K>, name: &str, object: &Value, existing: &K) -> Result<K, kube::Error>
+where
+    K: Resource + Clone + Debug + Serialize + DeserializeOwned,
+{
+    let mut object = object.clone();
+    object["metadata"]["uid"] = json!(existing.meta().uid);
+    api.patch(name, &apply_params(), &Patch::Apply(&object)).await
+}
 
 fn apply_params() -> PatchParams {
     PatchParams::apply(api::MANAGER).force()
@@ -30,14 +94,16 @@ fn apply_params() -> PatchParams {
 /// Points shard `shard`'s Lease at `pod`, the attempt starting now, and clears what the
 /// previous attempt reported but its checkpoint, which it returns: the new attempt resumes from
 /// it. From this write on, the previous attempt is fenced, so no later checkpoint of its can
-/// land: the one returned is the last.
+/// land: the one returned is the last. `ours`: the Lease as the cache shows it, when this job
+/// controls it (it is applied over at once; otherwise it is claimed).
 pub async fn apply_lease(
     client: &Client,
     job: &BackgroundJob,
     shard: i32,
     pod: &str,
     now: Timestamp,
-) -> Result<Option<String>, kube::Error> {
+    ours: Option<&Lease>,
+) -> Result<Result<Option<String>, NotOwned>, kube::Error> {
     let name = job.name_any();
     let lease_name = lease_name(&name, shard);
     let timeout = job.spec.heartbeat.as_ref().map(|h| h.timeout_seconds).unwrap_or(40);
@@ -63,7 +129,13 @@ pub async fn apply_lease(
     });
     let api: Api<Lease> = Api::namespaced(client.clone(), &job.namespace().unwrap_or_default());
     // The checkpoint annotations are not in the applied object, so the apply keeps them.
-    let applied = api.patch(&lease_name, &apply_params(), &Patch::Apply(&lease)).await?;
+    let applied = match ours {
+        Some(existing) => apply_over(&api, &lease_name, &lease, existing).await?,
+        None => match claim(&api, &job.uid().unwrap_or_default(), &lease_name, &lease).await? {
+            Ok(lease) => lease,
+            Err(not_owned) => return Ok(Err(not_owned)),
+        },
+    };
     let checkpoint = applied.annotations().get(api::ANNOTATION_CHECKPOINT).filter(|c| !c.is_empty());
     match checkpoint {
         Some(c) if c.len() > api::MAX_CHECKPOINT_BYTES => {
@@ -73,17 +145,17 @@ pub async fn apply_lease(
                 "the checkpoint in the Lease is longer than {} bytes; the next attempt starts without it",
                 api::MAX_CHECKPOINT_BYTES
             );
-            Ok(None)
+            Ok(Ok(None))
         }
-        checkpoint => Ok(checkpoint.cloned()),
+        checkpoint => Ok(Ok(checkpoint.cloned())),
     }
 }
 
 /// The workers' ServiceAccount (unless the template names its own), a Role allowing get,
-/// update and patch on this job's Leases only, and the binding between them.
-pub async fn apply_account(client: &Client, job: &BackgroundJob) -> Result<(), kube::Error> {
-    let ns = job.namespace().unwrap_or_default();
-    let name = job.name_any();
+/// update and patch on this job's Leases only, and the binding between them; each claimed, so
+/// the first that is someone else's stops it (Err inside).
+pub async fn apply_account(client: &Client, job: &BackgroundJob) -> Result<Result<(), NotOwned>, kube::Error> {
+    let (ns, name, uid) = (job.namespace().unwrap_or_default(), job.name_any(), job.uid().unwrap_or_default());
     let account = worker_account(&name);
     let owner = job.controller_owner_ref(&());
     let labels = json!({api::LABEL_JOB: name});
@@ -93,9 +165,10 @@ pub async fn apply_account(client: &Client, job: &BackgroundJob) -> Result<(), k
             "apiVersion": "v1", "kind": "ServiceAccount",
             "metadata": {"name": account, "labels": labels, "ownerReferences": [owner]},
         });
-        Api::<ServiceAccount>::namespaced(client.clone(), &ns)
-            .patch(&account, &apply_params(), &Patch::Apply(&sa))
-            .await?;
+        let api = Api::<ServiceAccount>::namespaced(client.clone(), &ns);
+        if let Err(not_owned) = claim(&api, &uid, &account, &sa).await? {
+            return Ok(Err(not_owned));
+        }
     }
     let leases: Vec<String> = (0..job.spec.shards).map(|s| lease_name(&name, s)).collect();
     let role = json!({
@@ -108,15 +181,15 @@ pub async fn apply_account(client: &Client, job: &BackgroundJob) -> Result<(), k
             "verbs": ["get", "update", "patch"],
         }],
     });
-    Api::<Role>::namespaced(client.clone(), &ns).patch(&account, &apply_params(), &Patch::Apply(&role)).await?;
+    if let Err(not_owned) = claim(&Api::<Role>::namespaced(client.clone(), &ns), &uid, &account, &role).await? {
+        return Ok(Err(not_owned));
+    }
     let binding = json!({
         "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
         "metadata": {"name": account, "labels": labels, "ownerReferences": [owner]},
         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": account},
         "subjects": [{"kind": "ServiceAccount", "name": named.unwrap_or(account.clone()), "namespace": ns}],
     });
-    Api::<RoleBinding>::namespaced(client.clone(), &ns)
-        .patch(&account, &apply_params(), &Patch::Apply(&binding))
-        .await?;
-    Ok(())
+    let api = Api::<RoleBinding>::namespaced(client.clone(), &ns);
+    Ok(claim(&api, &uid, &account, &binding).await?.map(|_| ()))
 }

@@ -2,12 +2,16 @@
 //! on a job's first pods) and deletes the decided ones. Reports how the API server refused a
 //! pod, if it did; every other error fails the reconcile, which is retried.
 
-use std::time::Instant;
+use std::{sync::Arc, time::Instant};
 
-use k8s_openapi::{api::core::v1::Pod, jiff::Timestamp};
+use k8s_openapi::{
+    api::{coordination::v1::Lease, core::v1::Pod},
+    jiff::Timestamp,
+};
 use kube::{
     Api, ResourceExt,
-    api::{DeleteParams, PostParams},
+    api::{DeleteParams, PostParams, Preconditions},
+    runtime::reflector::ObjectRef,
 };
 use tracing::{info, warn};
 
@@ -20,17 +24,38 @@ use crate::{
     api::{self, BackgroundJob},
     decision::{
         Decision, Refusal,
-        pod::{pod_name, worker_pod},
+        pod::{lease_name, pod_name, worker_pod},
     },
 };
 
-pub async fn act(ctx: &Context, job: &BackgroundJob, d: &Decision, now: Timestamp) -> Result<Option<Refusal>, Error> {
+pub async fn act(
+    ctx: &Context,
+    job: &BackgroundJob,
+    pods: &[Arc<Pod>],
+    d: &Decision,
+    now: Timestamp,
+) -> Result<Option<Refusal>, Error> {
     if d.resolve.is_some() {
         return templates::resolve(ctx, job).await;
     }
     let refusal = create_pods(ctx, job, &d.create, now).await?;
-    delete_pods(ctx, job, &d.delete).await?;
+    delete_pods(ctx, job, pods, &d.delete).await?;
     Ok(refusal)
+}
+
+/// The job's workers cannot start beside an object that is someone else's: the refusal that
+/// holds them back, naming it.
+fn not_owned(not_owned: &access::NotOwned, now: Timestamp) -> Refusal {
+    let message = not_owned.message();
+    warn!("{message}");
+    Refusal::NotOwned { message, at: now }
+}
+
+/// The Lease of `shard` as the cache shows it, when this job controls it.
+fn our_lease(ctx: &Context, job: &BackgroundJob, shard: i32) -> Option<Arc<Lease>> {
+    let (ns, uid) = (job.namespace().unwrap_or_default(), job.uid().unwrap_or_default());
+    let lease = ctx.leases.get(&ObjectRef::new(&lease_name(&job.name_any(), shard)).within(&ns))?;
+    lease.owner_references().iter().any(|o| o.controller == Some(true) && o.uid == uid).then_some(lease)
 }
 
 /// Creates the pods concurrently: a reconcile costs one round trip, not one per pod.
@@ -47,18 +72,27 @@ async fn create_pods(
     if job.spec.heartbeat.is_some() {
         let applied = ctx.memory().jobs.get(&uid).is_some_and(|m| m.access_applied);
         if !applied {
-            access::apply_account(&ctx.client, job).await?;
+            if let Err(e) = access::apply_account(&ctx.client, job).await? {
+                return Ok(Some(not_owned(&e, now)));
+            }
             ctx.memory().jobs.entry(uid.clone()).or_default().access_applied = true;
         }
     }
     // The Lease names the new attempt before its pod exists: an older attempt still running is
     // fenced from this moment on, and the checkpoint it left is the one the new attempt gets.
     let checkpoints: Vec<Option<String>> = if job.spec.heartbeat.is_some() {
-        futures::future::try_join_all(create.iter().map(|&(shard, attempt)| {
+        let claimed = futures::future::try_join_all(create.iter().map(|&(shard, attempt)| {
             let pod = pod_name(&job.name_any(), shard, attempt);
-            async move { access::apply_lease(&ctx.client, job, shard, &pod, now).await }
+            let ours = our_lease(ctx, job, shard);
+            async move { access::apply_lease(&ctx.client, job, shard, &pod, now, ours.as_deref()).await }
         }))
-        .await?
+        .await?;
+        // No worker starts while one Lease is someone else's: a worker's Role names every
+        // shard's Lease, so even the others could write to it.
+        match claimed.into_iter().collect::<Result<Vec<_>, _>>() {
+            Ok(checkpoints) => checkpoints,
+            Err(e) => return Ok(Some(not_owned(&e, now))),
+        }
     } else {
         vec![None; create.len()]
     };
@@ -117,12 +151,20 @@ async fn create_pods(
     }
 }
 
-async fn delete_pods(ctx: &Context, job: &BackgroundJob, delete: &[String]) -> Result<(), Error> {
+/// Deletes the pods by name and uid: a pod of that name created since (by someone else, or a
+/// newer one) is never deleted in its place (409, and nothing to do).
+async fn delete_pods(ctx: &Context, job: &BackgroundJob, pods: &[Arc<Pod>], delete: &[String]) -> Result<(), Error> {
     let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &job.namespace().unwrap_or_default());
-    for pod in delete {
-        match api.delete(pod, &DeleteParams::background()).await {
-            Ok(_) => info!(pod, "deleted worker pod"),
-            Err(kube::Error::Api(e)) if e.code == 404 => {}
+    for name in delete {
+        // The decision names only pods it was given, so each has its uid here.
+        let Some(pod) = pods.iter().find(|p| p.metadata.name.as_ref() == Some(name)) else { continue };
+        let params = DeleteParams {
+            preconditions: Some(Preconditions { uid: pod.uid(), resource_version: None }),
+            ..DeleteParams::background()
+        };
+        match api.delete(name, &params).await {
+            Ok(_) => info!(pod = name, "deleted worker pod"),
+            Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {}
             Err(e) => return Err(e.into()),
         }
     }

@@ -45,7 +45,7 @@ pub async fn reconcile(job: Arc<BackgroundJob>, ctx: Arc<Context>) -> Result<Act
     let seen = observe(&ctx, job);
     let d = decide(&ctx, &seen, now);
     let _creating = Creating::new(&ctx, &seen.job, &d);
-    if let Some(refusal) = act::act(&ctx, &seen.job, &d, now).await? {
+    if let Some(refusal) = act::act(&ctx, &seen.job, &seen.pods, &d, now).await? {
         return Ok(refused(&ctx, &seen.job, refusal));
     }
     if d.resolve.is_some() {

@@ -5,8 +5,10 @@
 //! - observe: the schedule (with the status this process last wrote, if the cache is behind),
 //!   the jobs it owns from the shared cache, and those it created that the cache does not show yet;
 //! - decide: [`decision::schedule::decide`], pure, `now` an argument;
-//! - act: delete the jobs a run replaces, then create the run's job (AlreadyExists counts as
-//!   created: that is how a restart, or a second replica, never doubles a run);
+//! - act: delete the jobs a run replaces (by uid, only those it controls), then create the
+//!   run's job (AlreadyExists counts as created when the job is the schedule's: that is how a
+//!   restart, or a second replica, never doubles a run; anyone else's job of that name is left
+//!   alone, and the run skipped);
 //! - record: write the status (server-side apply, only when it changed), then delete the jobs
 //!   beyond the history limits, and publish events.
 
@@ -19,8 +21,12 @@ use std::{
 use k8s_openapi::jiff::Timestamp;
 use kube::{
     Api, Client, Resource, ResourceExt,
-    api::{ApiResource, DeleteParams, DynamicObject, Patch, PatchParams, PostParams},
-    runtime::{controller::Action, events::Recorder, reflector::Store},
+    api::{ApiResource, DeleteParams, DynamicObject, Patch, PatchParams, PostParams, Preconditions},
+    runtime::{
+        controller::Action,
+        events::Recorder,
+        reflector::{ObjectRef, Store},
+    },
 };
 use serde_json::json;
 use tracing::{debug, info, warn};
@@ -36,7 +42,7 @@ use crate::{
     api::{self, BackgroundJob, BackgroundJobSchedule, BackgroundJobScheduleStatus},
     decision::{
         EventNote,
-        schedule::{ScheduleDecision, ScheduledJob, decide},
+        schedule::{ScheduleDecision, ScheduledJob, decide_with},
     },
     operator::{Metrics, metrics::ErrorLabel},
 };
@@ -99,10 +105,15 @@ pub async fn reconcile(schedule: Arc<BackgroundJobSchedule>, ctx: Arc<ScheduleCo
     // second job, but Replace could delete the first): wait for the first LIST.
     let _ = ctx.jobs.wait_until_ready().await;
     let now = now();
-    let (schedule, jobs) = observe(&ctx, schedule);
-    let d = decide(&schedule, &jobs, now);
+    let (schedule, jobs, mut taken) = observe(&ctx, schedule);
+    let mut d = decide_with(&schedule, &jobs, &taken, now);
     debug!(jobs = jobs.len(), create = ?d.create.as_ref().map(|r| &r.name), requeue = ?d.requeue_after, "decided");
-    act(&ctx, &schedule, &d).await?;
+    if let Some(name) = act(&ctx, &schedule, &d).await? {
+        // The run's name turned out to be someone else's job (created since the cache was
+        // read): decided again knowing it, the run is skipped and the schedule says why.
+        taken.push(name);
+        d = decide_with(&schedule, &jobs, &taken, now);
+    }
     record(&ctx, &schedule, d).await
 }
 
@@ -112,15 +123,23 @@ pub fn error_policy(schedule: Arc<BackgroundJobSchedule>, error: &Error, ctx: Ar
     Action::requeue(Duration::from_secs(5))
 }
 
+/// The schedule, the jobs it controls, and the names of jobs named like its runs
+/// (`SCHEDULE-...`) that it does not control: those it must never create, delete or count.
 fn observe(
     ctx: &ScheduleContext,
     schedule: Arc<BackgroundJobSchedule>,
-) -> (Arc<BackgroundJobSchedule>, Vec<ScheduledJob>) {
+) -> (Arc<BackgroundJobSchedule>, Vec<ScheduledJob>, Vec<String>) {
     let (ns, uid) = (schedule.namespace().unwrap_or_default(), schedule.uid().unwrap_or_default());
-    let owned = ctx.jobs.state_filter(|j| {
-        j.metadata.namespace.as_deref() == Some(ns.as_str())
-            && j.owner_references().iter().any(|o| o.uid == uid && o.controller == Some(true))
-    });
+    let controlled = |j: &BackgroundJob| controlled_by(j, &uid);
+    let prefix = format!("{}-", schedule.name_any());
+    let in_ns = |j: &BackgroundJob| j.metadata.namespace.as_deref() == Some(ns.as_str());
+    let owned = ctx.jobs.state_filter(|j| in_ns(j) && controlled(j));
+    let taken: Vec<String> = ctx
+        .jobs
+        .state_filter(|j| in_ns(j) && !controlled(j) && j.name_any().starts_with(&prefix))
+        .iter()
+        .map(|j| j.name_any())
+        .collect();
     let mut jobs: Vec<ScheduledJob> = owned.iter().map(|j| scheduled_job(j)).collect();
     let mut memory = ctx.memory();
     for job in &jobs {
@@ -138,7 +157,12 @@ fn observe(
         Some(written) => with_written(schedule, written, |s| &mut s.status),
         None => schedule,
     };
-    (schedule, jobs)
+    (schedule, jobs, taken)
+}
+
+/// Whether the object with uid `uid` is `job`'s controller.
+fn controlled_by(job: &BackgroundJob, uid: &str) -> bool {
+    job.owner_references().iter().any(|o| o.uid == uid && o.controller == Some(true))
 }
 
 /// A job as decide sees it.
@@ -152,9 +176,15 @@ fn scheduled_job(job: &BackgroundJob) -> ScheduledJob {
     }
 }
 
-async fn act(ctx: &ScheduleContext, schedule: &BackgroundJobSchedule, d: &ScheduleDecision) -> Result<(), Error> {
+/// Deletes the jobs the run replaces and creates the run's job. Returns the run's name when a
+/// job of that name exists that this schedule does not control (left untouched).
+async fn act(
+    ctx: &ScheduleContext,
+    schedule: &BackgroundJobSchedule,
+    d: &ScheduleDecision,
+) -> Result<Option<String>, Error> {
     delete_jobs(ctx, schedule, &d.replace).await?;
-    let Some(run) = &d.create else { return Ok(()) };
+    let Some(run) = &d.create else { return Ok(None) };
     let ns = schedule.namespace().unwrap_or_default();
     let job = job_for(schedule, &run.name, run.scheduled_at);
     let api: Api<DynamicObject> =
@@ -162,8 +192,16 @@ async fn act(ctx: &ScheduleContext, schedule: &BackgroundJobSchedule, d: &Schedu
     let params = PostParams { field_manager: Some(api::MANAGER.into()), ..Default::default() };
     match api.create(&params, &job).await {
         Ok(_) => info!(job = run.name, scheduled = %run.scheduled_at, "created the job"),
-        // Created already, by this operator before a restart or by another replica.
-        Err(kube::Error::Api(e)) if e.code == 409 => debug!(job = run.name, "the job exists already"),
+        // Created already, by this operator before a restart or by another replica: then this
+        // schedule controls it. Anyone else's job of that name is not this run.
+        Err(kube::Error::Api(e)) if e.code == 409 => {
+            let existing: BackgroundJob = Api::namespaced(ctx.client.clone(), &ns).get(&run.name).await?;
+            if !controlled_by(&existing, &schedule.uid().unwrap_or_default()) {
+                warn!(job = run.name, "a job of the run's name exists and is not this schedule's; left alone");
+                return Ok(Some(run.name.clone()));
+            }
+            debug!(job = run.name, "the job exists already")
+        }
         Err(e) => return Err(e.into()),
     }
     let view = ScheduledJob {
@@ -177,7 +215,7 @@ async fn act(ctx: &ScheduleContext, schedule: &BackgroundJobSchedule, d: &Schedu
         (schedule.uid().unwrap_or_default(), view),
         Instant::now(),
     );
-    Ok(())
+    Ok(None)
 }
 
 /// The job of the run at `scheduled_at`: jobTemplate's spec as written (the API server and a
@@ -242,12 +280,31 @@ async fn record(
     Ok(d.requeue_after.map(Action::requeue).unwrap_or_else(Action::await_change))
 }
 
+/// Deletes jobs this schedule controls, each by uid: a job of the name that is someone else's,
+/// or was created since, is never deleted in its place.
 async fn delete_jobs(ctx: &ScheduleContext, schedule: &BackgroundJobSchedule, names: &[String]) -> Result<(), Error> {
-    let api: Api<BackgroundJob> = Api::namespaced(ctx.client.clone(), &schedule.namespace().unwrap_or_default());
+    let ns = schedule.namespace().unwrap_or_default();
+    let api: Api<BackgroundJob> = Api::namespaced(ctx.client.clone(), &ns);
     for name in names {
-        match api.delete(name, &DeleteParams::background()).await {
+        // A job created moments ago may not be in the cache yet.
+        let job = match ctx.jobs.get(&ObjectRef::new(name).within(&ns)) {
+            Some(job) => job,
+            None => match api.get_opt(name).await? {
+                Some(job) => Arc::new(job),
+                None => continue,
+            },
+        };
+        if !controlled_by(&job, &schedule.uid().unwrap_or_default()) {
+            warn!(job = name, "not deleting a job this schedule does not control");
+            continue;
+        }
+        let params = DeleteParams {
+            preconditions: Some(Preconditions { uid: job.uid(), resource_version: None }),
+            ..DeleteParams::background()
+        };
+        match api.delete(name, &params).await {
             Ok(_) => info!(job = name, "deleted the job"),
-            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {}
             Err(e) => return Err(e.into()),
         }
     }

@@ -12,6 +12,7 @@ use kube::ResourceExt;
 use super::{
     heartbeat::heartbeat_failure,
     ranges::Ranges,
+    retrying,
     step::{Decision, EventNote, Related, min_opt, plus, time, until},
     view::{LeaseView, PodPhase, PodView},
 };
@@ -67,7 +68,10 @@ impl<'a> Book<'a> {
             failed: Ranges::from_opt(prev.failed_shards.as_ref()),
             // Entries for shards the spec no longer has cannot happen through the API; be safe.
             active: prev.active.iter().filter(|a| in_run(a.shard)).map(|a| (a.shard, a.clone())).collect(),
-            retrying: prev.retrying.iter().filter(|r| in_run(r.shard)).map(|r| (r.shard, r.clone())).collect(),
+            retrying: retrying::unpack(&prev.retrying, &prev.retrying_groups)
+                .into_iter()
+                .filter(|(shard, _)| in_run(*shard))
+                .collect(),
             pods: BTreeMap::new(),
             live: Vec::new(),
             job_failure: None,

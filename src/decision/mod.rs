@@ -13,6 +13,7 @@ mod outcome;
 pub mod pod;
 pub mod queue;
 pub mod ranges;
+mod retrying;
 pub mod schedule;
 mod status;
 mod step;

@@ -160,7 +160,7 @@ impl Book<'_> {
             "{} of {} shards failed ({}) and spec.retry.allowFailedShards is false",
             self.failed.len(),
             self.total,
-            self.failed
+            self.failed.abbreviated(MESSAGE_RANGES)
         );
         if let Some(first) = self.shard_failures.first() {
             let rule = first.rule.as_deref().map(|r| format!(" by {r}")).unwrap_or_default();
@@ -169,6 +169,9 @@ impl Book<'_> {
         Some((Reason::ShardsFailed, message))
     }
 }
+
+/// About how long shard ranges in a condition or event message get (see [`super::ranges::Ranges::abbreviated`]).
+pub(super) const MESSAGE_RANGES: usize = 200;
 
 pub(super) fn describe(f: &Failure) -> String {
     let mut s = f.reason.clone();

@@ -74,6 +74,23 @@ impl Ranges {
         (!self.is_empty()).then(|| self.to_string())
     }
 
+    /// The status form for a message: cut after about `max` bytes, at a range, saying how
+    /// many indexes the set holds in all ("0,2,4,… (2500 in all)"), so that a message never
+    /// grows with the number of shards.
+    pub fn abbreviated(&self, max: usize) -> String {
+        let full = self.to_string();
+        if full.len() <= max {
+            return full;
+        }
+        let cut = full[..max].rfind(',').unwrap_or(0);
+        format!("{},… ({} in all)", &full[..cut], self.len())
+    }
+
+    /// The highest index, if any.
+    pub fn last(&self) -> Option<i32> {
+        self.0.last().map(|&(_, end)| end)
+    }
+
     /// The indexes, ascending.
     pub fn iter(&self) -> impl Iterator<Item = i32> + '_ {
         self.0.iter().flat_map(|&(a, b)| a..=b)
@@ -136,6 +153,14 @@ mod tests {
         assert_eq!(Ranges::parse("0-3,5,7-9"), set);
         assert_eq!(set.len(), 8);
         assert_eq!(Ranges::default().to_opt_string(), None);
+    }
+
+    #[test]
+    fn an_abbreviation_stays_short_and_counts_all() {
+        let set: Ranges = (0..5000).map(|i| i * 2).collect();
+        let short = set.abbreviated(100);
+        assert!(short.len() <= 130 && short.starts_with("0,2,4,") && short.ends_with(",… (5000 in all)"), "{short}");
+        assert_eq!(Ranges::parse("3,7-9").abbreviated(100), "3,7-9");
     }
 
     #[test]

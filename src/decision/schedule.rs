@@ -194,6 +194,18 @@ pub struct ScheduleDecision {
 /// does: at most one run (the most recent time due), spec.concurrencyPolicy against the active
 /// jobs, and the history limits.
 pub fn decide(schedule: &BackgroundJobSchedule, jobs: &[ScheduledJob], now: Timestamp) -> ScheduleDecision {
+    decide_with(schedule, jobs, &[], now)
+}
+
+/// [`decide`], with `taken`: names of jobs in the namespace that the schedule does not control.
+/// A run whose name is one of them is skipped (never created over, deleted or counted as the
+/// run), and the schedule says so until its next run.
+pub fn decide_with(
+    schedule: &BackgroundJobSchedule,
+    jobs: &[ScheduledJob],
+    taken: &[String],
+    now: Timestamp,
+) -> ScheduleDecision {
     let spec = &schedule.spec;
     let generation = schedule.metadata.generation;
     let old = schedule.status.clone().unwrap_or_default();
@@ -258,19 +270,39 @@ pub fn decide(schedule: &BackgroundJobSchedule, jobs: &[ScheduledJob], now: Time
             d.events.push(EventNote::warning(EventReason::MissSchedule, message.clone()));
             condition(true, Reason::MissSchedule, message, &mut d);
         }
-        // A late run's condition holds until the next run.
+        // A late or skipped run's condition holds until the next run.
         None if old.conditions.iter().any(|c| {
+            let late = [Reason::MissSchedule.as_str(), Reason::TooManyMissedTimes.as_str()];
             c.type_ == ConditionType::Scheduling.as_str()
-                && c.status == "True"
-                && [Reason::MissSchedule.as_str(), Reason::TooManyMissedTimes.as_str()].contains(&c.reason.as_str())
+                && ((c.status == "True" && late.contains(&c.reason.as_str()))
+                    || c.reason == Reason::ObjectNotOwned.as_str())
         }) => {}
         _ => condition(true, Reason::Scheduled, on_time, &mut d),
     }
     if let Some(run) = tick.run {
-        start(schedule, jobs, run, &mut d);
+        let name = job_name(&schedule.name_any(), run);
+        if taken.contains(&name) {
+            skip_taken(name, run, now, generation, &mut d);
+        } else {
+            start(schedule, jobs, run, &mut d);
+        }
     }
     let requeue = tick.next.map(|next| Duration::from_secs(next.duration_since(now).as_secs().max(1) as u64));
     finish(d, jobs, requeue)
+}
+
+/// The run at `run` is skipped: its job's name is someone else's job. It counts as passed, as a
+/// missed run does; the Scheduling condition (False) and an event name that job.
+fn skip_taken(name: String, run: Timestamp, now: Timestamp, generation: Option<i64>, d: &mut ScheduleDecision) {
+    let message = format!(
+        "BackgroundJob {name} exists and belongs to something else (not this schedule): the run of {run} is skipped and that job left untouched; rename or delete it to free the name of a run"
+    );
+    d.events.push(EventNote::warning(EventReason::ObjectNotOwned, message.clone()).about(Related::Job(name)));
+    let conditions = &mut d.status.conditions;
+    set_condition(conditions, ConditionType::Scheduling, false, Reason::ObjectNotOwned, message, now, generation);
+    if d.status.last_schedule_time.as_ref().is_none_or(|t| t.0 < run) {
+        d.status.last_schedule_time = Some(time(run));
+    }
 }
 
 /// The run at `run`: under spec.concurrencyPolicy, a job to create, and the active jobs it replaces.

@@ -7,6 +7,7 @@ use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Condition, jiff::Timestamp}
 use super::{
     book::Book,
     ranges::Ranges,
+    retrying,
     step::{Decision, time},
     view::LeaseView,
 };
@@ -119,7 +120,7 @@ pub(super) fn summarize(
     let ready = if finished { 0 } else { live.iter().filter(|p| p.ready).count() as i32 };
     status.workers = Some(WorkerCounts { desired, active: workers, ready, summary: format!("{workers}/{desired}") });
     status.active = if finished { Vec::new() } else { active.into_values().collect() };
-    status.retrying = if finished { Vec::new() } else { retrying.into_values().collect() };
+    (status.retrying, status.retrying_groups) = if finished { Default::default() } else { retrying::pack(retrying) };
     for entry in status.active.iter_mut() {
         let lease = leases.get(&entry.shard).filter(|l| l.holder.as_deref() == Some(entry.pod.as_str()));
         entry.last_heartbeat_time = lease.and_then(|l| l.last_renewal).map(time);

@@ -155,6 +155,12 @@ fn decide_now(observed: &Observed, now: Timestamp) -> Decision {
     if template::unresolved(job) && !job.spec.cancel {
         return resolve(observed, status, now);
     }
+    if let Some(message) = shards_beyond(job).filter(|_| prev.start_time.is_none()) {
+        let mut d = Decision::default();
+        d.events.push(EventNote::warning(EventReason::Failed, message.clone()));
+        d.status = fail(job, status, Reason::InvalidOnlyShards, message, now);
+        return d;
+    }
     let leases: BTreeMap<i32, &LeaseView> = observed.leases.iter().map(|l| (l.shard, l)).collect();
     let mut book = Book::open(job, &prev, observed.pods, now);
     book.adopt();
@@ -164,6 +170,18 @@ fn decide_now(observed: &Observed, now: Timestamp) -> Decision {
     let mut d = summarize(status, book, desired, &leases);
     fold(observed, &prev, &mut d, now);
     d
+}
+
+/// spec.onlyShards naming shards the job does not have: refused rather than run as a job of no
+/// shards, which would "succeed" at once.
+fn shards_beyond(job: &crate::api::BackgroundJob) -> Option<String> {
+    let only = super::ranges::Ranges::parse(job.spec.only_shards.as_deref()?);
+    let shards = job.spec.shards;
+    let last = only.last().filter(|&last| last >= shards)?;
+    Some(format!(
+        "spec.onlyShards names shards up to {last}, which do not exist: spec.shards is {shards}, so indexes run from 0 to {}",
+        shards - 1
+    ))
 }
 
 /// A job whose spec.templateRef is not resolved yet: resolve it when the template exists (the
@@ -261,7 +279,7 @@ fn settle(observed: &Observed, prev: &BackgroundJobStatus, status: &mut Backgrou
             format!(
                 "{} of {total} shards succeeded; {failed} failed ({}), allowed by spec.retry.allowFailedShards",
                 i64::from(total) - failed,
-                book.failed
+                book.failed.abbreviated(super::outcome::MESSAGE_RANGES)
             )
         };
         status.phase = Some(Phase::Succeeded);
@@ -438,23 +456,29 @@ fn run(
 /// Until when new workers wait after the API server forbade one.
 fn forbidden_pause(observed: &Observed) -> Option<Timestamp> {
     match observed.refusal {
-        Some(Refusal::Forbidden { at, .. }) => Some(plus(*at, FORBIDDEN_PAUSE_SECONDS)),
+        Some(Refusal::Forbidden { at, .. } | Refusal::NotOwned { at, .. }) => Some(plus(*at, FORBIDDEN_PAUSE_SECONDS)),
         _ => None,
     }
 }
 
 /// WorkersBlocked is True while the API server's last answer to a worker pod of this job was
-/// 403 and the job still waits to start workers; False once that is over.
-fn workers_blocked(observed: &Observed, status: &mut BackgroundJobStatus, book: &Book) {
+/// 403, or an object its workers need belongs to something else, and the job still waits to
+/// start workers; False once that is over. An object not owned is also told in an event.
+fn workers_blocked(observed: &Observed, status: &mut BackgroundJobStatus, book: &mut Book) {
     let (now, generation) = (book.now, observed.job.metadata.generation);
     let pausing = forbidden_pause(observed).is_some_and(|t| book.now < t);
-    let blocked = match observed.refusal {
-        Some(Refusal::Forbidden { message, .. }) if pausing || !book.d.create.is_empty() => Some(message),
+    let waiting = pausing || !book.d.create.is_empty();
+    let cause = match observed.refusal {
+        Some(Refusal::Forbidden { message, .. }) if waiting => Some((Reason::PodCreationForbidden, message.clone())),
+        Some(Refusal::NotOwned { message, .. }) if waiting => Some((Reason::ObjectNotOwned, message.clone())),
         _ => None,
     };
-    let cause = blocked.map(|message| (Reason::PodCreationForbidden, message.clone()));
+    let not_owned = cause.as_ref().filter(|(reason, _)| *reason == Reason::ObjectNotOwned).map(|c| c.1.clone());
     let cleared = (Reason::PodCreationAllowed, "the API server accepts the job's worker pods");
-    hold_condition(&mut status.conditions, ConditionType::WorkersBlocked, cause, cleared, now, generation);
+    let turned = hold_condition(&mut status.conditions, ConditionType::WorkersBlocked, cause, cleared, now, generation);
+    if let Some(message) = not_owned.filter(|_| turned) {
+        book.d.events.push(EventNote::warning(EventReason::ObjectNotOwned, message));
+    }
 }
 
 pub(super) fn time(t: Timestamp) -> Time {

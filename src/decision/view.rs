@@ -91,6 +91,10 @@ pub enum Refusal {
     /// 403 (a quota, Pod Security): it may pass later. New workers wait
     /// [`FORBIDDEN_PAUSE_SECONDS`] before the next try.
     Forbidden { message: String, at: Timestamp },
+    /// An object the workers need (their Lease, ServiceAccount, Role or RoleBinding) exists and
+    /// is not this job's: the operator leaves it alone, and new workers wait
+    /// [`FORBIDDEN_PAUSE_SECONDS`] before the next try (someone may remove or rename it).
+    NotOwned { message: String, at: Timestamp },
 }
 
 /// How long a job starts no new worker after the API server forbade one.

@@ -66,7 +66,14 @@ pub fn report(job: &BackgroundJob, events: &[Event], now: Timestamp) -> String {
         }
     };
     let running: Vec<i32> = status.active.iter().map(|a| a.shard).collect();
-    let retrying: Vec<i32> = status.retrying.iter().map(|r| r.shard).collect();
+    // Beyond the listed ones, retrying shards are grouped as ranges.
+    let mut retrying = crate::decision::ranges::Ranges::default();
+    for shard in status.retrying.iter().map(|r| r.shard) {
+        retrying.insert(shard);
+    }
+    for group in &status.retrying_groups {
+        retrying.union(&crate::decision::ranges::Ranges::parse(&group.shards));
+    }
     let waiting = counts.pending - retrying.len() as i32;
     field(
         "Shards",
@@ -81,7 +88,7 @@ pub fn report(job: &BackgroundJob, events: &[Event], now: Timestamp) -> String {
             running.len(),
             shard_list(running.clone()),
             retrying.len(),
-            shard_list(retrying.clone()),
+            retrying.to_opt_string().map(|r| format!(" ({r})")).unwrap_or_default(),
             waiting.max(0),
         ),
     );
@@ -125,6 +132,11 @@ pub fn report(job: &BackgroundJob, events: &[Event], now: Timestamp) -> String {
                 line += &format!("; last: {}", failure_text(f));
             }
             let _ = writeln!(out, "{line}");
+        }
+        for g in &status.retrying_groups {
+            let when = g.next_retry_time.as_ref().map(|t| format!(" not before {}", t.0)).unwrap_or_default();
+            let _ =
+                writeln!(out, "  {} more: shards {}, after {} failed attempt(s){when}", g.count, g.shards, g.failures);
         }
     }
     if !status.shard_failures.is_empty() {

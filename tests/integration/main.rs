@@ -3,6 +3,7 @@
 
 mod admission;
 mod agent;
+mod bounds;
 mod chains;
 mod control_plane;
 mod crd_validation;
@@ -12,6 +13,7 @@ mod helm;
 mod jobs;
 mod node;
 mod operator;
+mod ownership;
 mod plugin;
 mod queue;
 mod schedules;

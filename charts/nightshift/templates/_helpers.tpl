@@ -97,15 +97,16 @@ namespace, a Role's in each watched namespace otherwise.
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["get", "list", "watch", "create", "delete", "patch"]
-# One Lease per shard: created (server-side apply) before its worker starts and watched for the
+# One Lease per shard: created before its worker starts (then, once read and found the job's,
+# written with server-side apply; someone else's is left alone) and watched for the
 # worker's heartbeats. `update`, `get` and `patch` are also what the per-job worker Roles grant
 # on their Leases, and RBAC lets the operator grant only what it holds itself.
 - apiGroups: ["coordination.k8s.io"]
   resources: ["leases"]
   verbs: ["get", "list", "watch", "create", "patch", "update"]
 # Per-job least-privilege worker accounts: a ServiceAccount, a Role allowing get/update/patch on
-# that job's Leases only, and their RoleBinding, all written with server-side apply (patch, and
-# create when new). Creating a Role with lease verbs, or binding it, requires the operator to
+# that job's Leases only, and their RoleBinding: each created, or read (get) and, only if the
+# job's, written with server-side apply (patch). Creating a Role with lease verbs, or binding it, requires the operator to
 # hold those verbs itself, which the rule above does; no escalate or bind verbs are needed.
 - apiGroups: [""]
   resources: ["serviceaccounts"]

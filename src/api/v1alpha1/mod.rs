@@ -83,8 +83,8 @@ pub struct BackgroundJobSpec {
     pub shards: i32,
 
     /// Run only these shards, as ranges of indexes like status.failedShards ("3,7-9"); the
-    /// others are not part of this job (its shard counts and progress leave them out). Indexes at
-    /// or above spec.shards are ignored. `kubectl nightshift rerun --failed` sets it. Unset: all.
+    /// others are not part of this job (its shard counts and progress leave them out). Every
+    /// index must be below spec.shards. `kubectl nightshift rerun --failed` sets it. Unset: all.
     /// Cannot change once the job is admitted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^[0-9]+(-[0-9]+)?(,[0-9]+(-[0-9]+)?)*$"), length(max = 10000))]

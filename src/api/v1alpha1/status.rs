@@ -33,8 +33,10 @@ impl std::fmt::Display for Phase {
     }
 }
 
-/// What the controller observed and decided. Its size does not grow with spec.shards: shards
-/// that are done are kept as ranges, and only active and retrying shards are listed one by one.
+/// What the controller observed and decided. Its size is bounded whatever spec.shards: shards
+/// that are done are kept as ranges, active shards are at most spec.workers.max, and at most
+/// [`MAX_RETRYING_LISTED`] retrying shards are listed one by one (the others in
+/// retryingGroups).
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct BackgroundJobStatus {
@@ -84,10 +86,15 @@ pub struct BackgroundJobStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["shard"]))]
     pub active: Vec<ActiveShard>,
-    /// Shards whose last attempt failed and that wait for their next attempt, one entry each.
+    /// Shards whose last attempt failed and that wait for their next attempt, one entry each:
+    /// the lowest 20; the others are in retryingGroups.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["shard"]))]
     pub retrying: Vec<RetryingShard>,
+    /// The shards waiting for their next attempt beyond those status.retrying lists, as ranges,
+    /// grouped by the failures and disruptions they have had (at most 20 groups).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub retrying_groups: Vec<RetryingGroup>,
     /// Work done over all shards.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub progress: Option<JobProgress>,
@@ -212,6 +219,33 @@ pub struct RetryingShard {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_failure: Option<Failure>,
 }
+
+/// Shards waiting for their next attempt that status.retrying does not list one by one.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RetryingGroup {
+    /// The shards, as ranges of indexes ("40-97,99").
+    pub shards: String,
+    /// How many shards.
+    pub count: i32,
+    /// Number of the attempt that runs next: the highest among the shards (a shard's attempt
+    /// numbers may skip some).
+    pub attempt: i32,
+    /// Failed attempts of each shard so far (the most among them, should more than 20 groups
+    /// have been needed: a shard then has fewer retries left, never more).
+    pub failures: i32,
+    /// Attempts of each shard the cluster took away so far (the most among them, likewise).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub disruptions: i32,
+    /// Not before this time: the latest among the shards. Unset: at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_retry_time: Option<Time>,
+}
+
+/// Most shards status.retrying lists one by one.
+pub const MAX_RETRYING_LISTED: usize = 20;
+/// Most entries of status.retryingGroups.
+pub const MAX_RETRYING_GROUPS: usize = 20;
 
 /// A shard that failed for good.
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]

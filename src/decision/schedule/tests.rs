@@ -266,6 +266,31 @@ fn forbid_skips_while_active_and_replace_deletes_first() {
     assert_eq!(allow.status.active.len(), 2);
 }
 
+/// Someone else's job has the run's name: under Replace too, nothing is deleted or created,
+/// the run counts as passed, and the schedule says why until its next run.
+#[test]
+fn a_run_named_like_someone_elses_job_is_skipped_and_said() {
+    let jobs = [job("2025-01-01T10:00:00Z", Some(Phase::Running))];
+    let s = sched(serde_json::json!({"concurrencyPolicy": "Replace"}));
+    let taken = ["nightly-28928761".to_string()];
+    let d = decide_with(&s, &jobs, &taken, ts("2025-01-01T10:01:01Z"));
+    assert_eq!((d.create.clone(), d.replace.clone()), (None, Vec::<String>::new()));
+    assert_eq!(d.status.active, [ActiveJob { name: "nightly-28928760".into() }], "the active run stays");
+    assert_eq!(d.status.last_schedule_time.as_ref().map(|t| t.0), Some(ts("2025-01-01T10:01:00Z")));
+    let (status, reason, message) = scheduling(&d);
+    assert_eq!((status.as_str(), reason.as_str()), ("False", "ObjectNotOwned"));
+    assert!(message.starts_with("BackgroundJob nightly-28928761 exists and belongs to something else"), "{message}");
+    assert_eq!(reasons(&d), [EventReason::ObjectNotOwned]);
+    assert_eq!(d.events[0].related, Some(Related::Job("nightly-28928761".into())));
+    // Later in that minute the condition holds; the next minute's run starts as usual.
+    let s = BackgroundJobSchedule { status: Some(d.status), ..s };
+    let d = decide_with(&s, &jobs, &taken, ts("2025-01-01T10:01:30Z"));
+    assert_eq!((scheduling(&d).1.as_str(), d.create), ("ObjectNotOwned", None));
+    let d = decide_with(&s, &jobs, &taken, ts("2025-01-01T10:02:01Z"));
+    assert_eq!(d.create.as_ref().unwrap().name, "nightly-28928762");
+    assert_eq!(scheduling(&d).1, "Scheduled");
+}
+
 #[test]
 fn history_limits_delete_the_oldest_finished() {
     let s = sched(serde_json::json!({"successfulJobsHistoryLimit": 1, "failedJobsHistoryLimit": 0}));

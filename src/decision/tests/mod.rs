@@ -306,6 +306,33 @@ fn a_forbidden_pod_blocks_new_workers_for_a_while_and_the_condition_clears_after
     assert_eq!(cleared.2, at(FORBIDDEN_PAUSE_SECONDS + 1));
 }
 
+/// A Lease (or the workers' RBAC) of the job's name that is someone else's: no worker starts,
+/// the condition and one event say which object, and the job tries again after the pause.
+#[test]
+fn an_object_not_owned_holds_the_workers_back_and_says_which() {
+    let mut job = job(3, 2, json!({}));
+    let mut w = World::default();
+    let message = "Lease j-0 exists and belongs to something else (holder other-app)".to_string();
+    let not_owned = Refusal::NotOwned { message: message.clone(), at: t0() };
+    let d = step_refused(&mut job, &mut w, Some(&not_owned), t0());
+    assert!(d.create.is_empty(), "no worker starts beside someone else's object");
+    assert_eq!(job.status.as_ref().unwrap().phase, Some(Phase::Running), "the job waits; it does not fail");
+    let c = job.status.as_ref().unwrap().conditions.iter().find(|c| c.type_ == "WorkersBlocked").unwrap().clone();
+    assert_eq!(
+        (c.status.as_str(), c.reason.as_str(), c.message.as_str()),
+        ("True", "ObjectNotOwned", message.as_str())
+    );
+    let said: Vec<&EventNote> = d.events.iter().filter(|e| e.reason == EventReason::ObjectNotOwned).collect();
+    assert_eq!(said.len(), 1);
+    assert!(said[0].warning && said[0].note == message);
+    // Once: not again while it holds.
+    let d = step_refused(&mut job, &mut w, Some(&not_owned), at(10));
+    assert!(!d.events.iter().any(|e| e.reason == EventReason::ObjectNotOwned));
+    assert!(d.create.is_empty());
+    // The pause is over: it tries again.
+    assert_eq!(step_refused(&mut job, &mut w, Some(&not_owned), at(FORBIDDEN_PAUSE_SECONDS)).create.len(), 2);
+}
+
 #[test]
 fn an_invalid_pod_fails_the_job_with_the_api_servers_message() {
     let mut job = job(3, 2, json!({}));
@@ -481,6 +508,7 @@ proptest! {
     }
 }
 
+mod bounded;
 mod heartbeats;
 mod results;
 

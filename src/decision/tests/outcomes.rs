@@ -62,10 +62,10 @@ fn cancel_stops_every_worker_and_fails_the_job_keeping_its_record() {
 
 #[test]
 fn only_shards_runs_just_those_and_counts_just_those() {
-    let mut job = job(10, 3, json!({"onlyShards": "2,5-6,12"}));
+    let mut job = job(10, 3, json!({"onlyShards": "2,5-6"}));
     let mut w = World::default();
     let d = step(&mut job, &mut w, t0());
-    assert_eq!(d.create, vec![(2, 1), (5, 1), (6, 1)], "12 is past spec.shards: ignored");
+    assert_eq!(d.create, vec![(2, 1), (5, 1), (6, 1)]);
     let counts = d.status.shards.clone().unwrap();
     assert_eq!((counts.total, counts.pending, counts.running), (3, 0, 3));
     for name in ["j-2-1", "j-5-1", "j-6-1"] {
@@ -77,6 +77,21 @@ fn only_shards_runs_just_those_and_counts_just_those() {
     assert_eq!(d.status.progress.map(|p| p.percent), Some(100));
     let complete = d.status.conditions.iter().find(|c| c.type_ == "Complete").unwrap();
     assert_eq!(complete.message, "all 3 shards succeeded");
+}
+
+/// Shards that do not exist (a job the CRD's rule could not judge: its shards come from a
+/// template) fail the job before it starts anything, rather than "succeed" with none run.
+#[test]
+fn only_shards_beyond_the_shards_fail_the_job_at_once() {
+    let mut job = job(14, 3, json!({"onlyShards": "3,20-25"}));
+    let d = decide(&Observed::new(&job, &[]), t0());
+    job.status = Some(d.status.clone());
+    assert!(d.create.is_empty());
+    assert_eq!(d.status.phase, Some(Phase::Failed));
+    let (reason, message) = said(&job, "Failed");
+    assert_eq!(reason, "InvalidOnlyShards");
+    assert!(message.starts_with("spec.onlyShards names shards up to 25"), "{message}");
+    assert!(message.contains("spec.shards is 14, so indexes run from 0 to 13"), "{message}");
 }
 
 /// The reason and message of the job's condition of this type.

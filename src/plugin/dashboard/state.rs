@@ -78,6 +78,8 @@ pub fn grid(job: &BackgroundJob) -> Option<Vec<Cell>> {
     let succeeded = Ranges::from_opt(status.succeeded_shards.as_ref());
     let failed = Ranges::from_opt(status.failed_shards.as_ref());
     let only = job.spec.only_shards.as_deref().map(Ranges::parse);
+    let grouped: Ranges =
+        status.retrying_groups.iter().flat_map(|g| Ranges::parse(&g.shards).iter().collect::<Vec<_>>()).collect();
     let mut cells = vec![Cell::Pending; shards.max(0) as usize];
     for (i, cell) in cells.iter_mut().enumerate() {
         let shard = i as i32;
@@ -89,7 +91,7 @@ pub fn grid(job: &BackgroundJob) -> Option<Vec<Cell>> {
             Cell::Failed
         } else if status.active.iter().any(|a| a.shard == shard) {
             Cell::Running
-        } else if status.retrying.iter().any(|r| r.shard == shard) {
+        } else if status.retrying.iter().any(|r| r.shard == shard) || grouped.contains(shard) {
             Cell::Retrying
         } else {
             Cell::Pending
