@@ -130,6 +130,11 @@ pub async fn apply_lease(
     let api: Api<Lease> = Api::namespaced(client.clone(), &job.namespace().unwrap_or_default());
     // The checkpoint annotations are not in the applied object, so the apply keeps them.
     let applied = match ours {
+        // Already this attempt's: a repeated create (its pod not seen yet, or gone without our
+        // finalizer) must not clear the progress and result the attempt reported.
+        Some(existing) if existing.spec.as_ref().and_then(|s| s.holder_identity.as_deref()) == Some(pod) => {
+            existing.clone()
+        }
         Some(existing) => apply_over(&api, &lease_name, &lease, existing).await?,
         None => match claim(&api, &job.uid().unwrap_or_default(), &lease_name, &lease).await? {
             Ok(lease) => lease,
