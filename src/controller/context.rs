@@ -44,6 +44,27 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// Asks the controller to look at a job again (queued ones, when workers free up).
     pub wake: futures::channel::mpsc::UnboundedSender<ObjectRef<BackgroundJob>>,
+    /// True once every cache has had its first LIST; see [`Filled`].
+    pub filled: Filled,
+}
+
+/// Whether every cache has had its first LIST, for any number of waiters. kube-runtime 5.0.0's
+/// `Store::wait_until_ready` wakes only the last task that polled it (a oneshot receiver keeps
+/// one waker): two reconciles waiting on it, or a reconcile and the controller, and the others
+/// wait for ever. So one task waits for the stores (`gauges`) and says so here.
+#[derive(Clone)]
+pub struct Filled(tokio::sync::watch::Receiver<bool>);
+
+impl Filled {
+    pub fn new() -> (tokio::sync::watch::Sender<bool>, Self) {
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        (tx, Self(rx))
+    }
+
+    /// Returns once every cache is filled (at once after that).
+    pub async fn wait(&self) {
+        let _ = self.0.clone().wait_for(|filled| *filled).await;
+    }
 }
 
 /// What the operator remembers between reconciles. Lost on a restart, by design: each entry

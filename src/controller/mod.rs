@@ -168,6 +168,7 @@ pub async fn run_with_metrics(
         .inspect(|event| warn_failed("BackgroundJobSchedules", event));
 
     let (orphan_tx, orphan_rx) = futures::channel::mpsc::unbounded();
+    let (filled_tx, filled) = context::Filled::new();
     let reporter = Reporter { controller: api::MANAGER.into(), instance: std::env::var("POD_NAME").ok() };
     metrics.worker_budget.set(options.budget.total.map_or(-1, i64::from));
     let ctx = Arc::new(Context {
@@ -181,6 +182,7 @@ pub async fn run_with_metrics(
         memory: Default::default(),
         metrics,
         wake: wake_tx,
+        filled: filled.clone(),
     });
 
     let schedule_ctx = Arc::new(schedules::ScheduleContext::new(
@@ -189,6 +191,7 @@ pub async fn run_with_metrics(
         job_store.clone(),
         schedule_store.clone(),
         ctx.metrics.clone(),
+        filled,
     ));
     // The job controller's triggers are all keys (reconcile_on); it reads jobs from the store.
     let controller = Controller::for_shared_stream(futures::stream::pending(), job_store)
@@ -249,7 +252,7 @@ pub async fn run_with_metrics(
         _ = pods => {},
         _ = heartbeats => {},
         _ = templates => {},
-        _ = gauges(&ctx) => {},
+        _ = gauges(&ctx, filled_tx) => {},
         _ = orphans::release_orphans(ctx.clone(), orphan_rx) => {},
         _ = job_watch => {},
         _ = future::join(reconciler, schedule_reconciler) => {},
@@ -302,11 +305,13 @@ fn on_lease(ctx: &Context, event: Result<watcher::Event<Lease>, watcher::Error>)
 }
 
 /// Gauges from the caches, every few seconds; readiness once the caches have synced.
-async fn gauges(ctx: &Context) {
+/// The only waiter on the stores' readiness (see [`context::Filled`]), which it then announces.
+async fn gauges(ctx: &Context, filled: tokio::sync::watch::Sender<bool>) {
     let _ = ctx.jobs.wait_until_ready().await;
     let _ = ctx.pods.wait_until_ready().await;
     let _ = ctx.leases.wait_until_ready().await;
     let _ = ctx.templates.wait_until_ready().await;
+    let _ = filled.send(true);
     ctx.metrics.caches_synced.store(true, std::sync::atomic::Ordering::Relaxed);
     loop {
         ctx.update_gauges();

@@ -20,9 +20,7 @@ pub fn candidate(pod: &Pod) -> bool {
 
 /// Releases the queued pods whose job is gone (or going), one at a time, until the queue closes.
 pub async fn release_orphans(ctx: Arc<Context>, mut queue: UnboundedReceiver<Pod>) {
-    if ctx.jobs.wait_until_ready().await.is_err() {
-        return;
-    }
+    ctx.filled.wait().await;
     while let Some(pod) = queue.next().await {
         if owner_alive(&ctx.jobs, &pod) {
             continue;

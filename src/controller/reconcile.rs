@@ -39,7 +39,7 @@ pub async fn reconcile(job: Arc<BackgroundJob>, ctx: Arc<Context>) -> Result<Act
     // are filled would take a running attempt's pod for a missing one and create it again,
     // re-pointing its Lease and clearing the result it reported (a new leader did, in a fault
     // run). Each resolves once, at the first LIST.
-    let _ = futures::join!(ctx.pods.wait_until_ready(), ctx.leases.wait_until_ready());
+    ctx.filled.wait().await;
     let now = now();
     let seen = observe(&ctx, job);
     let d = decide(&ctx, &seen, now);

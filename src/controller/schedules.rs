@@ -33,7 +33,7 @@ use tracing::{debug, info, warn};
 
 use super::{
     Error,
-    context::{object_key, resource_version, with_written},
+    context::{Filled, object_key, resource_version, with_written},
     events,
     expectations::Expectations,
     now,
@@ -58,6 +58,9 @@ pub struct ScheduleContext {
     /// The schedule controller's own cache, to forget what it remembers of deleted schedules.
     pub schedules: Store<BackgroundJobSchedule>,
     pub metrics: Arc<Metrics>,
+    /// Every cache has had its first LIST: deciding on a half-filled job cache could start a run
+    /// twice.
+    filled: Filled,
     memory: Mutex<ScheduleMemory>,
 }
 
@@ -81,13 +84,14 @@ impl ScheduleContext {
         jobs: Store<BackgroundJob>,
         schedules: Store<BackgroundJobSchedule>,
         metrics: Arc<Metrics>,
+        filled: Filled,
     ) -> Self {
         let memory = ScheduleMemory {
             written: HashMap::new(),
             creating: Expectations::new(EXPECTATION_TTL),
             noted: HashMap::new(),
         };
-        Self { client, recorder, jobs, schedules, metrics, memory: Mutex::new(memory) }
+        Self { client, recorder, jobs, schedules, metrics, filled, memory: Mutex::new(memory) }
     }
 
     fn memory(&self) -> MutexGuard<'_, ScheduleMemory> {
@@ -103,7 +107,7 @@ pub async fn reconcile(schedule: Arc<BackgroundJobSchedule>, ctx: Arc<ScheduleCo
     }
     // Deciding on a half-filled job cache could start a run twice (the name would refuse the
     // second job, but Replace could delete the first): wait for the first LIST.
-    let _ = ctx.jobs.wait_until_ready().await;
+    ctx.filled.wait().await;
     let now = now();
     let (schedule, jobs, mut taken) = observe(&ctx, schedule);
     let mut d = decide_with(&schedule, &jobs, &taken, now);
