@@ -229,3 +229,63 @@ pub fn with_written<K: Resource + Clone, S: Clone>(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        pin::pin,
+        sync::{
+            Arc,
+            atomic::{AtomicBool, Ordering},
+        },
+        task::{Context, Wake, Waker},
+    };
+
+    use k8s_openapi::api::core::v1::Pod;
+    use kube::runtime::{reflector, watcher::Event};
+
+    use super::Filled;
+
+    #[derive(Default)]
+    struct Flag(AtomicBool);
+
+    impl Wake for Flag {
+        fn wake(self: Arc<Self>) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+
+    /// Polls `future` once with a waker of its own; returns the flag that waker sets.
+    fn poll_once(future: std::pin::Pin<&mut impl Future>) -> Arc<Flag> {
+        let flag = Arc::new(Flag::default());
+        assert!(future.poll(&mut Context::from_waker(&Waker::from(flag.clone()))).is_pending());
+        flag
+    }
+
+    /// Why the operator waits on [`Filled`]: in kube-runtime 5.0.0 two tasks waiting for one store
+    /// (a reconcile and the controller, two reconciles) and only the last to poll is woken when
+    /// the first LIST arrives; the other waits for ever. (When this fails, kube-runtime fixed it.)
+    #[test]
+    fn a_store_of_kube_runtime_5_wakes_only_its_last_waiter() {
+        let (reader, mut writer) = reflector::store::<Pod>();
+        let (first, second) = (reader.clone(), reader.clone());
+        let mut first = pin!(first.wait_until_ready());
+        let mut second = pin!(second.wait_until_ready());
+        let (woken_first, woken_second) = (poll_once(first.as_mut()), poll_once(second.as_mut()));
+        writer.apply_watcher_event(&Event::Init);
+        writer.apply_watcher_event(&Event::InitDone);
+        assert!(woken_second.0.load(Ordering::SeqCst));
+        assert!(!woken_first.0.load(Ordering::SeqCst), "the first waiter was woken too");
+    }
+
+    #[test]
+    fn filled_wakes_every_waiter() {
+        let (tx, filled) = Filled::new();
+        let (a, b) = (filled.clone(), filled.clone());
+        let mut first = pin!(a.wait());
+        let mut second = pin!(b.wait());
+        let (woken_first, woken_second) = (poll_once(first.as_mut()), poll_once(second.as_mut()));
+        tx.send(true).unwrap();
+        assert!(woken_first.0.load(Ordering::SeqCst) && woken_second.0.load(Ordering::SeqCst));
+    }
+}
