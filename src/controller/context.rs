@@ -232,35 +232,12 @@ pub fn with_written<K: Resource + Clone, S: Clone>(
 
 #[cfg(test)]
 mod tests {
-    use std::{
-        pin::pin,
-        sync::{
-            Arc,
-            atomic::{AtomicBool, Ordering},
-        },
-        task::{Context, Wake, Waker},
-    };
+    use std::pin::pin;
 
     use k8s_openapi::api::core::v1::Pod;
     use kube::runtime::{reflector, watcher::Event};
 
-    use super::Filled;
-
-    #[derive(Default)]
-    struct Flag(AtomicBool);
-
-    impl Wake for Flag {
-        fn wake(self: Arc<Self>) {
-            self.0.store(true, Ordering::SeqCst);
-        }
-    }
-
-    /// Polls `future` once with a waker of its own; returns the flag that waker sets.
-    fn poll_once(future: std::pin::Pin<&mut impl Future>) -> Arc<Flag> {
-        let flag = Arc::new(Flag::default());
-        assert!(future.poll(&mut Context::from_waker(&Waker::from(flag.clone()))).is_pending());
-        flag
-    }
+    use super::{super::triggers::tests::poll_pending, Filled};
 
     /// Why the operator waits on [`Filled`]: in kube-runtime 5.0.0 two tasks waiting for one store
     /// (a reconcile and the controller, two reconciles) and only the last to poll is woken when
@@ -271,11 +248,11 @@ mod tests {
         let (first, second) = (reader.clone(), reader.clone());
         let mut first = pin!(first.wait_until_ready());
         let mut second = pin!(second.wait_until_ready());
-        let (woken_first, woken_second) = (poll_once(first.as_mut()), poll_once(second.as_mut()));
+        let (woken_first, woken_second) = (poll_pending(first.as_mut()), poll_pending(second.as_mut()));
         writer.apply_watcher_event(&Event::Init);
         writer.apply_watcher_event(&Event::InitDone);
-        assert!(woken_second.0.load(Ordering::SeqCst));
-        assert!(!woken_first.0.load(Ordering::SeqCst), "the first waiter was woken too");
+        assert!(woken_second.woken());
+        assert!(!woken_first.woken(), "the first waiter was woken too");
     }
 
     #[test]
@@ -284,8 +261,8 @@ mod tests {
         let (a, b) = (filled.clone(), filled.clone());
         let mut first = pin!(a.wait());
         let mut second = pin!(b.wait());
-        let (woken_first, woken_second) = (poll_once(first.as_mut()), poll_once(second.as_mut()));
+        let (woken_first, woken_second) = (poll_pending(first.as_mut()), poll_pending(second.as_mut()));
         tx.send(true).unwrap();
-        assert!(woken_first.0.load(Ordering::SeqCst) && woken_second.0.load(Ordering::SeqCst));
+        assert!(woken_first.woken() && woken_second.woken());
     }
 }

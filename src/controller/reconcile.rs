@@ -38,7 +38,7 @@ pub async fn reconcile(job: Arc<BackgroundJob>, ctx: Arc<Context>) -> Result<Act
     // The controller waits for the job cache alone: deciding before the pod and Lease caches
     // are filled would take a running attempt's pod for a missing one and create it again,
     // re-pointing its Lease and clearing the result it reported (a new leader did, in a fault
-    // run). Each resolves once, at the first LIST.
+    // run). Every cache has its first LIST once; from then on this returns at once.
     ctx.filled.wait().await;
     let now = now();
     let seen = observe(&ctx, job);

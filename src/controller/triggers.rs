@@ -95,7 +95,7 @@ pub fn controller_of<K: Resource, T: Resource<DynamicType = ()>>(object: &K) -> 
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use std::{
         pin::pin,
         sync::{
@@ -105,7 +105,7 @@ mod tests {
         task::{Context, Wake, Waker},
     };
 
-    use futures::{Stream, StreamExt, stream};
+    use futures::{StreamExt, stream};
     use k8s_openapi::{
         api::core::v1::Pod,
         apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference},
@@ -153,14 +153,49 @@ mod tests {
         ]
     }
 
-    /// Notes whether anybody woke it.
+    /// A waker's flag: whether anybody woke it.
     #[derive(Default)]
-    struct Flag(AtomicBool);
+    pub(in crate::controller) struct Flag(AtomicBool);
+
+    impl Flag {
+        pub(in crate::controller) fn woken(&self) -> bool {
+            self.0.load(Ordering::SeqCst)
+        }
+    }
 
     impl Wake for Flag {
         fn wake(self: Arc<Self>) {
             self.0.store(true, Ordering::SeqCst);
         }
+    }
+
+    /// Polls `future` once with a waker of its own, expecting Pending; returns that waker's flag.
+    pub(in crate::controller) fn poll_pending(future: std::pin::Pin<&mut impl Future>) -> Arc<Flag> {
+        let flag = Arc::new(Flag::default());
+        assert!(future.poll(&mut Context::from_waker(&Waker::from(flag.clone()))).is_pending());
+        flag
+    }
+
+    /// What the fan-out `fanout` (given its store and sender) wakes for `events`, in order.
+    async fn woken<K, T>(
+        fanout: impl FnOnce(Store<K>, UnboundedSender<ObjectRef<T>>) -> Fanout<K, T>,
+        events: Vec<watcher::Result<Event<K>>>,
+    ) -> Vec<ObjectRef<T>>
+    where
+        K: Resource<DynamicType = ()> + Clone + std::fmt::Debug + Send + Sync + 'static,
+        T: Resource<DynamicType = ()>,
+    {
+        let (reader, writer) = reflector::store::<K>();
+        let (tx, rx) = futures::channel::mpsc::unbounded();
+        let fanout = fanout(reader, tx);
+        reflector::reflector(writer, stream::iter(events))
+            .for_each(|event| {
+                fanout.send(&event.expect("no watch error"));
+                async {}
+            })
+            .await;
+        drop(fanout);
+        rx.collect().await
     }
 
     /// Why the operator has no `ReflectHandle`: in kube-runtime 5.0.0 the handle, given the key of
@@ -173,38 +208,23 @@ mod tests {
         let mut handle = pin!(writer.subscribe().expect("a shared store hands out subscribers"));
         reflector::reflector(writer, stream::iter(restart_events())).for_each(|_| async {}).await;
 
-        let flag = Arc::new(Flag::default());
-        let waker = Waker::from(flag.clone());
-        let poll = handle.as_mut().poll_next(&mut Context::from_waker(&waker));
-        assert!(poll.is_pending(), "the handle yielded {poll:?}");
-        assert!(!flag.0.load(Ordering::SeqCst), "the handle arranged a wake-up");
+        let flag = poll_pending(pin!(handle.as_mut().next()));
+        assert!(!flag.woken(), "the handle arranged a wake-up");
     }
 
     /// The same events through the fan-out: `a` (relisted) and then `b` are both woken; `a`'s
     /// deletion wakes nothing.
     #[tokio::test]
     async fn the_fanout_wakes_every_change_after_a_deleted_key() {
-        let (reader, writer) = reflector::store::<BackgroundJob>();
-        let (tx, rx) = futures::channel::mpsc::unbounded();
-        let fanout = Fanout::new(reader, itself, tx).changes_only();
-        reflector::reflector(writer, stream::iter(restart_events()))
-            .for_each(|event| {
-                fanout.send(&event.expect("no watch error"));
-                async {}
-            })
-            .await;
-        drop(fanout);
-        let woken: Vec<String> = rx.map(|key| key.name).collect().await;
-        assert_eq!(woken, ["a", "b"]);
+        let keys = woken(|store, tx| Fanout::new(store, itself, tx).changes_only(), restart_events()).await;
+        let names: Vec<String> = keys.into_iter().map(|key| key.name).collect();
+        assert_eq!(names, ["a", "b"]);
     }
 
     /// A job deleted while the watch was down (a relist after it expired) wakes its schedule
     /// too: it is missing from the new list, and no Delete event says so.
     #[tokio::test]
     async fn a_relist_wakes_the_owners_of_objects_gone_meanwhile() {
-        let (reader, writer) = reflector::store::<Pod>();
-        let (tx, rx) = futures::channel::mpsc::unbounded();
-        let fanout = Fanout::new(reader, controller_of::<Pod, BackgroundJob>, tx);
         let events = vec![
             Ok(Event::Init),
             Ok(Event::InitApply(pod_of("a", "a-0-1"))),
@@ -215,26 +235,17 @@ mod tests {
             Ok(Event::InitApply(pod_of("a", "a-0-1"))),
             Ok(Event::InitDone),
         ];
-        reflector::reflector(writer, stream::iter(events))
-            .for_each(|event: watcher::Result<Event<Pod>>| {
-                fanout.send(&event.expect("no watch error"));
-                async {}
-            })
-            .await;
-        drop(fanout);
-        let mut woken: Vec<String> = rx.map(|key| key.name).collect().await;
-        woken[..2].sort();
-        woken[2..].sort();
-        assert_eq!(woken, ["a", "b", "a", "b"]);
+        let keys = woken(|store, tx| Fanout::new(store, controller_of::<Pod, BackgroundJob>, tx), events).await;
+        let mut names: Vec<String> = keys.into_iter().map(|key| key.name).collect();
+        names[..2].sort();
+        names[2..].sort();
+        assert_eq!(names, ["a", "b", "a", "b"]);
     }
 
     /// Pods wake their job, once per job after a relist, also when they are deleted; a pod of no
     /// job wakes nothing.
     #[tokio::test]
     async fn pods_wake_their_controlling_job() {
-        let (reader, writer) = reflector::store::<Pod>();
-        let (tx, rx) = futures::channel::mpsc::unbounded();
-        let fanout = Fanout::new(reader, controller_of::<Pod, BackgroundJob>, tx);
         let stray =
             Pod { metadata: ObjectMeta { name: Some("stray".into()), ..Default::default() }, ..Default::default() };
         let events = vec![
@@ -245,14 +256,8 @@ mod tests {
             Ok(Event::InitDone),
             Ok(Event::Delete(pod_of("b", "b-0-1"))),
         ];
-        reflector::reflector(writer, stream::iter(events))
-            .for_each(|event: watcher::Result<Event<Pod>>| {
-                fanout.send(&event.expect("no watch error"));
-                async {}
-            })
-            .await;
-        drop(fanout);
-        let woken: Vec<(String, Option<String>)> = rx.map(|key| (key.name, key.namespace)).collect().await;
-        assert_eq!(woken, [("a".to_string(), Some("ns".to_string())), ("b".to_string(), Some("ns".to_string()))]);
+        let keys = woken(|store, tx| Fanout::new(store, controller_of::<Pod, BackgroundJob>, tx), events).await;
+        let named: Vec<(String, Option<String>)> = keys.into_iter().map(|key| (key.name, key.namespace)).collect();
+        assert_eq!(named, [("a".to_string(), Some("ns".to_string())), ("b".to_string(), Some("ns".to_string()))]);
     }
 }
