@@ -206,6 +206,18 @@ pub fn resource_version(object: &impl Resource) -> u64 {
     object.meta().resource_version.as_deref().and_then(|v| v.parse().ok()).unwrap_or(u64::MAX)
 }
 
+/// The server-side apply body that writes `status` onto `object` only at the version it was
+/// decided from: its resourceVersion is a precondition, so the API server answers 409 when the
+/// object changed since (a paused former leader, a decision from a stale cache).
+pub fn fenced_status<K: Resource<DynamicType = ()>>(object: &K, status: &impl serde::Serialize) -> serde_json::Value {
+    serde_json::json!({
+        "apiVersion": K::api_version(&()),
+        "kind": K::kind(&()),
+        "metadata": {"resourceVersion": object.meta().resource_version},
+        "status": status,
+    })
+}
+
 /// Read-your-writes. `written` is the status this process last wrote to `object`, with the
 /// resourceVersion that write produced: while the cache shows an older `object`, it gets that
 /// status and resourceVersion (so a stale cache never undoes a decision, and the next write is

@@ -46,6 +46,7 @@ use crate::{
     operator::{Metrics, metrics::ErrorLabel},
 };
 
+pub use context::fenced_status;
 use context::{Context, object_key, occupies_worker};
 pub use observe::{lease_view, pod_view};
 use triggers::Fanout;

@@ -6,7 +6,7 @@ use std::{sync::Arc, time::Instant};
 
 use k8s_openapi::{api::core::v1::Pod, jiff::Timestamp};
 use kube::{
-    Api, Resource, ResourceExt,
+    Api, ResourceExt,
     api::{DeleteParams, Patch, PatchParams, Preconditions},
     runtime::controller::Action,
 };
@@ -15,7 +15,7 @@ use tracing::{debug, info};
 
 use super::{
     Error,
-    context::{Context, resource_version},
+    context::{Context, fenced_status, resource_version},
     events,
 };
 use crate::{
@@ -53,7 +53,7 @@ pub async fn record(
 
 /// How soon a job whose status write was fenced off is decided again, should the newer version
 /// not have woken it by then.
-const FENCED_RETRY: std::time::Duration = std::time::Duration::from_secs(2);
+pub(super) const FENCED_RETRY: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Writes the decided status, only onto the version of the job it was decided from (its
 /// resourceVersion is a precondition): a paused former leader, or a reconcile that read a stale
@@ -63,12 +63,7 @@ async fn write_status(ctx: &Context, job: &BackgroundJob, d: &Decision, now: Tim
     if job.status.as_ref() == Some(&d.status) {
         return Ok(true);
     }
-    let patch = json!({
-        "apiVersion": BackgroundJob::api_version(&()),
-        "kind": BackgroundJob::kind(&()),
-        "metadata": {"resourceVersion": job.resource_version()},
-        "status": d.status,
-    });
+    let patch = fenced_status(job, &d.status);
     let api: Api<BackgroundJob> = Api::namespaced(ctx.client.clone(), &job.namespace().unwrap_or_default());
     let params = PatchParams::apply(api::MANAGER).force();
     let written = match api.patch_status(&job.name_any(), &params, &Patch::Apply(&patch)).await {

@@ -33,10 +33,11 @@ use tracing::{debug, info, warn};
 
 use super::{
     Error,
-    context::{Filled, object_key, resource_version, with_written},
+    context::{Filled, fenced_status, object_key, resource_version, with_written},
     events,
     expectations::Expectations,
     now,
+    record::FENCED_RETRY,
 };
 use crate::{
     api::{self, BackgroundJob, BackgroundJobSchedule, BackgroundJobScheduleStatus},
@@ -252,15 +253,22 @@ async fn record(
     d: ScheduleDecision,
 ) -> Result<Action, Error> {
     if schedule.status.as_ref() != Some(&d.status) {
-        let patch = json!({
-            "apiVersion": BackgroundJobSchedule::api_version(&()),
-            "kind": BackgroundJobSchedule::kind(&()),
-            "status": d.status,
-        });
+        // Fenced like a job's status: a paused former leader, or a decision from a stale cache,
+        // cannot overwrite a newer status (an older lastScheduleTime, a shorter active list)
+        // nor delete jobs on its word.
+        let patch = fenced_status(schedule, &d.status);
         let api: Api<BackgroundJobSchedule> =
             Api::namespaced(ctx.client.clone(), &schedule.namespace().unwrap_or_default());
         let params = PatchParams::apply(api::MANAGER).force();
-        let written = api.patch_status(&schedule.name_any(), &params, &Patch::Apply(&patch)).await?;
+        let written = match api.patch_status(&schedule.name_any(), &params, &Patch::Apply(&patch)).await {
+            Ok(written) => written,
+            Err(kube::Error::Api(e)) if e.code == 409 => {
+                ctx.metrics.status_writes_fenced.inc();
+                debug!(resource_version = ?schedule.resource_version(), "status write fenced off: the schedule changed since");
+                return Ok(Action::requeue(FENCED_RETRY));
+            }
+            Err(e) => return Err(e.into()),
+        };
         ctx.metrics.status_writes.inc();
         let rv = resource_version(&written);
         if let Some(status) = written.status {

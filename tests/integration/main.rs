@@ -8,6 +8,7 @@ mod chains;
 mod control_plane;
 mod crd_validation;
 mod dashboard;
+mod fencing;
 mod heartbeats;
 mod helm;
 mod jobs;
