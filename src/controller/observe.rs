@@ -17,13 +17,15 @@ pub struct LeaseMemory {
     holder: Option<String>,
     renew: Option<String>,
     renewed_at: Option<Timestamp>,
+    /// The renewTime read at first sight, until a renewal is seen.
+    first_sight: Option<Timestamp>,
     done: Option<i64>,
     progress_at: Option<Timestamp>,
 }
 
 impl LeaseMemory {
     /// Takes in the Lease as seen at `now`. The first sight of a renewed Lease (after a restart)
-    /// counts as a renewal now: the worker gets a full timeout, never less.
+    /// counts as a renewal now, and keeps the renewTime written in it for the core to credit.
     pub fn observe(&mut self, lease: &Lease, now: Timestamp) {
         let spec = lease.spec.as_ref();
         let holder = spec.and_then(|s| s.holder_identity.clone());
@@ -32,9 +34,11 @@ impl LeaseMemory {
         if holder != self.holder {
             // A new attempt: what the Lease holds from the one before is no heartbeat of this one.
             let first_sight = self.holder.is_none() && self.renew.is_none();
+            let renew_time = spec.and_then(|s| s.renew_time.as_ref()).map(|t| t.0);
             *self = LeaseMemory {
                 holder,
                 renewed_at: if first_sight { renew.as_ref().map(|_| now) } else { None },
+                first_sight: renew_time.filter(|_| first_sight),
                 renew,
                 done,
                 progress_at: None,
@@ -44,6 +48,7 @@ impl LeaseMemory {
         if renew != self.renew {
             self.renew = renew;
             self.renewed_at = self.renew.as_ref().map(|_| now);
+            self.first_sight = None;
         }
         if done != self.done {
             self.done = done;
@@ -72,6 +77,7 @@ pub fn lease_view(job: &str, lease: &Lease, memory: Option<&LeaseMemory>) -> Opt
         shard,
         holder,
         last_renewal: memory.and_then(|m| m.renewed_at),
+        first_sight_renew_time: memory.and_then(|m| m.first_sight),
         progress: progress(lease),
         progress_since: memory.and_then(|m| m.progress_at),
         result,

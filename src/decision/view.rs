@@ -109,6 +109,10 @@ pub struct LeaseView {
     pub holder: Option<String>,
     /// When renewTime was last seen to change (None: never renewed).
     pub last_renewal: Option<Timestamp>,
+    /// While `last_renewal` is only the first sight of a renewed Lease (this process started
+    /// after the renewal): the renewTime the worker wrote, on its clock. The core credits it, in
+    /// bounds, so that a leader change does not restart a silent worker's timeout.
+    pub first_sight_renew_time: Option<Timestamp>,
     /// The progress the worker reported.
     pub progress: Option<ShardProgress>,
     /// When the reported done count was last seen to change.

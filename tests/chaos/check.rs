@@ -94,6 +94,77 @@ pub fn single_attempt(recs: &[Rec]) -> Vec<String> {
     out
 }
 
+/// A frozen worker, and how soon the operator deleted it.
+pub struct Detection {
+    pub pod: String,
+    /// Seconds from the freeze to the pod's deletion (None: never deleted).
+    pub latency: Option<f64>,
+    /// Leader changes in between.
+    pub takeovers: usize,
+}
+
+/// Slack on top of the bound: the new leader's first LISTs and reconcile, the watch's delay.
+const DETECTION_SLACK: f64 = 10.0;
+
+/// Each freeze's detection latency, from the event log: the freeze's note, then the first
+/// record of that pod being deleted. The bound: the timeout from the freeze, or two heartbeat
+/// intervals from the last leader change in between (a new leader credits the renewal it found,
+/// within bounds: decision::heartbeat::last_beat), whichever is later, plus
+/// [`DETECTION_SLACK`]. A freeze whose pod another fault deleted first is not a detection.
+pub fn detections(recs: &[Rec], timeout: f64, interval: f64) -> (Vec<Detection>, Vec<String>) {
+    let takeovers: Vec<f64> = leader_changes(recs);
+    let mut found = Vec::new();
+    let mut out = Vec::new();
+    for freeze in recs.iter().filter(|r| r.kind == "fault" && r.name == "freeze") {
+        let Some(pod) = freeze.data["pod"].as_str() else { continue };
+        let deleted = recs
+            .iter()
+            .find(|r| r.kind == "pod" && r.name == pod && r.t > freeze.t && (r.deleted || r.data["deleting"] == true));
+        let struck = recs.iter().any(|r| {
+            r.kind == "fault"
+                && r.data["pod"] == pod
+                && r.t > freeze.t
+                && deleted.is_none_or(|d| r.t < d.t)
+                && matches!(r.name.as_str(), "evict" | "force-delete")
+        });
+        if struck {
+            continue;
+        }
+        let end = deleted.map_or(f64::MAX, |d| d.t);
+        let within: Vec<f64> = takeovers.iter().copied().filter(|t| *t > freeze.t && *t < end).collect();
+        let latency = deleted.map(|d| d.t - freeze.t);
+        let bound =
+            within.last().map_or(timeout, |last| timeout.max(last - freeze.t + 2.0 * interval)) + DETECTION_SLACK;
+        match latency {
+            None => out.push(format!("frozen worker {pod} (t={:.1}s) was never deleted", freeze.t)),
+            Some(l) if l > bound => out.push(format!(
+                "frozen worker {pod} (t={:.1}s) deleted after {l:.1}s, over {bound:.1}s ({} leader changes in between)",
+                freeze.t,
+                within.len()
+            )),
+            Some(_) => {}
+        }
+        found.push(Detection { pod: pod.to_string(), latency, takeovers: within.len() });
+    }
+    (found, out)
+}
+
+/// When the operators' election Lease changed hands (the log's time).
+fn leader_changes(recs: &[Rec]) -> Vec<f64> {
+    let mut last: Option<&Value> = None;
+    let mut changes = Vec::new();
+    let mut leases: Vec<&Rec> = recs.iter().filter(|r| r.kind == "lease" && r.name == "nightshift-leader").collect();
+    leases.sort_by_key(|r| r.rv);
+    for r in leases {
+        let holder = &r.data["holder"];
+        if last.is_some_and(|h| h != holder) {
+            changes.push(r.t);
+        }
+        last = Some(holder);
+    }
+    changes
+}
+
 /// Minutes (since 1970) a schedule ran, from its jobs' names SCHEDULE-MINUTES, each with how
 /// many distinct jobs (uids are not logged for jobs: names are the key, so count creations).
 pub fn scheduled_minutes(recs: &[Rec], schedule: &str) -> BTreeMap<i64, BTreeSet<String>> {
@@ -200,6 +271,23 @@ pub fn self_test() -> Result<(), String> {
     let doubled = [pod("j-0-1", 1, "Running", false), pod("j-0-2", 3, "Running", false)];
     if !single_attempt(&fenced).is_empty() || single_attempt(&doubled).len() != 1 {
         return Err(format!("single_attempt: {:?} / {:?}", single_attempt(&fenced), single_attempt(&doubled)));
+    }
+    let note = |kind: &str, name: &str, t: f64, data: Value| Rec { t, rv: 0, ..rec(kind, name, 0, data) };
+    let leader = |rv, holder: &str| rec("lease", "nightshift-leader", rv, serde_json::json!({"holder": holder}));
+    let frozen = [
+        leader(1, "a"),
+        note("fault", "freeze", 2.0, serde_json::json!({"pod": "j-0-1"})),
+        leader(20, "b"),
+        pod("j-0-1", 35, "Running", true),
+    ];
+    // Taken over at 20 s: two intervals (5 s) later plus slack is 35 s: 33 s after the freeze is in bounds.
+    let (d, v) = detections(&frozen, 15.0, 5.0);
+    if d.len() != 1 || d[0].takeovers != 1 || d[0].latency != Some(33.0) || !v.is_empty() {
+        return Err(format!("detections (in bounds): {v:?}"));
+    }
+    let late = [note("fault", "freeze", 2.0, serde_json::json!({"pod": "j-0-1"})), pod("j-0-1", 40, "Running", true)];
+    if detections(&late, 15.0, 5.0).1.len() != 1 || detections(&late[..1], 15.0, 5.0).1.len() != 1 {
+        return Err("detections: a late or a missing detection passed".into());
     }
     let sched = |name: &str| rec("job", name, 1, serde_json::json!({"schedule": "s"}));
     let ran = [sched("s-100"), sched("s-102"), sched("s-103")];

@@ -7,11 +7,11 @@
 //! operator): it needs no crictl (not installed) and no containerd client, and the namespace in
 //! it keeps another engineer's pod of the same name out of reach.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use k8s_openapi::api::core::v1::Pod;
 use kube::{
-    ResourceExt,
+    Api, ResourceExt,
     api::{DeleteParams, EvictParams, ListParams},
 };
 use serde_json::json;
@@ -69,8 +69,9 @@ impl Fault {
 }
 
 /// Injects `fault`; Ok(what was done) or Err(why it could not be, e.g. no worker running).
-/// `hold` is how long a freeze or a SIGSTOP lasts past the timeout it has to outlast.
-pub async fn inject(env: &Env, log: &EventLog, rng: &mut Rng, fault: Fault, heartbeat: u64) -> Result<String, String> {
+/// A worker is frozen until the operator deletes it (so the next faults, a leader change among
+/// them, strike meanwhile): its detection latency is read from the event log.
+pub async fn inject(env: &Env, log: &Arc<EventLog>, rng: &mut Rng, fault: Fault) -> Result<String, String> {
     match fault {
         Fault::Evict | Fault::ForceDelete | Fault::Freeze | Fault::Kill => {
             // The running workers in the seed's order: the first that can take the fault gets it
@@ -78,7 +79,7 @@ pub async fn inject(env: &Env, log: &EventLog, rng: &mut Rng, fault: Fault, hear
             let mut last = "no running worker".to_string();
             for pod in running_workers(env, rng).await? {
                 log.note("fault", fault.name(), json!({"pod": pod.name_any()}));
-                match worker_fault(env, fault, &pod, heartbeat).await {
+                match worker_fault(env, log, fault, &pod).await {
                     Ok(done) => return Ok(format!("{} {done}", pod.name_any())),
                     Err(e) => last = e,
                 }
@@ -117,7 +118,7 @@ async fn running_workers(env: &Env, rng: &mut Rng) -> Result<Vec<Pod>, String> {
     Ok(running)
 }
 
-async fn worker_fault(env: &Env, fault: Fault, pod: &Pod, heartbeat: u64) -> Result<String, String> {
+async fn worker_fault(env: &Env, log: &Arc<EventLog>, fault: Fault, pod: &Pod) -> Result<String, String> {
     let name = pod.name_any();
     match fault {
         Fault::Evict => {
@@ -130,12 +131,9 @@ async fn worker_fault(env: &Env, fault: Fault, pod: &Pod, heartbeat: u64) -> Res
             Ok("force-deleted".into())
         }
         Fault::Freeze => {
-            let uid = pod.metadata.uid.clone().unwrap_or_default();
-            let frozen = Frozen::freeze(&uid)?;
-            let hold = heartbeat + 5;
-            tokio::time::sleep(Duration::from_secs(hold)).await;
-            drop(frozen);
-            Ok(format!("frozen {hold}s, thawed"))
+            let frozen = Frozen::freeze(&pod.metadata.uid.clone().unwrap_or_default())?;
+            tokio::spawn(thaw_once_deleted(env.api::<Pod>(), log.clone(), name, frozen));
+            Ok(format!("frozen until the operator deletes it (at most {}s)", FREEZE_MAX.as_secs()))
         }
         _ => {
             let pids = processes(&[("NIGHTSHIFT_POD", &name), ("NIGHTSHIFT_NAMESPACE", &env.ns)]);
@@ -144,6 +142,24 @@ async fn worker_fault(env: &Env, fault: Fault, pod: &Pod, heartbeat: u64) -> Res
             Ok(format!("SIGKILL pid {top} (of {pids:?})"))
         }
     }
+}
+
+/// How long a worker stays frozen when the operator never deletes it (a violation then).
+const FREEZE_MAX: Duration = Duration::from_secs(180);
+
+/// Thaws the frozen pod once it is being deleted or gone, or after [`FREEZE_MAX`].
+async fn thaw_once_deleted(pods: Api<Pod>, log: Arc<EventLog>, name: String, frozen: Frozen) {
+    let deadline = tokio::time::Instant::now() + FREEZE_MAX;
+    while tokio::time::Instant::now() < deadline {
+        match pods.get_opt(&name).await {
+            Ok(Some(p)) if p.metadata.deletion_timestamp.is_none() => {}
+            Ok(_) => break,
+            Err(_) => {}
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    drop(frozen);
+    log.note("thawed", &name, json!({}));
 }
 
 async fn leader_fault(env: &Env, log: &EventLog, fault: Fault, leader: &str, lease: u64) -> Result<String, String> {

@@ -84,6 +84,7 @@ pub struct Outcome {
     pub faults: Vec<Fault>,
     pub skipped: usize,
     pub violations: Vec<String>,
+    pub detections: Vec<check::Detection>,
     pub log: PathBuf,
 }
 
@@ -119,7 +120,14 @@ fn main() -> ExitCode {
 
 async fn run_seed(cfg: &Config, seed: u64) -> Outcome {
     let log = log::EventLog::create(&format!("seed-{seed}-{}", std::process::id()));
-    let mut out = Outcome { seed, faults: Vec::new(), skipped: 0, violations: Vec::new(), log: log.path.clone() };
+    let mut out = Outcome {
+        seed,
+        faults: Vec::new(),
+        skipped: 0,
+        violations: Vec::new(),
+        detections: Vec::new(),
+        log: log.path.clone(),
+    };
     eprintln!("chaos: seed {seed}: event log {}", out.log.display());
     let env = match setup::client().await {
         Ok(client) => Env::install(client, seed).await,
@@ -142,6 +150,10 @@ async fn run_seed(cfg: &Config, seed: u64) -> Outcome {
     out.violations.extend(check::single_attempt(&recs));
     out.violations.extend(check::noted(&recs));
     out.violations.extend(check::crd_skew(&recs));
+    let (timeout, interval) = (scenario::HEARTBEAT_TIMEOUT as f64, scenario::HEARTBEAT_INTERVAL as f64);
+    let (detections, late) = check::detections(&recs, timeout, interval);
+    out.detections = detections;
+    out.violations.extend(late);
     for w in watches {
         w.abort();
     }
@@ -198,6 +210,17 @@ fn print_table(cfg: &Config, outcomes: &[Outcome]) {
         }
         let faults = counts.iter().map(|(f, n)| format!("{f}×{n}")).collect::<Vec<_>>().join(" ");
         println!("{:>6}  {:<60}  {:>7}  {:>10}", o.seed, faults, o.skipped, o.violations.len());
+    }
+    println!(
+        "\nfrozen workers (heartbeat timeout {}s, interval {}s): seconds from the freeze to the pod's deletion, leader changes in between",
+        scenario::HEARTBEAT_TIMEOUT,
+        scenario::HEARTBEAT_INTERVAL
+    );
+    for o in outcomes {
+        for d in &o.detections {
+            let latency = d.latency.map_or("never".to_string(), |l| format!("{l:.1}s"));
+            println!("seed {}: {} detected after {latency}, {} leader changes", o.seed, d.pod, d.takeovers);
+        }
     }
     for o in outcomes {
         for v in &o.violations {

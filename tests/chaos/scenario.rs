@@ -3,7 +3,10 @@
 //! while faults chosen by the seed hit them at moments chosen by the seed; in the long form a
 //! schedule firing every minute runs beside them. Then the invariants, from the event log.
 
-use std::time::{Duration, Instant, SystemTime};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant, SystemTime},
+};
 
 use k8s_openapi::api::{
     coordination::v1::Lease,
@@ -25,8 +28,9 @@ use crate::{
     setup::{Env, wait_until},
 };
 
-/// The jobs' heartbeat timeout: a frozen worker is held this long and 5 s more.
-const HEARTBEAT_TIMEOUT: u64 = 15;
+/// The jobs' heartbeat: renewals this often (seconds), silent for this long is a failure.
+pub const HEARTBEAT_INTERVAL: u64 = 5;
+pub const HEARTBEAT_TIMEOUT: u64 = 15;
 const SCHEDULE: &str = "every-minute";
 const ROWS: i64 = 7000;
 
@@ -36,6 +40,7 @@ fn bulk_import(name: &str) -> Value {
     let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/bulk-import.yaml")).unwrap();
     let mut job: Value = serde_yaml_ng::from_str(&text).expect("examples/bulk-import.yaml");
     job["metadata"] = json!({"name": name});
+    job["spec"]["heartbeat"]["intervalSeconds"] = json!(HEARTBEAT_INTERVAL);
     job["spec"]["heartbeat"]["timeoutSeconds"] = json!(HEARTBEAT_TIMEOUT);
     job["spec"]["retry"] = json!({"limit": 10, "backoff": {"initialSeconds": 1, "factor": 2, "maxSeconds": 5}});
     job
@@ -55,7 +60,7 @@ fn finished(phase: &str) -> bool {
 }
 
 /// Runs the seed; violations and faults go into `out`.
-pub async fn run(env: &Env, log: &EventLog, cfg: &Config, out: &mut Outcome) -> Result<(), String> {
+pub async fn run(env: &Env, log: &Arc<EventLog>, cfg: &Config, out: &mut Outcome) -> Result<(), String> {
     let mut rng = Rng::new(out.seed);
     let deadline = Instant::now() + cfg.duration;
     let schedule_start = if cfg.long() { Some(start_schedule(env, log).await?) } else { None };
@@ -93,7 +98,7 @@ pub async fn run(env: &Env, log: &EventLog, cfg: &Config, out: &mut Outcome) -> 
 /// faults were injected.
 async fn strike_until_done(
     env: &Env,
-    log: &EventLog,
+    log: &Arc<EventLog>,
     cfg: &Config,
     rng: &mut Rng,
     job: &str,
@@ -113,7 +118,7 @@ async fn strike_until_done(
             log.note("note", "crds", json!(e));
         }
         let fault = cfg.faults[rng.below(cfg.faults.len() as u64) as usize];
-        match faults::inject(env, log, rng, fault, HEARTBEAT_TIMEOUT).await {
+        match faults::inject(env, log, rng, fault).await {
             Ok(what) => {
                 log.note("fault-done", fault.name(), json!(what));
                 out.faults.push(fault);
