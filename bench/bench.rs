@@ -10,11 +10,12 @@
 //! One `nightshift simulate` per side plays the node (Running, then Succeeded at once): every
 //! pod template of every side names the simulator's scheduler (`schedulerName:
 //! nightshift-simulator`), so no kube-scheduler or kubelet of the cluster touches them.
-//! Then a memory run: 10,000 suspended BackgroundJobs, the operator started twice on them.
+//! Then a memory run: 10,000 suspended BackgroundJobs, the operator started twice on them, then
+//! a third time with 100,000 worker pods beside them (the pod cache's memory).
 //! Results: BENCHMARKS.md (rewritten after each run) and target/bench/results.json.
 //!
 //! Settings (environment): BENCH_N (default "100,1000"), BENCH_QPS ("0,100,20"; 0: no client
-//! limit), BENCH_MEMORY_JOBS (10000; 0 skips), BENCH_RUN_TIMEOUT (seconds per wait, 1800),
+//! limit), BENCH_MEMORY_JOBS (10000; 0 skips), BENCH_MEMORY_PODS (100000; 0 skips), BENCH_RUN_TIMEOUT (seconds per wait, 1800),
 //! BENCH_DEADLINE (unix seconds: no run starts after it), BENCH_IN_FLIGHT (64), BENCH_OUT
 //! (BENCHMARKS.md), BENCH_COMMAND (the command line to report), NIGHTSHIFT_BIN
 //! (target/release/nightshift), NIGHTSHIFT_CLUSTER_DIR (/tmp/nightshift-bench-cluster).
@@ -58,6 +59,7 @@ struct Settings {
     ns: Vec<usize>,
     qps: Vec<u32>,
     memory_jobs: usize,
+    memory_pods: usize,
     run_timeout: Duration,
     deadline: Option<u64>,
     in_flight: usize,
@@ -89,6 +91,7 @@ impl Settings {
             ns: list(&env_or("BENCH_N", "100,1000")),
             qps: list(&env_or("BENCH_QPS", "0,100,20")),
             memory_jobs: env_or("BENCH_MEMORY_JOBS", "10000").parse()?,
+            memory_pods: env_or("BENCH_MEMORY_PODS", "100000").parse()?,
             run_timeout: Duration::from_secs(env_or("BENCH_RUN_TIMEOUT", "1800").parse()?),
             deadline: std::env::var("BENCH_DEADLINE").ok().and_then(|d| d.parse().ok()),
             in_flight: env_or("BENCH_IN_FLIGHT", "64").parse()?,
@@ -562,12 +565,18 @@ fn watch(client: Client, side: Side, pods_wanted: usize, jobs_wanted: usize) -> 
 
 /// The operator's nightshift_events_pending, from its /metrics.
 async fn events_pending(port: u16) -> Option<i64> {
+    metric(port, "nightshift_events_pending").await
+}
+
+/// A metric without labels (a gauge or counter), from the operator's /metrics.
+async fn metric(port: u16, name: &str) -> Option<i64> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok()?;
     conn.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n").await.ok()?;
     let mut body = String::new();
     conn.read_to_string(&mut body).await.ok()?;
-    body.lines().find_map(|l| l.strip_prefix("nightshift_events_pending ")).and_then(|v| v.trim().parse().ok())
+    let prefix = format!("{name} ");
+    body.lines().find_map(|l| l.strip_prefix(&prefix)).and_then(|v| v.trim().parse().ok())
 }
 
 /// Empties a side's namespace once it is measured, so that each side starts on a control plane
@@ -875,6 +884,20 @@ struct MemoryResult {
     second_steady_mib: f64,
     second_writes: BTreeMap<String, u64>,
     second_cpu: f64,
+    /// Third start: the same jobs and this many worker pods.
+    pods: Option<PodMemory>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+struct PodMemory {
+    pods: usize,
+    create_secs: f64,
+    /// One pod as the API server serves it (JSON, managedFields included).
+    served_bytes: usize,
+    /// Until the operator's nightshift_workers gauge counted them all.
+    cached_secs: Option<f64>,
+    peak_mib: f64,
+    steady_mib: f64,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -923,6 +946,47 @@ async fn one_run(s: &Settings, qps: u32, n: usize) -> Res<RunResult> {
     let apiserver_log = fs::read_to_string(s.cluster_dir.join("kube-apiserver.log")).unwrap_or_default();
     result.audit_dropped = apiserver_log.contains("audit buffer queue blocked");
     Ok(result)
+}
+
+/// Third start of the memory run: `pods` worker pods beside the jobs, each as the operator makes
+/// it for examples/bulk-import.yaml (the agent injected, its env and volumes), but owned by no
+/// job (the operator only caches them) and never scheduled. The operator's RSS once its cache
+/// holds them all, against the second start's (the same jobs, no pods).
+async fn pod_memory(ctx: &RunCtx<'_>, pods: usize) -> Res<PodMemory> {
+    let ns = Side::Nightshift.namespace();
+    let text = fs::read_to_string(ctx.s.repo.join("examples/bulk-import.yaml"))?;
+    let mut job: nightshift::api::BackgroundJob = serde_yaml_ng::from_str(&text)?;
+    job.metadata.namespace = Some(ns.into());
+    let image = format!("nightshift:{}", env!("CARGO_PKG_VERSION"));
+    let worker = |i: usize| {
+        let pod = nightshift::decision::pod::worker_pod(&job, i as i32, 1, Some(&image), None);
+        let mut v = serde_json::to_value(pod).expect("a pod serializes");
+        v["metadata"]["ownerReferences"] = Value::Null;
+        v["spec"]["schedulerName"] = json!(nightshift::sim::SCHEDULER_NAME);
+        v
+    };
+    let api: Api<DynamicObject> = Api::namespaced_with(ctx.admin.clone(), ns, &pod_resource());
+    let t0 = Instant::now();
+    let failures = create_all(api.clone(), (0..pods).map(worker).collect(), ctx.s.in_flight).await;
+    let mut m = PodMemory { pods, create_secs: t0.elapsed().as_secs_f64(), ..Default::default() };
+    eprintln!("bench: [memory] created {pods} worker pods in {:.1}s ({failures} failed)", m.create_secs);
+    let one = api.list(&kube::api::ListParams::default().limit(1)).await?;
+    m.served_bytes = one.items.first().map_or(0, |p| serde_json::to_vec(p).map_or(0, |v| v.len()));
+
+    let op = ctx.start_operator("operator-memory-3.log")?;
+    let port = op.metrics_port.ok_or("the operator has no metrics port")?;
+    let t1 = Instant::now();
+    while t1.elapsed() < ctx.s.run_timeout {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        if metric(port, "nightshift_workers").await.is_some_and(|n| n >= pods as i64) {
+            m.cached_secs = Some(t1.elapsed().as_secs_f64());
+            break;
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    m.peak_mib = status_mib(op.pid(), "VmHWM");
+    m.steady_mib = status_mib(op.pid(), "VmRSS");
+    Ok(m)
 }
 
 async fn memory_run(s: &Settings, jobs: usize) -> Res<MemoryResult> {
@@ -1006,6 +1070,9 @@ async fn memory_run(s: &Settings, jobs: usize) -> Res<MemoryResult> {
     let lines = read_audit(&cluster.audit_log)?;
     for l in lines.iter().skip(audit_mark).filter(|l| l.user == NIGHTSHIFT_USER) {
         *m.second_writes.entry(l.key.clone()).or_default() += 1;
+    }
+    if s.memory_pods > 0 {
+        m.pods = Some(pod_memory(&ctx, s.memory_pods).await?);
     }
     Ok(m)
 }
@@ -1296,6 +1363,26 @@ fn render(rep: &Report) -> String {
             writes(&m.second_writes)
         );
         let _ = writeln!(w, "CPU of the second start over its 30+ s: {:.1} s.\n", m.second_cpu);
+        if let Some(p) = &m.pods {
+            let per_pod = (p.steady_mib - m.second_steady_mib) * 1024.0 * 1024.0 / p.pods as f64;
+            let _ = writeln!(
+                w,
+                "### And {} worker pods\n\n{} worker pods beside the same jobs, each as the operator makes it for \
+                 `examples/bulk-import.yaml` (the agent injected; {} bytes of JSON as the API server serves one), owned by \
+                 no job and never scheduled, created by the admin in {:.1}s. The operator started a third time: its \
+                 pod cache held them all (its `nightshift_workers` gauge) after {} s; RSS peak {:.1} MiB, steady {:.1} MiB \
+                 30 s later: **{:.0} bytes per cached pod** over the second start's steady RSS (the operator keeps a \
+                 pod's metadata and status, not its spec).\n",
+                p.pods,
+                p.pods,
+                p.served_bytes,
+                p.create_secs,
+                f(p.cached_secs),
+                p.peak_mib,
+                p.steady_mib,
+                per_pod
+            );
+        }
     }
 
     if !rep.notes.is_empty() {

@@ -123,7 +123,7 @@ pub async fn run_with_metrics(
     // Only our pods and Leases, by label: the operator never caches the rest of the cluster.
     let selector = watcher::Config::default().labels(api::LABEL_JOB);
     let (pod_store, pod_writer) = reflector::store();
-    let pod_watch = watcher(pods_api, selector.clone()).default_backoff().modify(lean).reflect(pod_writer);
+    let pod_watch = watcher(pods_api, selector.clone()).default_backoff().modify(lean_pod).reflect(pod_writer);
     let pods_wake = Fanout::new(pod_store.clone(), triggers::controller_of::<Pod, BackgroundJob>, wake_tx.clone());
     // Leases are cached but do not trigger reconciles: renewals are folded in on a timer.
     let (lease_store, lease_writer) = reflector::store();
@@ -349,4 +349,13 @@ pub fn now() -> Timestamp {
 /// often half of an object's size (measured: a BackgroundJob is 5.4 KB with them, 2.0 KB without).
 fn lean<K: Resource>(object: &mut K) {
     object.meta_mut().managed_fields = None;
+}
+
+/// A worker pod as the operator keeps it: metadata and status. Nothing it decides reads the spec
+/// (the pod view, the budget, the orphan release read labels, owners, finalizers and status),
+/// and the spec is most of a worker pod (the user's containers, the agent, volumes): measured in
+/// `make bench` (its memory run with 100,000 pods).
+fn lean_pod(pod: &mut Pod) {
+    lean(pod);
+    pod.spec = None;
 }
