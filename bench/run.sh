@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# `make bench`: builds nightshift in release mode, runs the harness (bench/bench.rs) against a
+# `make bench`: builds nightshift in release mode, runs the harness (bench/main.rs) against a
 # control plane of its own in NIGHTSHIFT_CLUSTER_DIR (default /tmp/nightshift-bench-cluster),
 # writes BENCHMARKS.md, and stops that control plane however the run ends.
 #

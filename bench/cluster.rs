@@ -1,0 +1,249 @@
+//! The bench's own control plane (tests/cluster/cluster.sh with NIGHTSHIFT_CLUSTER_DIR) and the
+//! processes it starts: stopped when dropped, their CPU time and memory read from /proc.
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use kube::{
+    Client, Config,
+    config::{KubeConfigOptions, Kubeconfig},
+};
+use serde_json::Value;
+
+use crate::*;
+
+// ---- processes --------------------------------------------------------------------------------
+
+/// A process this bench started: stopped (SIGTERM, then SIGKILL after 10 s) when dropped.
+pub(crate) struct Proc {
+    pub(crate) child: Child,
+    /// Where the operator serves /metrics.
+    pub(crate) metrics_port: Option<u16>,
+}
+
+impl Proc {
+    pub(crate) fn spawn(mut c: Command, log: &Path) -> Res<Self> {
+        let out = fs::File::create(log)?;
+        let child = c.stdin(Stdio::null()).stdout(out.try_clone()?).stderr(out).spawn()?;
+        Ok(Self { child, metrics_port: None })
+    }
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+            for _ in 0..100 {
+                if !matches!(self.child.try_wait(), Ok(None)) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// utime + stime of a process, in seconds.
+pub(crate) fn cpu_seconds(pid: u32) -> f64 {
+    let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else { return f64::NAN };
+    let Some(rest) = stat.rfind(')').map(|i| &stat[i + 2..]) else { return f64::NAN };
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let field = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(f64::NAN);
+    (field(11) + field(12)) / ticks
+}
+
+/// A line of /proc/PID/status in MiB (VmHWM, VmRSS).
+pub(crate) fn status_mib(pid: u32, key: &str) -> f64 {
+    let Ok(status) = fs::read_to_string(format!("/proc/{pid}/status")) else { return f64::NAN };
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
+        .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+        .map_or(f64::NAN, |kib| kib / 1024.0)
+}
+
+pub(crate) fn pid_file(path: &Path) -> Res<u32> {
+    Ok(fs::read_to_string(path)?.trim().parse()?)
+}
+
+// ---- the control plane ------------------------------------------------------------------------
+
+/// Our own control plane, down when dropped.
+pub(crate) struct Cluster<'a> {
+    pub(crate) s: &'a Settings,
+    pub(crate) audit_log: PathBuf,
+}
+
+pub(crate) fn qps_label(qps: u32) -> String {
+    if qps == 0 { "no limit".into() } else { qps.to_string() }
+}
+
+/// kube-controller-manager's and nightshift's (--kube-api-qps, --kube-api-burst).
+pub(crate) fn client_limits(qps: u32) -> ((u32, u32), (u32, u32)) {
+    if qps == 0 { ((100_000, 100_000), (0, 0)) } else { ((qps, qps * 3 / 2), (qps, qps * 3 / 2)) }
+}
+
+impl<'a> Cluster<'a> {
+    pub(crate) fn up(s: &'a Settings, qps: u32, label: &str) -> Res<Self> {
+        Self::down_raw(s);
+        let audit_log = s.work.join(format!("audit-{label}.log"));
+        let _ = fs::remove_file(&audit_log);
+        let ((kq, kb), _) = client_limits(qps);
+        let apiserver = format!(
+            "--audit-policy-file={} --audit-log-path={} --audit-log-format=json --audit-log-mode=batch \
+             --audit-log-batch-buffer-size=500000 --audit-log-batch-max-size=1000 --audit-log-batch-max-wait=1s \
+             --audit-log-maxsize=100000 --audit-log-maxbackup=0",
+            s.repo.join("bench/audit-policy.yaml").display(),
+            audit_log.display()
+        );
+        let kcm = format!("--kube-api-qps={kq} --kube-api-burst={kb}");
+        let mut c = Command::new(s.repo.join("tests/cluster/cluster.sh"));
+        c.arg("up")
+            .env("NIGHTSHIFT_CLUSTER_DIR", &s.cluster_dir)
+            .env("NIGHTSHIFT_APISERVER_FLAGS", apiserver)
+            .env("NIGHTSHIFT_CONTROLLER_MANAGER_FLAGS", kcm);
+        run_ok(c)?;
+        Ok(Self { s, audit_log })
+    }
+
+    pub(crate) fn down_raw(s: &Settings) {
+        let mut c = Command::new(s.repo.join("tests/cluster/cluster.sh"));
+        c.arg("down").env("NIGHTSHIFT_CLUSTER_DIR", &s.cluster_dir);
+        let _ = run_ok(c);
+    }
+
+    pub(crate) fn pid(&self, component: &str) -> Res<u32> {
+        pid_file(&self.s.cluster_dir.join(format!("{component}.pid")))
+    }
+
+    pub(crate) fn admin_kubeconfig(&self) -> PathBuf {
+        self.s.cluster_dir.join("admin.kubeconfig")
+    }
+
+    /// Namespaces, the FlowSchema, the CRD, the operator's account (from the chart), its token
+    /// kubeconfig, and a kubeconfig for the simulators (system:masters, like the admin, but its
+    /// own user name in the audit log).
+    pub(crate) fn setup(&self) -> Res<(PathBuf, PathBuf)> {
+        let s = self.s;
+        let mut c = s.kubectl();
+        c.args(["apply", "-f"]).arg(s.repo.join("bench/setup.yaml"));
+        run_ok(c)?;
+        let mut c = s.kubectl();
+        c.args(["apply", "-f"]).arg(s.repo.join("crds/nightshift.yaml"));
+        run_ok(c)?;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let mut c = s.kubectl();
+            c.args(["get", "crd", "backgroundjobs.nightshift.dev", "-o"])
+                .arg("jsonpath={.status.conditions[?(@.type==\"Established\")].status}");
+            if run_out(c).is_ok_and(|o| o.trim() == "True") {
+                break;
+            }
+            if Instant::now() > deadline {
+                return Err("the CRD is not Established after 60s".into());
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let mut c = Command::new(s.bin.join("helm"));
+        c.args(["template", "nightshift"])
+            .arg(s.repo.join("charts/nightshift"))
+            .args(["--namespace", "nightshift-system", "--show-only", "templates/rbac.yaml"])
+            .args(["--show-only", "templates/serviceaccount.yaml"]);
+        let rbac = run_out(c)?;
+        let mut c = s.kubectl();
+        c.args(["apply", "-f", "-"]);
+        run_in(c, &rbac)?;
+        for ns in ["nightshift-system", "bench-job", "bench-nightshift", "bench-raw"] {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            loop {
+                let mut c = s.kubectl();
+                c.args(["-n", ns, "get", "serviceaccount", "default"]).stderr(Stdio::null());
+                if run_ok(c).is_ok() {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    return Err(format!("no default ServiceAccount in {ns} after 60s").into());
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+        let mut c = s.kubectl();
+        c.args(["-n", "nightshift-system", "create", "token", "nightshift", "--duration=24h"]);
+        let token = run_out(c)?.trim().to_string();
+        let admin: Value = serde_yaml_ng::from_str(&fs::read_to_string(self.admin_kubeconfig())?)?;
+        let server = admin["clusters"][0]["cluster"]["server"].as_str().ok_or("no server")?;
+        let ca = admin["clusters"][0]["cluster"]["certificate-authority-data"].as_str().ok_or("no CA")?;
+        let operator = s.work.join("nightshift.kubeconfig");
+        fs::write(&operator, kubeconfig(server, ca, "nightshift", &format!("token: {token}")))?;
+
+        let pki = s.cluster_dir.join("pki");
+        let key = s.work.join("sim.key");
+        let csr = s.work.join("sim.csr");
+        let crt = s.work.join("sim.crt");
+        let mut c = Command::new("openssl");
+        c.args(["req", "-newkey", "rsa:2048", "-nodes", "-subj"])
+            .arg(format!("/O=system:masters/CN={SIM_USER}"))
+            .arg("-keyout")
+            .arg(&key)
+            .arg("-out")
+            .arg(&csr)
+            .stderr(Stdio::null());
+        run_ok(c)?;
+        let ext = s.work.join("sim.ext");
+        fs::write(&ext, "extendedKeyUsage=clientAuth\n")?;
+        let mut c = Command::new("openssl");
+        c.args(["x509", "-req", "-days", "30", "-in"])
+            .arg(&csr)
+            .arg("-CA")
+            .arg(pki.join("ca.crt"))
+            .arg("-CAkey")
+            .arg(pki.join("ca.key"))
+            .arg("-CAcreateserial")
+            .arg("-extfile")
+            .arg(&ext)
+            .arg("-out")
+            .arg(&crt)
+            .stderr(Stdio::null());
+        run_ok(c)?;
+        let b64 = |p: &Path| -> Res<String> {
+            let mut c = Command::new("base64");
+            c.arg("-w0").arg(p);
+            run_out(c)
+        };
+        let sim = s.work.join("sim.kubeconfig");
+        let user = format!("client-certificate-data: {}\n    client-key-data: {}", b64(&crt)?, b64(&key)?);
+        fs::write(&sim, kubeconfig(server, ca, SIM_USER, &user))?;
+        Ok((operator, sim))
+    }
+}
+
+impl Drop for Cluster<'_> {
+    fn drop(&mut self) {
+        Self::down_raw(self.s);
+    }
+}
+
+pub(crate) fn kubeconfig(server: &str, ca: &str, user: &str, auth: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: bench\n  cluster:\n    server: {server}\n    \
+         certificate-authority-data: {ca}\nusers:\n- name: {user}\n  user:\n    {auth}\ncontexts:\n- name: bench\n  \
+         context: {{cluster: bench, user: {user}}}\ncurrent-context: bench\n"
+    )
+}
+
+pub(crate) async fn client_from(path: &Path) -> Res<Client> {
+    let kc = Kubeconfig::read_from(path)?;
+    let mut config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await?;
+    config.read_timeout = Some(Duration::from_secs(300));
+    Ok(Client::try_from(config)?)
+}

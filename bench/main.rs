@@ -1,0 +1,309 @@
+//! `make bench`: nightshift against the built-in Job controller and the raw API server, side by
+//! side on one local control plane of its own (tests/cluster/cluster.sh with
+//! NIGHTSHIFT_CLUSTER_DIR), with an audit log of every mutating request.
+//!
+//! For each client QPS setting and each N, on a fresh control plane:
+//! 1. the raw limit: the admin creates 3N bare pods, at most `BENCH_IN_FLIGHT` requests in flight;
+//! 2. the Job controller: N Indexed Jobs (3 completions, parallelism 3);
+//! 3. nightshift: N BackgroundJobs of 3 shards (workers.max 3), the operator started for the run.
+//!
+//! One `nightshift simulate` per side plays the node (Running, then Succeeded at once): every
+//! pod template of every side names the simulator's scheduler (`schedulerName:
+//! nightshift-simulator`), so no kube-scheduler or kubelet of the cluster touches them.
+//! Then a memory run: 10,000 suspended BackgroundJobs, the operator started twice on them, then
+//! a third time with 100,000 worker pods beside them (the pod cache's memory).
+//! Results: BENCHMARKS.md (rewritten after each run) and target/bench/results.json.
+//!
+//! Settings (environment): BENCH_N (default "100,1000"), BENCH_QPS ("0,100,20"; 0: no client
+//! limit), BENCH_MEMORY_JOBS (10000; 0 skips), BENCH_MEMORY_PODS (100000; 0 skips), BENCH_RUN_TIMEOUT (seconds per wait, 1800),
+//! BENCH_DEADLINE (unix seconds: no run starts after it), BENCH_IN_FLIGHT (64), BENCH_OUT
+//! (BENCHMARKS.md), BENCH_COMMAND (the command line to report), NIGHTSHIFT_BIN
+//! (target/release/nightshift), NIGHTSHIFT_CLUSTER_DIR (/tmp/nightshift-bench-cluster).
+
+mod audit;
+mod cluster;
+mod memory;
+mod report;
+mod sides;
+
+use std::{
+    fs,
+    path::PathBuf,
+    process::{Command, Stdio},
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use serde::{Deserialize, Serialize};
+
+use audit::*;
+use cluster::*;
+use memory::*;
+use report::*;
+use sides::*;
+
+type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+pub(crate) const JOB_USER: &str = "system:serviceaccount:kube-system:job-controller";
+pub(crate) const NIGHTSHIFT_USER: &str = "system:serviceaccount:nightshift-system:nightshift";
+pub(crate) const ADMIN_USER: &str = "nightshift-admin";
+pub(crate) const SIM_USER: &str = "bench-simulator";
+
+// ---- settings ---------------------------------------------------------------------------------
+
+pub(crate) struct Settings {
+    pub(crate) repo: PathBuf,
+    pub(crate) cluster_dir: PathBuf,
+    pub(crate) bin: PathBuf,
+    pub(crate) nightshift: PathBuf,
+    pub(crate) work: PathBuf,
+    pub(crate) ns: Vec<usize>,
+    pub(crate) qps: Vec<u32>,
+    pub(crate) memory_jobs: usize,
+    pub(crate) memory_pods: usize,
+    pub(crate) run_timeout: Duration,
+    pub(crate) deadline: Option<u64>,
+    pub(crate) in_flight: usize,
+    pub(crate) out: PathBuf,
+    pub(crate) command: String,
+}
+
+pub(crate) fn env_or(key: &str, default: &str) -> String {
+    std::env::var(key).ok().filter(|v| !v.is_empty()).unwrap_or_else(|| default.to_string())
+}
+
+pub(crate) fn list<T: std::str::FromStr>(s: &str) -> Vec<T> {
+    s.split([',', ' ']).filter(|x| !x.is_empty()).filter_map(|x| x.trim().parse().ok()).collect()
+}
+
+impl Settings {
+    pub(crate) fn from_env() -> Res<Self> {
+        let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+        let bin = run_out(Command::new(repo.join("tests/cluster/build-binaries.sh")))?.trim().to_string();
+        let work = repo.join("target/bench");
+        fs::create_dir_all(&work)?;
+        Ok(Self {
+            cluster_dir: PathBuf::from(env_or("NIGHTSHIFT_CLUSTER_DIR", "/tmp/nightshift-bench-cluster")),
+            bin: PathBuf::from(bin),
+            nightshift: PathBuf::from(env_or(
+                "NIGHTSHIFT_BIN",
+                &repo.join("target/release/nightshift").to_string_lossy(),
+            )),
+            ns: list(&env_or("BENCH_N", "100,1000")),
+            qps: list(&env_or("BENCH_QPS", "0,100,20")),
+            memory_jobs: env_or("BENCH_MEMORY_JOBS", "10000").parse()?,
+            memory_pods: env_or("BENCH_MEMORY_PODS", "100000").parse()?,
+            run_timeout: Duration::from_secs(env_or("BENCH_RUN_TIMEOUT", "1800").parse()?),
+            deadline: std::env::var("BENCH_DEADLINE").ok().and_then(|d| d.parse().ok()),
+            in_flight: env_or("BENCH_IN_FLIGHT", "64").parse()?,
+            out: repo.join(env_or("BENCH_OUT", "BENCHMARKS.md")),
+            command: env_or("BENCH_COMMAND", "make bench"),
+            work,
+            repo,
+        })
+    }
+
+    pub(crate) fn past_deadline(&self) -> bool {
+        self.deadline.is_some_and(|d| unix_now() >= d)
+    }
+
+    pub(crate) fn kubectl(&self) -> Command {
+        let mut c = Command::new(self.bin.join("kubectl"));
+        c.arg("--kubeconfig").arg(self.cluster_dir.join("admin.kubeconfig"));
+        c
+    }
+}
+
+pub(crate) fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+pub(crate) fn run_out(mut c: Command) -> Res<String> {
+    let out = c.stderr(Stdio::inherit()).output()?;
+    if !out.status.success() {
+        return Err(format!("{c:?} failed: {}", out.status).into());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+pub(crate) fn run_ok(mut c: Command) -> Res<()> {
+    let status = c.stdout(Stdio::null()).status()?;
+    if !status.success() {
+        return Err(format!("{c:?} failed: {status}").into());
+    }
+    Ok(())
+}
+
+pub(crate) fn run_in(mut c: Command, input: &str) -> Res<()> {
+    use std::io::Write;
+    let mut child = c.stdin(Stdio::piped()).stdout(Stdio::null()).spawn()?;
+    child.stdin.take().ok_or("no stdin")?.write_all(input.as_bytes())?;
+    let status = child.wait()?;
+    if !status.success() {
+        return Err(format!("{c:?} failed: {status}").into());
+    }
+    Ok(())
+}
+
+// ---- runs -------------------------------------------------------------------------------------
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub(crate) struct RunResult {
+    pub(crate) qps: u32,
+    pub(crate) n: usize,
+    pub(crate) sides: Vec<SideResult>,
+    pub(crate) audit_dropped: bool,
+}
+
+impl RunResult {
+    pub(crate) fn side(&self, side: Side) -> Option<&SideResult> {
+        self.sides.iter().find(|r| r.side == Some(side))
+    }
+}
+
+pub(crate) async fn one_run(s: &Settings, qps: u32, n: usize) -> Res<RunResult> {
+    let label = format!("qps{}-n{n}", if qps == 0 { "inf".to_string() } else { qps.to_string() });
+    let cluster = Cluster::up(s, qps, &label)?;
+    let (operator_kubeconfig, sim_kubeconfig) = cluster.setup()?;
+    let admin = client_from(&cluster.admin_kubeconfig()).await?;
+    let mut sims = Vec::new();
+    // Label selectors per side; `simulate` itself also selects spec.schedulerName, which
+    // container() sets for every side.
+    for (ns, selector) in [("bench-job", "batch.kubernetes.io/job-name"), ("bench-nightshift", "nightshift.dev/job")] {
+        let mut c = Command::new(&s.nightshift);
+        c.args(["simulate", "--namespace", ns, "--selector", selector, "--run-seconds", "0"])
+            .env("KUBECONFIG", &sim_kubeconfig)
+            .env("RUST_LOG", "warn");
+        sims.push(Proc::spawn(c, &s.work.join(format!("sim-{label}-{ns}.log")))?);
+    }
+    let ctx = RunCtx { s, cluster: &cluster, admin, operator_kubeconfig, qps, label: label.clone() };
+    let mut result = RunResult { qps, n, ..Default::default() };
+    for side in [Side::Raw, Side::Job, Side::Nightshift] {
+        result.sides.push(ctx.side(side, n).await?);
+        if side != Side::Nightshift {
+            clear(&ctx.admin, side, s.run_timeout).await;
+        }
+    }
+    drop(sims);
+    // The audit log is written in batches of at most 1 s.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let lines = read_audit(&cluster.audit_log)?;
+    for r in &mut result.sides {
+        r.audit = Some(side_audit(&lines, r.side.unwrap_or(Side::Raw)));
+    }
+    let apiserver_log = fs::read_to_string(s.cluster_dir.join("kube-apiserver.log")).unwrap_or_default();
+    result.audit_dropped = apiserver_log.contains("audit buffer queue blocked");
+    Ok(result)
+}
+
+// ---- main -------------------------------------------------------------------------------------
+
+#[tokio::main]
+pub(crate) async fn main() {
+    // `cargo bench` passes --bench; a re-render of a saved run: `-- --render`.
+    let args: Vec<String> = std::env::args().collect();
+    let s = match Settings::from_env() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("bench: {e}");
+            std::process::exit(1);
+        }
+    };
+    if args.iter().any(|a| a == "--render") {
+        let rep: Report = serde_json::from_str(&fs::read_to_string(s.work.join("results.json")).unwrap_or_default())
+            .expect("target/bench/results.json");
+        save(&s, &rep);
+        return;
+    }
+    if !s.nightshift.exists() {
+        eprintln!("bench: {} not found: cargo build --release", s.nightshift.display());
+        std::process::exit(1);
+    }
+    let started = run_out({
+        let mut c = Command::new("date");
+        c.args(["-u", "+%Y-%m-%d %H:%M UTC"]);
+        c
+    })
+    .unwrap_or_default();
+    let mut rep = Report {
+        started: started.trim().into(),
+        command: s.command.clone(),
+        machine: machine(),
+        versions: versions(&s),
+        settings: format!(
+            "Settings: N = {:?}, client QPS = {:?} (0: no limit; burst 1.5× QPS; kube-controller-manager's \
+             --kube-api-qps/--kube-api-burst, 100000/100000 for no limit, and nightshift's, 0 for no limit), \
+             nightshift with its defaults (`--concurrency 64 --debounce-ms 50`) and `--max-workers 0 --leader-election=false`, \
+             kube-controller-manager defaults otherwise (`--concurrent-job-syncs 5`), a fresh control plane \
+             per (QPS, N), memory run with {} jobs, {} s timeout per wait.",
+            s.ns,
+            s.qps,
+            s.memory_jobs,
+            s.run_timeout.as_secs()
+        ),
+        ..Default::default()
+    };
+    rep.notes.push(
+        "Each run starts a fresh control plane and then runs the three sides one after the other in their own \
+         namespaces: the raw limit, the Job controller, nightshift; a side's namespace is emptied before the next \
+         side starts, so each starts on a control plane holding the same objects. \
+         Everything (etcd, kube-apiserver, kube-controller-manager, nightshift, two simulators, this harness) \
+         shares the machine's CPUs."
+            .into(),
+    );
+    rep.notes.push(
+        "Identities: the Job controller runs as system:serviceaccount:kube-system:job-controller \
+         (--use-service-account-credentials), nightshift as the ServiceAccount nightshift-system/nightshift \
+         with the chart's ClusterRole and a TokenRequest token; a FlowSchema puts it at the same APF priority \
+         level as the Job controller (workload-high). The admin (creating objects, the raw limit) and the \
+         simulators (bench-simulator) are system:masters, the same for every side."
+            .into(),
+    );
+    rep.notes.push(
+        "Events: the Job controller hands its events to client-go's broadcaster, which sends them in the \
+         background and drops them when its queue is full (hence fewer than 4 per job at N = 1000); nightshift \
+         sends its events (events.k8s.io) in the background too, and behind its other requests in its client \
+         rate limit; the harness waits until it has sent them all (its metric nightshift_events_pending) before \
+         it stops it, so they are all counted. kube-controller-manager's peak RSS covers all its controllers and \
+         the objects of every side so far."
+            .into(),
+    );
+    let mut ok = true;
+    'outer: for &qps in &s.qps {
+        for &n in &s.ns {
+            if s.past_deadline() {
+                rep.notes.push(format!("Skipped (past the deadline): N = {n} at client QPS {}.", qps_label(qps)));
+                ok = false;
+                continue;
+            }
+            match one_run(&s, qps, n).await {
+                Ok(r) => rep.runs.push(r),
+                Err(e) => {
+                    eprintln!("bench: run N={n} QPS={qps}: {e}");
+                    rep.notes.push(format!("The run N = {n} at client QPS {} failed: {e}", qps_label(qps)));
+                    ok = false;
+                    if e.to_string().contains("cluster.sh") {
+                        break 'outer;
+                    }
+                }
+            }
+            save(&s, &rep);
+        }
+    }
+    if s.memory_jobs > 0 {
+        if s.past_deadline() {
+            rep.notes.push("Skipped (past the deadline): the memory run.".into());
+            ok = false;
+        } else {
+            match memory_run(&s, s.memory_jobs).await {
+                Ok(m) => rep.memory = Some(m),
+                Err(e) => {
+                    rep.notes.push(format!("The memory run failed: {e}"));
+                    ok = false;
+                }
+            }
+        }
+    }
+    rep.finished = ok;
+    save(&s, &rep);
+    eprintln!("bench: wrote {}", s.out.display());
+}

@@ -1,0 +1,418 @@
+//! The three sides of a run (the raw limit, the Job controller, nightshift): their objects, how
+//! their progress is watched, and one side's run on a control plane.
+
+use std::{
+    collections::HashMap,
+    fs,
+    path::PathBuf,
+    process::Command,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Pod;
+use kube::{
+    Api, Client,
+    api::{ApiResource, DynamicObject, GroupVersionKind, PostParams},
+    runtime::{WatchStreamExt, watcher},
+};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::*;
+
+// ---- objects ----------------------------------------------------------------------------------
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum Side {
+    Raw,
+    Job,
+    Nightshift,
+}
+
+impl Side {
+    pub(crate) fn namespace(self) -> &'static str {
+        match self {
+            Side::Raw => "bench-raw",
+            Side::Job => "bench-job",
+            Side::Nightshift => "bench-nightshift",
+        }
+    }
+    pub(crate) fn title(self) -> &'static str {
+        match self {
+            Side::Raw => "raw pod creation (the limit)",
+            Side::Job => "Job controller",
+            Side::Nightshift => "nightshift",
+        }
+    }
+    pub(crate) fn user(self) -> &'static str {
+        match self {
+            Side::Raw => ADMIN_USER,
+            Side::Job => JOB_USER,
+            Side::Nightshift => NIGHTSHIFT_USER,
+        }
+    }
+}
+
+pub(crate) fn bgj_resource() -> ApiResource {
+    ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("nightshift.dev", "v1alpha1", "BackgroundJob"),
+        "backgroundjobs",
+    )
+}
+
+pub(crate) fn job_resource() -> ApiResource {
+    ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk("batch", "v1", "Job"), "jobs")
+}
+
+pub(crate) fn pod_resource() -> ApiResource {
+    ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk("", "v1", "Pod"), "pods")
+}
+
+/// The pod spec of every side: the raw pods', the Jobs' and the BackgroundJobs' templates. Its
+/// scheduler name keeps the pods off any real node: the simulator plays them (the raw pods
+/// stay Pending, as no simulator watches their namespace).
+pub(crate) fn container() -> Value {
+    json!({"restartPolicy": "Never", "schedulerName": nightshift::sim::SCHEDULER_NAME,
+           "containers": [{"name": "w", "image": "w"}]})
+}
+
+pub(crate) fn object(side: Side, i: usize, suspend: bool) -> Value {
+    match side {
+        Side::Raw => {
+            json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": format!("p-{i:06}")}, "spec": container()})
+        }
+        Side::Job => json!({"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": format!("j-{i:06}")},
+            "spec": {"completionMode": "Indexed", "completions": 3, "parallelism": 3, "template": {"spec": container()}}}),
+        Side::Nightshift => json!({"apiVersion": "nightshift.dev/v1alpha1", "kind": "BackgroundJob",
+            "metadata": {"name": format!("b-{i:06}")},
+            "spec": {"shards": 3, "workers": {"min": 1, "max": 3}, "suspend": suspend, "template": {"spec": container()}}}),
+    }
+}
+
+/// Creates `objects` with at most `in_flight` requests at once; a failed create is retried
+/// (up to 10 times). Returns the failures left.
+pub(crate) async fn create_all(api: Api<DynamicObject>, objects: Vec<Value>, in_flight: usize) -> usize {
+    futures::stream::iter(objects)
+        .map(|o| {
+            let api = api.clone();
+            async move {
+                let obj: DynamicObject = serde_json::from_value(o).expect("a valid object");
+                for attempt in 0..10 {
+                    match api.create(&PostParams::default(), &obj).await {
+                        Ok(_) => return 0,
+                        Err(kube::Error::Api(e)) if e.code == 409 => return 0,
+                        Err(e) => {
+                            if attempt == 9 {
+                                eprintln!("bench: creating {}: {e}", obj.metadata.name.as_deref().unwrap_or("?"));
+                            }
+                            tokio::time::sleep(Duration::from_millis(200 * (attempt + 1))).await;
+                        }
+                    }
+                }
+                1
+            }
+        })
+        .buffer_unordered(in_flight)
+        .fold(0, |acc, x| async move { acc + x })
+        .await
+}
+
+// ---- watching progress ------------------------------------------------------------------------
+
+#[derive(Default)]
+pub(crate) struct Marks {
+    /// Pod name -> done (Succeeded and no finalizers).
+    pub(crate) pods: HashMap<String, bool>,
+    /// Job name -> finished (Some(true) succeeded, Some(false) failed).
+    pub(crate) jobs: HashMap<String, Option<bool>>,
+    pub(crate) all_pods: Option<Instant>,
+    pub(crate) all_finished: Option<Instant>,
+    pub(crate) settled: Option<Instant>,
+    pub(crate) pods_ready: bool,
+    pub(crate) jobs_ready: bool,
+}
+
+pub(crate) fn finished(side: Side, obj: &DynamicObject) -> Option<bool> {
+    let status = obj.data.get("status")?;
+    match side {
+        Side::Nightshift => match status.get("phase")?.as_str()? {
+            "Succeeded" => Some(true),
+            "Failed" => Some(false),
+            _ => None,
+        },
+        _ => status.get("conditions")?.as_array()?.iter().find_map(|c| {
+            (c["status"] == "True").then_some(())?;
+            match c["type"].as_str()? {
+                "Complete" => Some(true),
+                "Failed" => Some(false),
+                _ => None,
+            }
+        }),
+    }
+}
+
+pub(crate) fn watch(client: Client, side: Side, pods_wanted: usize, jobs_wanted: usize) -> Arc<Mutex<Marks>> {
+    let marks = Arc::new(Mutex::new(Marks::default()));
+    let ns = side.namespace();
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let m = marks.clone();
+    tokio::spawn(async move {
+        let mut stream = watcher(pods, watcher::Config::default()).default_backoff().boxed();
+        while let Some(ev) = stream.next().await {
+            let mut m = m.lock().unwrap();
+            match ev {
+                Ok(watcher::Event::InitDone) => m.pods_ready = true,
+                Ok(watcher::Event::Apply(p) | watcher::Event::InitApply(p)) => {
+                    let done = p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Succeeded")
+                        && p.metadata.finalizers.as_ref().is_none_or(|f| f.is_empty());
+                    m.pods.insert(p.metadata.name.unwrap_or_default(), done);
+                }
+                _ => continue,
+            }
+            if m.all_pods.is_none() && m.pods.len() >= pods_wanted && pods_wanted > 0 {
+                m.all_pods = Some(Instant::now());
+            }
+            if m.settled.is_none() && m.pods.len() >= pods_wanted && m.pods.values().all(|d| *d) {
+                m.settled = Some(Instant::now());
+            }
+        }
+    });
+    if jobs_wanted > 0 {
+        let ar = if side == Side::Job { job_resource() } else { bgj_resource() };
+        let jobs: Api<DynamicObject> = Api::namespaced_with(client, ns, &ar);
+        let m = marks.clone();
+        tokio::spawn(async move {
+            let mut stream = watcher(jobs, watcher::Config::default()).default_backoff().boxed();
+            while let Some(ev) = stream.next().await {
+                let mut m = m.lock().unwrap();
+                match ev {
+                    Ok(watcher::Event::InitDone) => m.jobs_ready = true,
+                    Ok(watcher::Event::Apply(j) | watcher::Event::InitApply(j)) => {
+                        let f = finished(side, &j);
+                        m.jobs.insert(j.metadata.name.clone().unwrap_or_default(), f);
+                    }
+                    _ => continue,
+                }
+                if m.all_finished.is_none()
+                    && m.jobs.len() >= jobs_wanted
+                    && m.jobs.values().filter(|f| f.is_some()).count() >= jobs_wanted
+                {
+                    m.all_finished = Some(Instant::now());
+                }
+            }
+        });
+    } else {
+        marks.lock().unwrap().jobs_ready = true;
+    }
+    marks
+}
+
+/// The operator's nightshift_events_pending, from its /metrics.
+pub(crate) async fn events_pending(port: u16) -> Option<i64> {
+    metric(port, "nightshift_events_pending").await
+}
+
+/// A metric without labels (a gauge or counter), from the operator's /metrics.
+pub(crate) async fn metric(port: u16, name: &str) -> Option<i64> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok()?;
+    conn.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n").await.ok()?;
+    let mut body = String::new();
+    conn.read_to_string(&mut body).await.ok()?;
+    let prefix = format!("{name} ");
+    body.lines().find_map(|l| l.strip_prefix(&prefix)).and_then(|v| v.trim().parse().ok())
+}
+
+/// Empties a side's namespace once it is measured, so that each side starts on a control plane
+/// holding the same objects (the sides run one after the other on one etcd).
+pub(crate) async fn clear(client: &Client, side: Side, timeout: Duration) {
+    let ns = side.namespace();
+    let dp = kube::api::DeleteParams { grace_period_seconds: Some(0), ..kube::api::DeleteParams::background() };
+    let lp = kube::api::ListParams::default();
+    let mut apis: Vec<Api<DynamicObject>> = vec![Api::namespaced_with(client.clone(), ns, &pod_resource())];
+    match side {
+        Side::Raw => {}
+        Side::Job => apis.push(Api::namespaced_with(client.clone(), ns, &job_resource())),
+        Side::Nightshift => apis.push(Api::namespaced_with(client.clone(), ns, &bgj_resource())),
+    }
+    let t0 = Instant::now();
+    for api in apis.iter().rev() {
+        if let Err(e) = api.delete_collection(&dp, &lp).await {
+            eprintln!("bench: emptying {ns}: {e}");
+        }
+    }
+    while t0.elapsed() < timeout {
+        let mut left = 0;
+        for api in &apis {
+            left += api.list(&kube::api::ListParams::default().limit(1)).await.map_or(1, |l| l.items.len());
+        }
+        if left == 0 {
+            eprintln!("bench: emptied {ns} in {:.1}s", t0.elapsed().as_secs_f64());
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    eprintln!("bench: {ns} still not empty after {}s", timeout.as_secs());
+}
+
+pub(crate) async fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while !done() {
+        if Instant::now() > deadline {
+            eprintln!("bench: timed out after {}s waiting for {what}", timeout.as_secs());
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    true
+}
+
+// ---- one side ---------------------------------------------------------------------------------
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub(crate) struct SideResult {
+    pub(crate) side: Option<Side>,
+    pub(crate) n: usize,
+    pub(crate) create_secs: f64,
+    pub(crate) create_failures: usize,
+    pub(crate) all_pods_secs: Option<f64>,
+    pub(crate) all_finished_secs: Option<f64>,
+    pub(crate) settled_secs: Option<f64>,
+    /// nightshift: until its last event was sent (its metric nightshift_events_pending is 0).
+    #[serde(default)]
+    pub(crate) events_sent_secs: Option<f64>,
+    pub(crate) failed_jobs: usize,
+    pub(crate) controller_cpu: f64,
+    pub(crate) controller_hwm_mib: f64,
+    pub(crate) apiserver_cpu: f64,
+    pub(crate) etcd_cpu: f64,
+    /// /proc/loadavg (1 min) at the end of the side: other work on the machine shows here.
+    pub(crate) load: f64,
+    pub(crate) audit: Option<SideAudit>,
+}
+
+pub(crate) struct RunCtx<'a> {
+    pub(crate) s: &'a Settings,
+    pub(crate) cluster: &'a Cluster<'a>,
+    pub(crate) admin: Client,
+    pub(crate) operator_kubeconfig: PathBuf,
+    pub(crate) qps: u32,
+    pub(crate) label: String,
+}
+
+impl RunCtx<'_> {
+    pub(crate) fn start_operator(&self, log: &str) -> Res<Proc> {
+        let (_, (q, b)) = client_limits(self.qps);
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let mut c = Command::new(&self.s.nightshift);
+        c.arg("run")
+            .args(["--metrics-address", &format!("127.0.0.1:{port}")])
+            .args(["--kube-api-qps", &q.to_string(), "--kube-api-burst", &b.to_string()])
+            .args(["--max-workers", "0", "--leader-election=false"])
+            .env("KUBECONFIG", &self.operator_kubeconfig)
+            .env("RUST_LOG", "warn");
+        let mut p = Proc::spawn(c, &self.s.work.join(log))?;
+        p.metrics_port = Some(port);
+        Ok(p)
+    }
+
+    pub(crate) async fn side(&self, side: Side, n: usize) -> Res<SideResult> {
+        let s = self.s;
+        eprintln!("bench: [{}] {} with N={n}", self.label, side.title());
+        let pods_wanted = 3 * n;
+        let jobs_wanted = if side == Side::Raw { 0 } else { n };
+        let marks = watch(self.admin.clone(), side, pods_wanted, jobs_wanted);
+        wait_until("the watches to start", Duration::from_secs(60), || {
+            let m = marks.lock().unwrap();
+            m.pods_ready && m.jobs_ready
+        })
+        .await;
+        let operator = if side == Side::Nightshift {
+            let p = self.start_operator(&format!("operator-{}-{n}.log", self.label))?;
+            // Let it list and watch (an empty namespace) before the clock starts.
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            Some(p)
+        } else {
+            None
+        };
+        let controller_pid = match &operator {
+            Some(p) => p.pid(),
+            None => self.cluster.pid("kube-controller-manager")?,
+        };
+        let apiserver = self.cluster.pid("kube-apiserver")?;
+        let etcd = self.cluster.pid("etcd")?;
+        let (cpu0, api0, etcd0) = (cpu_seconds(controller_pid), cpu_seconds(apiserver), cpu_seconds(etcd));
+
+        let mut events_sent = None;
+        let t0 = Instant::now();
+        let (ar, count) = match side {
+            Side::Raw => (pod_resource(), pods_wanted),
+            Side::Job => (job_resource(), n),
+            Side::Nightshift => (bgj_resource(), n),
+        };
+        let api: Api<DynamicObject> = Api::namespaced_with(self.admin.clone(), side.namespace(), &ar);
+        let objects: Vec<Value> = (0..count).map(|i| object(side, i, false)).collect();
+        let create_failures = create_all(api, objects, s.in_flight).await;
+        let create_secs = t0.elapsed().as_secs_f64();
+        eprintln!("bench: [{}] created {count} objects in {create_secs:.2}s", self.label);
+
+        let timeout = s.run_timeout;
+        wait_until("all pods", timeout, || marks.lock().unwrap().all_pods.is_some()).await;
+        if side != Side::Raw {
+            let remaining = timeout.saturating_sub(t0.elapsed());
+            wait_until("all jobs finished", remaining, || marks.lock().unwrap().all_finished.is_some()).await;
+            let remaining = Duration::from_secs(120).min(timeout.saturating_sub(t0.elapsed()));
+            wait_until("all pods Succeeded without finalizers", remaining, || marks.lock().unwrap().settled.is_some())
+                .await;
+            // nightshift sends events behind its other requests: let them all go out (and count).
+            if let Some(port) = operator.as_ref().and_then(|p| p.metrics_port) {
+                let deadline = Instant::now() + timeout.saturating_sub(t0.elapsed());
+                while Instant::now() < deadline && events_pending(port).await.is_none_or(|n| n > 0) {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                events_sent = Some(t0.elapsed().as_secs_f64());
+            }
+            // Stragglers (late events, status writes) land in the audit log too.
+            tokio::time::sleep(Duration::from_secs(3)).await;
+        }
+        let controller_cpu = cpu_seconds(controller_pid) - cpu0;
+        let controller_hwm_mib = status_mib(controller_pid, "VmHWM");
+        let apiserver_cpu = cpu_seconds(apiserver) - api0;
+        let etcd_cpu = cpu_seconds(etcd) - etcd0;
+        drop(operator);
+        let m = marks.lock().unwrap();
+        let secs = |t: Option<Instant>| t.map(|t| t.duration_since(t0).as_secs_f64());
+        let r = SideResult {
+            side: Some(side),
+            n,
+            create_secs,
+            create_failures,
+            all_pods_secs: secs(m.all_pods),
+            all_finished_secs: if side == Side::Raw { None } else { secs(m.all_finished) },
+            settled_secs: if side == Side::Raw { None } else { secs(m.settled) },
+            events_sent_secs: events_sent,
+            failed_jobs: m.jobs.values().filter(|f| **f == Some(false)).count(),
+            controller_cpu,
+            controller_hwm_mib,
+            apiserver_cpu,
+            etcd_cpu,
+            load: fs::read_to_string("/proc/loadavg")
+                .ok()
+                .and_then(|l| l.split_whitespace().next()?.parse().ok())
+                .unwrap_or(f64::NAN),
+            audit: None,
+        };
+        eprintln!(
+            "bench: [{}] {}: pods {:?}s, finished {:?}s, cpu {:.1}s, hwm {:.1} MiB",
+            self.label,
+            side.title(),
+            r.all_pods_secs,
+            r.all_finished_secs,
+            r.controller_cpu,
+            r.controller_hwm_mib
+        );
+        Ok(r)
+    }
+}
