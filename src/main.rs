@@ -178,7 +178,7 @@ async fn run(command: Command) -> Result<(), Box<dyn std::error::Error>> {
                 concurrency,
                 agent_image,
                 fold_seconds: status_fold_seconds,
-                budget: nightshift::decision::queue::Budget {
+                budget: nightshift::decision::jobs::queue::Budget {
                     total: cap(max_workers),
                     per_namespace: cap(max_workers_per_namespace),
                 },

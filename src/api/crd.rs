@@ -8,8 +8,7 @@ use kube::CustomResourceExt;
 use schemars::{Schema, SchemaGenerator, json_schema};
 use serde_json::{Value, json};
 
-use super::{BackgroundJob, BackgroundJobSchedule, BackgroundJobTemplate};
-use crate::decision::schedule::{MAX_SCHEDULE_NAME_LENGTH, time_zones};
+use super::{BackgroundJob, BackgroundJobSchedule, BackgroundJobTemplate, MAX_SCHEDULE_NAME_LENGTH, time_zones};
 
 /// Longest job name: it is part of worker pod names (`NAME-SHARD-ATTEMPT`) and label values (63).
 pub const MAX_NAME_LENGTH: usize = 52;

@@ -3,8 +3,10 @@
 
 pub mod crd;
 pub mod names;
+pub mod ranges;
 pub mod v1alpha1;
 
+pub use ranges::Ranges;
 pub use v1alpha1::*;
 
 /// API group of every nightshift resource.

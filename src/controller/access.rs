@@ -28,7 +28,7 @@ use tracing::warn;
 
 use crate::{
     api::{self, BackgroundJob},
-    decision::pod::{lease_name, worker_account},
+    decision::jobs::pod::{lease_name, worker_account},
 };
 
 /// An object of the name the job's workers need that this job does not control.

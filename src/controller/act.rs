@@ -24,7 +24,7 @@ use crate::{
     api::{self, BackgroundJob},
     decision::{
         Decision, Refusal,
-        pod::{lease_name, pod_name, worker_pod},
+        jobs::pod::{lease_name, pod_name, worker_pod},
     },
 };
 

@@ -10,7 +10,7 @@ use kube::{
 
 use crate::{
     api::{BackgroundJob, Phase},
-    decision::chain::{self, Chain},
+    decision::jobs::chain::{self, Chain},
 };
 
 /// The chain of a job that has not started and names others in spec.after, from the cache.

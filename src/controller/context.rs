@@ -22,7 +22,7 @@ use kube::{
 use super::{Options, expectations::Expectations, now, observe::LeaseMemory};
 use crate::{
     api::{BackgroundJob, BackgroundJobStatus, BackgroundJobTemplate, Phase},
-    decision::{Refusal, queue::Claim},
+    decision::{Refusal, jobs::queue::Claim},
     operator::{
         Metrics,
         metrics::{JobLabel, PhaseLabel},

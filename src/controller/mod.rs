@@ -42,7 +42,7 @@ use tracing::{debug, info, warn};
 
 use crate::{
     api::{self, BackgroundJob},
-    decision::{self, queue::Budget},
+    decision::{self, jobs::queue::Budget},
     operator::{Metrics, metrics::ErrorLabel},
 };
 

@@ -25,7 +25,10 @@ use super::{
 };
 use crate::{
     api::BackgroundJob,
-    decision::{self, Decision, LeaseView, Observed, PodView, Refusal, chain::Chain, pod::pod_name, queue},
+    decision::{
+        self, Decision, LeaseView, Observed, PodView, Refusal,
+        jobs::{chain::Chain, pod::pod_name, queue},
+    },
 };
 
 #[tracing::instrument(name = "reconcile", skip_all, fields(namespace = job.namespace().unwrap_or_default(), job = job.name_any()))]
@@ -96,7 +99,7 @@ fn observe(ctx: &Context, job: Arc<BackgroundJob>) -> Seen {
     let (last_fold, refusal) = (job_memory.and_then(|m| m.last_fold), job_memory.and_then(|m| m.refusal.clone()));
     drop(memory);
     let chain = chains::chain_of(&ctx.jobs, &job);
-    let template = match decision::template::unresolved(&job) {
+    let template = match decision::jobs::template::unresolved(&job) {
         true => templates::template_of(&ctx.templates, &job).map(|t| t.metadata.generation.unwrap_or(1)),
         false => None,
     };

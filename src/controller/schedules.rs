@@ -4,7 +4,7 @@
 //!
 //! - observe: the schedule (with the status this process last wrote, if the cache is behind),
 //!   the jobs it owns from the shared cache, and those it created that the cache does not show yet;
-//! - decide: [`decision::schedule::decide`], pure, `now` an argument;
+//! - decide: [`decision::schedules::decide`], pure, `now` an argument;
 //! - act: delete the jobs a run replaces (by uid, only those it controls), then create the
 //!   run's job (AlreadyExists counts as created when the job is the schedule's: that is how a
 //!   restart, or a second replica, never doubles a run; anyone else's job of that name is left
@@ -43,7 +43,7 @@ use crate::{
     api::{self, BackgroundJob, BackgroundJobSchedule, BackgroundJobScheduleStatus},
     decision::{
         EventNote,
-        schedule::{ScheduleDecision, ScheduledJob, decide_with},
+        schedules::{ScheduleDecision, ScheduledJob, decide_with},
     },
     operator::{Metrics, metrics::ErrorLabel},
 };

@@ -11,7 +11,7 @@ use tracing::info;
 use super::{Error, context::Context};
 use crate::{
     api::{BackgroundJob, BackgroundJobTemplate},
-    decision::{Refusal, template},
+    decision::{Refusal, jobs::template},
 };
 
 /// The template a job not resolved yet names, from the cache.

@@ -1,27 +1,19 @@
-//! The decision core: from what is observed (the job, its pods and Leases, the last act's
-//! refusal) and `now` to what should be done (pods to create and delete, finalizers to release,
-//! events) and the new status. Pure functions only; the controller carries the decisions out.
+//! The decision core: from what is observed and `now` to what should be done and the new status.
+//! Pure functions only (time comes in as `now`); the controllers carry the decisions out.
 //!
-//! A reading order: `view` (what `decide` is given), `step` (the pipeline), `book` (the shards'
-//! states and the phases that move them), `status` (the status written from the book), `fold` (what reaches it at a bounded rate).
+//! - [`jobs`]: a BackgroundJob's step — `decide` (the pipeline), the shard book, the queue, the
+//!   worker pod built for an attempt, chains and templates.
+//! - [`schedules`]: a BackgroundJobSchedule's step — cron times, the jobs to start and to delete.
+//! - [`decided`]: what both decide ([`Decision`], [`EventNote`], [`Related`]); `conditions` and
+//!   `time`: the helpers both use.
 
-mod book;
-pub mod chain;
-mod fold;
-mod heartbeat;
-mod outcome;
-pub mod pod;
-pub mod queue;
-pub mod ranges;
-mod retrying;
-pub mod schedule;
-mod status;
-mod step;
-pub mod template;
-mod view;
+mod conditions;
+pub mod decided;
+pub mod jobs;
+pub mod schedules;
+mod time;
 
-pub use step::{Decision, EventNote, Related, backoff_seconds, decide};
-pub use view::{FOLD_SECONDS, FORBIDDEN_PAUSE_SECONDS, LeaseView, Observed, PodPhase, PodView, Refusal};
-
-#[cfg(test)]
-mod tests;
+pub use decided::{Decision, EventNote, Related};
+pub use jobs::{
+    FOLD_SECONDS, FORBIDDEN_PAUSE_SECONDS, LeaseView, Observed, PodPhase, PodView, Refusal, backoff_seconds, decide,
+};

@@ -67,12 +67,12 @@ pub fn report(job: &BackgroundJob, events: &[Event], now: Timestamp) -> String {
     };
     let running: Vec<i32> = status.active.iter().map(|a| a.shard).collect();
     // Beyond the listed ones, retrying shards are grouped as ranges.
-    let mut retrying = crate::decision::ranges::Ranges::default();
+    let mut retrying = crate::api::Ranges::default();
     for shard in status.retrying.iter().map(|r| r.shard) {
         retrying.insert(shard);
     }
     for group in &status.retrying_groups {
-        retrying.union(&crate::decision::ranges::Ranges::parse(&group.shards));
+        retrying.union(&crate::api::Ranges::parse(&group.shards));
     }
     let waiting = counts.pending - retrying.len() as i32;
     field(

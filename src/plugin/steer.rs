@@ -7,10 +7,7 @@ use kube::{
 use serde_json::{Value, json};
 
 use super::{Error, Outcome, Target, watch};
-use crate::{
-    api::{BackgroundJob, BackgroundJobSpec, GROUP, crd::MAX_NAME_LENGTH},
-    decision::ranges::Ranges,
-};
+use crate::api::{BackgroundJob, BackgroundJobSpec, GROUP, Ranges, crd::MAX_NAME_LENGTH};
 
 /// Label on a job made by `rerun`: the job it reruns.
 pub const LABEL_RERUN_OF: &str = "nightshift.dev/rerun-of";

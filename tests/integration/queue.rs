@@ -8,7 +8,7 @@ use kube::{
     ResourceExt,
     api::{Patch, PatchParams},
 };
-use nightshift::{api::Phase, controller::Options, decision::queue::Budget};
+use nightshift::{api::Phase, controller::Options, decision::jobs::queue::Budget};
 use serde_json::json;
 
 use crate::support::{Fixture, Operator, PodWatch, WAIT, fixture, wait_until};

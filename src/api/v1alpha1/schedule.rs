@@ -3,12 +3,26 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::{
+    apimachinery::pkg::apis::meta::v1::{Condition, Time},
+    jiff::tz::TimeZoneDatabase,
+};
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::BackgroundJobSpec;
+
+/// Longest schedule name: job names are at most 52 characters (crate::api::crd::MAX_NAME_LENGTH)
+/// and the suffix takes 11 ("-" and up to 10 digits).
+pub const MAX_SCHEDULE_NAME_LENGTH: usize = 41;
+
+/// The time zones a schedule may name: the IANA database bundled into the binary, never the
+/// machine's /usr/share/zoneinfo, so the CRD's list (`nightshift crd`) and the parser agree on
+/// every machine, the image (which has no zoneinfo) included.
+pub fn time_zones() -> TimeZoneDatabase {
+    TimeZoneDatabase::bundled()
+}
 
 /// Starts a BackgroundJob from spec.jobTemplate at each time of spec.schedule.
 #[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]

@@ -6,8 +6,7 @@ use kube::ResourceExt;
 use serde::Serialize;
 
 use crate::{
-    api::{BackgroundJob, Phase},
-    decision::ranges::Ranges,
+    api::{BackgroundJob, Phase, Ranges},
     plugin::describe::Glance,
 };
 

@@ -50,7 +50,7 @@ pub fn worker_pod(
     labels.insert(api::LABEL_ATTEMPT.into(), attempt.to_string());
     // A worker holds work that is lost if it is taken away: autoscalers should leave its node
     // alone while it runs (unless the template says otherwise). Disruptions that happen anyway
-    // cost no retry (see `decision::book`).
+    // cost no retry (see `decision::jobs::book`).
     let mut annotations: BTreeMap<String, String> = tmeta.annotations.unwrap_or_default();
     for (key, value) in api::DO_NOT_DISRUPT {
         annotations.entry(key.into()).or_insert_with(|| value.into());

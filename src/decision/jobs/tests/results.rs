@@ -89,12 +89,12 @@ proptest! {
             let leases: Vec<LeaseView> =
                 (0..6).filter(|s| mask & (1 << s) != 0).map(|s| reported(s, 1 << s)).collect();
             let d = decide_with(&mut job, &mut w, &leases, at(i as i64 + 1));
-            let merged: BTreeSet<i32> = ranges::Ranges::from_opt(d.status.result_shards.as_ref()).iter().collect();
+            let merged: BTreeSet<i32> = Ranges::from_opt(d.status.result_shards.as_ref()).iter().collect();
             let sum: i64 = merged.iter().map(|s| 1i64 << s).sum();
             let imported = d.status.result.as_ref().and_then(|r| r["imported"].as_i64()).unwrap_or(0);
             prop_assert_eq!(imported, sum, "merged {:?}", merged);
             prop_assert!(merged.is_superset(&merged_before), "lost a shard: {:?} then {:?}", merged_before, merged);
-            let succeeded = ranges::Ranges::from_opt(d.status.succeeded_shards.as_ref());
+            let succeeded = Ranges::from_opt(d.status.succeeded_shards.as_ref());
             prop_assert!(merged.iter().all(|s| succeeded.contains(*s)), "merged before it succeeded: {:?}", merged);
             if !finished {
                 let shown: Vec<i32> = leases.iter().map(|l| l.shard).filter(|s| succeeded.contains(*s)).collect();

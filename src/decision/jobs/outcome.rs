@@ -2,13 +2,16 @@
 //! taken away by the cluster, or failed — retried under spec.retry, or, by an exit-code rule,
 //! failing the job, failing the shard alone, or retried without counting.
 
-use super::{
-    book::Book,
-    step::{EventNote, Related, backoff_seconds, plus, time},
-};
-use crate::api::{
-    ActiveShard, ExitCodeAction, Failure, MAX_SHARD_FAILURES, RetryingShard, ShardFailure,
-    names::{EventReason, Reason},
+use super::book::Book;
+use crate::{
+    api::{
+        ActiveShard, ExitCodeAction, Failure, MAX_SHARD_FAILURES, RetryingShard, ShardFailure,
+        names::{EventReason, Reason},
+    },
+    decision::{
+        EventNote, Related,
+        time::{plus, time},
+    },
 };
 
 impl Book<'_> {
@@ -170,7 +173,7 @@ impl Book<'_> {
     }
 }
 
-/// About how long shard ranges in a condition or event message get (see [`super::ranges::Ranges::abbreviated`]).
+/// About how long shard ranges in a condition or event message get (see [`crate::api::Ranges::abbreviated`]).
 pub(super) const MESSAGE_RANGES: usize = 200;
 
 pub(super) fn describe(f: &Failure) -> String {
@@ -182,4 +185,11 @@ pub(super) fn describe(f: &Failure) -> String {
         s = format!("{s}: {}", f.message);
     }
     s
+}
+
+/// Seconds to wait before the retry that follows the `failures`-th failure of a shard.
+pub fn backoff_seconds(backoff: &crate::api::Backoff, failures: i32) -> i64 {
+    let exp = (failures - 1).clamp(0, 62);
+    let secs = backoff.initial_seconds as f64 * backoff.factor.max(1.0).powi(exp);
+    if secs.is_finite() { (secs as i64).min(backoff.max_seconds).max(0) } else { backoff.max_seconds }
 }

@@ -6,6 +6,7 @@ use proptest::prelude::*;
 use serde_json::json;
 
 use super::*;
+use crate::api::Ranges;
 use crate::api::{BackgroundJob, Backoff, Failure, Phase, names::EventReason};
 
 fn job(shards: i32, max: i32, extra: serde_json::Value) -> BackgroundJob {
@@ -89,8 +90,8 @@ impl World {
             if let Some(p) = self.pods.iter_mut().find(|p| &p.name == name) {
                 // Only what the status written with it (or before) records may go.
                 let s = &d.status;
-                let recorded = ranges::Ranges::from_opt(s.succeeded_shards.as_ref()).contains(p.shard)
-                    || ranges::Ranges::from_opt(s.failed_shards.as_ref()).contains(p.shard)
+                let recorded = Ranges::from_opt(s.succeeded_shards.as_ref()).contains(p.shard)
+                    || Ranges::from_opt(s.failed_shards.as_ref()).contains(p.shard)
                     || s.active.iter().any(|a| a.shard == p.shard && a.attempt > p.attempt)
                     || s.retrying.iter().any(|r| r.shard == p.shard && r.attempt > p.attempt)
                     || s.phase.is_some_and(|ph| ph.is_finished());
@@ -609,7 +610,7 @@ fn a_shard_done_while_its_job_runs_on_waits_for_the_next_fold() {
 
 #[test]
 fn a_chained_job_waits_queued_then_starts_once_its_dependency_succeeded() {
-    use crate::decision::chain::Chain;
+    use crate::decision::jobs::chain::Chain;
     let mut job = job(2, 2, json!({"after": ["load-catalog"]}));
     let w = World::default();
     let running = Chain { phases: [("load-catalog".to_string(), Phase::Running)].into(), cycle: None };
@@ -633,7 +634,7 @@ fn a_chained_job_waits_queued_then_starts_once_its_dependency_succeeded() {
 
 #[test]
 fn a_job_that_waits_for_one_thing_then_another_says_each_in_a_queued_event() {
-    use crate::decision::chain::Chain;
+    use crate::decision::jobs::chain::Chain;
     let mut job = job(1, 1, json!({"after": ["load-catalog"], "templateRef": {"name": "t"}}));
     // Waiting for its template: one Queued event, and none on the next look.
     let d = decide(&Observed::new(&job, &[]), t0());

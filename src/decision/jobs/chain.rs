@@ -4,8 +4,10 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::jiff::Timestamp;
 
-use super::step::plus;
-use crate::api::{Phase, names::Reason};
+use crate::{
+    api::{Phase, names::Reason},
+    decision::time::plus,
+};
 
 /// How long a job named in spec.after may be missing before the job that waits for it fails:
 /// jobs applied together in one `kubectl apply -f` arrive in any order.

@@ -8,21 +8,18 @@ use croner::{
 };
 use std::time::Duration;
 
-use k8s_openapi::jiff::{
-    SignedDuration, Timestamp, Zoned,
-    tz::{TimeZone, TimeZoneDatabase},
-};
+use k8s_openapi::jiff::{SignedDuration, Timestamp, Zoned, tz::TimeZone};
 use kube::ResourceExt;
 
-use super::{EventNote, Related, status::set_condition, step::time};
-use crate::api::{
-    ActiveJob, BackgroundJobSchedule, BackgroundJobScheduleSpec, BackgroundJobScheduleStatus, ConcurrencyPolicy, Phase,
-    names::{ConditionType, EventReason, Reason},
+use crate::{
+    api::{
+        ActiveJob, BackgroundJobSchedule, BackgroundJobScheduleSpec, BackgroundJobScheduleStatus, ConcurrencyPolicy,
+        Phase,
+        names::{ConditionType, EventReason, Reason},
+        time_zones,
+    },
+    decision::{EventNote, Related, conditions::set_condition, time::time},
 };
-
-/// Longest schedule name: job names are at most 52 characters (crate::api::crd::MAX_NAME_LENGTH)
-/// and the suffix takes 11 ("-" and up to 10 digits).
-pub const MAX_SCHEDULE_NAME_LENGTH: usize = 41;
 
 /// `Tick::missed` stops counting here, so a schedule down for years costs no CPU: this value
 /// means "this many or more" (CronJob warns of too many missed start times above 100).
@@ -36,13 +33,6 @@ const ALLOWED: &str =
 pub struct Cadence {
     cron: Cron,
     zone: TimeZone,
-}
-
-/// The time zones a schedule may name: the IANA database bundled into the binary, never the
-/// machine's /usr/share/zoneinfo, so the CRD's list (`nightshift crd`) and the parser agree on
-/// every machine, the image (which has no zoneinfo) included.
-pub fn time_zones() -> TimeZoneDatabase {
-    TimeZoneDatabase::bundled()
 }
 
 impl Cadence {

@@ -1,7 +1,7 @@
 //! The shard book: every shard of a running job in exactly one state, read from the last status
 //! and corrected by the pods seen — succeeded or failed (ranges), active (one live attempt),
 //! retrying (waiting for its next attempt) or pending (never started) — and the phases of a
-//! step that move shards between those states. Each phase is a method; `step::decide_now` runs
+//! step that move shards between those states. Each phase is a method; `decide::decide_now` runs
 //! them in order.
 
 use std::collections::BTreeMap;
@@ -11,14 +11,18 @@ use kube::ResourceExt;
 
 use super::{
     heartbeat::heartbeat_failure,
-    ranges::Ranges,
     retrying,
-    step::{Decision, EventNote, Related, min_opt, plus, time, until},
     view::{LeaseView, PodPhase, PodView},
 };
-use crate::api::{
-    ActiveShard, BackgroundJob, BackgroundJobStatus, Failure, RetryingShard, ShardFailure,
-    names::{AttemptReason, EventReason, Reason},
+use crate::{
+    api::{
+        ActiveShard, BackgroundJob, BackgroundJobStatus, Failure, Ranges, RetryingShard, ShardFailure,
+        names::{AttemptReason, EventReason, Reason},
+    },
+    decision::{
+        Decision, EventNote, Related,
+        time::{min_opt, plus, time, until},
+    },
 };
 
 pub(super) struct Book<'a> {

@@ -14,9 +14,9 @@ fn long_failure() -> Failure {
 /// A running job of `shards` shards, every one of `retrying` waiting for a retry an hour from
 /// now, the others split between succeeded and failed by `seed`.
 fn status_with(shards: i32, retrying: &[i32], seed: u64) -> BackgroundJobStatus {
-    let mut done = ranges::Ranges::default();
-    let mut failed = ranges::Ranges::default();
-    let waiting: ranges::Ranges = retrying.iter().copied().collect();
+    let mut done = Ranges::default();
+    let mut failed = Ranges::default();
+    let waiting: Ranges = retrying.iter().copied().collect();
     for s in (0..shards).filter(|s| !waiting.contains(*s)) {
         if (s as u64 ^ seed).count_ones().is_multiple_of(2) { done.insert(s) } else { failed.insert(s) }
     }

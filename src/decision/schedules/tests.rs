@@ -1,6 +1,7 @@
 //! Tests of the schedule's pure core: cadence and tick (below), decide (`decide.rs`).
 
 use super::*;
+use crate::api::MAX_SCHEDULE_NAME_LENGTH;
 use proptest::prelude::*;
 
 fn ts(s: &str) -> Timestamp {

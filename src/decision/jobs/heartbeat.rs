@@ -4,11 +4,11 @@ use std::time::Duration;
 
 use k8s_openapi::jiff::Timestamp;
 
-use super::{
-    step::{min_opt, plus, until},
-    view::{LeaseView, PodPhase, PodView},
+use super::view::{LeaseView, PodPhase, PodView};
+use crate::{
+    api::{ActiveShard, Failure, Heartbeat, names::AttemptReason},
+    decision::time::{min_opt, plus, until},
 };
-use crate::api::{ActiveShard, Failure, Heartbeat, names::AttemptReason};
 
 /// Fails a running attempt whose worker went silent (HeartbeatTimeout) or stopped making
 /// progress (Stalled); otherwise asks to look again when that could next happen.

@@ -4,14 +4,15 @@
 
 use k8s_openapi::jiff::Timestamp;
 
-use super::{
-    status::{hold_condition, with_heartbeats_of},
-    step::{Decision, EventNote, min_opt, plus, until},
-    view::Observed,
-};
+use super::{status::with_heartbeats_of, view::Observed};
 use crate::api::{
     BackgroundJobStatus, Phase,
     names::{ConditionType, EventReason, Reason},
+};
+use crate::decision::{
+    Decision, EventNote,
+    conditions::hold_condition,
+    time::{min_opt, plus, until},
 };
 
 /// Folds `d.status` against `prev`, and notes whether it is to be written.

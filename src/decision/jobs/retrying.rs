@@ -13,8 +13,7 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
-use super::ranges::Ranges;
-use crate::api::{MAX_RETRYING_GROUPS, MAX_RETRYING_LISTED, RetryingGroup, RetryingShard};
+use crate::api::{MAX_RETRYING_GROUPS, MAX_RETRYING_LISTED, Ranges, RetryingGroup, RetryingShard};
 
 /// Every shard of `listed` and `groups`, each grouped one with its group's values.
 pub fn unpack(listed: &[RetryingShard], groups: &[RetryingGroup]) -> BTreeMap<i32, RetryingShard> {
