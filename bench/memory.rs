@@ -55,7 +55,7 @@ pub(crate) async fn pod_memory(ctx: &RunCtx<'_>, pods: usize) -> Res<PodMemory> 
     job.metadata.namespace = Some(ns.into());
     let image = format!("nightshift:{}", env!("CARGO_PKG_VERSION"));
     let worker = |i: usize| {
-        let pod = nightshift::decision::jobs::pod::worker_pod(&job, i as i32, 1, Some(&image), None);
+        let pod = nightshift::decision::build::pod::worker_pod(&job, i as i32, 1, Some(&image), None);
         let mut v = serde_json::to_value(pod).expect("a pod serializes");
         v["metadata"]["ownerReferences"] = Value::Null;
         v["spec"]["schedulerName"] = json!(nightshift::sim::SCHEDULER_NAME);

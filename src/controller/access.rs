@@ -1,6 +1,6 @@
-//! What a job's workers need besides their pods: the Lease of each shard, and the
-//! ServiceAccount, Role and RoleBinding that let a worker touch only its job's Leases. All of it
-//! is owned by the job and goes with it.
+//! Writes what a job's workers need besides their pods (built by `decision::build::access`): the
+//! Lease of each shard, and the ServiceAccount, Role and RoleBinding that let a worker touch only
+//! its job's Leases. All of it is owned by the job and goes with it.
 //!
 //! Their names come from the job's (`JOB-SHARD`, `JOB-worker`), so an object of that name may
 //! already be someone else's: another app's Lease, a Role with other rules. Each is therefore
@@ -15,7 +15,6 @@ use k8s_openapi::{
         core::v1::ServiceAccount,
         rbac::v1::{Role, RoleBinding},
     },
-    apimachinery::pkg::apis::meta::v1::MicroTime,
     jiff::Timestamp,
 };
 use kube::{
@@ -28,7 +27,7 @@ use tracing::warn;
 
 use crate::{
     api::{self, BackgroundJob},
-    decision::jobs::pod::{lease_name, worker_account},
+    decision::build::access::{self, lease_name},
 };
 
 /// An object of the name the job's workers need that this job does not control.
@@ -104,29 +103,8 @@ pub async fn apply_lease(
     now: Timestamp,
     ours: Option<&Lease>,
 ) -> Result<Result<Option<String>, NotOwned>, kube::Error> {
-    let name = job.name_any();
-    let lease_name = lease_name(&name, shard);
-    let timeout = job.spec.heartbeat.as_ref().map(|h| h.timeout_seconds).unwrap_or(40);
-    let lease = json!({
-        "apiVersion": "coordination.k8s.io/v1",
-        "kind": "Lease",
-        "metadata": {
-            "name": lease_name,
-            "labels": {api::LABEL_JOB: name, api::LABEL_SHARD: shard.to_string()},
-            "annotations": {
-                api::ANNOTATION_SHARD: shard.to_string(),
-                api::ANNOTATION_PROGRESS: "",
-                api::ANNOTATION_PROGRESS_MESSAGE: "",
-                api::ANNOTATION_RESULT: "",
-            },
-            "ownerReferences": [job.controller_owner_ref(&())],
-        },
-        "spec": {
-            "holderIdentity": pod,
-            "leaseDurationSeconds": timeout,
-            "acquireTime": MicroTime(now),
-        }
-    });
+    let lease_name = lease_name(&job.name_any(), shard);
+    let lease = access::lease(job, shard, pod, now);
     let api: Api<Lease> = Api::namespaced(client.clone(), &job.namespace().unwrap_or_default());
     // The checkpoint annotations are not in the applied object, so the apply keeps them.
     let applied = match ours {
@@ -141,18 +119,17 @@ pub async fn apply_lease(
             Err(not_owned) => return Ok(Err(not_owned)),
         },
     };
-    let checkpoint = applied.annotations().get(api::ANNOTATION_CHECKPOINT).filter(|c| !c.is_empty());
-    match checkpoint {
-        Some(c) if c.len() > api::MAX_CHECKPOINT_BYTES => {
+    match access::resumed_checkpoint(&applied) {
+        Ok(checkpoint) => Ok(Ok(checkpoint)),
+        Err(size) => {
             warn!(
                 lease = lease_name,
-                size = c.len(),
+                size,
                 "the checkpoint in the Lease is longer than {} bytes; the next attempt starts without it",
                 api::MAX_CHECKPOINT_BYTES
             );
             Ok(Ok(None))
         }
-        checkpoint => Ok(Ok(checkpoint.cloned())),
     }
 }
 
@@ -160,41 +137,18 @@ pub async fn apply_lease(
 /// update and patch on this job's Leases only, and the binding between them; each claimed, so
 /// the first that is someone else's stops it (Err inside).
 pub async fn apply_account(client: &Client, job: &BackgroundJob) -> Result<Result<(), NotOwned>, kube::Error> {
-    let (ns, name, uid) = (job.namespace().unwrap_or_default(), job.name_any(), job.uid().unwrap_or_default());
-    let account = worker_account(&name);
-    let owner = job.controller_owner_ref(&());
-    let labels = json!({api::LABEL_JOB: name});
-    let named = job.spec.pod_template().spec.and_then(|s| s.service_account_name).filter(|s| !s.is_empty());
-    if named.is_none() {
-        let sa = json!({
-            "apiVersion": "v1", "kind": "ServiceAccount",
-            "metadata": {"name": account, "labels": labels, "ownerReferences": [owner]},
-        });
+    let (ns, uid) = (job.namespace().unwrap_or_default(), job.uid().unwrap_or_default());
+    let access = access::worker_access(job);
+    if let Some(sa) = &access.service_account {
         let api = Api::<ServiceAccount>::namespaced(client.clone(), &ns);
-        if let Err(not_owned) = claim(&api, &uid, &account, &sa).await? {
+        if let Err(not_owned) = claim(&api, &uid, &access.name, sa).await? {
             return Ok(Err(not_owned));
         }
     }
-    let leases: Vec<String> = (0..job.spec.shards).map(|s| lease_name(&name, s)).collect();
-    let role = json!({
-        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
-        "metadata": {"name": account, "labels": labels, "ownerReferences": [owner]},
-        "rules": [{
-            "apiGroups": ["coordination.k8s.io"],
-            "resources": ["leases"],
-            "resourceNames": leases,
-            "verbs": ["get", "update", "patch"],
-        }],
-    });
-    if let Err(not_owned) = claim(&Api::<Role>::namespaced(client.clone(), &ns), &uid, &account, &role).await? {
+    let api = Api::<Role>::namespaced(client.clone(), &ns);
+    if let Err(not_owned) = claim(&api, &uid, &access.name, &access.role).await? {
         return Ok(Err(not_owned));
     }
-    let binding = json!({
-        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
-        "metadata": {"name": account, "labels": labels, "ownerReferences": [owner]},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": account},
-        "subjects": [{"kind": "ServiceAccount", "name": named.unwrap_or(account.clone()), "namespace": ns}],
-    });
     let api = Api::<RoleBinding>::namespaced(client.clone(), &ns);
-    Ok(claim(&api, &uid, &account, &binding).await?.map(|_| ()))
+    Ok(claim(&api, &uid, &access.name, &access.binding).await?.map(|_| ()))
 }

@@ -24,7 +24,10 @@ use crate::{
     api::{self, BackgroundJob},
     decision::{
         Decision, Refusal,
-        jobs::pod::{lease_name, pod_name, worker_pod},
+        build::{
+            access::lease_name,
+            pod::{pod_name, worker_pod},
+        },
     },
 };
 

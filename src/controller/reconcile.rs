@@ -27,7 +27,8 @@ use crate::{
     api::BackgroundJob,
     decision::{
         self, Decision, LeaseView, Observed, PodView, Refusal,
-        jobs::{chain::Chain, pod::pod_name, queue},
+        build::pod::pod_name,
+        jobs::{chain::Chain, queue},
     },
 };
 

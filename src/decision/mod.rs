@@ -1,12 +1,15 @@
 //! The decision core: from what is observed and `now` to what should be done and the new status.
 //! Pure functions only (time comes in as `now`); the controllers carry the decisions out.
 //!
-//! - [`jobs`]: a BackgroundJob's step — `decide` (the pipeline), the shard book, the queue, the
-//!   worker pod built for an attempt, chains and templates.
+//! - [`jobs`]: a BackgroundJob's step — `decide` (the pipeline), the shard book, the queue,
+//!   chains and templates.
 //! - [`schedules`]: a BackgroundJobSchedule's step — cron times, the jobs to start and to delete.
+//! - [`build`]: every object the operator writes (worker pods, Leases, the workers' RBAC, a
+//!   schedule's jobs), built from the decisions; the controllers only send them.
 //! - [`decided`]: what both decide ([`Decision`], [`EventNote`], [`Related`]); `conditions` and
 //!   `time`: the helpers both use.
 
+pub mod build;
 mod conditions;
 pub mod decided;
 pub mod jobs;

@@ -271,8 +271,11 @@ pub struct Heartbeat {
 fn default_interval_seconds() -> i32 {
     10
 }
+/// spec.heartbeat.timeoutSeconds when not given; also a Lease's duration for a job without heartbeats.
+pub const DEFAULT_HEARTBEAT_TIMEOUT_SECONDS: i32 = 40;
+
 fn default_timeout_seconds() -> i32 {
-    40
+    DEFAULT_HEARTBEAT_TIMEOUT_SECONDS
 }
 
 /// Retries of failed shards.

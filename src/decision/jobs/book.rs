@@ -319,7 +319,7 @@ impl<'a> Book<'a> {
     }
 
     fn start(&mut self, shard: i32, attempt: i32, failures: i32, disruptions: i32) {
-        let pod = super::pod::pod_name(&self.job.name_any(), shard, attempt);
+        let pod = crate::decision::build::pod::pod_name(&self.job.name_any(), shard, attempt);
         let note = format!("shard {shard} attempt {attempt} on pod {pod}");
         self.d.events.push(EventNote::normal(EventReason::WorkerStarted, note).about(Related::Pod(pod.clone())));
         self.d.create.push((shard, attempt));

@@ -5,7 +5,7 @@
 //! job's phase and the attempts it starts), `book` (the shards' states and the phases that move
 //! them), `outcome` (attempts that ended), `status` (the status written from the book), `fold`
 //! (what reaches it at a bounded rate). Beside it: `queue` (the worker budget across jobs),
-//! `chain` (spec.after), `template` (spec.templateRef) and `pod` (the worker pod of an attempt).
+//! `chain` (spec.after), and `template` (spec.templateRef).
 
 mod book;
 pub mod chain;
@@ -13,7 +13,6 @@ mod decide;
 mod fold;
 mod heartbeat;
 mod outcome;
-pub mod pod;
 pub mod queue;
 mod retrying;
 mod settle;

@@ -6,8 +6,8 @@ use proptest::prelude::*;
 use serde_json::json;
 
 use super::*;
-use crate::api::Ranges;
 use crate::api::{BackgroundJob, Backoff, Failure, Phase, names::EventReason};
+use crate::{api::Ranges, decision::build::pod};
 
 fn job(shards: i32, max: i32, extra: serde_json::Value) -> BackgroundJob {
     let mut spec = json!({

@@ -6,22 +6,13 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::core::v1::{EnvVar, Pod, PodSpec};
 use kube::{Resource, ResourceExt, api::ObjectMeta};
 
+use super::access::{lease_name, worker_account};
 use crate::api::{self, BackgroundJob};
 
 /// The worker pod of one attempt of one shard: `JOB-SHARD-ATTEMPT`. Deterministic, so creating
 /// it twice (after a crash) is an AlreadyExists, never a second pod.
 pub fn pod_name(job: &str, shard: i32, attempt: i32) -> String {
     format!("{job}-{shard}-{attempt}")
-}
-
-/// The Lease a shard's worker heartbeats on: `JOB-SHARD`, one per shard, whatever the attempt.
-pub fn lease_name(job: &str, shard: i32) -> String {
-    format!("{job}-{shard}")
-}
-
-/// The ServiceAccount, Role and RoleBinding of a job's workers: `JOB-worker`.
-pub fn worker_account(job: &str) -> String {
-    format!("{job}-worker")
 }
 
 /// Where the agent binary is in the operator's image, and where the init container puts it.
@@ -42,19 +33,7 @@ pub fn worker_pod(
     let name = job.name_any();
     let namespace = job.namespace().unwrap_or_default();
     let template = job.spec.pod_template();
-    let tmeta = template.metadata.unwrap_or_default();
-
-    let mut labels: BTreeMap<String, String> = tmeta.labels.unwrap_or_default();
-    labels.insert(api::LABEL_JOB.into(), name.clone());
-    labels.insert(api::LABEL_SHARD.into(), shard.to_string());
-    labels.insert(api::LABEL_ATTEMPT.into(), attempt.to_string());
-    // A worker holds work that is lost if it is taken away: autoscalers should leave its node
-    // alone while it runs (unless the template says otherwise). Disruptions that happen anyway
-    // cost no retry (see `decision::jobs::book`).
-    let mut annotations: BTreeMap<String, String> = tmeta.annotations.unwrap_or_default();
-    for (key, value) in api::DO_NOT_DISRUPT {
-        annotations.entry(key.into()).or_insert_with(|| value.into());
-    }
+    let (labels, annotations) = labels_and_annotations(template.metadata.unwrap_or_default(), &name, shard, attempt);
 
     let mut spec: PodSpec = template.spec.unwrap_or_default();
     spec.restart_policy = Some("Never".into());
@@ -101,13 +80,7 @@ pub fn worker_pod(
     for container in spec.containers.iter_mut() {
         container.termination_message_policy.get_or_insert_with(|| "FallbackToLogsOnError".into());
     }
-    for container in spec.containers.iter_mut().chain(spec.init_containers.iter_mut().flatten()) {
-        let vars = container.env.get_or_insert_with(Vec::new);
-        // Ours win over a same-named variable in the template: the worker relies on them.
-        let ours = env.iter().map(|(k, v)| (*k, v)).chain(params.iter().map(|(k, v)| (k.as_str(), v)));
-        vars.retain(|v| !ours.clone().any(|(k, _)| v.name == k));
-        vars.extend(ours.map(|(k, v)| EnvVar { name: k.into(), value: Some(v.clone()), ..Default::default() }));
-    }
+    set_env(&mut spec, &env, &params);
 
     Pod {
         metadata: ObjectMeta {
@@ -121,6 +94,39 @@ pub fn worker_pod(
         },
         spec: Some(spec),
         status: None,
+    }
+}
+
+/// The template's labels and annotations, and ours: the job, shard and attempt labels, and the
+/// annotations that keep autoscalers away.
+fn labels_and_annotations(
+    tmeta: ObjectMeta,
+    name: &str,
+    shard: i32,
+    attempt: i32,
+) -> (BTreeMap<String, String>, BTreeMap<String, String>) {
+    let mut labels: BTreeMap<String, String> = tmeta.labels.unwrap_or_default();
+    labels.insert(api::LABEL_JOB.into(), name.to_string());
+    labels.insert(api::LABEL_SHARD.into(), shard.to_string());
+    labels.insert(api::LABEL_ATTEMPT.into(), attempt.to_string());
+    // A worker holds work that is lost if it is taken away: autoscalers should leave its node
+    // alone while it runs (unless the template says otherwise). Disruptions that happen anyway
+    // cost no retry (see `decision::jobs::book`).
+    let mut annotations: BTreeMap<String, String> = tmeta.annotations.unwrap_or_default();
+    for (key, value) in api::DO_NOT_DISRUPT {
+        annotations.entry(key.into()).or_insert_with(|| value.into());
+    }
+    (labels, annotations)
+}
+
+/// Sets the NIGHTSHIFT_* variables and the job's parameters in every container, init ones too.
+fn set_env(spec: &mut PodSpec, env: &[(&str, String)], params: &[(String, String)]) {
+    for container in spec.containers.iter_mut().chain(spec.init_containers.iter_mut().flatten()) {
+        let vars = container.env.get_or_insert_with(Vec::new);
+        // Ours win over a same-named variable in the template: the worker relies on them.
+        let ours = env.iter().map(|(k, v)| (*k, v)).chain(params.iter().map(|(k, v)| (k.as_str(), v)));
+        vars.retain(|v| !ours.clone().any(|(k, _)| v.name == k));
+        vars.extend(ours.map(|(k, v)| EnvVar { name: k.into(), value: Some(v.clone()), ..Default::default() }));
     }
 }
 
