@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use std::sync::{Arc, atomic::Ordering};
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use kube::Client;
 use nightshift::operator;
 
@@ -28,55 +28,87 @@ enum LogFormat {
     Json,
 }
 
+/// `nightshift run`'s flags, by what they set.
+#[derive(Args)]
+struct RunFlags {
+    #[command(flatten)]
+    controller: ControllerFlags,
+    #[command(flatten)]
+    budget: BudgetFlags,
+    #[command(flatten)]
+    election: ElectionFlags,
+    #[command(flatten)]
+    api: ApiFlags,
+    /// Address serving /metrics, /healthz and /readyz.
+    #[arg(long, env = "NIGHTSHIFT_METRICS_ADDRESS", default_value = "0.0.0.0:8080")]
+    metrics_address: std::net::SocketAddr,
+}
+
+/// What the controller watches and how it reconciles.
+#[derive(Args)]
+struct ControllerFlags {
+    /// Watch only this namespace (default: all).
+    #[arg(long, env = "NIGHTSHIFT_NAMESPACE")]
+    namespace: Option<String>,
+    /// Milliseconds to gather changes to one job before reconciling it.
+    #[arg(long, default_value_t = 50)]
+    debounce_ms: u64,
+    /// Jobs reconciled at once.
+    #[arg(long, default_value_t = 64)]
+    concurrency: u16,
+    /// Image holding this binary at /nightshift, copied into the workers of jobs with
+    /// spec.heartbeat.injectAgent (usually the operator's own image).
+    #[arg(long, env = "NIGHTSHIFT_AGENT_IMAGE")]
+    agent_image: Option<String>,
+    /// Heartbeats, progress, readiness and shard successes in the middle of a job change its
+    /// status at most once per this many seconds.
+    #[arg(long, default_value_t = nightshift::decision::FOLD_SECONDS, value_parser = clap::value_parser!(i64).range(1..))]
+    status_fold_seconds: i64,
+}
+
+/// The worker budget: caps on live worker pods.
+#[derive(Args)]
+struct BudgetFlags {
+    /// Most worker pods running at once over all jobs; 0: no limit.
+    #[arg(long, env = "NIGHTSHIFT_MAX_WORKERS", default_value_t = 0)]
+    max_workers: u32,
+    /// Most worker pods running at once in one namespace; 0: no limit.
+    #[arg(long, env = "NIGHTSHIFT_MAX_WORKERS_PER_NAMESPACE", default_value_t = 0)]
+    max_workers_per_namespace: u32,
+}
+
+/// Leader election among replicas.
+#[derive(Args)]
+struct ElectionFlags {
+    /// Elect a leader among replicas on a Lease; only the leader reconciles.
+    #[arg(long, env = "NIGHTSHIFT_LEADER_ELECTION", default_value_t = false, action = clap::ArgAction::Set)]
+    leader_election: bool,
+    /// Namespace of the election Lease (default: this pod's namespace, else "default").
+    #[arg(long, env = "POD_NAMESPACE")]
+    leader_election_namespace: Option<String>,
+    /// Name of the election Lease.
+    #[arg(long, default_value = "nightshift-leader")]
+    leader_election_lease: String,
+    /// Seconds a leader's Lease lasts without renewal; a follower takes over after it.
+    #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u64).range(2..))]
+    leader_election_lease_seconds: u64,
+}
+
+/// The client-side limit on API requests.
+#[derive(Args)]
+struct ApiFlags {
+    /// Client-side limit on API requests per second (0: none).
+    #[arg(long, default_value_t = 50.0)]
+    kube_api_qps: f64,
+    /// Client-side burst of API requests.
+    #[arg(long, default_value_t = 100)]
+    kube_api_burst: u32,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run the operator: reconcile BackgroundJobs until SIGTERM or Ctrl-C.
-    Run {
-        /// Watch only this namespace (default: all).
-        #[arg(long, env = "NIGHTSHIFT_NAMESPACE")]
-        namespace: Option<String>,
-        /// Milliseconds to gather changes to one job before reconciling it.
-        #[arg(long, default_value_t = 50)]
-        debounce_ms: u64,
-        /// Jobs reconciled at once.
-        #[arg(long, default_value_t = 64)]
-        concurrency: u16,
-        /// Image holding this binary at /nightshift, copied into the workers of jobs with
-        /// spec.heartbeat.injectAgent (usually the operator's own image).
-        #[arg(long, env = "NIGHTSHIFT_AGENT_IMAGE")]
-        agent_image: Option<String>,
-        /// Elect a leader among replicas on a Lease; only the leader reconciles.
-        #[arg(long, env = "NIGHTSHIFT_LEADER_ELECTION", default_value_t = false, action = clap::ArgAction::Set)]
-        leader_election: bool,
-        /// Namespace of the election Lease (default: this pod's namespace, else "default").
-        #[arg(long, env = "POD_NAMESPACE")]
-        leader_election_namespace: Option<String>,
-        /// Name of the election Lease.
-        #[arg(long, default_value = "nightshift-leader")]
-        leader_election_lease: String,
-        /// Seconds a leader's Lease lasts without renewal; a follower takes over after it.
-        #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u64).range(2..))]
-        leader_election_lease_seconds: u64,
-        /// Address serving /metrics, /healthz and /readyz.
-        #[arg(long, env = "NIGHTSHIFT_METRICS_ADDRESS", default_value = "0.0.0.0:8080")]
-        metrics_address: std::net::SocketAddr,
-        /// Client-side limit on API requests per second (0: none).
-        #[arg(long, default_value_t = 50.0)]
-        kube_api_qps: f64,
-        /// Client-side burst of API requests.
-        #[arg(long, default_value_t = 100)]
-        kube_api_burst: u32,
-        /// Most worker pods running at once over all jobs; 0: no limit.
-        #[arg(long, env = "NIGHTSHIFT_MAX_WORKERS", default_value_t = 0)]
-        max_workers: u32,
-        /// Most worker pods running at once in one namespace; 0: no limit.
-        #[arg(long, env = "NIGHTSHIFT_MAX_WORKERS_PER_NAMESPACE", default_value_t = 0)]
-        max_workers_per_namespace: u32,
-        /// Heartbeats, progress, readiness and shard successes in the middle of a job change its
-        /// status at most once per this many seconds.
-        #[arg(long, default_value_t = nightshift::decision::FOLD_SECONDS, value_parser = clap::value_parser!(i64).range(1..))]
-        status_fold_seconds: i64,
-    },
+    Run(Box<RunFlags>),
     /// Copy this binary into DIR (the agent injection's init container runs this).
     InstallAgent {
         /// Folder to copy the binary into, as DIR/nightshift.
@@ -152,131 +184,52 @@ async fn run(command: Command) -> Result<(), Box<dyn std::error::Error>> {
             std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o755))?;
             println!("installed {}", target.display());
         }
-        Command::Run {
-            namespace,
-            debounce_ms,
-            concurrency,
-            agent_image,
-            status_fold_seconds,
-            max_workers,
-            max_workers_per_namespace,
-            leader_election,
-            leader_election_namespace,
-            leader_election_lease,
-            leader_election_lease_seconds,
-            metrics_address,
-            kube_api_qps,
-            kube_api_burst,
-        } => {
-            let cap = |n: u32| (n > 0).then(|| i32::try_from(n).unwrap_or(i32::MAX));
-            let config = kube::Config::infer().await.map_err(|e| format!("finding the Kubernetes API: {e}"))?;
-            let client = operator::client(config, kube_api_qps, kube_api_burst)
-                .map_err(|e| format!("connecting to Kubernetes: {e}"))?;
-            let options = nightshift::controller::Options {
-                namespace,
-                debounce: Duration::from_millis(debounce_ms),
-                concurrency,
-                agent_image,
-                fold_seconds: status_fold_seconds,
-                budget: nightshift::decision::jobs::queue::Budget {
-                    total: cap(max_workers),
-                    per_namespace: cap(max_workers_per_namespace),
-                },
-            };
-            let metrics = Arc::new(operator::Metrics::default());
-            let listener = operator::server::bind(metrics_address)
-                .await
-                .map_err(|e| format!("listening on {metrics_address} (--metrics-address): {e}"))?;
-            tokio::spawn(operator::server::serve(listener, metrics.clone()));
-            if !leader_election {
-                metrics.leadership_known.store(true, Ordering::Relaxed);
-                metrics.leader.set(1);
-                nightshift::controller::run_with_metrics(client, options, shutdown_signal(), metrics).await;
-                return Ok(());
-            }
-            let election = operator::leader::Election {
-                namespace: leader_election_namespace.unwrap_or_else(|| "default".into()),
-                lease: leader_election_lease,
-                identity: std::env::var("POD_NAME")
-                    .unwrap_or_else(|_| format!("{}-{}", hostname(), std::process::id())),
-                duration: Duration::from_secs(leader_election_lease_seconds),
-            };
-            run_elected(client, options, metrics, election).await?;
-        }
+        Command::Run(flags) => run_operator(*flags).await?,
         Command::Simulate { namespace, run_seconds, selector } => {
             let client = Client::try_default().await.map_err(|e| format!("connecting to Kubernetes: {e}"))?;
             tokio::select! {
                 _ = nightshift::sim::simulate(client, namespace, &selector, Duration::from_secs(run_seconds)) => {},
-                _ = shutdown_signal() => {},
+                _ = operator::shutdown_signal() => {},
             }
         }
     }
     Ok(())
 }
 
-/// Runs the controller while this process holds the leader Lease; until then, and after losing
-/// it, waits as a follower. Returns on SIGTERM or Ctrl-C.
-async fn run_elected(
-    client: Client,
-    options: nightshift::controller::Options,
-    metrics: Arc<operator::Metrics>,
-    election: operator::leader::Election,
-) -> Result<(), Box<dyn std::error::Error>> {
-    let (mut leading, election_task) = operator::leader::join(client.clone(), &election)
+/// `nightshift run`: the metrics server, then the controller, alone or under leader election.
+async fn run_operator(flags: RunFlags) -> Result<(), Box<dyn std::error::Error>> {
+    let RunFlags { controller, budget, election, api, metrics_address } = flags;
+    let cap = |n: u32| (n > 0).then(|| i32::try_from(n).unwrap_or(i32::MAX));
+    let config = kube::Config::infer().await.map_err(|e| format!("finding the Kubernetes API: {e}"))?;
+    let client = operator::client(config, api.kube_api_qps, api.kube_api_burst)
+        .map_err(|e| format!("connecting to Kubernetes: {e}"))?;
+    let options = nightshift::controller::Options {
+        namespace: controller.namespace,
+        debounce: Duration::from_millis(controller.debounce_ms),
+        concurrency: controller.concurrency,
+        agent_image: controller.agent_image,
+        fold_seconds: controller.status_fold_seconds,
+        budget: nightshift::decision::jobs::queue::Budget {
+            total: cap(budget.max_workers),
+            per_namespace: cap(budget.max_workers_per_namespace),
+        },
+    };
+    let metrics = Arc::new(operator::Metrics::default());
+    let listener = operator::server::bind(metrics_address)
         .await
-        .map_err(|e| format!("joining the leader election on Lease {}/{}: {e}", election.namespace, election.lease))?;
-    metrics.leadership_known.store(true, Ordering::Relaxed);
-    // A follower runs no controller: it has no caches to sync, and is ready as it is.
-    metrics.caches_synced.store(true, Ordering::Relaxed);
-    tracing::info!(identity = %election.identity, lease = %election.lease, "waiting to lead");
-    let shutdown = shutdown_signal();
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            _ = &mut shutdown => break,
-            changed = leading.wait_for(|l| *l) => if changed.is_err() { break },
-        }
-        tracing::info!(identity = %election.identity, "leading: reconciling");
+        .map_err(|e| format!("listening on {metrics_address} (--metrics-address): {e}"))?;
+    tokio::spawn(operator::server::serve(listener, metrics.clone()));
+    if !election.leader_election {
+        metrics.leadership_known.store(true, Ordering::Relaxed);
         metrics.leader.set(1);
-        metrics.caches_synced.store(false, Ordering::Relaxed);
-        let mut lost = leading.clone();
-        let controller = nightshift::controller::run_with_metrics(
-            client.clone(),
-            options.clone(),
-            std::future::pending(),
-            metrics.clone(),
-        );
-        let lost_lease = tokio::select! {
-            _ = controller => false,
-            _ = lost.wait_for(|l| !*l) => true,
-            _ = &mut shutdown => false,
-        };
-        metrics.leader.set(0);
-        if lost_lease {
-            // Stop at once; whatever was in flight is safe to redo (level-triggered).
-            tracing::warn!(identity = %election.identity, "lost the leader Lease: stopped reconciling");
-            metrics.caches_synced.store(true, Ordering::Relaxed);
-            continue;
-        }
-        break;
+        nightshift::controller::run_with_metrics(client, options, operator::shutdown_signal(), metrics).await;
+        return Ok(());
     }
-    drop(leading);
-    let _ = tokio::time::timeout(Duration::from_secs(5), election_task).await;
-    Ok(())
-}
-
-fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .unwrap_or_else(|_| "nightshift".into())
-}
-
-/// Resolves on SIGTERM or Ctrl-C.
-async fn shutdown_signal() {
-    let mut term =
-        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("a SIGTERM handler");
-    tokio::select! {
-        _ = term.recv() => {},
-        _ = tokio::signal::ctrl_c() => {},
-    }
+    let election = operator::leader::Election {
+        namespace: election.leader_election_namespace.unwrap_or_else(|| "default".into()),
+        lease: election.leader_election_lease,
+        identity: std::env::var("POD_NAME").unwrap_or_else(|_| operator::leader::default_identity()),
+        duration: Duration::from_secs(election.leader_election_lease_seconds),
+    };
+    operator::leader::run_elected(client, options, metrics, election).await
 }

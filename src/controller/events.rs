@@ -12,7 +12,7 @@ use kube::{
 };
 use tracing::{debug, info, warn};
 
-use super::context::Context;
+use super::jobs::context::Context;
 use crate::{
     api::{BackgroundJob, BackgroundJobTemplate, names::EventReason},
     decision::{EventNote, Related},

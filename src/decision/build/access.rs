@@ -1,7 +1,7 @@
 //! What a job's workers need besides their pods, as the operator writes them: the Lease of each
 //! shard, and the ServiceAccount, Role and RoleBinding that let a worker touch only its job's
 //! Leases. All of it is owned by the job and goes with it; the controller claims and applies
-//! them (`controller::access`).
+//! them (`controller::jobs::access`).
 
 use k8s_openapi::{api::coordination::v1::Lease, apimachinery::pkg::apis::meta::v1::MicroTime, jiff::Timestamp};
 use kube::{Resource, ResourceExt};

@@ -8,18 +8,11 @@ use k8s_openapi::{
     api::{coordination::v1::Lease, core::v1::Pod},
     jiff::Timestamp,
 };
-use kube::{
-    Api, ResourceExt,
-    api::{DeleteParams, PostParams, Preconditions},
-    runtime::reflector::ObjectRef,
-};
+use kube::{Api, ResourceExt, api::PostParams, runtime::reflector::ObjectRef};
 use tracing::{info, warn};
 
-use super::{
-    Error, access,
-    context::{Context, object_key},
-    templates,
-};
+use super::{access, context::Context, templates};
+use crate::controller::{Error, watches::object_key, writes::delete_by_uid};
 use crate::{
     api::{self, BackgroundJob},
     decision::{
@@ -161,14 +154,8 @@ async fn delete_pods(ctx: &Context, job: &BackgroundJob, pods: &[Arc<Pod>], dele
     for name in delete {
         // The decision names only pods it was given, so each has its uid here.
         let Some(pod) = pods.iter().find(|p| p.metadata.name.as_ref() == Some(name)) else { continue };
-        let params = DeleteParams {
-            preconditions: Some(Preconditions { uid: pod.uid(), resource_version: None }),
-            ..DeleteParams::background()
-        };
-        match api.delete(name, &params).await {
-            Ok(_) => info!(pod = name, "deleted worker pod"),
-            Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {}
-            Err(e) => return Err(e.into()),
+        if delete_by_uid(&api, name, pod.uid()).await? {
+            info!(pod = name, "deleted worker pod");
         }
     }
     Ok(())

@@ -1,5 +1,5 @@
-//! What every reconcile shares: the client, the caches, the options, and the operator's memory
-//! (what it saw and did that the API objects do not say), behind one lock.
+//! What every reconcile of a job shares: the client, the caches, the options, and the operator's
+//! memory (what it saw and did that the API objects do not say), behind one lock.
 
 use std::{
     collections::HashMap,
@@ -12,14 +12,15 @@ use k8s_openapi::{
     jiff::Timestamp,
 };
 use kube::{
-    Client, Resource, ResourceExt,
+    Client, ResourceExt,
     runtime::{
         events::Recorder,
         reflector::{ObjectRef, Store},
     },
 };
 
-use super::{Options, expectations::Expectations, now, observe::LeaseMemory};
+use super::observe::LeaseMemory;
+use crate::controller::{Options, expectations::Expectations, now, watches::Filled, writes::with_written};
 use crate::{
     api::{BackgroundJob, BackgroundJobStatus, BackgroundJobTemplate, Phase},
     decision::{Refusal, jobs::queue::Claim},
@@ -46,25 +47,6 @@ pub struct Context {
     pub wake: futures::channel::mpsc::UnboundedSender<ObjectRef<BackgroundJob>>,
     /// True once every cache has had its first LIST; see [`Filled`].
     pub filled: Filled,
-}
-
-/// Whether every cache has had its first LIST, for any number of waiters. kube-runtime 5.0.0's
-/// `Store::wait_until_ready` wakes only the last task that polled it (a oneshot receiver keeps
-/// one waker): two reconciles waiting on it, or a reconcile and the controller, and the others
-/// wait for ever. So one task waits for the stores (`gauges`) and says so here.
-#[derive(Clone)]
-pub struct Filled(tokio::sync::watch::Receiver<bool>);
-
-impl Filled {
-    pub fn new() -> (tokio::sync::watch::Sender<bool>, Self) {
-        let (tx, rx) = tokio::sync::watch::channel(false);
-        (tx, Self(rx))
-    }
-
-    /// Returns once every cache is filled (at once after that).
-    pub async fn wait(&self) {
-        let _ = self.0.clone().wait_for(|filled| *filled).await;
-    }
 }
 
 /// What the operator remembers between reconciles. Lost on a restart, by design: each entry
@@ -193,88 +175,4 @@ impl Context {
 /// it may still run. Compare [`crate::decision::PodView::live`].)
 pub fn occupies_worker(pod: &Pod) -> bool {
     !matches!(pod.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Succeeded" | "Failed"))
-}
-
-/// How the operator's memory names a namespaced object: "namespace/name".
-pub fn object_key(namespace: &str, name: &str) -> String {
-    format!("{namespace}/{name}")
-}
-
-/// resourceVersions are etcd revisions: comparable as numbers in practice. Unparseable ones
-/// count as newest, so the cache is then simply not used.
-pub fn resource_version(object: &impl Resource) -> u64 {
-    object.meta().resource_version.as_deref().and_then(|v| v.parse().ok()).unwrap_or(u64::MAX)
-}
-
-/// The server-side apply body that writes `status` onto `object` only at the version it was
-/// decided from: its resourceVersion is a precondition, so the API server answers 409 when the
-/// object changed since (a paused former leader, a decision from a stale cache).
-pub fn fenced_status<K: Resource<DynamicType = ()>>(object: &K, status: &impl serde::Serialize) -> serde_json::Value {
-    serde_json::json!({
-        "apiVersion": K::api_version(&()),
-        "kind": K::kind(&()),
-        "metadata": {"resourceVersion": object.meta().resource_version},
-        "status": status,
-    })
-}
-
-/// Read-your-writes. `written` is the status this process last wrote to `object`, with the
-/// resourceVersion that write produced: while the cache shows an older `object`, it gets that
-/// status and resourceVersion (so a stale cache never undoes a decision, and the next write is
-/// fenced on the version it was decided from); once the cache has caught up, `written` is
-/// forgotten.
-pub fn with_written<K: Resource + Clone, S: Clone>(
-    object: Arc<K>,
-    written: &mut Option<(u64, S)>,
-    status: fn(&mut K) -> &mut Option<S>,
-) -> Arc<K> {
-    match written {
-        Some((rv, latest)) if resource_version(&*object) < *rv => {
-            let mut newer = (*object).clone();
-            *status(&mut newer) = Some(latest.clone());
-            newer.meta_mut().resource_version = Some(rv.to_string());
-            Arc::new(newer)
-        }
-        _ => {
-            *written = None;
-            object
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::pin::pin;
-
-    use k8s_openapi::api::core::v1::Pod;
-    use kube::runtime::{reflector, watcher::Event};
-
-    use super::{super::triggers::tests::poll_pending, Filled};
-
-    /// Why the operator waits on [`Filled`]: in kube-runtime 5.0.0 two tasks waiting for one store
-    /// (a reconcile and the controller, two reconciles) and only the last to poll is woken when
-    /// the first LIST arrives; the other waits for ever. (When this fails, kube-runtime fixed it.)
-    #[test]
-    fn a_store_of_kube_runtime_5_wakes_only_its_last_waiter() {
-        let (reader, mut writer) = reflector::store::<Pod>();
-        let (first, second) = (reader.clone(), reader.clone());
-        let mut first = pin!(first.wait_until_ready());
-        let mut second = pin!(second.wait_until_ready());
-        let (woken_first, woken_second) = (poll_pending(first.as_mut()), poll_pending(second.as_mut()));
-        writer.apply_watcher_event(&Event::Init);
-        writer.apply_watcher_event(&Event::InitDone);
-        assert!(woken_second.woken());
-        assert!(!woken_first.woken(), "the first waiter was woken too");
-    }
-
-    #[test]
-    fn filled_wakes_every_waiter() {
-        let (tx, filled) = Filled::new();
-        let (a, b) = (filled.clone(), filled.clone());
-        let mut first = pin!(a.wait());
-        let mut second = pin!(b.wait());
-        let (woken_first, woken_second) = (poll_pending(first.as_mut()), poll_pending(second.as_mut()));
-        tx.send(true).unwrap();
-        assert!(woken_first.woken() && woken_second.woken());
-    }
 }

@@ -8,7 +8,8 @@ use kube::{
 };
 use tracing::info;
 
-use super::{Error, context::Context};
+use super::context::Context;
+use crate::controller::Error;
 use crate::{
     api::{BackgroundJob, BackgroundJobTemplate},
     decision::{Refusal, jobs::template},

@@ -7,16 +7,16 @@ use std::{sync::Arc, time::Instant};
 use k8s_openapi::{api::core::v1::Pod, jiff::Timestamp};
 use kube::{
     Api, ResourceExt,
-    api::{DeleteParams, Patch, PatchParams, Preconditions},
+    api::{Patch, PatchParams},
     runtime::controller::Action,
 };
 use serde_json::json;
 use tracing::{debug, info};
 
-use super::{
-    Error,
-    context::{Context, fenced_status, resource_version},
-    events,
+use super::context::Context;
+use crate::controller::{
+    Error, events,
+    writes::{FENCED_RETRY, delete_by_uid, resource_version, write_status},
 };
 use crate::{
     api::{self, BackgroundJob},
@@ -31,7 +31,7 @@ pub async fn record(
     d: Decision,
     now: Timestamp,
 ) -> Result<Action, Error> {
-    if !write_status(ctx, job, &d, now).await? {
+    if !record_status(ctx, job, &d, now).await? {
         // Decided from an old version of the job: its newer version, on its way to the cache,
         // wakes the job again; nothing of this decision is recorded.
         return Ok(Action::requeue(FENCED_RETRY));
@@ -51,37 +51,21 @@ pub async fn record(
     Ok(d.requeue_after.map(Action::requeue).unwrap_or_else(Action::await_change))
 }
 
-/// How soon a job whose status write was fenced off is decided again, should the newer version
-/// not have woken it by then.
-pub(super) const FENCED_RETRY: std::time::Duration = std::time::Duration::from_secs(2);
-
 /// Writes the decided status, only onto the version of the job it was decided from (its
 /// resourceVersion is a precondition): a paused former leader, or a reconcile that read a stale
 /// cache, cannot overwrite a newer status (a finished job's, say). False when the API server
 /// refused it for that reason (409).
-async fn write_status(ctx: &Context, job: &BackgroundJob, d: &Decision, now: Timestamp) -> Result<bool, Error> {
+async fn record_status(ctx: &Context, job: &BackgroundJob, d: &Decision, now: Timestamp) -> Result<bool, Error> {
     if job.status.as_ref() == Some(&d.status) {
         return Ok(true);
     }
-    let patch = fenced_status(job, &d.status);
-    let api: Api<BackgroundJob> = Api::namespaced(ctx.client.clone(), &job.namespace().unwrap_or_default());
-    let params = PatchParams::apply(api::MANAGER).force();
-    let written = match api.patch_status(&job.name_any(), &params, &Patch::Apply(&patch)).await {
-        Ok(written) => written,
-        Err(kube::Error::Api(e)) if e.code == 409 => {
-            ctx.metrics.status_writes_fenced.inc();
-            debug!(resource_version = ?job.resource_version(), "status write fenced off: the job changed since");
-            return Ok(false);
-        }
-        Err(e) => return Err(e.into()),
-    };
+    let Some(written) = write_status(&ctx.client, &ctx.metrics, job, &d.status).await? else { return Ok(false) };
     let mut memory = ctx.memory();
     let entry = memory.jobs.entry(job.uid().unwrap_or_default()).or_default();
     entry.written = written.status.clone().map(|status| (resource_version(&written), status));
     if d.folded {
         entry.last_fold = Some(now);
     }
-    ctx.metrics.status_writes.inc();
     debug!(phase = ?d.status.phase, "status written");
     Ok(true)
 }
@@ -135,13 +119,6 @@ pub async fn release(api: &Api<Pod>, pod: &Pod) -> Result<(), kube::Error> {
 async fn delete_job(ctx: &Context, job: &BackgroundJob) -> Result<(), Error> {
     info!("ttlSecondsAfterFinished passed; deleting the job");
     let api: Api<BackgroundJob> = Api::namespaced(ctx.client.clone(), &job.namespace().unwrap_or_default());
-    let dp = DeleteParams {
-        preconditions: Some(Preconditions { uid: job.uid(), resource_version: None }),
-        ..DeleteParams::background()
-    };
-    match api.delete(&job.name_any(), &dp).await {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => Ok(()),
-        Err(e) => Err(e.into()),
-    }
+    delete_by_uid(&api, &job.name_any(), job.uid()).await?;
+    Ok(())
 }

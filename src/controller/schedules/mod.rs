@@ -21,7 +21,7 @@ use std::{
 use k8s_openapi::jiff::Timestamp;
 use kube::{
     Api, Client, Resource, ResourceExt,
-    api::{ApiResource, DeleteParams, DynamicObject, Patch, PatchParams, PostParams, Preconditions},
+    api::{ApiResource, DynamicObject, PostParams},
     runtime::{
         controller::Action,
         events::Recorder,
@@ -31,12 +31,11 @@ use kube::{
 use tracing::{debug, info, warn};
 
 use super::{
-    Error,
-    context::{Filled, fenced_status, object_key, resource_version, with_written},
-    events,
+    Error, events,
     expectations::Expectations,
     now,
-    record::FENCED_RETRY,
+    watches::{Filled, object_key},
+    writes::{FENCED_RETRY, delete_by_uid, resource_version, with_written, write_status},
 };
 use crate::{
     api::{self, BackgroundJob, BackgroundJobSchedule, BackgroundJobScheduleStatus},
@@ -45,7 +44,7 @@ use crate::{
         build::job::job_of_run,
         schedules::{ScheduleDecision, ScheduledJob, decide_with},
     },
-    operator::{Metrics, metrics::ErrorLabel},
+    operator::Metrics,
 };
 
 /// How long a created job may take to show in the cache before the schedule stops counting it.
@@ -121,13 +120,6 @@ pub async fn reconcile(schedule: Arc<BackgroundJobSchedule>, ctx: Arc<ScheduleCo
     }
     record(&ctx, &schedule, d).await
 }
-
-pub fn error_policy(schedule: Arc<BackgroundJobSchedule>, error: &Error, ctx: Arc<ScheduleContext>) -> Action {
-    ctx.metrics.reconcile_errors.get_or_create(&ErrorLabel { error: error.metric_label().into() }).inc();
-    warn!(namespace = %schedule.namespace().unwrap_or_default(), schedule = %schedule.name_any(), error = %error, "reconcile failed; retrying in 5s");
-    Action::requeue(Duration::from_secs(5))
-}
-
 /// The schedule, the jobs it controls, and the names of jobs named like its runs
 /// (`SCHEDULE-...`) that it does not control: those it must never create, delete or count.
 fn observe(
@@ -232,20 +224,9 @@ async fn record(
         // Fenced like a job's status: a paused former leader, or a decision from a stale cache,
         // cannot overwrite a newer status (an older lastScheduleTime, a shorter active list)
         // nor delete jobs on its word.
-        let patch = fenced_status(schedule, &d.status);
-        let api: Api<BackgroundJobSchedule> =
-            Api::namespaced(ctx.client.clone(), &schedule.namespace().unwrap_or_default());
-        let params = PatchParams::apply(api::MANAGER).force();
-        let written = match api.patch_status(&schedule.name_any(), &params, &Patch::Apply(&patch)).await {
-            Ok(written) => written,
-            Err(kube::Error::Api(e)) if e.code == 409 => {
-                ctx.metrics.status_writes_fenced.inc();
-                debug!(resource_version = ?schedule.resource_version(), "status write fenced off: the schedule changed since");
-                return Ok(Action::requeue(FENCED_RETRY));
-            }
-            Err(e) => return Err(e.into()),
+        let Some(written) = write_status(&ctx.client, &ctx.metrics, schedule, &d.status).await? else {
+            return Ok(Action::requeue(FENCED_RETRY));
         };
-        ctx.metrics.status_writes.inc();
         let rv = resource_version(&written);
         if let Some(status) = written.status {
             ctx.memory().written.insert(schedule.uid().unwrap_or_default(), Some((rv, status)));
@@ -286,14 +267,8 @@ async fn delete_jobs(ctx: &ScheduleContext, schedule: &BackgroundJobSchedule, na
             warn!(job = name, "not deleting a job this schedule does not control");
             continue;
         }
-        let params = DeleteParams {
-            preconditions: Some(Preconditions { uid: job.uid(), resource_version: None }),
-            ..DeleteParams::background()
-        };
-        match api.delete(name, &params).await {
-            Ok(_) => info!(job = name, "deleted the job"),
-            Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {}
-            Err(e) => return Err(e.into()),
+        if delete_by_uid(&api, name, job.uid()).await? {
+            info!(job = name, "deleted the job");
         }
     }
     Ok(())

@@ -18,11 +18,8 @@ use std::{
 use k8s_openapi::{api::core::v1::Pod, jiff::Timestamp};
 use kube::{ResourceExt, runtime::controller::Action};
 
-use super::{
-    Error, act, chains,
-    context::{Context, object_key},
-    now, observe, record, templates,
-};
+use super::{act, chains, context::Context, observe, record, templates};
+use crate::controller::{Error, now, watches::object_key};
 use crate::{
     api::BackgroundJob,
     decision::{

@@ -1,0 +1,109 @@
+//! The writes both controllers make the same way: a status written only onto the version it was
+//! decided from (fenced; 409 when the object changed since), read-your-writes while the cache
+//! lags, and deletes by uid.
+
+use std::{fmt::Debug, sync::Arc, time::Duration};
+
+use k8s_openapi::NamespaceResourceScope;
+use kube::{
+    Api, Client, Resource, ResourceExt,
+    api::{DeleteParams, Patch, PatchParams, Preconditions},
+};
+use serde::{Serialize, de::DeserializeOwned};
+use tracing::debug;
+
+use crate::{api, operator::Metrics};
+
+/// How soon an object whose status write was fenced off is decided again, should the newer
+/// version not have woken it by then.
+pub const FENCED_RETRY: Duration = Duration::from_secs(2);
+
+/// Writes `status` onto `object` at the version it was decided from ([`fenced_status`], server-side
+/// apply). None when the API server refused it for that reason (409: the object changed since,
+/// counted in `status_writes_fenced`): its newer version, on its way to the cache, wakes it again.
+pub async fn write_status<K>(
+    client: &Client,
+    metrics: &Metrics,
+    object: &K,
+    status: &impl Serialize,
+) -> Result<Option<K>, kube::Error>
+where
+    K: Resource<DynamicType = (), Scope = NamespaceResourceScope> + Clone + Debug + DeserializeOwned,
+{
+    let patch = fenced_status(object, status);
+    let api: Api<K> = Api::namespaced(client.clone(), &object.namespace().unwrap_or_default());
+    let params = PatchParams::apply(api::MANAGER).force();
+    match api.patch_status(&object.name_any(), &params, &Patch::Apply(&patch)).await {
+        Ok(written) => {
+            metrics.status_writes.inc();
+            Ok(Some(written))
+        }
+        Err(kube::Error::Api(e)) if e.code == 409 => {
+            metrics.status_writes_fenced.inc();
+            let kind = K::kind(&());
+            debug!(resource_version = ?object.resource_version(), "status write fenced off: the {kind} changed since");
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Deletes `name` (in the background) only while it is the object of `uid`, a precondition: one
+/// of that name created since is never deleted in its place. False when it was gone already or
+/// is another object now (404, 409).
+pub async fn delete_by_uid<K>(api: &Api<K>, name: &str, uid: Option<String>) -> Result<bool, kube::Error>
+where
+    K: Resource + Clone + Debug + DeserializeOwned,
+{
+    let params = DeleteParams {
+        preconditions: Some(Preconditions { uid, resource_version: None }),
+        ..DeleteParams::background()
+    };
+    match api.delete(name, &params).await {
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// resourceVersions are etcd revisions: comparable as numbers in practice. Unparseable ones
+/// count as newest, so the cache is then simply not used.
+pub fn resource_version(object: &impl Resource) -> u64 {
+    object.meta().resource_version.as_deref().and_then(|v| v.parse().ok()).unwrap_or(u64::MAX)
+}
+
+/// The server-side apply body that writes `status` onto `object` only at the version it was
+/// decided from: its resourceVersion is a precondition, so the API server answers 409 when the
+/// object changed since (a paused former leader, a decision from a stale cache).
+pub fn fenced_status<K: Resource<DynamicType = ()>>(object: &K, status: &impl serde::Serialize) -> serde_json::Value {
+    serde_json::json!({
+        "apiVersion": K::api_version(&()),
+        "kind": K::kind(&()),
+        "metadata": {"resourceVersion": object.meta().resource_version},
+        "status": status,
+    })
+}
+
+/// Read-your-writes. `written` is the status this process last wrote to `object`, with the
+/// resourceVersion that write produced: while the cache shows an older `object`, it gets that
+/// status and resourceVersion (so a stale cache never undoes a decision, and the next write is
+/// fenced on the version it was decided from); once the cache has caught up, `written` is
+/// forgotten.
+pub fn with_written<K: Resource + Clone, S: Clone>(
+    object: Arc<K>,
+    written: &mut Option<(u64, S)>,
+    status: fn(&mut K) -> &mut Option<S>,
+) -> Arc<K> {
+    match written {
+        Some((rv, latest)) if resource_version(&*object) < *rv => {
+            let mut newer = (*object).clone();
+            *status(&mut newer) = Some(latest.clone());
+            newer.meta_mut().resource_version = Some(rv.to_string());
+            Arc::new(newer)
+        }
+        _ => {
+            *written = None;
+            object
+        }
+    }
+}
