@@ -66,7 +66,7 @@ struct ControllerFlags {
     status_fold_seconds: i64,
 }
 
-/// The worker budget: caps on live worker pods.
+/// The worker budget: live worker pods allowed at once.
 #[derive(Args)]
 struct BudgetFlags {
     /// Most worker pods running at once over all jobs; 0: no limit.
@@ -199,7 +199,7 @@ async fn run(command: Command) -> Result<(), Box<dyn std::error::Error>> {
 /// `nightshift run`: the metrics server, then the controller, alone or under leader election.
 async fn run_operator(flags: RunFlags) -> Result<(), Box<dyn std::error::Error>> {
     let RunFlags { controller, budget, election, api, metrics_address } = flags;
-    let cap = |n: u32| (n > 0).then(|| i32::try_from(n).unwrap_or(i32::MAX));
+    let budget_of = |n: u32| (n > 0).then(|| i32::try_from(n).unwrap_or(i32::MAX));
     let config = kube::Config::infer().await.map_err(|e| format!("finding the Kubernetes API: {e}"))?;
     let client = operator::client(config, api.kube_api_qps, api.kube_api_burst)
         .map_err(|e| format!("connecting to Kubernetes: {e}"))?;
@@ -210,8 +210,8 @@ async fn run_operator(flags: RunFlags) -> Result<(), Box<dyn std::error::Error>>
         agent_image: controller.agent_image,
         fold_seconds: controller.status_fold_seconds,
         budget: nightshift::decision::jobs::queue::Budget {
-            total: cap(budget.max_workers),
-            per_namespace: cap(budget.max_workers_per_namespace),
+            total: budget_of(budget.max_workers),
+            per_namespace: budget_of(budget.max_workers_per_namespace),
         },
     };
     let metrics = Arc::new(operator::Metrics::default());

@@ -2,8 +2,8 @@
 //! workers share (labels, finalizers, environment variables).
 
 pub mod crd;
-pub mod names;
 pub mod ranges;
+pub mod reasons;
 pub mod v1alpha1;
 
 pub use ranges::Ranges;

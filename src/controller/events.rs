@@ -14,7 +14,7 @@ use tracing::{debug, info, warn};
 
 use super::jobs::context::Context;
 use crate::{
-    api::{BackgroundJob, BackgroundJobTemplate, names::EventReason},
+    api::{BackgroundJob, BackgroundJobTemplate, reasons::EventReason},
     decision::{EventNote, Related},
     operator::Metrics,
 };

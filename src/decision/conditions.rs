@@ -4,7 +4,7 @@
 use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Condition, jiff::Timestamp};
 
 use super::time::time;
-use crate::api::names::{ConditionType, Reason};
+use crate::api::reasons::{ConditionType, Reason};
 
 /// Sets a condition, keeping lastTransitionTime when its status does not change.
 pub fn set_condition(

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::api::{BackgroundJobStatus, names::EventReason};
+use crate::api::{BackgroundJobStatus, reasons::EventReason};
 
 /// An Event to publish on the job.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -10,7 +10,7 @@ mod connect;
 pub mod dashboard;
 pub mod describe;
 mod logs;
-mod status;
+mod report;
 mod steer;
 mod watch;
 
@@ -220,7 +220,7 @@ async fn run(cli: Cli) -> Result<Outcome, Error> {
         Command::Logs { job, follow, shard, attempt } => {
             logs::logs(&target, &job, logs::Filter { follow, shard, attempt }).await
         }
-        Command::Status { job, output } => status::status(&target, &job, output).await,
+        Command::Status { job, output } => report::status(&target, &job, output).await,
         Command::Suspend { job } => steer::suspend(&target, &job, true).await,
         Command::Resume { job } => steer::suspend(&target, &job, false).await,
         Command::Cancel { job } => steer::cancel(&target, &job).await,

@@ -13,7 +13,7 @@ use kube::{
 };
 use nightshift::api::{
     ANNOTATION_SCHEDULED_AT, BackgroundJob, BackgroundJobSchedule, BackgroundJobStatus, LABEL_SCHEDULE,
-    names::ConditionType,
+    reasons::ConditionType,
 };
 use serde_json::json;
 

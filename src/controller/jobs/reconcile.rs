@@ -67,7 +67,7 @@ pub struct Seen {
     refusal: Option<Refusal>,
     chain: Option<Chain>,
     /// The generation of the template of a job not resolved yet, when it exists.
-    template: Option<i64>,
+    template_generation: Option<i64>,
 }
 
 fn observe(ctx: &Context, job: Arc<BackgroundJob>) -> Seen {
@@ -97,11 +97,11 @@ fn observe(ctx: &Context, job: Arc<BackgroundJob>) -> Seen {
     let (last_fold, refusal) = (job_memory.and_then(|m| m.last_fold), job_memory.and_then(|m| m.refusal.clone()));
     drop(memory);
     let chain = chains::chain_of(&ctx.jobs, &job);
-    let template = match decision::jobs::template::unresolved(&job) {
+    let template_generation = match decision::jobs::template::unresolved(&job) {
         true => templates::template_of(&ctx.templates, &job).map(|t| t.metadata.generation.unwrap_or(1)),
         false => None,
     };
-    Seen { job, pods, views, leases, last_fold, refusal, chain, template }
+    Seen { job, pods, views, leases, last_fold, refusal, chain, template_generation }
 }
 
 /// Decides, and reserves the pods to create. Under a worker budget, the job's share is
@@ -116,7 +116,7 @@ fn decide(ctx: &Context, seen: &Seen, now: Timestamp) -> Decision {
         .agent_image(ctx.options.agent_image.is_some())
         .refusal(seen.refusal.as_ref())
         .chain(seen.chain.as_ref())
-        .template(seen.template);
+        .template_generation(seen.template_generation);
     let (ns, name) = (seen.job.namespace().unwrap_or_default(), seen.job.name_any());
     let budget = ctx.options.budget;
     let (mut d, mut memory) = if budget.is_unlimited() {

@@ -32,10 +32,11 @@ pub fn worker_pod(
 ) -> Pod {
     let name = job.name_any();
     let namespace = job.namespace().unwrap_or_default();
-    let template = job.spec.pod_template();
-    let (labels, annotations) = labels_and_annotations(template.metadata.unwrap_or_default(), &name, shard, attempt);
+    let pod_template = job.spec.pod_template();
+    let (labels, annotations) =
+        labels_and_annotations(pod_template.metadata.unwrap_or_default(), &name, shard, attempt);
 
-    let mut spec: PodSpec = template.spec.unwrap_or_default();
+    let mut spec: PodSpec = pod_template.spec.unwrap_or_default();
     spec.restart_policy = Some("Never".into());
     let pod = pod_name(&name, shard, attempt);
     let params: Vec<(String, String)> =
@@ -97,22 +98,22 @@ pub fn worker_pod(
     }
 }
 
-/// The template's labels and annotations, and ours: the job, shard and attempt labels, and the
+/// The pod template's labels and annotations, and ours: the job, shard and attempt labels, and the
 /// annotations that keep autoscalers away.
 fn labels_and_annotations(
-    tmeta: ObjectMeta,
+    pod_meta: ObjectMeta,
     name: &str,
     shard: i32,
     attempt: i32,
 ) -> (BTreeMap<String, String>, BTreeMap<String, String>) {
-    let mut labels: BTreeMap<String, String> = tmeta.labels.unwrap_or_default();
+    let mut labels: BTreeMap<String, String> = pod_meta.labels.unwrap_or_default();
     labels.insert(api::LABEL_JOB.into(), name.to_string());
     labels.insert(api::LABEL_SHARD.into(), shard.to_string());
     labels.insert(api::LABEL_ATTEMPT.into(), attempt.to_string());
     // A worker holds work that is lost if it is taken away: autoscalers should leave its node
     // alone while it runs (unless the template says otherwise). Disruptions that happen anyway
     // cost no retry (see `decision::jobs::book`).
-    let mut annotations: BTreeMap<String, String> = tmeta.annotations.unwrap_or_default();
+    let mut annotations: BTreeMap<String, String> = pod_meta.annotations.unwrap_or_default();
     for (key, value) in api::DO_NOT_DISRUPT {
         annotations.entry(key.into()).or_insert_with(|| value.into());
     }

@@ -17,7 +17,7 @@ use super::{
 use crate::{
     api::{
         ActiveShard, BackgroundJob, BackgroundJobStatus, Failure, Ranges, RetryingShard, ShardFailure,
-        names::{AttemptReason, EventReason, Reason},
+        reasons::{AttemptReason, EventReason, Reason},
     },
     decision::{
         Decision, EventNote, Related,
@@ -262,7 +262,7 @@ impl<'a> Book<'a> {
 
     /// Starts up to `free` attempts: retries that are due first (lowest shard first), then
     /// shards never started.
-    pub fn schedule(&mut self, mut free: i64) {
+    pub fn start_attempts(&mut self, mut free: i64) {
         let now = self.now;
         let due: Vec<i32> = self
             .retrying

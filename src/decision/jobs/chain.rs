@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use k8s_openapi::jiff::Timestamp;
 
 use crate::{
-    api::{Phase, names::Reason},
+    api::{Phase, reasons::Reason},
     decision::time::plus,
 };
 

@@ -1,6 +1,6 @@
 //! `decide`: one level-triggered step for one job, as a pipeline of phases over the shard book
 //! (`book.rs`): open → adopt → judge attempts → stop superseded → settle the job's outcome and
-//! schedule → summarize the status (`status.rs`) → fold heartbeats and the estimate (`fold.rs`).
+//! start attempts → summarize the status (`summary.rs`) → fold heartbeats and the estimate (`fold.rs`).
 //!
 //! Outcomes are recorded per (shard, attempt), so seeing a finished pod twice changes nothing:
 //! nothing is counted twice, and a pod keeps its tracking finalizer until the status that
@@ -14,14 +14,14 @@ use super::{
     book::Book,
     fold::fold,
     settle::{newly_waiting, settle},
-    status::{fail, summarize},
+    summary::{fail, summarize},
     template,
     view::{LeaseView, Observed, PodPhase, PodView, Refusal},
 };
 use crate::{
     api::{
         BackgroundJob, BackgroundJobStatus, Phase, Ranges,
-        names::{ConditionType, EventReason, Reason},
+        reasons::{ConditionType, EventReason, Reason},
     },
     decision::{
         Decision, EventNote, Related,
@@ -123,7 +123,7 @@ fn resolve(observed: &Observed, mut status: BackgroundJobStatus, now: Timestamp)
         return d;
     }
     status.phase = Some(Phase::Queued);
-    match observed.template {
+    match observed.template_generation {
         Some(template_generation) => d.resolve = Some(template_generation),
         None => {
             let namespace = job.metadata.namespace.as_deref().unwrap_or_default();

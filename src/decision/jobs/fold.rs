@@ -4,10 +4,10 @@
 
 use k8s_openapi::jiff::Timestamp;
 
-use super::{status::with_heartbeats_of, view::Observed};
+use super::{summary::with_heartbeats_of, view::Observed};
 use crate::api::{
     BackgroundJobStatus, Phase,
-    names::{ConditionType, EventReason, Reason},
+    reasons::{ConditionType, EventReason, Reason},
 };
 use crate::decision::{
     Decision, EventNote,

@@ -6,7 +6,7 @@ use k8s_openapi::jiff::Timestamp;
 
 use super::view::{LeaseView, PodPhase, PodView};
 use crate::{
-    api::{ActiveShard, Failure, Heartbeat, names::AttemptReason},
+    api::{ActiveShard, Failure, Heartbeat, reasons::AttemptReason},
     decision::time::{min_opt, plus, until},
 };
 

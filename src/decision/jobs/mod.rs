@@ -3,7 +3,7 @@
 //!
 //! A reading order: `view` (what `decide` is given), `decide` (the pipeline), `settle` (the
 //! job's phase and the attempts it starts), `book` (the shards' states and the phases that move
-//! them), `outcome` (attempts that ended), `status` (the status written from the book), `fold`
+//! them), `outcome` (attempts that ended), `summary` (the status written from the book), `fold`
 //! (what reaches it at a bounded rate). Beside it: `queue` (the worker budget across jobs),
 //! `chain` (spec.after), and `template` (spec.templateRef).
 
@@ -16,7 +16,7 @@ mod outcome;
 pub mod queue;
 mod retrying;
 mod settle;
-mod status;
+mod summary;
 pub mod template;
 mod view;
 

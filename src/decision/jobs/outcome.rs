@@ -6,7 +6,7 @@ use super::book::Book;
 use crate::{
     api::{
         ActiveShard, ExitCodeAction, Failure, MAX_SHARD_FAILURES, RetryingShard, ShardFailure,
-        names::{EventReason, Reason},
+        reasons::{EventReason, Reason},
     },
     decision::{
         EventNote, Related,

@@ -4,7 +4,7 @@
 //! that exist (plus those being created right now), never from a tally a crash would forget.
 //! Order: higher priority first, then older, then by namespace and name. A job is admitted
 //! when `workers.min` workers fit (or all it needs, if fewer); admitted jobs grow toward
-//! `workers.max` as capacity frees. A job that does not fit holds back every job behind it
+//! `workers.max` as the budget frees up. A job that does not fit holds back every job behind it
 //! under the same budget (no overtaking, so a large job is never starved), and nothing is
 //! preempted: live workers always count, whatever their job's place.
 
@@ -13,9 +13,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 
-use crate::api::{BackgroundJob, Phase, names::Reason};
+use crate::api::{BackgroundJob, Phase, reasons::Reason};
 
-/// Operator-wide and per-namespace caps on live worker pods. None: no cap.
+/// The worker budget: live worker pods allowed operator-wide and per namespace. None: no budget.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Budget {
     pub total: Option<i32>,

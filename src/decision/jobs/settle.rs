@@ -10,13 +10,13 @@ use super::{
     book::Book,
     chain::{self, Chain, Verdict},
     outcome::MESSAGE_RANGES,
-    status::fail,
+    summary::fail,
     view::{FORBIDDEN_PAUSE_SECONDS, Observed, Refusal},
 };
 use crate::{
     api::{
         BackgroundJobStatus, Phase,
-        names::{ConditionType, EventReason, Reason},
+        reasons::{ConditionType, EventReason, Reason},
     },
     decision::{
         EventNote, Related,
@@ -256,7 +256,7 @@ fn run(
         free = 0;
         book.d.requeue_after = min_opt(book.d.requeue_after, until(now, until_t));
     }
-    book.schedule(free);
+    book.start_attempts(free);
 }
 
 /// Until when new workers wait after the API server forbade one.

@@ -31,7 +31,7 @@ pub struct Observed<'a> {
     pub chain: Option<&'a Chain>,
     /// For a job whose spec.templateRef is not resolved yet: the generation of that
     /// BackgroundJobTemplate in the cache (None: there is none).
-    pub template: Option<i64>,
+    pub template_generation: Option<i64>,
 }
 
 impl<'a> Observed<'a> {
@@ -46,7 +46,7 @@ impl<'a> Observed<'a> {
             agent_image: true,
             refusal: None,
             chain: None,
-            template: None,
+            template_generation: None,
         }
     }
 
@@ -78,8 +78,8 @@ impl<'a> Observed<'a> {
         Self { chain, ..self }
     }
 
-    pub fn template(self, template: Option<i64>) -> Self {
-        Self { template, ..self }
+    pub fn template_generation(self, template_generation: Option<i64>) -> Self {
+        Self { template_generation, ..self }
     }
 }
 

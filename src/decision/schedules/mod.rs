@@ -15,7 +15,7 @@ use crate::{
     api::{
         ActiveJob, BackgroundJobSchedule, BackgroundJobScheduleSpec, BackgroundJobScheduleStatus, ConcurrencyPolicy,
         Phase,
-        names::{ConditionType, EventReason, Reason},
+        reasons::{ConditionType, EventReason, Reason},
         time_zones,
     },
     decision::{EventNote, Related, conditions::set_condition, time::time},

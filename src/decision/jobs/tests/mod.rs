@@ -6,7 +6,7 @@ use proptest::prelude::*;
 use serde_json::json;
 
 use super::*;
-use crate::api::{BackgroundJob, Backoff, Failure, Phase, names::EventReason};
+use crate::api::{BackgroundJob, Backoff, Failure, Phase, reasons::EventReason};
 use crate::{api::Ranges, decision::build::pod};
 
 fn job(shards: i32, max: i32, extra: serde_json::Value) -> BackgroundJob {
@@ -520,15 +520,15 @@ proptest! {
         fraction in prop_oneof![Just(0.0), Just(1.0), Just(f64::NAN), 0.0..=1.0f64, -1.0..2.0f64],
     ) {
         let now = t0() + SignedDuration::from_secs(elapsed);
-        if let Some(eta) = super::status::estimate(t0(), fraction, now) {
+        if let Some(eta) = super::summary::estimate(t0(), fraction, now) {
             prop_assert!(eta >= now);
-            prop_assert!(fraction >= super::status::ESTIMATE_AFTER_FRACTION && elapsed >= super::status::ESTIMATE_AFTER_SECONDS);
+            prop_assert!(fraction >= super::summary::ESTIMATE_AFTER_FRACTION && elapsed >= super::summary::ESTIMATE_AFTER_SECONDS);
             // The same rate: the time left is the time so far, scaled by what is left.
             let left = eta.duration_since(now).as_secs_f64();
             let expected = elapsed as f64 * (1.0 - fraction) / fraction;
             prop_assert!((left - expected).abs() <= 1.0, "left {} expected {}", left, expected);
         } else {
-            prop_assert!(fraction.is_nan() || !(super::status::ESTIMATE_AFTER_FRACTION..=1.0).contains(&fraction) || elapsed < super::status::ESTIMATE_AFTER_SECONDS);
+            prop_assert!(fraction.is_nan() || !(super::summary::ESTIMATE_AFTER_FRACTION..=1.0).contains(&fraction) || elapsed < super::summary::ESTIMATE_AFTER_SECONDS);
         }
     }
 }

@@ -7,7 +7,7 @@ use k8s_openapi::jiff::Timestamp;
 use super::{book::Book, retrying, view::LeaseView};
 use crate::api::{
     BackgroundJob, BackgroundJobStatus, JobProgress, Phase, Ranges, ShardCounts, ShardProgress, WorkerCounts,
-    names::{ConditionType, Reason},
+    reasons::{ConditionType, Reason},
 };
 use crate::decision::{Decision, conditions::set_condition, time::time};
 
