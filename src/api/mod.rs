@@ -1,5 +1,7 @@
-//! The BackgroundJob API: types, the CRD as installed, and the names the controller and the
-//! workers share (labels, finalizers, environment variables).
+//! The BackgroundJob API: types (`v1alpha1`), the CRD as installed (`crd`), the words of
+//! conditions and events (`reasons`), shard ranges as the status writes them (`ranges`), and
+//! the names the controller and the workers share (labels, finalizers, environment variables).
+//! It depends on nothing else in the crate.
 
 pub mod crd;
 pub mod ranges;

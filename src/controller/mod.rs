@@ -3,10 +3,10 @@
 //!
 //! - `watches.rs`: every watch and cache, what each change wakes, and `run_with_metrics`, which
 //!   starts them with both controllers.
-//! - [`jobs`]: the BackgroundJob controller, observe → decide → act → record (`jobs/reconcile.rs`).
-//! - [`schedules`]: the BackgroundJobSchedule controller, which shares the job watch.
+//! - `jobs/`: the BackgroundJob controller, observe → decide → act → record (`jobs/reconcile.rs`).
+//! - `schedules/`: the BackgroundJobSchedule controller, which shares the job watch.
 //! - Shared by both: `writes.rs` (the fenced status write, read-your-writes, delete by uid),
-//!   `events.rs`, `expectations.rs`, `triggers.rs` (watch events to keys), [`error_policy`].
+//!   `events.rs`, `expectations.rs`, `triggers.rs` (watch events to keys), `error_policy`.
 
 mod events;
 mod expectations;
