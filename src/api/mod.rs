@@ -4,6 +4,8 @@
 //! It depends on nothing else in the crate.
 
 pub mod crd;
+#[cfg(test)]
+pub mod job_fixture;
 pub mod ranges;
 pub mod reasons;
 pub mod v1alpha1;

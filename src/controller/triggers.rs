@@ -116,12 +116,9 @@ pub(super) mod tests {
     use crate::api::BackgroundJob;
 
     fn job(name: &str) -> BackgroundJob {
-        serde_json::from_value(serde_json::json!({
-            "apiVersion": "nightshift.dev/v1alpha1", "kind": "BackgroundJob",
-            "metadata": {"name": name, "namespace": "ns"},
-            "spec": {"shards": 1, "template": {"spec": {"containers": [{"name": "w", "image": "w"}]}}}
-        }))
-        .expect("a valid job")
+        let spec =
+            serde_json::json!({"shards": 1, "template": {"spec": {"containers": [{"name": "w", "image": "w"}]}}});
+        crate::api::job_fixture::job(name, spec).namespace("ns").build()
     }
 
     fn pod_of(job: &str, name: &str) -> Pod {

@@ -176,13 +176,8 @@ mod tests {
     use super::*;
 
     fn job(status: serde_json::Value) -> BackgroundJob {
-        serde_json::from_value(json!({
-            "apiVersion": "nightshift.dev/v1alpha1", "kind": "BackgroundJob",
-            "metadata": {"name": "import", "namespace": "shop"},
-            "spec": {"shards": 14, "template": {"spec": {"containers": [{"name": "w", "image": "i"}]}}},
-            "status": status,
-        }))
-        .unwrap()
+        let spec = json!({"shards": 14, "template": {"spec": {"containers": [{"name": "w", "image": "i"}]}}});
+        crate::api::job_fixture::job("import", spec).namespace("shop").status(status).build()
     }
 
     fn now() -> Timestamp {

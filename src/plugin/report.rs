@@ -196,27 +196,26 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+    use crate::api::job_fixture;
 
     #[test]
     fn the_report_says_where_every_shard_is_and_why() {
-        let job: BackgroundJob = serde_json::from_value(json!({
-            "apiVersion": "nightshift.dev/v1alpha1", "kind": "BackgroundJob",
-            "metadata": {"name": "import", "namespace": "shop"},
-            "spec": {"shards": 6, "template": {"spec": {"containers": [{"name": "w", "image": "i"}]}}},
-            "status": {
-                "phase": "Running", "startTime": "2026-11-23T12:00:00Z",
-                "shards": {"total": 6, "pending": 2, "running": 1, "succeeded": 3, "failed": 0, "summary": "3/6"},
-                "succeededShards": "0-2",
-                "workers": {"desired": 2, "active": 1, "ready": 1, "summary": "1/2"},
-                "active": [{"shard": 3, "attempt": 1, "pod": "import-3-1", "startTime": "2026-11-23T12:08:00Z",
-                            "progress": {"done": 40, "total": 100, "message": "row 40"}}],
-                "retrying": [{"shard": 4, "attempt": 2, "failures": 1, "nextRetryTime": "2026-11-23T12:10:30Z",
-                              "lastFailure": {"reason": "Error", "exitCode": 3, "message": "bad row 17"}}],
-                "shardFailures": [{"shard": 5, "attempt": 1, "rule": "spec.retry.exitCodes[1] (FailShard)",
-                                   "failure": {"reason": "Error", "exitCode": 65, "message": "row 9: no email"}}],
-            },
-        }))
-        .unwrap();
+        let spec = json!({"shards": 6, "template": {"spec": {"containers": [{"name": "w", "image": "i"}]}}});
+        let job: BackgroundJob = job_fixture::job("import", spec)
+            .namespace("shop")
+            .status(json!({
+                    "phase": "Running", "startTime": "2026-11-23T12:00:00Z",
+                    "shards": {"total": 6, "pending": 2, "running": 1, "succeeded": 3, "failed": 0, "summary": "3/6"},
+                    "succeededShards": "0-2",
+                    "workers": {"desired": 2, "active": 1, "ready": 1, "summary": "1/2"},
+                    "active": [{"shard": 3, "attempt": 1, "pod": "import-3-1", "startTime": "2026-11-23T12:08:00Z",
+                                "progress": {"done": 40, "total": 100, "message": "row 40"}}],
+                    "retrying": [{"shard": 4, "attempt": 2, "failures": 1, "nextRetryTime": "2026-11-23T12:10:30Z",
+                                  "lastFailure": {"reason": "Error", "exitCode": 3, "message": "bad row 17"}}],
+                    "shardFailures": [{"shard": 5, "attempt": 1, "rule": "spec.retry.exitCodes[1] (FailShard)",
+                                       "failure": {"reason": "Error", "exitCode": 65, "message": "row 9: no email"}}],
+            }))
+            .build();
         let now: Timestamp = "2026-11-23T12:10:00Z".parse().unwrap();
         let report = report(&job, &[], now);
         for expected in [

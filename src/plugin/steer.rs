@@ -234,6 +234,7 @@ fn set(value: &mut Value, path: &str, new: Value) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::job_fixture;
 
     const JOB: &str = "apiVersion: nightshift.dev/v1alpha1
 kind: BackgroundJob
@@ -280,13 +281,13 @@ spec:
 
     #[test]
     fn a_rerun_of_the_failed_shards_takes_those_that_did_not_succeed() {
-        let mut job: BackgroundJob = serde_json::from_value(json!({
-            "apiVersion": "nightshift.dev/v1alpha1", "kind": "BackgroundJob",
-            "metadata": {"name": "import", "namespace": "shop", "labels": {"team": "data"}},
-            "spec": {"shards": 6, "cancel": true, "template": {"spec": {"containers": [{"name": "w", "image": "i"}]}}},
-            "status": {"phase": "Failed", "succeededShards": "0-1,4", "failedShards": "2"},
-        }))
-        .unwrap();
+        let spec =
+            json!({"shards": 6, "cancel": true, "template": {"spec": {"containers": [{"name": "w", "image": "i"}]}}});
+        let mut job: BackgroundJob = job_fixture::job("import", spec)
+            .namespace("shop")
+            .metadata("labels", json!({"team": "data"}))
+            .status(json!({"phase": "Failed", "succeededShards": "0-1,4", "failedShards": "2"}))
+            .build();
         let rerun = rerun_of(&job, true).unwrap();
         assert_eq!(rerun.spec.only_shards.as_deref(), Some("2-3,5"), "failed, and stopped or never started");
         assert!(!rerun.spec.cancel);

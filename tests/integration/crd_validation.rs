@@ -12,7 +12,9 @@ use kube::{
 use nightshift::api::BackgroundJob;
 use serde_json::{Value, json};
 
-use crate::support::{TestNamespace, WAIT, api_error, client, install_crd, kubeconfig_path, kubectl_path, wait_until};
+use crate::support::{
+    TestNamespace, WAIT, api_error, client, install_crd, job_fixture, kubeconfig_path, kubectl_path, wait_until,
+};
 
 /// BackgroundJobs as untyped objects, so that manifests `BackgroundJob` cannot represent (a string
 /// for an integer, a missing template) reach the API server as they are.
@@ -23,17 +25,13 @@ fn dynamic_jobs(ns: &TestNamespace) -> Api<DynamicObject> {
 
 /// A valid job that leaves every defaulted field out.
 fn valid_manifest(name: &str) -> Value {
-    json!({
-        "apiVersion": "nightshift.dev/v1alpha1",
-        "kind": "BackgroundJob",
-        "metadata": {"name": name},
-        "spec": {
-            "template": {"spec": {
-                "restartPolicy": "Never",
-                "containers": [{"name": "worker", "image": "registry.example/import:1"}]
-            }}
-        }
-    })
+    let spec = json!({
+        "template": {"spec": {
+            "restartPolicy": "Never",
+            "containers": [{"name": "worker", "image": "registry.example/import:1"}]
+        }}
+    });
+    job_fixture::job(name, spec).manifest()
 }
 
 fn to_object(manifest: Value) -> DynamicObject {

@@ -13,7 +13,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
 use crate::{
     node::{OnTheNode, example_image, job, node},
-    support::{TestNamespace, WAIT, client, free_port, install_crd, kubeconfig_path, wait_until},
+    support::{TestNamespace, WAIT, client, free_port, install_crd, job_fixture, kubeconfig_path, wait_until},
 };
 
 /// Where the test leaves its screenshots.
@@ -171,11 +171,9 @@ async fn the_dashboard_refuses_foreign_hosts_and_requests_without_its_token() {
     let client = client().await;
     install_crd(&client).await;
     let ns = TestNamespace::new(&client, "dashboard-guard").await;
-    let job: BackgroundJob = serde_json::from_value(json!({
-        "apiVersion": "nightshift.dev/v1alpha1", "kind": "BackgroundJob", "metadata": {"name": "import"},
-        "spec": {"shards": 1, "template": {"spec": {"containers": [{"name": "w", "image": "registry.example/w:1"}]}}}
-    }))
-    .unwrap();
+    let spec =
+        json!({"shards": 1, "template": {"spec": {"containers": [{"name": "w", "image": "registry.example/w:1"}]}}});
+    let job: BackgroundJob = job_fixture::job("import", spec).build();
     ns.api::<BackgroundJob>().create(&PostParams::default(), &job).await.expect("creating the job");
     let (_server, url) = dashboard(&ns.name).await;
     let rest = url.strip_prefix("http://127.0.0.1:").unwrap();

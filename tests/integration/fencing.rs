@@ -14,7 +14,7 @@ use nightshift::{
 use serde::{Serialize, de::DeserializeOwned};
 use serde_json::json;
 
-use crate::support::{TestNamespace, api_error, client, install_crd};
+use crate::support::{TestNamespace, api_error, client, install_crd, job_fixture};
 
 /// Creates `object`, writes `first` onto it, then `stale` decided from the version before that
 /// write: the second is refused with 409 and the status stays `first`.
@@ -41,13 +41,9 @@ async fn a_status_decided_from_an_older_version_is_refused() {
     let client = client().await;
     install_crd(&client).await;
     let ns = TestNamespace::new(&client, "fencing").await;
-    let job: BackgroundJob = serde_json::from_value(json!({
-        "apiVersion": "nightshift.dev/v1alpha1", "kind": "BackgroundJob",
-        "metadata": {"name": "fenced"},
-        "spec": {"shards": 2, "template": {"spec": {"restartPolicy": "Never",
-                 "containers": [{"name": "w", "image": "busybox"}]}}}
-    }))
-    .unwrap();
+    let spec = json!({"shards": 2, "template": {"spec": {"restartPolicy": "Never",
+                       "containers": [{"name": "w", "image": "busybox"}]}}});
+    let job: BackgroundJob = job_fixture::job("fenced", spec).build();
     let finished = json!({"phase": "Succeeded", "succeededShards": "0-1", "result": {"imported": 7000}});
     let stale = json!({"phase": "Running", "succeededShards": "0", "result": {"imported": 3500}});
     a_stale_write_is_refused(ns.api::<BackgroundJob>(), job, finished, stale).await;

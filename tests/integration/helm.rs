@@ -27,7 +27,7 @@ use serde_json::json;
 
 use crate::support::{
     TempFile, TestNamespace, WAIT, api_error, client, client_with_token, fixture, free_port, get, install_crd,
-    kubeconfig_path, kubectl, plugin, token, token_kubeconfig, wait_default_service_account, wait_until,
+    job_fixture, kubeconfig_path, kubectl, plugin, token, token_kubeconfig, wait_default_service_account, wait_until,
 };
 
 pub(crate) const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/charts/nightshift");
@@ -134,12 +134,7 @@ pub(crate) async fn account_bound_to(ns: &TestNamespace, name: &str, role: &str)
 }
 
 fn minimal_job(name: &str) -> BackgroundJob {
-    serde_json::from_value(json!({
-        "apiVersion": "nightshift.dev/v1alpha1", "kind": "BackgroundJob",
-        "metadata": {"name": name},
-        "spec": {"template": {"spec": {"containers": [{"name": "w", "image": "w"}]}}}
-    }))
-    .unwrap()
+    job_fixture::job(name, json!({"template": {"spec": {"containers": [{"name": "w", "image": "w"}]}}})).build()
 }
 
 /// A test namespace enforcing the `restricted` Pod Security level, with its default account.
@@ -550,18 +545,14 @@ async fn the_operator_runs_a_job_on_the_rights_the_chart_gives_it_in_one_namespa
         .spawn()
         .expect("starting the pod simulator");
     let jobs: Api<BackgroundJob> = watched.api();
-    let job: BackgroundJob = serde_json::from_value(json!({
-        "apiVersion": "nightshift.dev/v1alpha1", "kind": "BackgroundJob",
-        "metadata": {"name": "chart-rbac"},
-        "spec": {
-            "shards": 2,
-            "heartbeat": {"timeoutSeconds": 30},
-            "ttlSecondsAfterFinished": 3,
-            // For the simulator below, not the real node.
-            "template": {"spec": {"schedulerName": nightshift::sim::SCHEDULER_NAME, "containers": [{"name": "w", "image": "w"}]}}
-        }
-    }))
-    .unwrap();
+    let spec = json!({
+        "shards": 2,
+        "heartbeat": {"timeoutSeconds": 30},
+        "ttlSecondsAfterFinished": 3,
+        // For the simulator below, not the real node.
+        "template": {"spec": {"schedulerName": nightshift::sim::SCHEDULER_NAME, "containers": [{"name": "w", "image": "w"}]}}
+    });
+    let job: BackgroundJob = job_fixture::job("chart-rbac", spec).build();
     jobs.create(&PostParams::default(), &job).await.unwrap();
 
     wait_until("the worker account, Role and RoleBinding", WAIT, || async {
@@ -674,21 +665,18 @@ async fn on_the_node_the_chart_runs_a_job_through_a_leader_crash() {
     assert!(metrics.contains("nightshift_leader"), "{metrics}");
 
     // A job, applied with kubectl, on real pods that pass the restricted level.
-    let manifest = json!({
-        "apiVersion": "nightshift.dev/v1alpha1", "kind": "BackgroundJob",
-        "metadata": {"name": "import", "namespace": ns.name},
-        "spec": {
-            "shards": 4, "workers": {"min": 1, "max": 2},
-            "heartbeat": {"intervalSeconds": 1, "timeoutSeconds": 30, "injectAgent": true},
-            "template": {"spec": {"containers": [{
-                "name": "importer", "image": format!("nightshift-example:{}", env!("CARGO_PKG_VERSION")),
-                "command": ["/bulk-import.sh"],
-                "env": [{"name": "BATCH_SIZE", "value": "250"}, {"name": "BATCH_SECONDS", "value": "1"}],
-                "securityContext": {"allowPrivilegeEscalation": false, "runAsNonRoot": true, "runAsUser": 65532,
-                    "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"}}
-            }]}}
-        }
+    let spec = json!({
+        "shards": 4, "workers": {"min": 1, "max": 2},
+        "heartbeat": {"intervalSeconds": 1, "timeoutSeconds": 30, "injectAgent": true},
+        "template": {"spec": {"containers": [{
+            "name": "importer", "image": format!("nightshift-example:{}", env!("CARGO_PKG_VERSION")),
+            "command": ["/bulk-import.sh"],
+            "env": [{"name": "BATCH_SIZE", "value": "250"}, {"name": "BATCH_SECONDS", "value": "1"}],
+            "securityContext": {"allowPrivilegeEscalation": false, "runAsNonRoot": true, "runAsUser": 65532,
+                "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"}}
+        }]}}
     });
+    let manifest = job_fixture::job("import", spec).namespace(&ns.name).manifest();
     let file = TempFile::new(&format!("{}-job.json", ns.name), &manifest.to_string());
     let applied = run("kubectl", &["apply", "-f", file.0.to_str().unwrap()]).await;
     assert!(applied.status.success(), "kubectl apply: {}", text(&applied));

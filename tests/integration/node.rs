@@ -14,7 +14,7 @@ use nightshift::api::{BackgroundJob, BackgroundJobStatus, LABEL_JOB, Phase};
 use serde_json::json;
 
 use crate::support::{
-    Fixture, Operator, WAIT, api_error, client_with_token, fixture_with, kubeconfig_path, wait_until,
+    Fixture, Operator, WAIT, api_error, client_with_token, fixture_with, job_fixture, kubeconfig_path, wait_until,
 };
 
 const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -51,11 +51,7 @@ pub fn job(name: &str, script: &str, spec: serde_json::Value) -> BackgroundJob {
             full[k] = v.clone();
         }
     }
-    serde_json::from_value(json!({
-        "apiVersion": "nightshift.dev/v1alpha1", "kind": "BackgroundJob",
-        "metadata": {"name": name}, "spec": full
-    }))
-    .unwrap()
+    job_fixture::job(name, full).build()
 }
 
 /// `over` merged into `base`: objects key by key, arrays of objects item by item (so a test can

@@ -17,7 +17,7 @@ use nightshift::api::{
 };
 use serde_json::json;
 
-use crate::support::{Fixture, WAIT, fixture, kubectl, wait_until};
+use crate::support::{Fixture, WAIT, fixture, job_fixture, kubectl, wait_until};
 
 /// A job with heartbeats: it needs a Lease per shard and its workers' RBAC.
 fn heartbeat_job() -> serde_json::Value {
@@ -108,14 +108,12 @@ async fn a_users_job_named_like_a_run_is_never_deleted_nor_counted() {
 
     // The schedule's own run of two hours ago, still running.
     let own_name = format!("refresh-{}", earlier.as_second() / 60);
-    let mut own: BackgroundJob = serde_json::from_value(json!({
-        "apiVersion": "nightshift.dev/v1alpha1", "kind": "BackgroundJob",
-        "metadata": {"name": own_name, "labels": {LABEL_SCHEDULE: "refresh"},
-                     "annotations": {ANNOTATION_SCHEDULED_AT: earlier.to_string()}},
-        "spec": {"template": {"spec": {"schedulerName": nightshift::sim::SCHEDULER_NAME,
-                 "containers": [{"name": "w", "image": "registry.example/w:1"}]}}}
-    }))
-    .unwrap();
+    let spec = json!({"template": {"spec": {"schedulerName": nightshift::sim::SCHEDULER_NAME,
+                       "containers": [{"name": "w", "image": "registry.example/w:1"}]}}});
+    let mut own: BackgroundJob = job_fixture::job(&own_name, spec)
+        .metadata("labels", json!({LABEL_SCHEDULE: "refresh"}))
+        .metadata("annotations", json!({ANNOTATION_SCHEDULED_AT: earlier.to_string()}))
+        .build();
     own.metadata.owner_references = Some(vec![schedule.controller_owner_ref(&()).unwrap()]);
     f.jobs.create(&PostParams::default(), &own).await.unwrap();
     // The user's job, named as the run due now.

@@ -13,7 +13,7 @@ use nightshift::{
 };
 use serde_json::json;
 
-use crate::support::{Fixture, TempFile, WAIT, fixture, kubeconfig_path, plugin, wait_until};
+use crate::support::{Fixture, TempFile, WAIT, fixture, job_fixture, kubeconfig_path, plugin, wait_until};
 
 /// Creates a job as an app would send it: only the fields written (the typed `BackgroundJob`
 /// would send every field with its default, leaving the template nothing to fill).
@@ -46,11 +46,8 @@ fn template(image: &str) -> BackgroundJobTemplate {
 async fn a_job_waits_for_its_template_then_runs_with_its_fields_and_parameters() {
     let (f, _operator) = fixture("templates").await;
     // What an app sends: a name, a template, parameters. Nothing else.
-    let job = json!({
-        "apiVersion": "nightshift.dev/v1alpha1", "kind": "BackgroundJob",
-        "metadata": {"name": "import-42"},
-        "spec": {"templateRef": {"name": "bulk-import"}, "workers": {"max": 2}, "parameters": {"FILE": "uploads/42.csv", "MODE": "delta"}}
-    });
+    let spec = json!({"templateRef": {"name": "bulk-import"}, "workers": {"max": 2}, "parameters": {"FILE": "uploads/42.csv", "MODE": "delta"}});
+    let job = job_fixture::job("import-42", spec).manifest();
     create_as_written(&f, job).await;
     let waiting = f.wait_phase("import-42", Phase::Queued).await;
     let admitted = waiting.conditions.iter().find(|c| c.type_ == "Admitted").unwrap();
@@ -101,11 +98,7 @@ async fn a_template_that_does_not_fit_the_job_fails_it_naming_the_template() {
     let mut t = template("importer:1");
     t.spec.shards = Some(5000); // with the job's heartbeat: over the 2000 shards a heartbeat allows
     f.ns.api::<BackgroundJobTemplate>().create(&PostParams::default(), &t).await.unwrap();
-    let job = json!({
-        "apiVersion": "nightshift.dev/v1alpha1", "kind": "BackgroundJob",
-        "metadata": {"name": "misfit"},
-        "spec": {"templateRef": {"name": "bulk-import"}, "heartbeat": {}}
-    });
+    let job = job_fixture::job("misfit", json!({"templateRef": {"name": "bulk-import"}, "heartbeat": {}})).manifest();
     create_as_written(&f, job).await;
     let status = wait_until("the misfit job to fail", WAIT, || async {
         let s = f.status("misfit").await;
@@ -158,8 +151,8 @@ async fn the_worker_process_gets_the_parameters_as_environment_variables() {
     .unwrap();
     f.ns.api::<BackgroundJobTemplate>().create(&PostParams::default(), &template).await.unwrap();
     let job = |name: &str, upload: &str| {
-        json!({"apiVersion": "nightshift.dev/v1alpha1", "kind": "BackgroundJob", "metadata": {"name": name},
-               "spec": {"templateRef": {"name": "import"}, "parameters": {"UPLOAD_ID": upload}}})
+        job_fixture::job(name, json!({"templateRef": {"name": "import"}, "parameters": {"UPLOAD_ID": upload}}))
+            .manifest()
     };
     create_as_written(&f, job("upload-42", "42")).await;
     create_as_written(&f, job("upload-7", "7")).await;

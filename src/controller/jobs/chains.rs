@@ -115,13 +115,8 @@ mod tests {
 
     fn job(name: &str, after: &[&str], phase: Option<&str>) -> BackgroundJob {
         let status = phase.map(|p| json!({"phase": p}));
-        serde_json::from_value(json!({
-            "apiVersion": "nightshift.dev/v1alpha1", "kind": "BackgroundJob",
-            "metadata": {"name": name, "namespace": "ns"},
-            "spec": {"after": after, "template": {"spec": {"containers": [{"name": "w", "image": "w"}]}}},
-            "status": status,
-        }))
-        .unwrap()
+        let spec = json!({"after": after, "template": {"spec": {"containers": [{"name": "w", "image": "w"}]}}});
+        crate::api::job_fixture::job(name, spec).namespace("ns").status(json!(status)).build()
     }
 
     fn names(refs: Vec<ObjectRef<BackgroundJob>>) -> Vec<String> {

@@ -188,19 +188,17 @@ fn inject_agent(spec: &mut PodSpec, image: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::job_fixture;
 
     fn job() -> BackgroundJob {
-        let mut job: BackgroundJob = serde_json::from_value(serde_json::json!({
-            "apiVersion": "nightshift.dev/v1alpha1", "kind": "BackgroundJob",
-            "metadata": {"name": "import", "namespace": "shop", "uid": "u-1"},
-            "spec": {"shards": 4, "template": {
-                "metadata": {"labels": {"app": "importer"}},
-                "spec": {"restartPolicy": "Never", "containers": [
-                    {"name": "w", "image": "importer", "env": [{"name": "NIGHTSHIFT_SHARD", "value": "spoofed"}]}
-                ]}
-            }}
-        }))
-        .unwrap();
+        let spec = serde_json::json!({"shards": 4, "template": {
+            "metadata": {"labels": {"app": "importer"}},
+            "spec": {"restartPolicy": "Never", "containers": [
+                {"name": "w", "image": "importer", "env": [{"name": "NIGHTSHIFT_SHARD", "value": "spoofed"}]}
+            ]}
+        }});
+        let mut job: BackgroundJob =
+            job_fixture::job("import", spec).namespace("shop").metadata("uid", serde_json::json!("u-1")).build();
         job.metadata.uid = Some("u-1".into());
         job
     }
@@ -280,6 +278,7 @@ mod tests {
 #[cfg(test)]
 mod heartbeat_tests {
     use super::*;
+    use crate::api::job_fixture;
 
     fn job(heartbeat: serde_json::Value, account: Option<&str>) -> BackgroundJob {
         let mut spec = serde_json::json!({"restartPolicy": "Never", "containers": [
@@ -288,12 +287,9 @@ mod heartbeat_tests {
         if let Some(a) = account {
             spec["serviceAccountName"] = a.into();
         }
-        let mut job: BackgroundJob = serde_json::from_value(serde_json::json!({
-            "apiVersion": "nightshift.dev/v1alpha1", "kind": "BackgroundJob",
-            "metadata": {"name": "import", "namespace": "shop", "uid": "u-1"},
-            "spec": {"shards": 4, "heartbeat": heartbeat, "template": {"spec": spec}}
-        }))
-        .unwrap();
+        let spec = serde_json::json!({"shards": 4, "heartbeat": heartbeat, "template": {"spec": spec}});
+        let mut job: BackgroundJob =
+            job_fixture::job("import", spec).namespace("shop").metadata("uid", serde_json::json!("u-1")).build();
         job.metadata.uid = Some("u-1".into());
         job
     }

@@ -254,14 +254,10 @@ mod tests {
 
     #[test]
     fn a_claim_wants_the_shards_left_up_to_workers_max() {
-        let mut job: BackgroundJob = serde_json::from_value(serde_json::json!({
-            "apiVersion": "nightshift.dev/v1alpha1", "kind": "BackgroundJob",
-            "metadata": {"name": "j", "namespace": "ns"},
-            "spec": {"shards": 10, "workers": {"min": 2, "max": 4},
-                     "template": {"spec": {"containers": [{"name": "w", "image": "w"}]}}},
-            "status": {"phase": "Running", "shards": {"total": 10, "pending": 0, "running": 2, "succeeded": 7, "failed": 1, "summary": "7/10"}}
-        }))
-        .unwrap();
+        let spec = serde_json::json!({"shards": 10, "workers": {"min": 2, "max": 4},
+                                      "template": {"spec": {"containers": [{"name": "w", "image": "w"}]}}});
+        let status = serde_json::json!({"phase": "Running", "shards": {"total": 10, "pending": 0, "running": 2, "succeeded": 7, "failed": 1, "summary": "7/10"}});
+        let mut job: BackgroundJob = crate::api::job_fixture::job("j", spec).namespace("ns").status(status).build();
         let c = Claim::of(&job, 2).unwrap();
         assert_eq!((c.wants, c.min, c.live, c.admitted), (2, 2, 2, true), "10 - 7 - 1 shards left");
         job.spec.suspend = true;

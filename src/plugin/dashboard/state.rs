@@ -104,18 +104,18 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+    use crate::api::job_fixture;
 
     #[test]
     fn the_grid_colours_each_shard_by_its_state() {
-        let job: BackgroundJob = serde_json::from_value(json!({
-            "apiVersion": "nightshift.dev/v1alpha1", "kind": "BackgroundJob",
-            "metadata": {"name": "import", "namespace": "shop", "creationTimestamp": "2026-11-23T12:00:00Z"},
-            "spec": {"shards": 7, "onlyShards": "0-5", "template": {"spec": {"containers": [{"name": "w", "image": "i"}]}}},
-            "status": {"phase": "Running", "succeededShards": "0-1", "failedShards": "2",
-                       "active": [{"shard": 3, "attempt": 1, "pod": "import-3-1", "startTime": "2026-11-23T12:00:00Z"}],
-                       "retrying": [{"shard": 4, "attempt": 2, "failures": 1}]},
-        }))
-        .unwrap();
+        let spec = json!({"shards": 7, "onlyShards": "0-5", "template": {"spec": {"containers": [{"name": "w", "image": "i"}]}}});
+        let job: BackgroundJob = job_fixture::job("import", spec)
+            .namespace("shop")
+            .metadata("creationTimestamp", json!("2026-11-23T12:00:00Z"))
+            .status(json!({"phase": "Running", "succeededShards": "0-1", "failedShards": "2",
+                           "active": [{"shard": 3, "attempt": 1, "pod": "import-3-1", "startTime": "2026-11-23T12:00:00Z"}],
+                           "retrying": [{"shard": 4, "attempt": 2, "failures": 1}]}))
+            .build();
         use Cell::*;
         assert_eq!(grid(&job).unwrap(), vec![Succeeded, Succeeded, Failed, Running, Retrying, Pending, Skipped]);
         let row = Row::of(&job, "2026-11-23T12:01:00Z".parse().unwrap());

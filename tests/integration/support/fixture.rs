@@ -49,11 +49,7 @@ fn manifest(name: &str, spec: serde_json::Value) -> BackgroundJob {
     }
     let pod_spec = full["template"]["spec"].as_object_mut().expect("the template has a spec");
     pod_spec.entry("schedulerName").or_insert_with(|| json!(sim::SCHEDULER_NAME));
-    serde_json::from_value(json!({
-        "apiVersion": "nightshift.dev/v1alpha1", "kind": "BackgroundJob",
-        "metadata": {"name": name}, "spec": full
-    }))
-    .unwrap()
+    super::job_fixture::job(name, full).build()
 }
 
 impl Fixture {

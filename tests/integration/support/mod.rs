@@ -11,6 +11,9 @@
 pub mod auth;
 pub mod fixture;
 pub mod http;
+/// The one builder of BackgroundJobs, shared with the unit tests.
+#[path = "../../../src/api/job_fixture.rs"]
+pub mod job_fixture;
 pub mod watch;
 
 use std::{future::Future, path::PathBuf, time::Duration};

@@ -21,12 +21,11 @@ fn job(shards: i32, max: i32, extra: serde_json::Value) -> BackgroundJob {
             spec.insert(k.clone(), v.clone());
         }
     }
-    let mut job: BackgroundJob = serde_json::from_value(json!({
-        "apiVersion": "nightshift.dev/v1alpha1", "kind": "BackgroundJob",
-        "metadata": {"name": "j", "namespace": "ns", "uid": "uid-1", "generation": 1},
-        "spec": spec
-    }))
-    .unwrap();
+    let mut job: BackgroundJob = crate::api::job_fixture::job("j", spec)
+        .namespace("ns")
+        .metadata("uid", json!("uid-1"))
+        .metadata("generation", json!(1))
+        .build();
     job.metadata.uid = Some("uid-1".into());
     job
 }
