@@ -9,7 +9,7 @@ use super::{
     Error, Outcome, Output, Target,
     describe::{Glance, duration},
 };
-use crate::api::BackgroundJob;
+use crate::api::{BackgroundJob, BackgroundJobStatus};
 
 pub async fn status(target: &Target, name: &str, output: Option<Output>) -> Result<Outcome, Error> {
     let job = target.job(name).await?;
@@ -99,6 +99,15 @@ pub fn report(job: &BackgroundJob, events: &[Event], now: Timestamp) -> String {
     if status.disruptions > 0 {
         field("Disrupted", format!("{} attempts taken away by the cluster (no retry used)", status.disruptions));
     }
+    write_running(&mut out, &status, now);
+    write_retrying(&mut out, &status, now);
+    write_failures(&mut out, &status);
+    write_events(&mut out, events, now);
+    out
+}
+
+/// The running attempts, one a line.
+fn write_running(out: &mut String, status: &BackgroundJobStatus, now: Timestamp) {
     if !status.active.is_empty() {
         let _ = writeln!(out, "Running:");
         for a in &status.active {
@@ -119,6 +128,10 @@ pub fn report(job: &BackgroundJob, events: &[Event], now: Timestamp) -> String {
             let _ = writeln!(out, "{line}");
         }
     }
+}
+
+/// The shards waiting for a retry: those listed, then the groups.
+fn write_retrying(out: &mut String, status: &BackgroundJobStatus, now: Timestamp) {
     if !status.retrying.is_empty() {
         let _ = writeln!(out, "Retrying:");
         for r in &status.retrying {
@@ -139,6 +152,10 @@ pub fn report(job: &BackgroundJob, events: &[Event], now: Timestamp) -> String {
                 writeln!(out, "  {} more: shards {}, after {} failed attempt(s){when}", g.count, g.shards, g.failures);
         }
     }
+}
+
+/// The shards that failed for good, and the conditions.
+fn write_failures(out: &mut String, status: &BackgroundJobStatus) {
     if !status.shard_failures.is_empty() {
         let _ = writeln!(out, "Failed shards:");
         for f in &status.shard_failures {
@@ -152,6 +169,10 @@ pub fn report(job: &BackgroundJob, events: &[Event], now: Timestamp) -> String {
             let _ = writeln!(out, "  {:<15} {:<5} {}: {}", c.type_, c.status, c.reason, c.message);
         }
     }
+}
+
+/// The latest 10 events, oldest first.
+fn write_events(out: &mut String, events: &[Event], now: Timestamp) {
     let mut events: Vec<&Event> = events.iter().collect();
     events.sort_by_key(|e| event_time(e));
     let last: Vec<&&Event> = events.iter().rev().take(10).collect();
@@ -169,7 +190,6 @@ pub fn report(job: &BackgroundJob, events: &[Event], now: Timestamp) -> String {
             );
         }
     }
-    out
 }
 
 fn failure_text(f: &crate::api::Failure) -> String {

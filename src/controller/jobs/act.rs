@@ -54,6 +54,39 @@ fn our_lease(ctx: &Context, job: &BackgroundJob, shard: i32) -> Option<Arc<Lease
     lease.owner_references().iter().any(|o| o.controller == Some(true) && o.uid == uid).then_some(lease)
 }
 
+/// What the workers of `create` need before their pods, for a job with heartbeats: the job's
+/// ServiceAccount, Role and RoleBinding (once), and each shard's Lease pointed at its new attempt.
+/// The checkpoints the attempts resume from; Err: an object they need is someone else's.
+async fn claim_access(
+    ctx: &Context,
+    job: &BackgroundJob,
+    create: &[(i32, i32)],
+    now: Timestamp,
+) -> Result<Result<Vec<Option<String>>, Refusal>, Error> {
+    if job.spec.heartbeat.is_none() {
+        return Ok(Ok(vec![None; create.len()]));
+    }
+    let uid = job.uid().unwrap_or_default();
+    let applied = ctx.memory().jobs.get(&uid).is_some_and(|m| m.access_applied);
+    if !applied {
+        if let Err(e) = access::apply_account(&ctx.client, job).await? {
+            return Ok(Err(not_owned(&e, now)));
+        }
+        ctx.memory().jobs.entry(uid).or_default().access_applied = true;
+    }
+    // The Lease names the new attempt before its pod exists: an older attempt still running is
+    // fenced from this moment on, and the checkpoint it left is the one the new attempt gets.
+    let claimed = futures::future::try_join_all(create.iter().map(|&(shard, attempt)| {
+        let pod = pod_name(&job.name_any(), shard, attempt);
+        let ours = our_lease(ctx, job, shard);
+        async move { access::apply_lease(&ctx.client, job, shard, &pod, now, ours.as_deref()).await }
+    }))
+    .await?;
+    // No worker starts while one Lease is someone else's: a worker's Role names every
+    // shard's Lease, so even the others could write to it.
+    Ok(claimed.into_iter().collect::<Result<Vec<_>, _>>().map_err(|e| not_owned(&e, now)))
+}
+
 /// Creates the pods concurrently: a reconcile costs one round trip, not one per pod.
 async fn create_pods(
     ctx: &Context,
@@ -65,32 +98,9 @@ async fn create_pods(
         return Ok(None);
     }
     let (ns, uid) = (job.namespace().unwrap_or_default(), job.uid().unwrap_or_default());
-    if job.spec.heartbeat.is_some() {
-        let applied = ctx.memory().jobs.get(&uid).is_some_and(|m| m.access_applied);
-        if !applied {
-            if let Err(e) = access::apply_account(&ctx.client, job).await? {
-                return Ok(Some(not_owned(&e, now)));
-            }
-            ctx.memory().jobs.entry(uid.clone()).or_default().access_applied = true;
-        }
-    }
-    // The Lease names the new attempt before its pod exists: an older attempt still running is
-    // fenced from this moment on, and the checkpoint it left is the one the new attempt gets.
-    let checkpoints: Vec<Option<String>> = if job.spec.heartbeat.is_some() {
-        let claimed = futures::future::try_join_all(create.iter().map(|&(shard, attempt)| {
-            let pod = pod_name(&job.name_any(), shard, attempt);
-            let ours = our_lease(ctx, job, shard);
-            async move { access::apply_lease(&ctx.client, job, shard, &pod, now, ours.as_deref()).await }
-        }))
-        .await?;
-        // No worker starts while one Lease is someone else's: a worker's Role names every
-        // shard's Lease, so even the others could write to it.
-        match claimed.into_iter().collect::<Result<Vec<_>, _>>() {
-            Ok(checkpoints) => checkpoints,
-            Err(e) => return Ok(Some(not_owned(&e, now))),
-        }
-    } else {
-        vec![None; create.len()]
+    let checkpoints = match claim_access(ctx, job, create, now).await? {
+        Ok(checkpoints) => checkpoints,
+        Err(refusal) => return Ok(Some(refusal)),
     };
     let agent_image = ctx.options.agent_image.as_deref();
     let pods: Vec<Pod> = create

@@ -200,18 +200,7 @@ pub fn decide_with(
     let generation = schedule.metadata.generation;
     let old = schedule.status.clone().unwrap_or_default();
     let mut d = ScheduleDecision { status: old.clone(), ..Default::default() };
-    let succeeded = jobs.iter().filter(|j| j.phase == Some(Phase::Succeeded));
-    let last_success = succeeded.filter_map(|j| j.completion_time).max();
-    if let Some(t) = last_success.filter(|t| old.last_successful_time.as_ref().is_none_or(|o| o.0 < *t)) {
-        d.status.last_successful_time = Some(time(t));
-    }
-    d.delete = beyond_history(spec, jobs);
-    for name in &d.delete {
-        d.events.push(
-            EventNote::normal(EventReason::SuccessfulDelete, format!("deleted finished job {name} (history limit)"))
-                .about(Related::Job(name.clone())),
-        );
-    }
+    keep_history(spec, jobs, &old, &mut d);
     let condition = |status: bool, reason: Reason, message: String, d: &mut ScheduleDecision| {
         set_condition(&mut d.status.conditions, ConditionType::Scheduling, status, reason, message, now, generation);
     };
@@ -233,15 +222,7 @@ pub fn decide_with(
     }
     let zone = spec.time_zone.as_deref().unwrap_or("UTC");
     let on_time = format!("starts a job at the times of {:?} in {zone}", spec.schedule);
-    // A job's scheduled time counts as run even if the status never said so (the operator
-    // stopped between creating the job and writing the status).
-    let last = old
-        .last_schedule_time
-        .as_ref()
-        .map(|t| t.0)
-        .into_iter()
-        .chain(jobs.iter().filter_map(|j| j.scheduled_at))
-        .max();
+    let last = last_scheduled(&old, jobs);
     d.status.last_schedule_time = last.map(time);
     let created = schedule.metadata.creation_timestamp.as_ref().map_or(now, |t| t.0);
     let tick = tick(&cadence, last, created, spec.starting_deadline_seconds, now);
@@ -279,6 +260,33 @@ pub fn decide_with(
     }
     let requeue = tick.next.map(|next| Duration::from_secs(next.duration_since(now).as_secs().max(1) as u64));
     finish(d, jobs, requeue)
+}
+
+/// The latest successful time, and the finished jobs beyond the history limits (to delete).
+fn keep_history(
+    spec: &BackgroundJobScheduleSpec,
+    jobs: &[ScheduledJob],
+    old: &BackgroundJobScheduleStatus,
+    d: &mut ScheduleDecision,
+) {
+    let succeeded = jobs.iter().filter(|j| j.phase == Some(Phase::Succeeded));
+    let last_success = succeeded.filter_map(|j| j.completion_time).max();
+    if let Some(t) = last_success.filter(|t| old.last_successful_time.as_ref().is_none_or(|o| o.0 < *t)) {
+        d.status.last_successful_time = Some(time(t));
+    }
+    d.delete = beyond_history(spec, jobs);
+    for name in &d.delete {
+        d.events.push(
+            EventNote::normal(EventReason::SuccessfulDelete, format!("deleted finished job {name} (history limit)"))
+                .about(Related::Job(name.clone())),
+        );
+    }
+}
+
+/// The latest scheduled time run. A job's scheduled time counts as run even if the status never
+/// said so (the operator stopped between creating the job and writing the status).
+fn last_scheduled(old: &BackgroundJobScheduleStatus, jobs: &[ScheduledJob]) -> Option<Timestamp> {
+    old.last_schedule_time.as_ref().map(|t| t.0).into_iter().chain(jobs.iter().filter_map(|j| j.scheduled_at)).max()
 }
 
 /// The run at `run` is skipped: its job's name is someone else's job. It counts as passed, as a
