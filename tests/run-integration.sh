@@ -33,4 +33,9 @@ else
   heavy=bounds::five_thousand_failing_shards_keep_the_status_small_and_the_job_ends_failed
   cargo test --test integration -- --skip "$heavy"
   cargo test --test integration -- --exact "$heavy"
+  # The fault matrix's short form (tests/chaos): per seed, the chart in a namespace of its own
+  # and one bulk-import job on the real node meeting three faults the seed picks (seeds 1-3:
+  # evict, force-delete, freeze, SIGKILL, leader delete, force-delete and SIGSTOP); invariants
+  # from the event log. `make chaos` runs any seed, longer, and the API server and kubelet restarts.
+  NIGHTSHIFT_CHAOS=1 CHAOS_SEEDS="${CHAOS_SEEDS:-1,2,3}" CHAOS_DURATION=0 cargo test --test chaos
 fi

@@ -150,8 +150,7 @@ async fn run_seed(cfg: &Config, seed: u64) -> Outcome {
     out.violations.extend(check::single_attempt(&recs));
     out.violations.extend(check::noted(&recs));
     out.violations.extend(check::crd_skew(&recs));
-    let (timeout, interval) = (scenario::HEARTBEAT_TIMEOUT as f64, scenario::HEARTBEAT_INTERVAL as f64);
-    let (detections, late) = check::detections(&recs, timeout, interval);
+    let (detections, late) = check::detections(&recs, scenario::HEARTBEAT_TIMEOUT as f64);
     out.detections = detections;
     out.violations.extend(late);
     for w in watches {

@@ -330,6 +330,40 @@ async fn deleting_a_heartbeat_job_leaves_nothing_of_it() {
     .await;
 }
 
+/// A restarted operator (a new leader) times a silent worker from its last renewal, as the API
+/// server stamped it, not from when it first saw the Lease or the running pod: the operator down
+/// for 20 of the 30 s, the attempt fails about 10 s after the restart, not 30.
+#[tokio::test]
+async fn a_restarted_operator_times_a_silent_worker_from_its_last_renewal() {
+    let (f, operator) = fixture("hb-restart").await;
+    f.create("quiet", heartbeat_job(30, None)).await;
+    f.wait_live("quiet", 1).await;
+    sim::mark_running(&f.pods, "quiet-0-1").await.unwrap();
+    let leases: Api<Lease> = f.ns.api();
+    wait_until("quiet's Lease", WAIT, || async {
+        renew(&leases, "quiet-0", "quiet-0-1", Timestamp::now(), None).await.map_err(|e| e.to_string())
+    })
+    .await;
+    let renewed = tokio::time::Instant::now();
+    operator.kill().await;
+    while renewed.elapsed() < Duration::from_secs(20) {
+        assert_eq!(f.live_pods("quiet").await.len(), 1, "no operator runs: nothing judges the worker");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let _restarted = Operator::start(&f.client, &f.ns.name).await;
+    // 30 s after the renewal is 10 s from here; a full timeout from the restart would be 30 s.
+    wait_until(
+        "the silent attempt to fail before a full timeout from the restart",
+        Duration::from_secs(22),
+        || async {
+            let live: Vec<String> = f.live_pods("quiet").await.iter().map(|p| p.name_any()).collect();
+            if live.iter().any(|n| n == "quiet-0-1") { Err(format!("live {live:?}")) } else { Ok(()) }
+        },
+    )
+    .await;
+    f.wait_event("quiet", "AttemptFailed", "HeartbeatTimeout").await;
+}
+
 #[tokio::test]
 async fn agent_injection_wraps_the_worker_and_needs_an_agent_image() {
     let (f, operator) = fixture("hb-inject").await;

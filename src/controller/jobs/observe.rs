@@ -2,6 +2,7 @@
 
 use k8s_openapi::{
     api::{coordination::v1::Lease, core::v1::Pod},
+    apimachinery::pkg::apis::meta::v1::{ManagedFieldsEntry, Time},
     jiff::Timestamp,
 };
 use kube::ResourceExt;
@@ -17,7 +18,7 @@ pub struct LeaseMemory {
     holder: Option<String>,
     renew: Option<String>,
     renewed_at: Option<Timestamp>,
-    /// The renewTime read at first sight, until a renewal is seen.
+    /// When the API server stamped the renewal found at first sight, until a renewal is seen.
     first_sight: Option<Timestamp>,
     done: Option<i64>,
     progress_at: Option<Timestamp>,
@@ -34,11 +35,11 @@ impl LeaseMemory {
         if holder != self.holder {
             // A new attempt: what the Lease holds from the one before is no heartbeat of this one.
             let first_sight = self.holder.is_none() && self.renew.is_none();
-            let renew_time = spec.and_then(|s| s.renew_time.as_ref()).map(|t| t.0);
+            let stamp = lease.managed_fields().iter().find_map(|m| m.time.as_ref()).map(|t| t.0);
             *self = LeaseMemory {
                 holder,
                 renewed_at: if first_sight { renew.as_ref().map(|_| now) } else { None },
-                first_sight: renew_time.filter(|_| first_sight),
+                first_sight: stamp.filter(|_| first_sight && renew.is_some()),
                 renew,
                 done,
                 progress_at: None,
@@ -55,6 +56,23 @@ impl LeaseMemory {
             self.progress_at = Some(now);
         }
     }
+}
+
+/// When the API server last stamped a change of the Lease's renewTime: the time of the
+/// managedFields entry that owns `spec.renewTime` (the server sets it, on its clock, whenever that
+/// manager's write changed a field; a worker's clock plays no part). None when no entry owns it.
+pub fn renewal_stamp(lease: &Lease) -> Option<Timestamp> {
+    lease
+        .managed_fields()
+        .iter()
+        .filter(|m| m.fields_v1.as_ref().is_some_and(|f| f.0["f:spec"].get("f:renewTime").is_some()))
+        .filter_map(|m| m.time.as_ref().map(|t| t.0))
+        .max()
+}
+
+/// The one managedFields entry a cached Lease keeps: the renewal's stamp, nothing else.
+pub fn stamp_entry(time: Timestamp) -> ManagedFieldsEntry {
+    ManagedFieldsEntry { time: Some(Time(time)), ..Default::default() }
 }
 
 /// The view of shard S's Lease of job `job`, or None when it is not one the operator made: its
@@ -77,7 +95,7 @@ pub fn lease_view(job: &str, lease: &Lease, memory: Option<&LeaseMemory>) -> Opt
         shard,
         holder,
         last_renewal: memory.and_then(|m| m.renewed_at),
-        first_sight_renew_time: memory.and_then(|m| m.first_sight),
+        renewal_stamp_at_first_sight: memory.and_then(|m| m.first_sight),
         progress: progress(lease),
         progress_since: memory.and_then(|m| m.progress_at),
         result,
@@ -240,6 +258,48 @@ mod tests {
         for holder in [Some("job-10-1"), Some("job-0-1"), Some("job-1"), Some("job-1-x"), Some("other-1-1"), None] {
             assert_eq!(lease_view("job", &lease("job-1", holder, "1"), None), None, "holder {holder:?}");
         }
+    }
+
+    /// A Lease the operator created (holder) and a worker renewed, as the API server records it.
+    fn renewed(renew: &str, operator_at: &str, worker_at: &str) -> Lease {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "job-0", "managedFields": [
+                {"manager": "nightshift", "operation": "Apply", "time": operator_at,
+                 "fieldsType": "FieldsV1", "fieldsV1": {"f:spec": {"f:holderIdentity": {}}}},
+                {"manager": "agent", "operation": "Update", "time": worker_at,
+                 "fieldsType": "FieldsV1", "fieldsV1": {"f:spec": {"f:renewTime": {}}, "f:metadata": {}}},
+            ]},
+            "spec": {"holderIdentity": "job-0-1", "renewTime": renew},
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_renewal_found_at_first_sight_carries_the_servers_stamp_until_one_is_seen() {
+        let at = |s: &str| s.parse::<Timestamp>().unwrap();
+        // The worker's clock says 1999: the stamp is the server's.
+        let mut lease = renewed("1999-01-01T00:00:00.000000Z", "2026-12-05T10:00:00Z", "2026-12-05T10:00:05Z");
+        assert_eq!(renewal_stamp(&lease), Some(at("2026-12-05T10:00:05Z")));
+        crate::controller::watches::lean_lease(&mut lease);
+        assert_eq!(lease.managed_fields().len(), 1, "the cache keeps the stamp alone");
+        let mut memory = LeaseMemory::default();
+        memory.observe(&lease, at("2026-12-05T10:00:20Z"));
+        let view = lease_view("job", &lease, Some(&memory)).unwrap();
+        assert_eq!(view.last_renewal, Some(at("2026-12-05T10:00:20Z")));
+        assert_eq!(view.renewal_stamp_at_first_sight, Some(at("2026-12-05T10:00:05Z")));
+        // The next renewal is seen happen: the operator's own clock from then on.
+        let mut next = renewed("1999-01-01T00:00:03.000000Z", "2026-12-05T10:00:00Z", "2026-12-05T10:00:21Z");
+        crate::controller::watches::lean_lease(&mut next);
+        memory.observe(&next, at("2026-12-05T10:00:22Z"));
+        let view = lease_view("job", &next, Some(&memory)).unwrap();
+        assert_eq!(view.last_renewal, Some(at("2026-12-05T10:00:22Z")));
+        assert_eq!(view.renewal_stamp_at_first_sight, None);
+        // A Lease no one renewed yet (the operator's alone) has no stamp.
+        let fresh: Lease = serde_json::from_value(serde_json::json!({"metadata": {"name": "job-0", "managedFields": [
+            {"manager": "nightshift", "operation": "Apply", "time": "2026-12-05T10:00:00Z",
+             "fieldsType": "FieldsV1", "fieldsV1": {"f:spec": {"f:holderIdentity": {}}}}]}}))
+        .unwrap();
+        assert_eq!(renewal_stamp(&fresh), None);
     }
 
     #[test]

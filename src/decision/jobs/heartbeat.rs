@@ -27,7 +27,7 @@ pub(super) fn heartbeat_failure(
     }
     let baseline = pod.running_since.unwrap_or(now).max(entry.start_time.0);
     let lease = lease.filter(|l| l.holder.as_deref() == Some(pod.name.as_str()));
-    let beat = lease.and_then(|l| last_beat(l, hb)).map_or(baseline, |b| b.max(baseline));
+    let beat = last_beat(lease, baseline, entry.start_time.0);
     let silent_at = plus(beat, i64::from(hb.timeout_seconds));
     if now >= silent_at {
         return Some(Failure {
@@ -59,16 +59,17 @@ pub(super) fn heartbeat_failure(
     None
 }
 
-/// When the worker last renewed, as far as the operator can tell. A renewal it saw happen counts
-/// when it saw it (its own clock). One it only found already there (it started since: a leader
-/// change) counts when the worker wrote it, on the worker's clock, but never later than it was
-/// found, nor earlier than two heartbeat intervals before the timeout from then: a silent worker
-/// is not given a fresh timeout by every new leader, and a live worker whose clock runs behind
-/// keeps two intervals to renew where the operator sees it.
-pub(super) fn last_beat(lease: &LeaseView, hb: &Heartbeat) -> Option<Timestamp> {
-    let seen = lease.last_renewal?;
-    let Some(written) = lease.first_sight_renew_time else { return Some(seen) };
-    let grace = (2 * i64::from(hb.interval_seconds)).min(i64::from(hb.timeout_seconds));
-    let earliest = plus(seen, grace - i64::from(hb.timeout_seconds));
-    Some(written.max(earliest).min(seen))
+/// When the worker last renewed, as far as the operator can tell, or else `baseline` (when the
+/// operator saw its pod start running: a worker gets a full timeout for its first renewal). A
+/// renewal the operator saw happen counts when it saw it (its own clock). One it only found
+/// already there (it started since: a leader change) counts when the API server stamped it, never
+/// later than it was found nor before the attempt started: the renewal shows the worker ran then,
+/// so neither the first sight of the renewal nor of the running pod restarts a silent worker's
+/// timeout, and a worker's clock plays no part.
+fn last_beat(lease: Option<&LeaseView>, baseline: Timestamp, started: Timestamp) -> Timestamp {
+    let Some(seen) = lease.and_then(|l| l.last_renewal) else { return baseline };
+    match lease.and_then(|l| l.renewal_stamp_at_first_sight) {
+        Some(stamped) => stamped.min(seen).max(started),
+        None => seen.max(baseline),
+    }
 }

@@ -110,9 +110,10 @@ pub struct LeaseView {
     /// When renewTime was last seen to change (None: never renewed).
     pub last_renewal: Option<Timestamp>,
     /// While `last_renewal` is only the first sight of a renewed Lease (this process started
-    /// after the renewal): the renewTime the worker wrote, on its clock. The core credits it, in
-    /// bounds, so that a leader change does not restart a silent worker's timeout.
-    pub first_sight_renew_time: Option<Timestamp>,
+    /// after the renewal): when the API server stamped that renewal (its managedFields time, on
+    /// the server's clock, not the worker's). The core credits it, so that a leader change does
+    /// not restart a silent worker's timeout.
+    pub renewal_stamp_at_first_sight: Option<Timestamp>,
     /// The progress the worker reported.
     pub progress: Option<ShardProgress>,
     /// When the reported done count was last seen to change.

@@ -29,7 +29,7 @@ fn lease(renewed: Option<i64>, progress: Option<(i64, i64, i64)>) -> LeaseView {
         progress: progress.map(|(done, total, _)| ShardProgress { done, total, message: "rows".into() }),
         progress_since: progress.map(|(_, _, at)| t0() + SignedDuration::from_secs(at)),
         result: None,
-        first_sight_renew_time: None,
+        renewal_stamp_at_first_sight: None,
     }
 }
 
@@ -47,31 +47,30 @@ fn a_silent_worker_fails_with_heartbeat_timeout() {
     assert!(failure.message.contains("no heartbeat for 10s"), "{}", failure.message);
 }
 
-/// A new leader (started at 6 s) finds a Lease renewed at 4 s by the worker's clock and sees
-/// no renewal after: the timeout (10 s) runs from 4 s, not from when it looked; a worker whose
-/// clock runs behind still gets two intervals (2 s each) from then to renew where it is seen.
+/// A new leader (started at 6 s) finds the pod running and a Lease whose renewal the API server
+/// stamped at 4 s, and sees no renewal after: the timeout (10 s) runs from 4 s, not from when it
+/// first saw either.
 #[test]
-fn a_new_leader_credits_the_renewal_it_found_within_bounds() {
+fn a_new_leader_counts_a_renewal_it_found_from_the_servers_stamp() {
     let mut job = hb_job(None);
-    let pods = started(&mut job);
-    let found = |written: i64| LeaseView { first_sight_renew_time: Some(at(written)), ..lease(Some(6), None) };
-    // Written at 4 s: silent from 14 s, as the old leader would have judged.
+    let mut pods = started(&mut job);
+    pods[0].running_since = Some(at(6));
+    let found = |stamped: i64| LeaseView { renewal_stamp_at_first_sight: Some(at(stamped)), ..lease(Some(6), None) };
     let d = decide(&Observed::new(&job, &pods).leases(&[found(4)]), at(13));
     assert!(d.delete.is_empty());
     assert_eq!(d.requeue_after, Some(std::time::Duration::from_secs(1)));
     let d = decide(&Observed::new(&job, &pods).leases(&[found(4)]), at(14));
     assert_eq!(d.delete, vec!["j-0-1".to_string()]);
-    // Written an hour "ago" (a clock behind): two intervals from the first sight, not at once.
-    let d = decide(&Observed::new(&job, &pods).leases(&[found(-3600)]), at(9));
-    assert!(d.delete.is_empty(), "{:?}", d.delete);
-    assert_eq!(d.requeue_after, Some(std::time::Duration::from_secs(1)));
-    assert_eq!(decide(&Observed::new(&job, &pods).leases(&[found(-3600)]), at(10)).delete.len(), 1);
-    // Written in the future (a clock ahead): no more than a full timeout from the first sight.
-    let d = decide(&Observed::new(&job, &pods).leases(&[found(3600)]), at(16));
-    assert_eq!(d.delete, vec!["j-0-1".to_string()]);
-    // A renewal seen since counts when it was seen: the written time no longer matters.
-    let seen = LeaseView { first_sight_renew_time: None, ..found(-3600) };
+    // A stamp after the first sight (the operator's clock behind the server's): a full timeout
+    // from the first sight, no more.
+    assert!(decide(&Observed::new(&job, &pods).leases(&[found(3600)]), at(15)).delete.is_empty());
+    assert_eq!(decide(&Observed::new(&job, &pods).leases(&[found(3600)]), at(16)).delete.len(), 1);
+    // A renewal seen since counts when it was seen: the stamp no longer matters.
+    let seen = LeaseView { renewal_stamp_at_first_sight: None, ..found(-3600) };
     assert!(decide(&Observed::new(&job, &pods).leases(&[seen]), at(15)).delete.is_empty());
+    // A stamp from before the attempt started is no renewal of it: the timeout runs from its start.
+    assert!(decide(&Observed::new(&job, &pods).leases(&[found(-3600)]), at(9)).delete.is_empty());
+    assert_eq!(decide(&Observed::new(&job, &pods).leases(&[found(-3600)]), at(10)).delete.len(), 1);
 }
 
 #[test]
@@ -159,7 +158,7 @@ fn job_progress_counts_finished_shards_and_partial_ones() {
         progress: Some(ShardProgress { done, total: 100, message: String::new() }),
         progress_since: Some(t0()),
         result: Some(json!({"created": done, "errors": [format!("e{shard}")]})),
-        first_sight_renew_time: None,
+        renewal_stamp_at_first_sight: None,
     };
     let leases = [progress(0, 100, "j-0-1"), progress(1, 50, "j-1-1"), progress(2, 25, "j-2-1")];
     let d = decide(&Observed::new(&job, &w.pods).leases(&leases), t0());
