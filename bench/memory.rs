@@ -7,7 +7,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use kube::{Api, api::DynamicObject};
+use k8s_openapi::api::core::v1::ServiceAccount;
+use kube::{
+    Api, ResourceExt,
+    api::{ApiResource, DynamicObject},
+};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
@@ -61,6 +65,12 @@ pub(crate) async fn pod_memory(ctx: &RunCtx<'_>, pods: usize) -> Res<PodMemory> 
         v["spec"]["schedulerName"] = json!(nightshift::sim::SCHEDULER_NAME);
         v
     };
+    // The pods name the job's worker ServiceAccount: the API server admits them only once it exists.
+    let account = nightshift::decision::build::access::worker_account(&job.name_any());
+    let accounts: Api<DynamicObject> =
+        Api::namespaced_with(ctx.admin.clone(), ns, &ApiResource::erase::<ServiceAccount>(&()));
+    create_all(accounts, vec![json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": account}})], 1)
+        .await;
     let api: Api<DynamicObject> = Api::namespaced_with(ctx.admin.clone(), ns, &pod_resource());
     let t0 = Instant::now();
     let failures = create_all(api.clone(), (0..pods).map(worker).collect(), ctx.s.in_flight).await;
