@@ -127,7 +127,16 @@ pub fn detections(recs: &[Rec], timeout: f64) -> (Vec<Detection>, Vec<String>) {
                 && deleted.is_none_or(|d| r.t < d.t)
                 && matches!(r.name.as_str(), "evict" | "force-delete")
         });
-        if struck {
+        // A worker whose container ended as it was frozen (its pod Succeeded or Failed) is no
+        // silent worker: nothing is to detect.
+        let ended = recs.iter().any(|r| {
+            r.kind == "pod"
+                && r.name == pod
+                && r.t >= freeze.t
+                && deleted.is_none_or(|d| r.t <= d.t)
+                && matches!(r.data["phase"].as_str(), Some("Succeeded" | "Failed"))
+        });
+        if struck || ended {
             continue;
         }
         let end = deleted.map_or(f64::MAX, |d| d.t);
@@ -290,6 +299,15 @@ pub fn self_test() -> Result<(), String> {
     let late = [note("fault", "freeze", 2.0, serde_json::json!({"pod": "j-0-1"})), pod("j-0-1", 30, "Running", true)];
     if detections(&late, 15.0).1.len() != 1 || detections(&late[..1], 15.0).1.len() != 1 {
         return Err("detections: a late or a missing detection passed".into());
+    }
+    // Frozen as its container ended: Succeeded, deleted with the job much later, no violation.
+    let ended = [
+        note("fault", "freeze", 2.0, serde_json::json!({"pod": "j-0-1"})),
+        pod("j-0-1", 3, "Succeeded", false),
+        pod("j-0-1", 60, "Succeeded", true),
+    ];
+    if !detections(&ended, 15.0).1.is_empty() {
+        return Err("detections: a worker that ended as it was frozen counted as a late detection".into());
     }
     let sched = |name: &str| rec("job", name, 1, serde_json::json!({"schedule": "s"}));
     let ran = [sched("s-100"), sched("s-102"), sched("s-103")];
