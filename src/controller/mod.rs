@@ -11,6 +11,7 @@
 mod events;
 mod expectations;
 pub(crate) mod jobs;
+mod lean;
 pub(crate) mod schedules;
 mod triggers;
 mod watches;

@@ -22,8 +22,9 @@ use super::{
     jobs::{
         chains,
         context::{Context, occupies_worker},
-        observe, orphans, reconcile, templates,
+        orphans, reconcile, templates,
     },
+    lean::{lean, lean_lease, lean_pod},
     now, schedules,
     triggers::{self, Fanout},
 };
@@ -352,28 +353,6 @@ where
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
     }
-}
-
-/// Drops managedFields before an object enters a cache: decisions never read them, and they are
-/// often half of an object's size (measured: a BackgroundJob is 5.4 KB with them, 2.0 KB without).
-fn lean<K: Resource>(object: &mut K) {
-    object.meta_mut().managed_fields = None;
-}
-
-/// A worker pod as the operator keeps it: metadata and status. Nothing it decides reads the spec
-/// (the pod view, the budget, the orphan release read labels, owners, finalizers and status),
-/// and the spec is most of a worker pod (the user's containers, the agent, volumes): measured in
-/// A Lease as the operator keeps it: of its managedFields only when its renewTime last changed,
-/// as the API server stamped it (see [`observe::renewal_stamp`]).
-pub(super) fn lean_lease(lease: &mut Lease) {
-    let stamp = observe::renewal_stamp(lease);
-    lease.metadata.managed_fields = stamp.map(|time| vec![observe::stamp_entry(time)]);
-}
-
-/// `make bench` (its memory run with 100,000 pods).
-fn lean_pod(pod: &mut Pod) {
-    lean(pod);
-    pod.spec = None;
 }
 
 #[cfg(test)]

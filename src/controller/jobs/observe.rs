@@ -280,7 +280,7 @@ mod tests {
         // The worker's clock says 1999: the stamp is the server's.
         let mut lease = renewed("1999-01-01T00:00:00.000000Z", "2026-12-05T10:00:00Z", "2026-12-05T10:00:05Z");
         assert_eq!(renewal_stamp(&lease), Some(at("2026-12-05T10:00:05Z")));
-        crate::controller::watches::lean_lease(&mut lease);
+        crate::controller::lean::lean_lease(&mut lease);
         assert_eq!(lease.managed_fields().len(), 1, "the cache keeps the stamp alone");
         let mut memory = LeaseMemory::default();
         memory.observe(&lease, at("2026-12-05T10:00:20Z"));
@@ -289,7 +289,7 @@ mod tests {
         assert_eq!(view.renewal_stamp_at_first_sight, Some(at("2026-12-05T10:00:05Z")));
         // The next renewal is seen happen: the operator's own clock from then on.
         let mut next = renewed("1999-01-01T00:00:03.000000Z", "2026-12-05T10:00:00Z", "2026-12-05T10:00:21Z");
-        crate::controller::watches::lean_lease(&mut next);
+        crate::controller::lean::lean_lease(&mut next);
         memory.observe(&next, at("2026-12-05T10:00:22Z"));
         let view = lease_view("job", &next, Some(&memory)).unwrap();
         assert_eq!(view.last_renewal, Some(at("2026-12-05T10:00:22Z")));
