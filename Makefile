@@ -13,11 +13,11 @@ help: ## list the targets
 run: ## a one-node cluster, the chart installed, an example job run on real pods and watched (root)
 	tests/run-local.sh
 
-build: ## build the nightshift binary
-	$(CARGO) build
+build: ## build the nightshift and kubectl-nightshift binaries
+	$(CARGO) build --workspace
 
 plugin: ## install kubectl-nightshift into ~/.cargo/bin, so that `kubectl nightshift` works
-	$(CARGO) install --locked --path . --bin kubectl-nightshift
+	$(CARGO) install --locked --path crates/plugin
 
 crd: ## regenerate crds/nightshift.yaml (the CRDs) from the code (and the chart's copy)
 	$(CARGO) run -q -- crd > crds/nightshift.yaml
@@ -28,10 +28,10 @@ chart-crd: ## copy crds/nightshift.yaml into the Helm chart
 
 lint: ## cargo fmt --check and clippy with warnings denied
 	$(CARGO) fmt --all -- --check
-	$(CARGO) clippy --all-targets -- -D warnings
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
 unit: ## unit and property tests (no cluster)
-	$(CARGO) test --lib --bins --test chart
+	$(CARGO) test --workspace --lib --bins --test chart
 
 integration: ## integration tests; starts the control plane if it is not up, and stops what it started
 	tests/run-integration.sh

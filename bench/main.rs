@@ -12,6 +12,9 @@
 //! nightshift-simulator`), so no kube-scheduler or kubelet of the cluster touches them.
 //! Then a memory run: 10,000 suspended BackgroundJobs, the operator started twice on them, then
 //! a third time with 100,000 worker pods beside them (the pod cache's memory).
+//!
+//! The nightshift-bench crate of the workspace (bench/): it depends on every other crate but the
+//! plugin; nothing depends on it.
 //! Results: BENCHMARKS.md (rewritten after each run) and target/bench/results.json.
 //!
 //! Settings (environment): BENCH_N (default "100,1000"), BENCH_QPS ("0,100,20"; 0: no client
@@ -77,7 +80,8 @@ pub(crate) fn list<T: std::str::FromStr>(s: &str) -> Vec<T> {
 
 impl Settings {
     pub(crate) fn from_env() -> Res<Self> {
-        let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+        // This crate is bench/ in the workspace.
+        let repo = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/.."));
         let bin = run_out(Command::new(repo.join("tests/cluster/build-binaries.sh")))?.trim().to_string();
         let work = repo.join("target/bench");
         fs::create_dir_all(&work)?;

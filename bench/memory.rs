@@ -55,18 +55,18 @@ pub(crate) struct PodMemory {
 pub(crate) async fn pod_memory(ctx: &RunCtx<'_>, pods: usize) -> Res<PodMemory> {
     let ns = Side::Nightshift.namespace();
     let text = fs::read_to_string(ctx.s.repo.join("examples/bulk-import.yaml"))?;
-    let mut job: nightshift::api::BackgroundJob = serde_yaml_ng::from_str(&text)?;
+    let mut job: nightshift_api::BackgroundJob = serde_yaml_ng::from_str(&text)?;
     job.metadata.namespace = Some(ns.into());
     let image = format!("nightshift:{}", env!("CARGO_PKG_VERSION"));
     let worker = |i: usize| {
-        let pod = nightshift::decision::build::pod::worker_pod(&job, i as i32, 1, Some(&image), None);
+        let pod = nightshift_core::build::pod::worker_pod(&job, i as i32, 1, Some(&image), None);
         let mut v = serde_json::to_value(pod).expect("a pod serializes");
         v["metadata"]["ownerReferences"] = Value::Null;
         v["spec"]["schedulerName"] = json!(nightshift::sim::SCHEDULER_NAME);
         v
     };
     // The pods name the job's worker ServiceAccount: the API server admits them only once it exists.
-    let account = nightshift::decision::build::access::worker_account(&job.name_any());
+    let account = nightshift_core::build::access::worker_account(&job.name_any());
     let accounts: Api<DynamicObject> =
         Api::namespaced_with(ctx.admin.clone(), ns, &ApiResource::erase::<ServiceAccount>(&()));
     create_all(accounts, vec![json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": account}})], 1)

@@ -28,4 +28,4 @@ trap 'tests/cluster/cluster.sh down >/dev/null 2>&1 || true' EXIT
 $CARGO build --release --bin nightshift
 # A whole bench is bounded: runs * sides * BENCH_RUN_TIMEOUT at worst; `timeout` caps it anyway.
 timeout --signal=INT --kill-after=60 "${BENCH_TOTAL_TIMEOUT:-14400}" \
-  $CARGO bench --bench bench -- "$@"
+  $CARGO bench -p nightshift-bench --bench bench -- "$@"

@@ -62,7 +62,7 @@ struct ControllerFlags {
     agent_image: Option<String>,
     /// Heartbeats, progress, readiness and shard successes in the middle of a job change its
     /// status at most once per this many seconds.
-    #[arg(long, default_value_t = nightshift::decision::FOLD_SECONDS, value_parser = clap::value_parser!(i64).range(1..))]
+    #[arg(long, default_value_t = nightshift_core::FOLD_SECONDS, value_parser = clap::value_parser!(i64).range(1..))]
     status_fold_seconds: i64,
 }
 
@@ -127,7 +127,7 @@ enum Command {
         #[arg(long, default_value_t = 3)]
         run_seconds: u64,
         /// Label selector of the pods to play.
-        #[arg(long, default_value = nightshift::api::LABEL_JOB)]
+        #[arg(long, default_value = nightshift_api::LABEL_JOB)]
         selector: String,
     },
     /// Run a worker command and heartbeat for it: renew the shard's Lease (NIGHTSHIFT_LEASE),
@@ -152,7 +152,7 @@ async fn main() -> std::process::ExitCode {
     operator::init_logging(&cli.log_level, cli.log_format == LogFormat::Json);
     // The agent's exit code is its command's, not a success or failure of its own.
     if let Command::Agent { grace_seconds, command } = cli.command {
-        let code = nightshift::worker::agent::run(&command, Duration::from_secs(grace_seconds)).await;
+        let code = nightshift_worker::agent::run(&command, Duration::from_secs(grace_seconds)).await;
         return std::process::ExitCode::from(code);
     }
     match run(cli.command).await {
@@ -170,7 +170,7 @@ async fn run(command: Command) -> Result<(), Box<dyn std::error::Error>> {
         Command::Crd => {
             use std::io::Write;
             // `nightshift crd | head` closes the pipe early: not an error.
-            match std::io::stdout().write_all(nightshift::api::crd::crds_yaml().as_bytes()) {
+            match std::io::stdout().write_all(nightshift_api::crd::crds_yaml().as_bytes()) {
                 Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
                 written => written?,
             }
@@ -209,7 +209,7 @@ async fn run_operator(flags: RunFlags) -> Result<(), Box<dyn std::error::Error>>
         concurrency: controller.concurrency,
         agent_image: controller.agent_image,
         fold_seconds: controller.status_fold_seconds,
-        budget: nightshift::decision::jobs::queue::Budget {
+        budget: nightshift_core::jobs::queue::Budget {
             total: budget_of(budget.max_workers),
             per_namespace: budget_of(budget.max_workers_per_namespace),
         },

@@ -31,10 +31,9 @@ use kube::{
 use serde_json::json;
 use tracing::{info, warn};
 
-use crate::{
-    api,
-    worker::{Heartbeat, WorkerEnv},
-};
+use nightshift_api as api;
+
+use nightshift_worker::{Heartbeat, WorkerEnv};
 
 /// The `spec.schedulerName` of pods the simulator plays. No scheduler of that name exists:
 /// kube-scheduler schedules only pods that name it (or none), so these pods are never bound to

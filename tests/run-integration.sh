@@ -25,6 +25,8 @@ if [[ -n "$replicas" && "$replicas" != 0 ]]; then
   # (Only on a cluster that was already up, so no other EXIT trap is set.)
   trap 'kubectl --kubeconfig "$KUBECONFIG_PATH" -n nightshift scale deployment nightshift --replicas "$replicas" >/dev/null || true' EXIT
 fi
+# The plugin's tests run kubectl-nightshift as built: it is another crate's binary (crates/plugin).
+cargo build -p nightshift-plugin
 if (($# > 0)); then
   cargo test --test integration -- "$@"
 else

@@ -16,7 +16,7 @@
 #   FAIL_EXIT_CODE  when set, exit with this code after the first batch (to try out retries)
 #
 # Lines starting with `::nightshift::` are directives for the agent that wraps this command
-# (src/worker/directive.rs); it puts them on the shard's heartbeat Lease:
+# (crates/worker/src/directive.rs); it puts them on the shard's heartbeat Lease:
 #   ::nightshift:: progress DONE/TOTAL message     after each batch
 #   ::nightshift:: checkpoint done=D imported=I        after each batch: rows committed so far
 #   ::nightshift:: result {"imported": N, "shard": S}   once, at the end

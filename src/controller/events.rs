@@ -13,11 +13,9 @@ use kube::{
 use tracing::{debug, info, warn};
 
 use super::jobs::context::Context;
-use crate::{
-    api::{BackgroundJob, BackgroundJobTemplate, reasons::EventReason},
-    decision::{EventNote, Related},
-    operator::Metrics,
-};
+use crate::operator::Metrics;
+use nightshift_api::{BackgroundJob, BackgroundJobTemplate, reasons::EventReason};
+use nightshift_core::{EventNote, Related};
 
 /// A merged note stops growing at this many bytes; the next starts an event of its own.
 const MERGE_UP_TO: usize = 512;

@@ -1,4 +1,4 @@
-//! The imperative shell around [`crate::decision`]: the watches, and a controller per kind that
+//! The imperative shell around [`nightshift_core`]: the watches, and a controller per kind that
 //! carries the core's decisions out.
 //!
 //! - `watches.rs`: every watch and cache, what each change wakes, and `run_with_metrics`, which
@@ -23,11 +23,11 @@ use k8s_openapi::jiff::Timestamp;
 use kube::{Resource, ResourceExt, runtime::controller::Action};
 use tracing::warn;
 
-use crate::{
-    api::BackgroundJobSchedule,
-    decision::{self, jobs::queue::Budget},
-    operator::{Metrics, metrics::ErrorLabel},
-};
+use crate::operator::{Metrics, metrics::ErrorLabel};
+
+use nightshift_api::BackgroundJobSchedule;
+
+use nightshift_core::jobs::queue::Budget;
 
 pub use jobs::observe::{lease_view, pod_view};
 pub use watches::{run, run_with_metrics};
@@ -73,7 +73,7 @@ impl Default for Options {
             debounce: Duration::from_millis(50),
             concurrency: 64,
             agent_image: None,
-            fold_seconds: decision::FOLD_SECONDS,
+            fold_seconds: nightshift_core::FOLD_SECONDS,
             budget: Budget::default(),
         }
     }

@@ -113,12 +113,12 @@ pub(super) mod tests {
     use kube::runtime::{reflector, watcher::Event};
 
     use super::*;
-    use crate::api::BackgroundJob;
+    use nightshift_api::BackgroundJob;
 
     fn job(name: &str) -> BackgroundJob {
         let spec =
             serde_json::json!({"shards": 1, "template": {"spec": {"containers": [{"name": "w", "image": "w"}]}}});
-        crate::api::job_fixture::job(name, spec).namespace("ns").build()
+        nightshift_api::job_fixture::job(name, spec).namespace("ns").build()
     }
 
     fn pod_of(job: &str, name: &str) -> Pod {

@@ -28,10 +28,8 @@ use super::{
     now, schedules,
     triggers::{self, Fanout},
 };
-use crate::{
-    api::{self, BackgroundJob, BackgroundJobSchedule, BackgroundJobTemplate},
-    operator::Metrics,
-};
+use crate::operator::Metrics;
+use nightshift_api::{BackgroundJob, BackgroundJobSchedule, BackgroundJobTemplate};
 
 /// Runs the controller until `shutdown` resolves.
 pub async fn run(
@@ -121,7 +119,7 @@ fn job_context(
     wake: Wake<BackgroundJob>,
     filled: Filled,
 ) -> Arc<Context> {
-    let reporter = Reporter { controller: api::MANAGER.into(), instance: std::env::var("POD_NAME").ok() };
+    let reporter = Reporter { controller: nightshift_api::MANAGER.into(), instance: std::env::var("POD_NAME").ok() };
     Arc::new(Context {
         client: client.clone(),
         recorder: Recorder::new(client.clone(), reporter),
@@ -162,7 +160,7 @@ fn job_controller(
 
 /// Only our pods and Leases, by label: the operator never caches the rest of the cluster.
 fn selected() -> watcher::Config {
-    watcher::Config::default().labels(api::LABEL_JOB)
+    watcher::Config::default().labels(nightshift_api::LABEL_JOB)
 }
 
 /// A cache of `api`'s objects (made `lean` on the way in), and the watch that fills it.

@@ -12,7 +12,9 @@ use kube::{
 use serde::{Serialize, de::DeserializeOwned};
 use tracing::debug;
 
-use crate::{api, operator::Metrics};
+use crate::operator::Metrics;
+
+use nightshift_api as api;
 
 /// How soon an object whose status write was fenced off is decided again, should the newer
 /// version not have woken it by then.

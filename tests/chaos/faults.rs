@@ -102,7 +102,7 @@ pub async fn inject(env: &Env, log: &Arc<EventLog>, rng: &mut Rng, fault: Fault)
 async fn running_workers(env: &Env, rng: &mut Rng) -> Result<Vec<Pod>, String> {
     let list = env
         .api::<Pod>()
-        .list(&ListParams::default().labels(nightshift::api::LABEL_JOB))
+        .list(&ListParams::default().labels(nightshift_api::LABEL_JOB))
         .await
         .map_err(|e| e.to_string())?;
     let mut running: Vec<Pod> = list

@@ -20,7 +20,7 @@ use kube::{
     api::{ApiResource, DynamicObject},
     runtime::{WatchStreamExt, watcher},
 };
-use nightshift::api::BackgroundJob;
+use nightshift_api::BackgroundJob;
 use serde_json::{Value, json};
 
 /// One line of the log.
@@ -130,7 +130,7 @@ fn job_summary(job: &DynamicObject) -> Value {
         "phase": status["phase"], "result": status["result"], "shards": status["shards"]["summary"],
         "succeededShards": status["succeededShards"], "resultShards": status["resultShards"],
         "active": status["active"].as_array().map(|a| a.iter().map(|s| s["pod"].clone()).collect::<Vec<_>>()),
-        "schedule": job.labels().get(nightshift::api::LABEL_SCHEDULE),
+        "schedule": job.labels().get(nightshift_api::LABEL_SCHEDULE),
         "deleting": job.metadata.deletion_timestamp.is_some(),
     })
 }
@@ -154,8 +154,8 @@ fn pod_summary(pod: &Pod) -> Value {
         })
         .collect();
     json!({
-        "job": labels.get(nightshift::api::LABEL_JOB), "shard": labels.get(nightshift::api::LABEL_SHARD),
-        "attempt": labels.get(nightshift::api::LABEL_ATTEMPT), "phase": status.phase,
+        "job": labels.get(nightshift_api::LABEL_JOB), "shard": labels.get(nightshift_api::LABEL_SHARD),
+        "attempt": labels.get(nightshift_api::LABEL_ATTEMPT), "phase": status.phase,
         "deleting": pod.metadata.deletion_timestamp.is_some(), "uid": pod.metadata.uid,
         "finalizers": pod.finalizers(), "containers": containers,
     })
@@ -166,8 +166,8 @@ fn lease_summary(lease: &Lease) -> Value {
     let a = lease.annotations();
     json!({
         "holder": spec.holder_identity, "renew": spec.renew_time.map(|t| t.0.to_string()),
-        "transitions": spec.lease_transitions, "progress": a.get(nightshift::api::ANNOTATION_PROGRESS),
-        "checkpoint": a.get(nightshift::api::ANNOTATION_CHECKPOINT), "result": a.get(nightshift::api::ANNOTATION_RESULT),
+        "transitions": spec.lease_transitions, "progress": a.get(nightshift_api::ANNOTATION_PROGRESS),
+        "checkpoint": a.get(nightshift_api::ANNOTATION_CHECKPOINT), "result": a.get(nightshift_api::ANNOTATION_RESULT),
     })
 }
 

@@ -17,7 +17,7 @@ use kube::{
     Api, ResourceExt,
     api::{ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams},
 };
-use nightshift::api::{BackgroundJob, BackgroundJobSchedule, LABEL_JOB};
+use nightshift_api::{BackgroundJob, BackgroundJobSchedule, LABEL_JOB};
 use serde_json::{Value, json};
 
 use crate::{
@@ -239,7 +239,7 @@ async fn finish_schedule(env: &Env, log: &EventLog, start: i64, out: &mut Outcom
         .await
         .map_err(|e| e.to_string())?;
     log.note("note", SCHEDULE, json!({"suspended": end}));
-    let lp = ListParams::default().labels(&format!("{}={SCHEDULE}", nightshift::api::LABEL_SCHEDULE));
+    let lp = ListParams::default().labels(&format!("{}={SCHEDULE}", nightshift_api::LABEL_SCHEDULE));
     wait_until("the schedule's jobs to finish", Duration::from_secs(300), || async {
         let list = jobs(env).list(&lp).await.map_err(|e| e.to_string())?;
         let running: Vec<String> = list

@@ -197,9 +197,9 @@ build_example() {
 
 build_operator() {
   local inputs old
-  inputs="$(inputs_hash "$OPERATOR_IMAGE" src Cargo.toml Cargo.lock Dockerfile tests/image/build.sh)"
+  inputs="$(inputs_hash "$OPERATOR_IMAGE" src crates/api crates/core crates/worker Cargo.toml Cargo.lock Dockerfile tests/image/build.sh)"
   fresh nightshift "$inputs" && return 0
-  log "nightshift: building $OPERATOR_IMAGE with tests/image/build.sh (a release build: minutes when src/ changed)"
+  log "nightshift: building $OPERATOR_IMAGE with tests/image/build.sh (a release build: minutes when the operator's code changed)"
   old="$(store_id "$OPERATOR_IMAGE")"
   IMAGE="$OPERATOR_IMAGE" tests/image/build.sh >&2
   drop_old "$old" "$OPERATOR_IMAGE"

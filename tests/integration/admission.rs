@@ -12,10 +12,8 @@ use kube::{
     Api, Client, Resource, ResourceExt,
     api::{ApiResource, DeleteParams, DynamicObject, Patch, PatchParams, PostParams},
 };
-use nightshift::{
-    api::{BackgroundJob, BackgroundJobSchedule, BackgroundJobTemplate},
-    worker::{Report, renewal_patch},
-};
+use nightshift_api::{BackgroundJob, BackgroundJobSchedule, BackgroundJobTemplate};
+use nightshift_worker::{Report, renewal_patch};
 use serde_json::{Value, json};
 
 use crate::{
@@ -249,7 +247,7 @@ const WAITING_WORKER: &str = "echo '::nightshift:: progress 1/2 waiting'; i=0; \
 /// the Lease policy; shard 1's mounted token is refused on shard 0's Lease, which its Role allows.
 #[tokio::test]
 async fn on_the_node_a_workers_mounted_token_renews_its_own_lease_and_not_its_siblings() {
-    use nightshift::api::Phase;
+    use nightshift_api::Phase;
     let client = client().await;
     install_crd(&client).await;
     let ns = TestNamespace::new(&client, "vap-node").await;

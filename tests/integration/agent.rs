@@ -9,7 +9,7 @@ use kube::{
     Api,
     api::{Patch, PatchParams, PostParams},
 };
-use nightshift::api::{ANNOTATION_PROGRESS, ANNOTATION_PROGRESS_MESSAGE, ANNOTATION_RESULT, ANNOTATION_SHARD};
+use nightshift_api::{ANNOTATION_PROGRESS, ANNOTATION_PROGRESS_MESSAGE, ANNOTATION_RESULT, ANNOTATION_SHARD};
 use serde_json::json;
 use tokio::process::Command;
 

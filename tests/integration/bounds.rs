@@ -12,7 +12,7 @@ use kube::{
     Api, ResourceExt,
     api::{ApiResource, DynamicObject, ListParams, Patch, PatchParams, PostParams},
 };
-use nightshift::api::{BackgroundJob, BackgroundJobStatus, LABEL_JOB, MAX_RETRYING_LISTED, Phase};
+use nightshift_api::{BackgroundJob, BackgroundJobStatus, LABEL_JOB, MAX_RETRYING_LISTED, Phase};
 use serde_json::json;
 
 use crate::support::{TestNamespace, WAIT, client, fixture, install_crd, kubectl};

@@ -6,7 +6,8 @@
 use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
-use nightshift::{api::Phase, sim::SCHEDULER_NAME};
+use nightshift::sim::SCHEDULER_NAME;
+use nightshift_api::Phase;
 
 use crate::support::{Fixture, WAIT, fixture, kubectl, wait_until};
 
@@ -40,7 +41,7 @@ async fn wait_failed(f: &Fixture, name: &str, timeout: Duration) -> Condition {
     .await
 }
 
-fn admitted(status: &nightshift::api::BackgroundJobStatus) -> (String, String, String) {
+fn admitted(status: &nightshift_api::BackgroundJobStatus) -> (String, String, String) {
     let c = status.conditions.iter().find(|c| c.type_ == "Admitted").expect("an Admitted condition");
     (c.status.clone(), c.reason.clone(), c.message.clone())
 }

@@ -9,7 +9,7 @@ use kube::{
     Api,
     api::{ApiResource, DeleteParams, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams},
 };
-use nightshift::api::BackgroundJob;
+use nightshift_api::BackgroundJob;
 use serde_json::{Value, json};
 
 use crate::support::{
@@ -299,7 +299,7 @@ async fn bad_manifests_are_refused_with_the_field_named_and_defaults_are_applied
     let partial = jobs.create(&pp, &to_object(partial)).await.expect("a partial retry is accepted");
     assert_eq!(partial.data["spec"]["retry"]["backoff"]["maxSeconds"], 600, "{}", partial.data["spec"]);
     // The longest name allowed is allowed: the rule is not off by one.
-    let longest = "n".repeat(nightshift::api::crd::MAX_NAME_LENGTH);
+    let longest = "n".repeat(nightshift_api::crd::MAX_NAME_LENGTH);
     jobs.create(&pp, &to_object(valid_manifest(&longest))).await.expect("a 52-character name is accepted");
 
     let cases = bad_manifests();
@@ -417,7 +417,7 @@ async fn kubectl_explain_describes_the_retry_field() {
     let ns = TestNamespace::new(&client, "crd-explain").await;
 
     // What the CRD says about spec.retry, as one line (kubectl wraps it).
-    let crd = serde_json::to_value(nightshift::api::crd::crd()).unwrap();
+    let crd = serde_json::to_value(nightshift_api::crd::crd()).unwrap();
     let retry = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]["retry"];
     let description = one_line(retry["description"].as_str().expect("spec.retry has a description"));
     assert!(description.split(' ').count() > 3, "spec.retry's description is too thin to check: {description:?}");

@@ -7,7 +7,7 @@ use std::{path::PathBuf, process::Stdio};
 use fantoccini::{Client, ClientBuilder, Locator};
 use hyper_util::client::legacy::connect::HttpConnector;
 use kube::api::PostParams;
-use nightshift::api::BackgroundJob;
+use nightshift_api::BackgroundJob;
 use serde_json::json;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
@@ -62,7 +62,7 @@ async fn browser() -> (tokio::process::Child, Client) {
 
 /// The dashboard process and the address it printed.
 async fn dashboard(namespace: &str) -> (tokio::process::Child, String) {
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_kubectl-nightshift"))
+    let mut child = tokio::process::Command::new(crate::support::plugin_bin())
         .arg("--kubeconfig")
         .arg(kubeconfig_path())
         .args(["-n", namespace, "dashboard", "--port", "0"])

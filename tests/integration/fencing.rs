@@ -7,10 +7,8 @@ use kube::{
     Api, Resource, ResourceExt,
     api::{Patch, PatchParams, PostParams},
 };
-use nightshift::{
-    api::{self, BackgroundJob, BackgroundJobSchedule},
-    controller::fenced_status,
-};
+use nightshift::controller::fenced_status;
+use nightshift_api::{BackgroundJob, BackgroundJobSchedule};
 use serde::{Serialize, de::DeserializeOwned};
 use serde_json::json;
 
@@ -22,7 +20,7 @@ async fn a_stale_write_is_refused<K>(api: Api<K>, object: K, first: serde_json::
 where
     K: Resource<DynamicType = ()> + Clone + Serialize + DeserializeOwned + std::fmt::Debug,
 {
-    let params = PatchParams::apply(api::MANAGER).force();
+    let params = PatchParams::apply(nightshift_api::MANAGER).force();
     let created = api.create(&PostParams::default(), &object).await.unwrap();
     let name = created.name_any();
     api.patch_status(&name, &params, &Patch::Apply(fenced_status(&created, &first))).await.unwrap();

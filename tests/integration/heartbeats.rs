@@ -16,11 +16,9 @@ use kube::{
     api::{DeleteParams, ListParams, Patch, PatchParams},
     runtime::{WatchStreamExt, watcher},
 };
-use nightshift::{
-    api::{Phase, ShardProgress},
-    sim,
-    worker::{Checkpoint, Report, renewal_patch},
-};
+use nightshift::sim;
+use nightshift_api::{Phase, ShardProgress};
+use nightshift_worker::{Checkpoint, Report, renewal_patch};
 use serde_json::json;
 
 use crate::support::{
@@ -94,7 +92,7 @@ async fn a_worker_token_renews_its_own_lease_and_nothing_else() {
 
     let refused = renew(&leases, "beta-0", "beta-0-1", Timestamp::now(), None).await.map(|_| ());
     assert_eq!(api_error(&refused).map(|e| e.0), Some(403), "another job's Lease: {refused:?}");
-    let jobs: Api<nightshift::api::BackgroundJob> = Api::namespaced(worker.clone(), &f.ns.name);
+    let jobs: Api<nightshift_api::BackgroundJob> = Api::namespaced(worker.clone(), &f.ns.name);
     let refused = jobs.get("alpha").await.map(|_| ());
     assert_eq!(api_error(&refused).map(|e| e.0), Some(403), "the BackgroundJob itself: {refused:?}");
     let pods: Api<Pod> = Api::namespaced(worker.clone(), &f.ns.name);
@@ -414,7 +412,7 @@ async fn the_estimate_follows_reported_progress_and_warns_once_of_a_missed_deadl
         |_| Timestamp::now(),
         |_| Some((1, 100)),
     );
-    let risk = |s: &nightshift::api::BackgroundJobStatus| {
+    let risk = |s: &nightshift_api::BackgroundJobStatus| {
         s.conditions.iter().find(|c| c.type_ == "DeadlineAtRisk").map(|c| (c.status.clone(), c.reason.clone()))
     };
     let late = wait_until("an estimate past the deadline", WAIT, || async {

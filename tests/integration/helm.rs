@@ -22,7 +22,7 @@ use kube::{
     Api, Client, ResourceExt,
     api::{ListParams, Patch, PatchParams, PostParams},
 };
-use nightshift::api::{BackgroundJob, BackgroundJobTemplate, Phase};
+use nightshift_api::{BackgroundJob, BackgroundJobTemplate, Phase};
 use serde_json::json;
 
 use crate::support::{

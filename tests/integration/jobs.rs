@@ -9,10 +9,8 @@ use kube::{
     Api, ResourceExt,
     api::{DeleteParams, Patch, PatchParams, PostParams},
 };
-use nightshift::{
-    api::{FINALIZER_TRACKING, Phase},
-    sim,
-};
+use nightshift::sim;
+use nightshift_api::{FINALIZER_TRACKING, Phase};
 use serde_json::json;
 
 use crate::support::{Operator, WAIT, fixture, wait_until};
@@ -313,7 +311,7 @@ async fn a_quota_that_forbids_pods_blocks_workers_until_it_is_lifted() {
     quotas.create(&PostParams::default(), &quota.unwrap()).await.unwrap();
     f.create("blocked", json!({"shards": 1})).await;
     let condition =
-        |s: &nightshift::api::BackgroundJobStatus| s.conditions.iter().find(|c| c.type_ == "WorkersBlocked").cloned();
+        |s: &nightshift_api::BackgroundJobStatus| s.conditions.iter().find(|c| c.type_ == "WorkersBlocked").cloned();
     let blocked = wait_until("WorkersBlocked to be True", WAIT, || async {
         let s = f.status("blocked").await;
         match condition(&s) {

@@ -10,7 +10,7 @@ use kube::{
     api::{DeleteParams, EvictParams, Patch, PatchParams, PostParams},
     runtime::{WatchStreamExt, watcher},
 };
-use nightshift::api::{BackgroundJob, BackgroundJobStatus, LABEL_JOB, Phase};
+use nightshift_api::{BackgroundJob, BackgroundJobStatus, LABEL_JOB, Phase};
 use serde_json::json;
 
 use crate::support::{

@@ -11,7 +11,7 @@ use kube::{
     Api, Resource, ResourceExt,
     api::{DeleteParams, Patch, PatchParams, PostParams},
 };
-use nightshift::api::{
+use nightshift_api::{
     ANNOTATION_SCHEDULED_AT, BackgroundJob, BackgroundJobSchedule, BackgroundJobStatus, LABEL_SCHEDULE,
     reasons::ConditionType,
 };

@@ -41,7 +41,7 @@ async fn watch_exits_0_on_success_and_1_on_failure_and_status_says_why() {
     assert_eq!(status["phase"], "Failed");
 
     // kubectl finds it on PATH: `kubectl nightshift`.
-    let bin = std::path::Path::new(env!("CARGO_BIN_EXE_kubectl-nightshift")).parent().unwrap().to_path_buf();
+    let bin = crate::support::plugin_bin().parent().unwrap().to_path_buf();
     let path =
         std::env::join_paths(std::iter::once(bin).chain(std::env::split_paths(&std::env::var_os("PATH").unwrap())))
             .unwrap();
@@ -87,7 +87,7 @@ if [ "$NIGHTSHIFT_SHARD" = 1 ] && [ "$NIGHTSHIFT_ATTEMPT" = 1 ]; then echo "fail
     {
         assert!(out.lines().any(|l| l == line), "no line {line:?} in logs -f:\n{out}");
     }
-    n.wait_phase("ticks", nightshift::api::Phase::Succeeded).await;
+    n.wait_phase("ticks", nightshift_api::Phase::Succeeded).await;
     // Without -f: what is there, one shard and attempt when asked.
     let (code, out, _) = plugin(&kubeconfig_path(), &ns, &["logs", "ticks", "--shard", "1", "--attempt", "2"]).await;
     assert_eq!(code, 0);
@@ -112,7 +112,7 @@ async fn submit_prints_the_name_and_waits_for_the_outcome_and_watch_draws_bars_o
     assert_eq!(code, 0, "{out}{err}");
     let name = out.lines().next().unwrap_or_default().to_string();
     assert!(name.starts_with("sub-") && name.len() > 4, "the first line is the job's name: {out}");
-    assert_eq!(n.status(&name).await.phase, Some(nightshift::api::Phase::Succeeded));
+    assert_eq!(n.status(&name).await.phase, Some(nightshift_api::Phase::Succeeded));
 
     let env = r#"spec.template.spec.containers.0.env=[{"name": "EXIT", "value": "4"}]"#;
     let (code, out, _) =
@@ -125,7 +125,7 @@ async fn submit_prints_the_name_and_waits_for_the_outcome_and_watch_draws_bars_o
     assert_eq!(code, 0, "{err}");
     let command = format!(
         "stty cols 120; {} --kubeconfig {} -n {ns} watch sub-tty --shards",
-        env!("CARGO_BIN_EXE_kubectl-nightshift"),
+        crate::support::plugin_bin().display(),
         kubeconfig_path().display()
     );
     let run = tokio::process::Command::new("script").args(["-qec", &command, "/dev/null"]).output();
@@ -149,7 +149,7 @@ async fn cancel_stops_the_workers_and_keeps_the_record() {
     let (code, out, err) = plugin(&kubeconfig_path(), &ns, &["cancel", "endless"]).await;
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("cancelled"), "{out}");
-    let status = n.wait_phase("endless", nightshift::api::Phase::Failed).await;
+    let status = n.wait_phase("endless", nightshift_api::Phase::Failed).await;
     let failed = status.conditions.iter().find(|c| c.type_ == "Failed").expect("a Failed condition");
     assert_eq!(failed.reason, "Cancelled");
     crate::support::wait_until("no live worker pod", crate::support::WAIT * 2, || async {
@@ -180,7 +180,7 @@ async fn rerun_failed_runs_exactly_the_shards_that_did_not_succeed() {
     // Shard 1 fails in the first job; the others succeed first.
     let script = r#"if [ "$NIGHTSHIFT_JOB" = first ] && [ "$NIGHTSHIFT_SHARD" = 1 ]; then sleep 2; exit 3; fi; echo "shard $NIGHTSHIFT_SHARD done""#;
     n.create_job(&job("first", script, json!({"shards": 3, "retry": {"limit": 0}}))).await;
-    let status = n.wait_phase("first", nightshift::api::Phase::Failed).await;
+    let status = n.wait_phase("first", nightshift_api::Phase::Failed).await;
     assert_eq!((status.succeeded_shards.as_deref(), status.failed_shards.as_deref()), (Some("0,2"), Some("1")));
 
     let (code, out, err) = plugin(&kubeconfig_path(), &ns, &["rerun", "first", "--failed", "--wait"]).await;
@@ -194,7 +194,7 @@ async fn rerun_failed_runs_exactly_the_shards_that_did_not_succeed() {
         Some("first")
     );
     let status = rerun.status.unwrap();
-    assert_eq!(status.phase, Some(nightshift::api::Phase::Succeeded));
+    assert_eq!(status.phase, Some(nightshift_api::Phase::Succeeded));
     assert_eq!((status.succeeded_shards.as_deref(), status.shards.map(|s| s.total)), (Some("1"), Some(1)));
     let pods = n.all_pods(&name).await;
     assert_eq!(pods.iter().map(|p| p.metadata.name.clone().unwrap()).collect::<Vec<_>>(), [format!("{name}-1-1")]);

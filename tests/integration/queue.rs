@@ -8,7 +8,9 @@ use kube::{
     ResourceExt,
     api::{Patch, PatchParams},
 };
-use nightshift::{api::Phase, controller::Options, decision::jobs::queue::Budget};
+use nightshift::controller::Options;
+use nightshift_api::Phase;
+use nightshift_core::jobs::queue::Budget;
 use serde_json::json;
 
 use crate::support::{Fixture, Operator, PodWatch, WAIT, fixture, wait_until};

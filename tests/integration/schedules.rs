@@ -13,10 +13,8 @@ use kube::{
     Api, ResourceExt,
     api::{ListParams, Patch, PatchParams, PostParams},
 };
-use nightshift::{
-    api::{ANNOTATION_SCHEDULED_AT, BackgroundJob, BackgroundJobSchedule, LABEL_SCHEDULE},
-    sim::SCHEDULER_NAME,
-};
+use nightshift::sim::SCHEDULER_NAME;
+use nightshift_api::{ANNOTATION_SCHEDULED_AT, BackgroundJob, BackgroundJobSchedule, LABEL_SCHEDULE};
 use serde_json::json;
 
 use crate::support::{Fixture, Operator, TestNamespace, WAIT, client, fixture, install_crd, kubectl, wait_until};
@@ -71,7 +69,7 @@ async fn wait_jobs(f: &Fixture, schedule: &str, n: usize, timeout: Duration) -> 
     .await
 }
 
-async fn schedule_status(f: &Fixture, name: &str) -> nightshift::api::BackgroundJobScheduleStatus {
+async fn schedule_status(f: &Fixture, name: &str) -> nightshift_api::BackgroundJobScheduleStatus {
     let api: Api<BackgroundJobSchedule> = f.ns.api();
     api.get_status(name).await.unwrap().status.unwrap_or_default()
 }

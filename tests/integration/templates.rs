@@ -7,10 +7,8 @@ use kube::{
     Api,
     api::{ApiResource, DynamicObject, Patch, PatchParams, PostParams},
 };
-use nightshift::{
-    api::{BackgroundJobTemplate, Phase, ResolvedTemplate},
-    sim::SCHEDULER_NAME,
-};
+use nightshift::sim::SCHEDULER_NAME;
+use nightshift_api::{BackgroundJobTemplate, Phase, ResolvedTemplate};
 use serde_json::json;
 
 use crate::support::{Fixture, TempFile, WAIT, fixture, job_fixture, kubeconfig_path, plugin, wait_until};
@@ -19,7 +17,7 @@ use crate::support::{Fixture, TempFile, WAIT, fixture, job_fixture, kubeconfig_p
 /// would send every field with its default, leaving the template nothing to fill).
 async fn create_as_written(f: &Fixture, job: serde_json::Value) {
     let jobs: Api<DynamicObject> =
-        Api::namespaced_with(f.client.clone(), &f.ns.name, &ApiResource::erase::<nightshift::api::BackgroundJob>(&()));
+        Api::namespaced_with(f.client.clone(), &f.ns.name, &ApiResource::erase::<nightshift_api::BackgroundJob>(&()));
     jobs.create(&PostParams::default(), &serde_json::from_value(job).unwrap()).await.unwrap();
 }
 

@@ -7,7 +7,7 @@ use kube::{
     ResourceExt,
     api::{DeleteParams, ListParams},
 };
-use nightshift::api::{LABEL_JOB, Phase};
+use nightshift_api::{LABEL_JOB, Phase};
 use serde_json::json;
 
 use crate::{

@@ -25,10 +25,9 @@ use serde::{Serialize, de::DeserializeOwned};
 use serde_json::{Value, json};
 use tracing::warn;
 
-use crate::{
-    api::{self, BackgroundJob},
-    decision::build::access::{self, lease_name},
-};
+use nightshift_api::BackgroundJob;
+
+use nightshift_core::build::access::{self, lease_name};
 
 /// An object of the name the job's workers need that this job does not control.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -60,7 +59,7 @@ where
     K: Resource<DynamicType = ()> + Clone + Debug + Serialize + DeserializeOwned,
 {
     let typed: K = serde_json::from_value(object.clone()).map_err(kube::Error::SerdeError)?;
-    let params = PostParams { field_manager: Some(api::MANAGER.into()), ..Default::default() };
+    let params = PostParams { field_manager: Some(nightshift_api::MANAGER.into()), ..Default::default() };
     match api.create(&params, &typed).await {
         Ok(created) => return Ok(Ok(created)),
         Err(kube::Error::Api(e)) if e.code == 409 => {}
@@ -87,7 +86,7 @@ where
 }
 
 fn apply_params() -> PatchParams {
-    PatchParams::apply(api::MANAGER).force()
+    PatchParams::apply(nightshift_api::MANAGER).force()
 }
 
 /// Points shard `shard`'s Lease at `pod`, the attempt starting now, and clears what the
@@ -126,7 +125,7 @@ pub async fn apply_lease(
                 lease = lease_name,
                 size,
                 "the checkpoint in the Lease is longer than {} bytes; the next attempt starts without it",
-                api::MAX_CHECKPOINT_BYTES
+                nightshift_api::MAX_CHECKPOINT_BYTES
             );
             Ok(Ok(None))
         }

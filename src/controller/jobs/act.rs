@@ -13,14 +13,12 @@ use tracing::{info, warn};
 
 use super::{access, context::Context, templates};
 use crate::controller::{Error, watches::object_key, writes::delete_by_uid};
-use crate::{
-    api::{self, BackgroundJob},
-    decision::{
-        Decision, Refusal,
-        build::{
-            access::lease_name,
-            pod::{pod_name, worker_pod},
-        },
+use nightshift_api::BackgroundJob;
+use nightshift_core::{
+    Decision, Refusal,
+    build::{
+        access::lease_name,
+        pod::{pod_name, worker_pod},
     },
 };
 
@@ -115,7 +113,7 @@ async fn create_pods(
         })
         .collect();
     let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
-    let params = PostParams { field_manager: Some(api::MANAGER.into()), ..Default::default() };
+    let params = PostParams { field_manager: Some(nightshift_api::MANAGER.into()), ..Default::default() };
     let results = futures::future::join_all(pods.iter().map(|pod| api.create(&params, pod))).await;
 
     let (mut refusal, mut failure, mut created) = (None, None, false);

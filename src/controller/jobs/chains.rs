@@ -8,10 +8,9 @@ use kube::{
     runtime::{reflector::ObjectRef, reflector::Store, watcher},
 };
 
-use crate::{
-    api::{BackgroundJob, Phase},
-    decision::jobs::chain::{self, Chain},
-};
+use nightshift_api::{BackgroundJob, Phase};
+
+use nightshift_core::jobs::chain::{self, Chain};
 
 /// The chain of a job that has not started and names others in spec.after, from the cache.
 pub fn chain_of(jobs: &Store<BackgroundJob>, job: &BackgroundJob) -> Option<Chain> {
@@ -116,7 +115,7 @@ mod tests {
     fn job(name: &str, after: &[&str], phase: Option<&str>) -> BackgroundJob {
         let status = phase.map(|p| json!({"phase": p}));
         let spec = json!({"after": after, "template": {"spec": {"containers": [{"name": "w", "image": "w"}]}}});
-        crate::api::job_fixture::job(name, spec).namespace("ns").status(json!(status)).build()
+        nightshift_api::job_fixture::job(name, spec).namespace("ns").status(json!(status)).build()
     }
 
     fn names(refs: Vec<ObjectRef<BackgroundJob>>) -> Vec<String> {

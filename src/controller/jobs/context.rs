@@ -21,14 +21,12 @@ use kube::{
 
 use super::observe::LeaseMemory;
 use crate::controller::{Options, expectations::Expectations, now, watches::Filled, writes::with_written};
-use crate::{
-    api::{BackgroundJob, BackgroundJobStatus, BackgroundJobTemplate, Phase},
-    decision::{Refusal, jobs::queue::Claim},
-    operator::{
-        Metrics,
-        metrics::{JobLabel, PhaseLabel},
-    },
+use crate::operator::{
+    Metrics,
+    metrics::{JobLabel, PhaseLabel},
 };
+use nightshift_api::{BackgroundJob, BackgroundJobStatus, BackgroundJobTemplate, Phase};
+use nightshift_core::{Refusal, jobs::queue::Claim};
 
 /// How long something the operator did may take to show in its caches before it stops waiting.
 const EXPECTATION_TTL: Duration = Duration::from_secs(60);
@@ -172,7 +170,7 @@ impl Context {
 }
 
 /// A pod that takes a worker from the budget: not finished. (One being deleted still counts:
-/// it may still run. Compare [`crate::decision::PodView::live`].)
+/// it may still run. Compare [`nightshift_core::PodView::live`].)
 pub fn occupies_worker(pod: &Pod) -> bool {
     !matches!(pod.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Succeeded" | "Failed"))
 }

@@ -7,10 +7,9 @@ use k8s_openapi::{
 };
 use kube::ResourceExt;
 
-use crate::{
-    api::{self, Failure, ShardProgress},
-    decision::{LeaseView, PodPhase, PodView},
-};
+use nightshift_api::{Failure, ShardProgress};
+
+use nightshift_core::{LeaseView, PodPhase, PodView};
 
 /// What the operator remembers of a Lease between events: when it saw it change, on its own clock.
 #[derive(Clone, Debug, Default)]
@@ -87,8 +86,8 @@ pub fn lease_view(job: &str, lease: &Lease, memory: Option<&LeaseMemory>) -> Opt
     let memory = memory.filter(|m| m.holder == holder);
     let result = lease
         .annotations()
-        .get(api::ANNOTATION_RESULT)
-        .filter(|r| !r.is_empty() && r.len() <= api::MAX_RESULT_BYTES)
+        .get(nightshift_api::ANNOTATION_RESULT)
+        .filter(|r| !r.is_empty() && r.len() <= nightshift_api::MAX_RESULT_BYTES)
         .and_then(|r| serde_json::from_str::<serde_json::Value>(r).ok())
         .filter(|v| v.is_object());
     Some(LeaseView {
@@ -114,13 +113,14 @@ fn number_after(prefix: &str, name: &str) -> Option<i32> {
 /// attempt's progress starts there, not at zero.
 fn progress(lease: &Lease) -> Option<ShardProgress> {
     let annotations = lease.annotations();
-    let reported = annotations.get(api::ANNOTATION_PROGRESS).filter(|p| !p.is_empty());
+    let reported = annotations.get(nightshift_api::ANNOTATION_PROGRESS).filter(|p| !p.is_empty());
     let Some(reported) = reported else {
-        let (done, total) = done_total(annotations.get(api::ANNOTATION_CHECKPOINT_PROGRESS)?)?;
+        let (done, total) = done_total(annotations.get(nightshift_api::ANNOTATION_CHECKPOINT_PROGRESS)?)?;
         return Some(ShardProgress { done, total, message: String::new() });
     };
     let (done, total) = done_total(reported)?;
-    let message = annotations.get(api::ANNOTATION_PROGRESS_MESSAGE).map(|m| clip(m, 256)).unwrap_or_default();
+    let message =
+        annotations.get(nightshift_api::ANNOTATION_PROGRESS_MESSAGE).map(|m| clip(m, 256)).unwrap_or_default();
     Some(ShardProgress { done, total, message })
 }
 
@@ -135,8 +135,8 @@ fn done_total(s: &str) -> Option<(i64, i64)> {
 /// `running_since`: when the operator first saw it Running.
 pub fn pod_view(pod: &Pod, running_since: Option<Timestamp>) -> Option<PodView> {
     let labels = pod.labels();
-    let shard = labels.get(api::LABEL_SHARD)?.parse().ok()?;
-    let attempt = labels.get(api::LABEL_ATTEMPT)?.parse().ok()?;
+    let shard = labels.get(nightshift_api::LABEL_SHARD)?.parse().ok()?;
+    let attempt = labels.get(nightshift_api::LABEL_ATTEMPT)?.parse().ok()?;
     let status = pod.status.as_ref();
     let phase = match status.and_then(|s| s.phase.as_deref()) {
         Some("Running") => PodPhase::Running,
@@ -184,7 +184,7 @@ pub fn pod_view(pod: &Pod, running_since: Option<Timestamp>) -> Option<PodView> 
         attempt,
         phase,
         deletion: pod.metadata.deletion_timestamp.as_ref().map(|t| t.0),
-        tracked: pod.finalizers().iter().any(|f| f == api::FINALIZER_TRACKING),
+        tracked: pod.finalizers().iter().any(|f| f == nightshift_api::FINALIZER_TRACKING),
         ready,
         failure,
         created: pod.metadata.creation_timestamp.as_ref().map(|t| t.0),
@@ -218,13 +218,13 @@ fn cannot_start(pod: &Pod) -> Option<Failure> {
 
 /// At most the last `max` bytes of `s`, marked with "…" where it was cut.
 fn clip_front(s: &str, max: usize) -> String {
-    let cut = api::truncate_start(s, max);
+    let cut = nightshift_api::truncate_start(s, max);
     if cut.len() < s.len() { format!("…{cut}") } else { cut.to_string() }
 }
 
 /// At most `max` bytes of `s`, marked with "…" where it was cut.
 fn clip(s: &str, max: usize) -> String {
-    let cut = api::truncate(s, max);
+    let cut = nightshift_api::truncate(s, max);
     if cut.len() < s.len() { format!("{cut}…") } else { cut.to_string() }
 }
 
@@ -234,7 +234,7 @@ mod tests {
 
     fn lease(name: &str, holder: Option<&str>, shard_annotation: &str) -> Lease {
         serde_json::from_value(serde_json::json!({
-            "metadata": {"name": name, "annotations": {api::ANNOTATION_SHARD: shard_annotation}},
+            "metadata": {"name": name, "annotations": {nightshift_api::ANNOTATION_SHARD: shard_annotation}},
             "spec": {"holderIdentity": holder},
         }))
         .unwrap()

@@ -11,11 +11,12 @@ use kube::{Api, ResourceExt, runtime::reflector::Store};
 use tracing::warn;
 
 use super::{context::Context, record::release};
-use crate::api::{self, BackgroundJob};
+use nightshift_api::BackgroundJob;
 
 /// A pod worth a look: being deleted and still tracked.
 pub fn candidate(pod: &Pod) -> bool {
-    pod.metadata.deletion_timestamp.is_some() && pod.finalizers().iter().any(|f| f == api::FINALIZER_TRACKING)
+    pod.metadata.deletion_timestamp.is_some()
+        && pod.finalizers().iter().any(|f| f == nightshift_api::FINALIZER_TRACKING)
 }
 
 /// Releases the queued pods whose job is gone (or going), one at a time, until the queue closes.

@@ -2,7 +2,7 @@
 //!
 //! - observe: the job (with the status this process last wrote), its pods and Leases from the
 //!   caches, and what the operator remembers of them (`observe.rs`, `context.rs`);
-//! - decide: [`decision::decide`], pure, given the worker budget's grant for this job;
+//! - decide: [`nightshift_core::decide`], pure, given the worker budget's grant for this job;
 //! - act: create and delete pods (`act.rs`); a create the API server refuses ends the
 //!   reconcile here, and the refusal is observed by the next one, which decides again;
 //! - record: write the status, then release finalizers, publish events, delete a job whose
@@ -20,13 +20,11 @@ use kube::{ResourceExt, runtime::controller::Action};
 
 use super::{act, chains, context::Context, observe, record, templates};
 use crate::controller::{Error, now, watches::object_key};
-use crate::{
-    api::BackgroundJob,
-    decision::{
-        self, Decision, LeaseView, Observed, PodView, Refusal,
-        build::pod::pod_name,
-        jobs::{chain::Chain, queue},
-    },
+use nightshift_api::BackgroundJob;
+use nightshift_core::{
+    Decision, LeaseView, Observed, PodView, Refusal,
+    build::pod::pod_name,
+    jobs::{chain::Chain, queue},
 };
 
 #[tracing::instrument(name = "reconcile", skip_all, fields(namespace = job.namespace().unwrap_or_default(), job = job.name_any()))]
@@ -97,7 +95,7 @@ fn observe(ctx: &Context, job: Arc<BackgroundJob>) -> Seen {
     let (last_fold, refusal) = (job_memory.and_then(|m| m.last_fold), job_memory.and_then(|m| m.refusal.clone()));
     drop(memory);
     let chain = chains::chain_of(&ctx.jobs, &job);
-    let template_generation = match decision::jobs::template::unresolved(&job) {
+    let template_generation = match nightshift_core::jobs::template::unresolved(&job) {
         true => templates::template_of(&ctx.templates, &job).map(|t| t.metadata.generation.unwrap_or(1)),
         false => None,
     };
@@ -120,12 +118,12 @@ fn decide(ctx: &Context, seen: &Seen, now: Timestamp) -> Decision {
     let (ns, name) = (seen.job.namespace().unwrap_or_default(), seen.job.name_any());
     let budget = ctx.options.budget;
     let (mut d, mut memory) = if budget.is_unlimited() {
-        (decision::decide(&observed, now), ctx.memory())
+        (nightshift_core::decide(&observed, now), ctx.memory())
     } else {
         let mut memory = ctx.memory();
         let grants = queue::plan(budget, &ctx.claims(&mut memory));
         let grant = grants.get(&(ns.clone(), name.clone())).cloned().unwrap_or_default();
-        (decision::decide(&observed.grant(Some(&grant)), now), memory)
+        (nightshift_core::decide(&observed.grant(Some(&grant)), now), memory)
     };
     let at = Instant::now();
     d.create

@@ -18,11 +18,9 @@ use crate::controller::{
     Error, events,
     writes::{FENCED_RETRY, delete_by_uid, resource_version, write_status},
 };
-use crate::{
-    api::{self, BackgroundJob},
-    decision::Decision,
-    operator::metrics::ReasonLabel,
-};
+use crate::operator::metrics::ReasonLabel;
+use nightshift_api::BackgroundJob;
+use nightshift_core::Decision;
 
 pub async fn record(
     ctx: &Arc<Context>,
@@ -99,11 +97,11 @@ async fn release_finalizers(
 
 /// Removes the tracking finalizer, guarded by a test so a stale index removes nothing else.
 pub async fn release(api: &Api<Pod>, pod: &Pod) -> Result<(), kube::Error> {
-    let Some(index) = pod.finalizers().iter().position(|f| f == api::FINALIZER_TRACKING) else {
+    let Some(index) = pod.finalizers().iter().position(|f| f == nightshift_api::FINALIZER_TRACKING) else {
         return Ok(());
     };
     let patch: json_patch::Patch = serde_json::from_value(json!([
-        {"op": "test", "path": format!("/metadata/finalizers/{index}"), "value": api::FINALIZER_TRACKING},
+        {"op": "test", "path": format!("/metadata/finalizers/{index}"), "value": nightshift_api::FINALIZER_TRACKING},
         {"op": "remove", "path": format!("/metadata/finalizers/{index}")}
     ]))
     .expect("a valid JSON patch");

@@ -10,10 +10,8 @@ use tracing::info;
 
 use super::context::Context;
 use crate::controller::Error;
-use crate::{
-    api::{BackgroundJob, BackgroundJobTemplate},
-    decision::{Refusal, jobs::template},
-};
+use nightshift_api::{BackgroundJob, BackgroundJobTemplate};
+use nightshift_core::{Refusal, jobs::template};
 
 /// The template a job not resolved yet names, from the cache.
 pub fn template_of(
@@ -38,7 +36,7 @@ pub async fn resolve(ctx: &Context, job: &BackgroundJob) -> Result<Option<Refusa
     let rv = raw.metadata.resource_version.as_deref();
     let patch = template::merge_patch(&raw.data["spec"], &found.name_any(), generation, &found.spec, rv);
     let jobs: Api<BackgroundJob> = Api::namespaced(ctx.client.clone(), &ns);
-    let params = PatchParams { field_manager: Some(crate::api::MANAGER.into()), ..Default::default() };
+    let params = PatchParams { field_manager: Some(nightshift_api::MANAGER.into()), ..Default::default() };
     match jobs.patch(&job.name_any(), &params, &Patch::Merge(&patch)).await {
         Ok(_) => {
             info!(template = found.name_any(), generation, "wrote the template into the job");

@@ -37,14 +37,12 @@ use super::{
     watches::{Filled, object_key},
     writes::{FENCED_RETRY, delete_by_uid, resource_version, with_written, write_status},
 };
-use crate::{
-    api::{self, BackgroundJob, BackgroundJobSchedule, BackgroundJobScheduleStatus},
-    decision::{
-        EventNote,
-        build::job::job_of_run,
-        schedules::{ScheduleDecision, ScheduledJob, decide_with},
-    },
-    operator::Metrics,
+use crate::operator::Metrics;
+use nightshift_api::{BackgroundJob, BackgroundJobSchedule, BackgroundJobScheduleStatus};
+use nightshift_core::{
+    EventNote,
+    build::job::job_of_run,
+    schedules::{ScheduleDecision, ScheduledJob, decide_with},
 };
 
 /// How long a created job may take to show in the cache before the schedule stops counting it.
@@ -167,7 +165,10 @@ fn scheduled_job(job: &BackgroundJob) -> ScheduledJob {
     let status = job.status.as_ref();
     ScheduledJob {
         name: job.name_any(),
-        scheduled_at: job.annotations().get(api::ANNOTATION_SCHEDULED_AT).and_then(|t| t.parse::<Timestamp>().ok()),
+        scheduled_at: job
+            .annotations()
+            .get(nightshift_api::ANNOTATION_SCHEDULED_AT)
+            .and_then(|t| t.parse::<Timestamp>().ok()),
         phase: status.and_then(|s| s.phase),
         completion_time: status.and_then(|s| s.completion_time.as_ref()).map(|t| t.0),
     }
@@ -186,7 +187,7 @@ async fn act(
     let job = job_of_run(schedule, &run.name, run.scheduled_at);
     let api: Api<DynamicObject> =
         Api::namespaced_with(ctx.client.clone(), &ns, &ApiResource::erase::<BackgroundJob>(&()));
-    let params = PostParams { field_manager: Some(api::MANAGER.into()), ..Default::default() };
+    let params = PostParams { field_manager: Some(nightshift_api::MANAGER.into()), ..Default::default() };
     match api.create(&params, &job).await {
         Ok(_) => info!(job = run.name, scheduled = %run.scheduled_at, "created the job"),
         // Created already, by this operator before a restart or by another replica: then this

@@ -7,10 +7,8 @@ use kube::{
     Api, Client, ResourceExt,
     api::{ListParams, PostParams},
 };
-use nightshift::{
-    api::{BackgroundJob, BackgroundJobStatus, LABEL_JOB, Phase},
-    sim,
-};
+use nightshift::sim;
+use nightshift_api::{BackgroundJob, BackgroundJobStatus, LABEL_JOB, Phase};
 use serde_json::json;
 
 use super::{TestNamespace, WAIT, client, install_crd, wait_default_service_account, wait_until};

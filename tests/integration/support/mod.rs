@@ -11,9 +11,8 @@
 pub mod auth;
 pub mod fixture;
 pub mod http;
-/// The one builder of BackgroundJobs, shared with the unit tests.
-#[path = "../../../src/api/job_fixture.rs"]
-pub mod job_fixture;
+/// The one builder of BackgroundJobs, shared with the unit tests (nightshift-api's `fixtures`).
+pub use nightshift_api::job_fixture;
 pub mod watch;
 
 use std::{future::Future, path::PathBuf, time::Duration};
@@ -172,7 +171,7 @@ pub async fn install_crd(client: &Client) {
     use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
     use kube::api::{Patch, PatchParams};
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    for crd in nightshift::api::crd::crds() {
+    for crd in nightshift_api::crd::crds() {
         let name = crd.metadata.name.clone().unwrap();
         crds.patch(&name, &PatchParams::apply("nightshift-tests").force(), &Patch::Apply(&crd))
             .await
@@ -188,18 +187,18 @@ pub async fn install_crd(client: &Client) {
         })
         .await;
     }
-    let templates: Api<nightshift::api::BackgroundJobTemplate> = Api::default_namespaced(client.clone());
+    let templates: Api<nightshift_api::BackgroundJobTemplate> = Api::default_namespaced(client.clone());
     wait_until("BackgroundJobTemplates to be served", WAIT, || async {
         templates.list(&Default::default()).await.map(|_| ()).map_err(|e| e.to_string())
     })
     .await;
-    let schedules: Api<nightshift::api::BackgroundJobSchedule> = Api::default_namespaced(client.clone());
+    let schedules: Api<nightshift_api::BackgroundJobSchedule> = Api::default_namespaced(client.clone());
     wait_until("BackgroundJobSchedules to be served", WAIT, || async {
         schedules.list(&Default::default()).await.map(|_| ()).map_err(|e| e.to_string())
     })
     .await;
     // Established can precede the resource being served by a moment.
-    let jobs: Api<nightshift::api::BackgroundJob> = Api::default_namespaced(client.clone());
+    let jobs: Api<nightshift_api::BackgroundJob> = Api::default_namespaced(client.clone());
     wait_until("BackgroundJobs to be served", WAIT, || async {
         jobs.list(&Default::default()).await.map(|_| ()).map_err(|e| e.to_string())
     })
@@ -223,10 +222,21 @@ impl Drop for TempFile {
     }
 }
 
+/// The plugin as built, `target/<profile>/kubectl-nightshift` beside this test binary: it is the
+/// nightshift-plugin crate's binary, which `cargo test` of this package does not build, so
+/// tests/run-integration.sh builds it first (`cargo build -p nightshift-plugin`).
+pub fn plugin_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("the test binary's path");
+    // target/<profile>/deps/integration-HASH
+    let bin = exe.parent().and_then(|deps| deps.parent()).expect("target/<profile>").join("kubectl-nightshift");
+    assert!(bin.is_file(), "{} is not built: cargo build -p nightshift-plugin", bin.display());
+    bin
+}
+
 /// `kubectl-nightshift --kubeconfig KUBECONFIG -n NAMESPACE ARGS...` (the plugin as built, stdout
 /// not a terminal): its exit code, stdout and stderr. Bounded by `WAIT * 2`.
 pub async fn plugin(kubeconfig: &std::path::Path, namespace: &str, args: &[&str]) -> (i32, String, String) {
-    let run = tokio::process::Command::new(env!("CARGO_BIN_EXE_kubectl-nightshift"))
+    let run = tokio::process::Command::new(plugin_bin())
         .arg("--kubeconfig")
         .arg(kubeconfig)
         .args(["-n", namespace])

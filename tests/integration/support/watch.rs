@@ -11,7 +11,7 @@ use std::{
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
 use kube::{Api, ResourceExt, runtime::watcher};
-use nightshift::api::{LABEL_JOB, LABEL_SHARD};
+use nightshift_api::{LABEL_JOB, LABEL_SHARD};
 
 /// Watches until dropped.
 pub struct PodWatch {
