@@ -130,10 +130,9 @@ impl<'a> Cluster<'a> {
         self.s.cluster_dir.join("admin.kubeconfig")
     }
 
-    /// Namespaces, the FlowSchema, the CRD, the operator's account (from the chart), its token
-    /// kubeconfig, and a kubeconfig for the simulators (system:masters, like the admin, but its
-    /// own user name in the audit log).
-    pub(crate) fn setup(&self) -> Res<(PathBuf, PathBuf)> {
+    /// Namespaces, the FlowSchema, the CRD, the operator's account (from the chart), and its
+    /// token kubeconfig.
+    pub(crate) fn setup(&self) -> Res<PathBuf> {
         let s = self.s;
         let mut c = s.kubectl();
         c.args(["apply", "-f"]).arg(s.repo.join("bench/setup.yaml"));
@@ -186,44 +185,7 @@ impl<'a> Cluster<'a> {
         let operator = s.work.join("nightshift.kubeconfig");
         fs::write(&operator, kubeconfig(server, ca, "nightshift", &format!("token: {token}")))?;
 
-        let pki = s.cluster_dir.join("pki");
-        let key = s.work.join("sim.key");
-        let csr = s.work.join("sim.csr");
-        let crt = s.work.join("sim.crt");
-        let mut c = Command::new("openssl");
-        c.args(["req", "-newkey", "rsa:2048", "-nodes", "-subj"])
-            .arg(format!("/O=system:masters/CN={SIM_USER}"))
-            .arg("-keyout")
-            .arg(&key)
-            .arg("-out")
-            .arg(&csr)
-            .stderr(Stdio::null());
-        run_ok(c)?;
-        let ext = s.work.join("sim.ext");
-        fs::write(&ext, "extendedKeyUsage=clientAuth\n")?;
-        let mut c = Command::new("openssl");
-        c.args(["x509", "-req", "-days", "30", "-in"])
-            .arg(&csr)
-            .arg("-CA")
-            .arg(pki.join("ca.crt"))
-            .arg("-CAkey")
-            .arg(pki.join("ca.key"))
-            .arg("-CAcreateserial")
-            .arg("-extfile")
-            .arg(&ext)
-            .arg("-out")
-            .arg(&crt)
-            .stderr(Stdio::null());
-        run_ok(c)?;
-        let b64 = |p: &Path| -> Res<String> {
-            let mut c = Command::new("base64");
-            c.arg("-w0").arg(p);
-            run_out(c)
-        };
-        let sim = s.work.join("sim.kubeconfig");
-        let user = format!("client-certificate-data: {}\n    client-key-data: {}", b64(&crt)?, b64(&key)?);
-        fs::write(&sim, kubeconfig(server, ca, SIM_USER, &user))?;
-        Ok((operator, sim))
+        Ok(operator)
     }
 }
 

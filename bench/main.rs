@@ -7,14 +7,14 @@
 //! 2. the Job controller: N Indexed Jobs (3 completions, parallelism 3);
 //! 3. nightshift: N BackgroundJobs of 3 shards (workers.max 3), the operator started for the run.
 //!
-//! One `nightshift simulate` per side plays the node (Running, then Succeeded at once): every
-//! pod template of every side names the simulator's scheduler (`schedulerName:
-//! nightshift-simulator`), so no kube-scheduler or kubelet of the cluster touches them.
+//! kwok plays the node (the cluster's NIGHTSHIFT_NODE=0 mode, tests/cluster/kwok.yaml): every
+//! pod of every side is bound by kube-scheduler to the fake node `kwok-node` (node selector and
+//! toleration), where kwok makes it Running, then Succeeded at once.
 //! Then a memory run: 10,000 suspended BackgroundJobs, the operator started twice on them, then
 //! a third time with 100,000 worker pods beside them (the pod cache's memory).
 //!
-//! The nightshift-bench crate of the workspace (bench/): it depends on every other crate but the
-//! plugin; nothing depends on it.
+//! The nightshift-bench crate of the workspace (bench/): it depends on the API and the core (to
+//! build worker pods as the operator does); nothing depends on it.
 //! Results: BENCHMARKS.md (rewritten after each run) and target/bench/results.json.
 //!
 //! Settings (environment): BENCH_N (default "100,1000"), BENCH_QPS ("0,100,20"; 0: no client
@@ -49,7 +49,6 @@ type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 pub(crate) const JOB_USER: &str = "system:serviceaccount:kube-system:job-controller";
 pub(crate) const NIGHTSHIFT_USER: &str = "system:serviceaccount:nightshift-system:nightshift";
 pub(crate) const ADMIN_USER: &str = "nightshift-admin";
-pub(crate) const SIM_USER: &str = "bench-simulator";
 
 // ---- settings ---------------------------------------------------------------------------------
 
@@ -167,18 +166,8 @@ impl RunResult {
 pub(crate) async fn one_run(s: &Settings, qps: u32, n: usize) -> Res<RunResult> {
     let label = format!("qps{}-n{n}", if qps == 0 { "inf".to_string() } else { qps.to_string() });
     let cluster = Cluster::up(s, qps, &label)?;
-    let (operator_kubeconfig, sim_kubeconfig) = cluster.setup()?;
+    let operator_kubeconfig = cluster.setup()?;
     let admin = client_from(&cluster.admin_kubeconfig()).await?;
-    let mut sims = Vec::new();
-    // Label selectors per side; `simulate` itself also selects spec.schedulerName, which
-    // container() sets for every side.
-    for (ns, selector) in [("bench-job", "batch.kubernetes.io/job-name"), ("bench-nightshift", "nightshift.dev/job")] {
-        let mut c = Command::new(&s.nightshift);
-        c.args(["simulate", "--namespace", ns, "--selector", selector, "--run-seconds", "0"])
-            .env("KUBECONFIG", &sim_kubeconfig)
-            .env("RUST_LOG", "warn");
-        sims.push(Proc::spawn(c, &s.work.join(format!("sim-{label}-{ns}.log")))?);
-    }
     let ctx = RunCtx { s, cluster: &cluster, admin, operator_kubeconfig, qps, label: label.clone() };
     let mut result = RunResult { qps, n, ..Default::default() };
     for side in [Side::Raw, Side::Job, Side::Nightshift] {
@@ -187,7 +176,6 @@ pub(crate) async fn one_run(s: &Settings, qps: u32, n: usize) -> Res<RunResult> 
             clear(&ctx.admin, side, s.run_timeout).await;
         }
     }
-    drop(sims);
     // The audit log is written in batches of at most 1 s.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let lines = read_audit(&cluster.audit_log)?;
@@ -250,7 +238,7 @@ pub(crate) async fn main() {
         "Each run starts a fresh control plane and then runs the three sides one after the other in their own \
          namespaces: the raw limit, the Job controller, nightshift; a side's namespace is emptied before the next \
          side starts, so each starts on a control plane holding the same objects. \
-         Everything (etcd, kube-apiserver, kube-controller-manager, nightshift, two simulators, this harness) \
+         Everything (etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kwok, nightshift, this harness) \
          shares the machine's CPUs."
             .into(),
     );
@@ -258,8 +246,9 @@ pub(crate) async fn main() {
         "Identities: the Job controller runs as system:serviceaccount:kube-system:job-controller \
          (--use-service-account-credentials), nightshift as the ServiceAccount nightshift-system/nightshift \
          with the chart's ClusterRole and a TokenRequest token; a FlowSchema puts it at the same APF priority \
-         level as the Job controller (workload-high). The admin (creating objects, the raw limit) and the \
-         simulators (bench-simulator) are system:masters, the same for every side."
+         level as the Job controller (workload-high). The admin (creating objects, the raw limit) and kwok \
+         (playing the fake node and its pods: user kwok) are system:masters, kube-scheduler binds every side's \
+         pods (client limit raised to 1,000 requests/s), the same for every side."
             .into(),
     );
     rep.notes.push(

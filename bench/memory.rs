@@ -62,7 +62,8 @@ pub(crate) async fn pod_memory(ctx: &RunCtx<'_>, pods: usize) -> Res<PodMemory> 
         let pod = nightshift_core::build::pod::worker_pod(&job, i as i32, 1, Some(&image), None);
         let mut v = serde_json::to_value(pod).expect("a pod serializes");
         v["metadata"]["ownerReferences"] = Value::Null;
-        v["spec"]["schedulerName"] = json!(nightshift::sim::SCHEDULER_NAME);
+        // No scheduler of this name runs: kube-scheduler leaves them Pending, kwok never sees them.
+        v["spec"]["schedulerName"] = json!("nightshift-bench-unscheduled");
         v
     };
     // The pods name the job's worker ServiceAccount: the API server admits them only once it exists.
@@ -98,7 +99,7 @@ pub(crate) async fn pod_memory(ctx: &RunCtx<'_>, pods: usize) -> Res<PodMemory> 
 pub(crate) async fn memory_run(s: &Settings, jobs: usize) -> Res<MemoryResult> {
     let label = "memory";
     let cluster = Cluster::up(s, 0, label)?;
-    let (operator_kubeconfig, _) = cluster.setup()?;
+    let operator_kubeconfig = cluster.setup()?;
     let admin = client_from(&cluster.admin_kubeconfig()).await?;
     let ns = Side::Nightshift.namespace();
     let api: Api<DynamicObject> = Api::namespaced_with(admin.clone(), ns, &bgj_resource());

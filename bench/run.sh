@@ -11,7 +11,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export NIGHTSHIFT_CLUSTER_DIR="${NIGHTSHIFT_CLUSTER_DIR:-/tmp/nightshift-bench-cluster}"
-# The control plane alone: the pod simulator plays the node for thousands of pods.
+# The control plane with a fake node: kwok plays it and its pods, thousands of them.
 export NIGHTSHIFT_NODE=0
 CARGO="${CARGO:-cargo}"
 

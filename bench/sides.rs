@@ -70,11 +70,12 @@ pub(crate) fn pod_resource() -> ApiResource {
     ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk("", "v1", "Pod"), "pods")
 }
 
-/// The pod spec of every side: the raw pods', the Jobs' and the BackgroundJobs' templates. Its
-/// scheduler name keeps the pods off any real node: the simulator plays them (the raw pods
-/// stay Pending, as no simulator watches their namespace).
+/// The pod spec of every side: the raw pods', the Jobs' and the BackgroundJobs' templates. The
+/// node selector and toleration send the pods to the fake node `kwok-node`, through
+/// kube-scheduler; kwok runs them there (Running, then Succeeded at once).
 pub(crate) fn container() -> Value {
-    json!({"restartPolicy": "Never", "schedulerName": nightshift::sim::SCHEDULER_NAME,
+    json!({"restartPolicy": "Never", "nodeSelector": {"type": "kwok"},
+           "tolerations": [{"key": "kwok.x-k8s.io/node", "operator": "Exists", "effect": "NoSchedule"}],
            "containers": [{"name": "w", "image": "w"}]})
 }
 
@@ -238,12 +239,14 @@ pub(crate) async fn clear(client: &Client, side: Side, timeout: Duration) {
         Side::Nightshift => apis.push(Api::namespaced_with(client.clone(), ns, &bgj_resource())),
     }
     let t0 = Instant::now();
-    for api in apis.iter().rev() {
-        if let Err(e) = api.delete_collection(&dp, &lp).await {
-            eprintln!("bench: emptying {ns}: {e}");
-        }
-    }
     while t0.elapsed() < timeout {
+        // Again each round: one collection delete of thousands of pods can outlast the API
+        // server's request timeout and end early, with part of them left.
+        for api in apis.iter().rev() {
+            if let Err(e) = api.delete_collection(&dp, &lp).await {
+                eprintln!("bench: emptying {ns}: {e}");
+            }
+        }
         let mut left = 0;
         for api in &apis {
             left += api.list(&kube::api::ListParams::default().limit(1)).await.map_or(1, |l| l.items.len());
@@ -252,7 +255,7 @@ pub(crate) async fn clear(client: &Client, side: Side, timeout: Duration) {
             eprintln!("bench: emptied {ns} in {:.1}s", t0.elapsed().as_secs_f64());
             return;
         }
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
     eprintln!("bench: {ns} still not empty after {}s", timeout.as_secs());
 }

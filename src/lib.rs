@@ -12,8 +12,7 @@
 //!   builds every object the operator writes;
 //! - `nightshift` (this crate): [`controller`], the shell — the watches, a controller per kind
 //!   (`jobs/`, `schedules/`); [`operator`], the process around them (rate-limited client,
-//!   metrics, leader election and its loop, logging); [`sim`], which plays the node where there
-//!   is no kubelet;
+//!   metrics, leader election and its loop, logging);
 //! - `nightshift-worker` (crates/worker): the side of the heartbeat protocol that runs in worker
 //!   pods (a Rust API and `nightshift agent`);
 //! - `nightshift-plugin` (crates/plugin): `kubectl nightshift` and its dashboard, the tool a
@@ -21,4 +20,3 @@
 
 pub mod controller;
 pub mod operator;
-pub mod sim;

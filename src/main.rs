@@ -1,4 +1,4 @@
-//! The `nightshift` command: the operator, its CRD, the local pod simulator, and the worker
+//! The `nightshift` command: the operator, its CRD, and the worker
 //! agent that heartbeats for a command in a worker pod.
 
 use std::time::Duration;
@@ -6,7 +6,6 @@ use std::time::Duration;
 use std::sync::{Arc, atomic::Ordering};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use kube::Client;
 use nightshift::operator;
 
 #[derive(Parser)]
@@ -114,22 +113,8 @@ enum Command {
         /// Folder to copy the binary into, as DIR/nightshift.
         dir: std::path::PathBuf,
     },
-    /// Print the CustomResourceDefinitions (BackgroundJob, BackgroundJobTemplate) as YAML.
+    /// Print the CustomResourceDefinitions (BackgroundJob, BackgroundJobTemplate, BackgroundJobSchedule) as YAML.
     Crd,
-    /// Play the node for pods no kubelet runs: move worker pods with schedulerName
-    /// nightshift-simulator to Running, then to Succeeded (or Failed, as their
-    /// sim.nightshift.dev/* annotations ask).
-    Simulate {
-        /// Only pods in this namespace (default: all).
-        #[arg(long)]
-        namespace: Option<String>,
-        /// Seconds a pod runs before it exits (0: Running, then Succeeded at once).
-        #[arg(long, default_value_t = 3)]
-        run_seconds: u64,
-        /// Label selector of the pods to play.
-        #[arg(long, default_value = nightshift_api::LABEL_JOB)]
-        selector: String,
-    },
     /// Run a worker command and heartbeat for it: renew the shard's Lease (NIGHTSHIFT_LEASE),
     /// report the `::nightshift:: progress DONE/TOTAL [message]`, `::nightshift:: result {json}`
     /// and `::nightshift:: checkpoint TEXT` lines it prints (all its output passes through), stop it
@@ -185,13 +170,6 @@ async fn run(command: Command) -> Result<(), Box<dyn std::error::Error>> {
             println!("installed {}", target.display());
         }
         Command::Run(flags) => run_operator(*flags).await?,
-        Command::Simulate { namespace, run_seconds, selector } => {
-            let client = Client::try_default().await.map_err(|e| format!("connecting to Kubernetes: {e}"))?;
-            tokio::select! {
-                _ = nightshift::sim::simulate(client, namespace, &selector, Duration::from_secs(run_seconds)) => {},
-                _ = operator::shutdown_signal() => {},
-            }
-        }
     }
     Ok(())
 }

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the test control plane from source, once, into a cache outside the repo:
 # the control plane (kube-apiserver, kube-controller-manager, kube-scheduler), the node (kubelet,
-# kube-proxy) and kubectl from k8s.io/kubernetes, etcd, helm.
+# kube-proxy) and kubectl from k8s.io/kubernetes, etcd, helm, and kwok (fake nodes and the pods on
+# them, for the control plane without a node: the benchmark's).
 # Prints the folder holding them. With KUBEBUILDER_ASSETS set to a folder that already has
 # them, builds nothing and prints that folder.
 set -euo pipefail
@@ -9,14 +10,23 @@ set -euo pipefail
 K8S_VERSION="${K8S_VERSION:-v1.37.2}"
 ETCD_VERSION="${ETCD_VERSION:-v3.6.16}"
 HELM_VERSION="${HELM_VERSION:-v3.22.0}"
-BINARIES=(etcd kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl helm)
+# kwok is not in the cache folder's name (that would rebuild everything for it): kwok.version says.
+KWOK_VERSION="${KWOK_VERSION:-v0.8.0}"
+KUBERNETES=(kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl)
+BINARIES=(etcd "${KUBERNETES[@]}" helm kwok)
 
 log() { echo "build-binaries: $*" >&2; }
 
 has_all() {
   local dir="$1" b
   for b in "${BINARIES[@]}"; do [[ -x "$dir/$b" ]] || return 1; done
+  has_kwok "$dir"
 }
+has_kubernetes() {
+  local b
+  for b in "${KUBERNETES[@]}"; do [[ -x "$BIN/$b" ]] || return 1; done
+}
+has_kwok() { [[ -x "$1/kwok" && "$(cat "$1/kwok.version" 2>/dev/null)" == "$KWOK_VERSION" ]]; }
 
 if [[ -n "${KUBEBUILDER_ASSETS:-}" ]]; then
   if has_all "$KUBEBUILDER_ASSETS"; then
@@ -108,9 +118,18 @@ build_helm() {
   mv "$WORK/helm-bin/helm" "$BIN/helm"
 }
 
+build_kwok() {
+  log "building kwok $KWOK_VERSION"
+  GOBIN="$WORK/kwok-bin" GOFLAGS=-buildvcs=false go install -trimpath -ldflags "-s -w" \
+    "sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION"
+  mv "$WORK/kwok-bin/kwok" "$BIN/kwok"
+  echo "$KWOK_VERSION" >"$BIN/kwok.version"
+}
+
 [[ -x "$BIN/etcd" ]] || build_etcd
 [[ -x "$BIN/helm" ]] || build_helm
-has_all "$BIN" || build_kubernetes
+has_kwok "$BIN" || build_kwok
+has_kubernetes || build_kubernetes
 has_all "$BIN" || { log "build finished without all binaries in $BIN"; exit 1; }
 log "built in $(( $(date +%s) - start ))s: $(du -sh "$BIN" | cut -f1) in $BIN"
 echo "$BIN"

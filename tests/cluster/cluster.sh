@@ -14,8 +14,10 @@
 #   cluster.sh restart apiserver|kubelet   stop that one process and start it again with the same
 #                      command line (a fault for `make chaos`); returns once it serves again
 #
-# NIGHTSHIFT_NODE=0 starts the control plane alone (no scheduler, no node: the pod simulator
-# plays the node; the benchmark's cluster). NIGHTSHIFT_CLUSTER_DIR names another state folder
+# NIGHTSHIFT_NODE=0 starts the control plane with a fake node instead of a real one: kwok plays
+# `kwok-node` and the pods kube-scheduler binds to it (stages: tests/cluster/kwok.yaml); pods reach
+# it with a node selector (type: kwok) and a toleration of its taint (kwok.x-k8s.io/node). The
+# benchmark's cluster. NIGHTSHIFT_CLUSTER_DIR names another state folder
 # (default .cluster/ of the clone), so two clusters can run side by side (at most one with a node).
 set -euo pipefail
 
@@ -43,7 +45,7 @@ with_node() {
 }
 components() {
   echo etcd kube-apiserver socat-inside socat-host kube-controller-manager
-  if with_node; then echo kube-scheduler containerd kubelet kube-proxy; fi
+  if with_node; then echo kube-scheduler containerd kubelet kube-proxy; else echo kube-scheduler kwok; fi
 }
 
 pid_of() { cat "$STATE/$1.pid" 2>/dev/null || true; }
@@ -164,7 +166,7 @@ stop() {
     kill_pods
     stop_component containerd
   fi
-  for c in kube-scheduler kube-controller-manager socat-host socat-inside kube-apiserver etcd; do
+  for c in kwok kube-scheduler kube-controller-manager socat-host socat-inside kube-apiserver etcd; do
     stop_component "$c"
   done
   unmount_ours
@@ -197,8 +199,10 @@ make_certs() {
 extendedKeyUsage=serverAuth"
   issue admin "/O=system:masters/CN=nightshift-admin" "$client"
   issue controller-manager "/CN=system:kube-controller-manager" "$client"
+  issue scheduler "/CN=system:kube-scheduler" "$client"
+  # kwok writes the fake node's and its pods' status: a cluster admin, by a name of its own.
+  with_node || issue kwok "/O=system:masters/CN=kwok" "$client"
   if with_node; then
-    issue scheduler "/CN=system:kube-scheduler" "$client"
     issue kubelet "/O=system:nodes/CN=system:node:$NODE_NAME" "$client"
     issue kube-proxy "/CN=system:kube-proxy" "$client"
     issue apiserver-kubelet-client "/O=system:masters/CN=kube-apiserver-kubelet-client" "$client"
@@ -369,6 +373,30 @@ YAML
   spawn kube-proxy "$BIN/kube-proxy" --config "$STATE/kube-proxy.yaml"
 }
 
+# kube-scheduler binds pods to the fake node as to any; kwok plays the node and those pods. The
+# scheduler's client limit is raised from 50 requests/s: thousands of pods are bound at once.
+start_fake_node() {
+  kubeconfig "$STATE/scheduler.kubeconfig" "https://127.0.0.1:6443" scheduler
+  spawn kube-scheduler "$BIN/kube-scheduler" --kubeconfig "$STATE/scheduler.kubeconfig" \
+    --authentication-kubeconfig "$STATE/scheduler.kubeconfig" --authorization-kubeconfig "$STATE/scheduler.kubeconfig" \
+    --bind-address 127.0.0.1 --secure-port 10259 --leader-elect=false --kube-api-qps 1000 --kube-api-burst 2000
+  kubeconfig "$STATE/kwok.kubeconfig" "https://127.0.0.1:6443" kwok
+  kubectl_ apply -f - >/dev/null <<NODE
+apiVersion: v1
+kind: Node
+metadata:
+  name: kwok-node
+  labels: {type: kwok, kubernetes.io/hostname: kwok-node, kubernetes.io/os: linux}
+  annotations: {kwok.x-k8s.io/node: fake}
+spec:
+  taints: [{key: kwok.x-k8s.io/node, value: fake, effect: NoSchedule}]
+NODE
+  spawn kwok "$BIN/kwok" --kubeconfig "$STATE/kwok.kubeconfig" --config "$HERE/kwok.yaml" \
+    --manage-nodes-with-label-selector type=kwok --node-lease-duration-seconds 40 \
+    --server-address 127.0.0.1:10247 --v WARN
+  wait_for "kwok to make kwok-node Ready" 60 bash -c "[[ \"\$('$BIN/kubectl' --kubeconfig '$STATE/admin.kubeconfig' get node kwok-node -o jsonpath='{.status.conditions[?(@.type==\"Ready\")].status}')\" == True ]]"
+}
+
 start() {
   local t0; t0=$(date +%s%N)
   need_root
@@ -452,6 +480,8 @@ start() {
     wait_for "the node to be Ready" 60 node_ready
     # After the node exists: kube-proxy exits when it sees the node's IPs change.
     start_kube_proxy
+  else
+    start_fake_node
   fi
   # The service-account controller creating `default` proves the controller manager works.
   wait_for "kube-controller-manager (the default ServiceAccount)" 60 kubectl_ -n default get serviceaccount default

@@ -17,7 +17,7 @@ use serde_json::json;
 
 use crate::support::{TestNamespace, WAIT, client, fixture, install_crd, kubectl};
 
-/// Fails a pod the way a kubelet reports it, in one write (the simulator's way reads it first).
+/// Fails a pod the way a kubelet reports it, in one write (mark_finished's way reads it first).
 async fn fail(pods: &Api<Pod>, name: &str) {
     let now = k8s_openapi::jiff::Timestamp::now().to_string();
     let status = json!({"status": {"phase": "Failed", "containerStatuses": [{

@@ -5,8 +5,8 @@
 
 use std::time::Duration;
 
+use crate::support::node::SCHEDULER_NAME;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
-use nightshift::sim::SCHEDULER_NAME;
 use nightshift_api::Phase;
 
 use crate::support::{Fixture, WAIT, fixture, kubectl, wait_until};

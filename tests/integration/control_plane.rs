@@ -162,7 +162,7 @@ async fn built_in_job_controller_creates_the_pod_of_a_job() {
     let client = client().await;
     let ns = TestNamespace::new(&client, "job").await;
     wait_default_service_account(&ns).await;
-    // The pod is only looked at: the simulator's scheduler name keeps it off the real node.
+    // The pod is only looked at: the test node's scheduler name keeps it off the real node.
     ns.api::<Job>()
         .create(
             &PostParams::default(),
@@ -170,7 +170,7 @@ async fn built_in_job_controller_creates_the_pod_of_a_job() {
                 "metadata": {"name": "hello"},
                 "spec": {"template": {"spec": {
                     "restartPolicy": "Never",
-                    "schedulerName": nightshift::sim::SCHEDULER_NAME,
+                    "schedulerName": crate::support::node::SCHEDULER_NAME,
                     "containers": [{"name": "hello", "image": "busybox", "command": ["true"]}]
                 }}}
             })),

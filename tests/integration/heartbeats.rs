@@ -3,6 +3,7 @@
 
 use std::{process::Stdio, time::Duration};
 
+use crate::support::node;
 use k8s_openapi::{
     api::{
         coordination::v1::Lease,
@@ -16,7 +17,6 @@ use kube::{
     api::{DeleteParams, ListParams, Patch, PatchParams},
     runtime::{WatchStreamExt, watcher},
 };
-use nightshift::sim;
 use nightshift_api::{Phase, ShardProgress};
 use nightshift_worker::{Checkpoint, Report, renewal_patch};
 use serde_json::json;
@@ -107,7 +107,7 @@ async fn the_agent_run_with_a_worker_token_reports_progress_into_the_status() {
     let (f, _operator) = fixture("hb-agent").await;
     f.create("agented", heartbeat_job(30, None)).await;
     f.wait_live("agented", 1).await;
-    sim::mark_running(&f.pods, "agented-0-1").await.unwrap();
+    node::mark_running(&f.pods, "agented-0-1").await.unwrap();
     let token = token(&f.client, &f.ns.name, "agented-worker").await;
     let kubeconfig = token_kubeconfig(&token, &format!("{}-worker.kubeconfig", f.ns.name));
 
@@ -144,7 +144,7 @@ async fn a_silent_worker_is_detected_and_its_shard_retried() {
     let (f, _operator) = fixture("hb-silent").await;
     f.create("quiet", heartbeat_job(3, None)).await;
     f.wait_live("quiet", 1).await;
-    sim::mark_running(&f.pods, "quiet-0-1").await.unwrap();
+    node::mark_running(&f.pods, "quiet-0-1").await.unwrap();
     let started = std::time::Instant::now();
     f.wait_live_exactly("quiet", &["quiet-0-2"]).await;
     let latency = started.elapsed();
@@ -161,7 +161,7 @@ async fn a_worker_that_heartbeats_without_progress_fails_as_stalled() {
     let (f, _operator) = fixture("hb-stall").await;
     f.create("stuck", heartbeat_job(3, Some(4))).await;
     f.wait_live("stuck", 1).await;
-    sim::mark_running(&f.pods, "stuck-0-1").await.unwrap();
+    node::mark_running(&f.pods, "stuck-0-1").await.unwrap();
     let beats = keep_renewing(
         f.ns.api(),
         "stuck-0".into(),
@@ -181,7 +181,7 @@ async fn worker_clock_skew_changes_nothing() {
     let (f, _operator) = fixture("hb-skew").await;
     f.create("skewed", heartbeat_job(3, None)).await;
     f.wait_live("skewed", 1).await;
-    sim::mark_running(&f.pods, "skewed-0-1").await.unwrap();
+    node::mark_running(&f.pods, "skewed-0-1").await.unwrap();
     // The worker's clock is an hour behind: every renewTime is long "expired", yet each is new.
     let beats = keep_renewing(
         f.ns.api(),
@@ -215,7 +215,7 @@ async fn a_superseded_agent_is_fenced_and_stops() {
     let (f, _operator) = fixture("hb-fence").await;
     f.create("fenced", heartbeat_job(30, None)).await;
     f.wait_live("fenced", 1).await;
-    sim::mark_running(&f.pods, "fenced-0-1").await.unwrap();
+    node::mark_running(&f.pods, "fenced-0-1").await.unwrap();
     let mut agent = tokio::process::Command::new(env!("CARGO_BIN_EXE_nightshift"))
         .args(["agent", "--", "sleep", "120"])
         .env("KUBECONFIG", kubeconfig_path())
@@ -245,7 +245,7 @@ async fn steady_heartbeats_from_three_workers_stay_within_the_status_write_bound
     f.create("steady", json!({"shards": 3, "heartbeat": {"intervalSeconds": 1, "timeoutSeconds": 10}})).await;
     let pods = f.wait_live("steady", 3).await;
     for pod in &pods {
-        sim::mark_running(&f.pods, pod).await.unwrap();
+        node::mark_running(&f.pods, pod).await.unwrap();
     }
     let mut beats = Vec::new();
     for (shard, pod) in pods.iter().enumerate() {
@@ -336,7 +336,7 @@ async fn a_restarted_operator_times_a_silent_worker_from_its_last_renewal() {
     let (f, operator) = fixture("hb-restart").await;
     f.create("quiet", heartbeat_job(30, None)).await;
     f.wait_live("quiet", 1).await;
-    sim::mark_running(&f.pods, "quiet-0-1").await.unwrap();
+    node::mark_running(&f.pods, "quiet-0-1").await.unwrap();
     let leases: Api<Lease> = f.ns.api();
     wait_until("quiet's Lease", WAIT, || async {
         renew(&leases, "quiet-0", "quiet-0-1", Timestamp::now(), None).await.map_err(|e| e.to_string())
@@ -401,7 +401,7 @@ async fn the_estimate_follows_reported_progress_and_warns_once_of_a_missed_deadl
     spec["timeouts"] = json!({"jobSeconds": 120});
     f.create("eta", spec).await;
     f.wait_live("eta", 1).await;
-    sim::mark_running(&f.pods, "eta-0-1").await.unwrap();
+    node::mark_running(&f.pods, "eta-0-1").await.unwrap();
     // 1% of the work done, then no more: at that rate the job takes about 100 times the time so
     // far, far past its 120 s deadline.
     let slow = keep_renewing(
@@ -463,7 +463,7 @@ async fn a_checkpoint_outlives_the_operator_and_reaches_only_its_shards_next_att
     f.create("resume", spec).await;
     f.wait_live("resume", 2).await;
     for pod in ["resume-0-1", "resume-1-1"] {
-        sim::mark_running(&f.pods, pod).await.unwrap();
+        node::mark_running(&f.pods, pod).await.unwrap();
     }
     // Shard 1's worker reports 40/100 and saves a checkpoint there, then goes on to 55/100.
     let leases: Api<Lease> = f.ns.api();
@@ -495,7 +495,7 @@ async fn a_checkpoint_outlives_the_operator_and_reaches_only_its_shards_next_att
     assert_eq!(lease.annotations().get("nightshift.dev/progress").map(String::as_str), Some(""));
     assert_eq!(lease.spec.unwrap().holder_identity.as_deref(), Some("resume-1-2"));
     // The new attempt's progress starts from the checkpoint's 40/100, before it reports anything.
-    sim::mark_running(&f.pods, "resume-1-2").await.unwrap();
+    node::mark_running(&f.pods, "resume-1-2").await.unwrap();
     renew(&leases, "resume-1", "resume-1-2", Timestamp::now(), None).await.unwrap();
     let status = wait_until("shard 1's attempt 2 at the checkpoint's progress", WAIT, || async {
         let s = f.status("resume").await;

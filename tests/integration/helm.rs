@@ -264,7 +264,7 @@ async fn install_into_a_restricted_namespace_then_upgrade_and_uninstall() {
     // Pod Security admission does enforce here: a pod without the restricted settings is refused.
     let bare: Pod = serde_json::from_value(json!({
         "metadata": {"name": "bare"},
-        "spec": {"schedulerName": nightshift::sim::SCHEDULER_NAME, "containers": [{"name": "c", "image": "c"}]}
+        "spec": {"schedulerName": crate::support::node::SCHEDULER_NAME, "containers": [{"name": "c", "image": "c"}]}
     }))
     .unwrap();
     let refused = ns.api::<Pod>().create(&PostParams::default(), &bare).await.map(|_| ());
@@ -534,23 +534,15 @@ async fn the_operator_runs_a_job_on_the_rights_the_chart_gives_it_in_one_namespa
     let election = Api::<Lease>::namespaced(client.clone(), &ops.name).get("nightshift-leader").await.unwrap();
     assert_eq!(election.spec.and_then(|s| s.holder_identity).as_deref(), Some("operator-0"));
 
-    // The node: `nightshift simulate` with the harness's (admin) kubeconfig.
-    let _simulator = tokio::process::Command::new(env!("CARGO_BIN_EXE_nightshift"))
-        .args(["simulate", "--namespace", &watched.name, "--run-seconds", "1"])
-        .env("KUBECONFIG", kubeconfig_path())
-        .env_remove("RUST_LOG")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("starting the pod simulator");
+    // The node: the test plays the pods (and their workers' heartbeats) with the admin's client.
+    let _node = crate::support::node::play_all(client.clone(), &watched.name, std::time::Duration::from_secs(1));
     let jobs: Api<BackgroundJob> = watched.api();
     let spec = json!({
         "shards": 2,
         "heartbeat": {"timeoutSeconds": 30},
         "ttlSecondsAfterFinished": 3,
-        // For the simulator below, not the real node.
-        "template": {"spec": {"schedulerName": nightshift::sim::SCHEDULER_NAME, "containers": [{"name": "w", "image": "w"}]}}
+        // For the test's node above, not the real one.
+        "template": {"spec": {"schedulerName": crate::support::node::SCHEDULER_NAME, "containers": [{"name": "w", "image": "w"}]}}
     });
     let job: BackgroundJob = job_fixture::job("chart-rbac", spec).build();
     jobs.create(&PostParams::default(), &job).await.unwrap();
@@ -759,7 +751,7 @@ async fn the_app_examples_start_a_job_with_curl_and_python_as_a_service_account_
     )
     .unwrap();
     let mut pod = template.spec.template.get();
-    pod.spec.as_mut().unwrap().scheduler_name = Some(nightshift::sim::SCHEDULER_NAME.into());
+    pod.spec.as_mut().unwrap().scheduler_name = Some(crate::support::node::SCHEDULER_NAME.into());
     template.spec.template = pod.into();
     template.spec.heartbeat = None; // the test plays the node: no agent heartbeats
     f.ns.api::<BackgroundJobTemplate>().create(&PostParams::default(), &template).await.unwrap();
@@ -842,7 +834,7 @@ async fn the_example_hook_chart_starts_exactly_one_job_per_revision() {
     let (f, _operator) = fixture("helm-hook").await;
     let chart = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/hook-chart");
     let release = "shop";
-    let sim = format!("worker.schedulerName={}", nightshift::sim::SCHEDULER_NAME);
+    let sim = format!("worker.schedulerName={}", crate::support::node::SCHEDULER_NAME);
     let ns = f.ns.name.as_str();
     helm(&["install", release, chart, "--namespace", ns, "--set", &sim]).await;
     for _ in 0..2 {

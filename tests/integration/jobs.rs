@@ -1,15 +1,15 @@
 //! The controller against the real control plane: BackgroundJobs run to completion, retry,
 //! time out, suspend, clean up, and survive an operator restart. The test plays the node with
-//! the pod simulator's functions, so each pod's outcome is the test's choice.
+//! the test's node (support/node.rs), so each pod's outcome is the test's choice.
 
 use std::collections::BTreeMap;
 
+use crate::support::node;
 use k8s_openapi::api::core::v1::{Pod, ResourceQuota};
 use kube::{
     Api, ResourceExt,
     api::{DeleteParams, Patch, PatchParams, PostParams},
 };
-use nightshift::sim;
 use nightshift_api::{FINALIZER_TRACKING, Phase};
 use serde_json::json;
 
@@ -32,7 +32,7 @@ async fn five_shards_run_on_at_most_three_workers_to_success() {
     assert_eq!(pod.finalizers(), [FINALIZER_TRACKING]);
     let spec = pod.spec.unwrap();
     assert_eq!(spec.restart_policy.as_deref(), Some("Never"));
-    assert_eq!(spec.scheduler_name.as_deref(), Some(sim::SCHEDULER_NAME), "the template's, for the simulator");
+    assert_eq!(spec.scheduler_name.as_deref(), Some(node::SCHEDULER_NAME), "the template's, for the test's node");
     let env: BTreeMap<String, String> =
         spec.containers[0].env.clone().unwrap().into_iter().map(|e| (e.name, e.value.unwrap_or_default())).collect();
     assert_eq!(env["NIGHTSHIFT_SHARD"], "1");
@@ -149,7 +149,7 @@ async fn an_attempt_past_its_deadline_is_stopped_and_retried() {
     )
     .await;
     f.wait_live("slow", 1).await;
-    sim::mark_running(&f.pods, "slow-0-1").await.unwrap();
+    node::mark_running(&f.pods, "slow-0-1").await.unwrap();
     // Attempt 1 never finishes: after 2 s it is deleted and attempt 2 runs.
     f.wait_live_exactly("slow", &["slow-0-2"]).await;
     wait_until("the timed-out pod to be gone", WAIT, || async {

@@ -85,7 +85,7 @@ fn merge(base: serde_json::Value, over: serde_json::Value) -> serde_json::Value 
     }
 }
 
-/// What the real node adds to the fixture: jobs as written (no simulator scheduler name), and
+/// What the real node adds to the fixture: jobs as written (no test-node scheduler name), and
 /// waits on what the kubelet reports. Real pods start in about a second; a job of a few shards
 /// ends well within `WAIT * 2`.
 pub trait OnTheNode {

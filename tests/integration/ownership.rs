@@ -100,7 +100,7 @@ async fn a_users_job_named_like_a_run_is_never_deleted_nor_counted() {
          template: {{spec: {{schedulerName: {}, containers: [{{name: w, image: registry.example/w:1}}]}}}}\n",
         at.minute(),
         at.hour(),
-        nightshift::sim::SCHEDULER_NAME
+        crate::support::node::SCHEDULER_NAME
     );
     let (code, out, err) = kubectl(&f.ns.name, &["apply", "-f", "-"], &manifest).await;
     assert_eq!(code, 0, "kubectl apply: {out}{err}");
@@ -108,7 +108,7 @@ async fn a_users_job_named_like_a_run_is_never_deleted_nor_counted() {
 
     // The schedule's own run of two hours ago, still running.
     let own_name = format!("refresh-{}", earlier.as_second() / 60);
-    let spec = json!({"template": {"spec": {"schedulerName": nightshift::sim::SCHEDULER_NAME,
+    let spec = json!({"template": {"spec": {"schedulerName": crate::support::node::SCHEDULER_NAME,
                        "containers": [{"name": "w", "image": "registry.example/w:1"}]}}});
     let mut own: BackgroundJob = job_fixture::job(&own_name, spec)
         .metadata("labels", json!({LABEL_SCHEDULE: "refresh"}))

@@ -28,8 +28,8 @@ fn finish_everything(f: &Fixture) -> tokio::task::JoinHandle<()> {
             for pod in list {
                 let pending = pod.status.as_ref().and_then(|s| s.phase.as_deref()).is_none_or(|p| p == "Pending");
                 if pending && pod.metadata.deletion_timestamp.is_none() {
-                    let _ = nightshift::sim::mark_running(&pods, &pod.name_any()).await;
-                    let _ = nightshift::sim::mark_finished(&pods, &pod.name_any(), 0).await;
+                    let _ = crate::support::node::mark_running(&pods, &pod.name_any()).await;
+                    let _ = crate::support::node::mark_finished(&pods, &pod.name_any(), 0).await;
                 }
             }
             tokio::time::sleep(Duration::from_millis(300)).await;

@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use crate::support::node::SCHEDULER_NAME;
 use k8s_openapi::{
     api::core::v1::Event,
     jiff::{SignedDuration, Timestamp, tz::TimeZone},
@@ -13,7 +14,6 @@ use kube::{
     Api, ResourceExt,
     api::{ListParams, Patch, PatchParams, PostParams},
 };
-use nightshift::sim::SCHEDULER_NAME;
 use nightshift_api::{ANNOTATION_SCHEDULED_AT, BackgroundJob, BackgroundJobSchedule, LABEL_SCHEDULE};
 use serde_json::json;
 

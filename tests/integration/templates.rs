@@ -3,11 +3,11 @@
 //! from it (frozen: a later edit of the template changes nothing), and its workers get the
 //! parameters. The test plays the node, except for the last test, on the real node.
 
+use crate::support::node::SCHEDULER_NAME;
 use kube::{
     Api,
     api::{ApiResource, DynamicObject, Patch, PatchParams, PostParams},
 };
-use nightshift::sim::SCHEDULER_NAME;
 use nightshift_api::{BackgroundJobTemplate, Phase, ResolvedTemplate};
 use serde_json::json;
 

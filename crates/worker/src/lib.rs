@@ -10,7 +10,7 @@
 //!
 //! The workspace (README, "Development"): `nightshift-api` ← `nightshift-core` ← `nightshift`
 //! (the operator, the root package); `nightshift-worker` and `nightshift-plugin` depend on the
-//! API crate only; `nightshift-bench` on all.
+//! API crate only; `nightshift-bench` on the API and the core.
 
 pub mod agent;
 mod directive;

@@ -1,13 +1,13 @@
 //! The fixture most tests start from: a namespace of their own with an operator of its own (run
-//! in this process), and the test playing the node with the pod simulator's functions, so that
-//! each pod's outcome is the test's choice.
+//! in this process), and the test playing the node (`node`), so that each pod's outcome is the
+//! test's choice.
 
+use super::node;
 use k8s_openapi::api::core::v1::{Event, Pod};
 use kube::{
     Api, Client, ResourceExt,
     api::{ListParams, PostParams},
 };
-use nightshift::sim;
 use nightshift_api::{BackgroundJob, BackgroundJobStatus, LABEL_JOB, Phase};
 use serde_json::json;
 
@@ -35,9 +35,8 @@ pub async fn fixture_with(prefix: &str, options: nightshift::controller::Options
     (f, operator)
 }
 
-/// A job for the tests' node, which is the test itself (or the simulator): its pods carry the
-/// simulator's scheduler name, also when `spec` brings its own template, so that no kubelet of
-/// the cluster runs them.
+/// A job for the tests' node, which is the test itself: its pods carry the node's scheduler
+/// name, also when `spec` brings its own template, so that no kubelet of the cluster runs them.
 fn manifest(name: &str, spec: serde_json::Value) -> BackgroundJob {
     let mut full = json!({
         "template": {"spec": {"containers": [{"name": "worker", "image": "registry.example/worker:1"}]}}
@@ -46,7 +45,7 @@ fn manifest(name: &str, spec: serde_json::Value) -> BackgroundJob {
         full[k] = v.clone();
     }
     let pod_spec = full["template"]["spec"].as_object_mut().expect("the template has a spec");
-    pod_spec.entry("schedulerName").or_insert_with(|| json!(sim::SCHEDULER_NAME));
+    pod_spec.entry("schedulerName").or_insert_with(|| json!(node::SCHEDULER_NAME));
     super::job_fixture::job(name, full).build()
 }
 
@@ -105,8 +104,8 @@ impl Fixture {
     }
 
     pub async fn finish(&self, pod: &str, exit_code: i32) {
-        sim::mark_running(&self.pods, pod).await.unwrap();
-        sim::mark_finished(&self.pods, pod, exit_code).await.unwrap();
+        node::mark_running(&self.pods, pod).await.unwrap();
+        node::mark_finished(&self.pods, pod, exit_code).await.unwrap();
     }
 
     /// Plays the node until the job has succeeded: each of its live pods succeeds, round after

@@ -11,6 +11,7 @@
 pub mod auth;
 pub mod fixture;
 pub mod http;
+pub mod node;
 /// The one builder of BackgroundJobs, shared with the unit tests (nightshift-api's `fixtures`).
 pub use nightshift_api::job_fixture;
 pub mod watch;

@@ -271,10 +271,10 @@ mod tests {
     fn pod_keeps_the_templates_scheduler_name() {
         let mut j = job();
         let mut template = j.spec.pod_template();
-        template.spec.as_mut().unwrap().scheduler_name = Some("nightshift-simulator".into());
+        template.spec.as_mut().unwrap().scheduler_name = Some("custom-scheduler".into());
         j.spec.template = Some(template.into());
         let spec = worker_pod(&j, 0, 1, None, None).spec.unwrap();
-        assert_eq!(spec.scheduler_name.as_deref(), Some("nightshift-simulator"));
+        assert_eq!(spec.scheduler_name.as_deref(), Some("custom-scheduler"));
         assert_eq!(worker_pod(&job(), 0, 1, None, None).spec.unwrap().scheduler_name, None);
     }
 }
