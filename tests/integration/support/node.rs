@@ -90,7 +90,9 @@ pub fn play_all(client: Client, namespace: &str, run_for: Duration) -> AbortOnDr
     AbortOnDrop(tokio::spawn(async move {
         let mut seen = HashSet::new();
         let mut pods = watcher(api.clone(), config).default_backoff().applied_objects().boxed();
-        while let Some(Ok(pod)) = pods.next().await {
+        while let Some(pod) = pods.next().await {
+            // A watch error is retried by the watcher (with backoff): play on.
+            let Ok(pod) = pod else { continue };
             let pending = pod.status.as_ref().and_then(|s| s.phase.as_deref()).is_none_or(|p| p == "Pending");
             if pending && pod.metadata.deletion_timestamp.is_none() && seen.insert(pod.uid().unwrap_or_default()) {
                 tokio::spawn(play(api.clone(), pod, run_for));
