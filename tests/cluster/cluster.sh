@@ -240,7 +240,20 @@ KC
 spawn() { # name, command... (run inside the namespace)
   local name="$1"; shift
   setsid nsenter --net="/run/netns/$NETNS" -- "$@" >"$STATE/$name.log" 2>&1 </dev/null &
-  echo $! >"$STATE/$name.pid"
+  recorded "$name" $!
+}
+
+# Records a launched component's pid once the launcher (bash, setsid, nsenter) has become the
+# binary: alive() goes by the binary's name, and a check in between read a starting component as
+# one that had exited (CI saw "containerd exited" with an empty log). Bounded: a launcher that
+# fails exits, one that never becomes the binary is taken as it is after 10 s.
+recorded() { # name, pid
+  local want; want="$(comm_of "$1")"
+  for _ in $(seq 1 200); do
+    [[ "$(cat "/proc/$2/comm" 2>/dev/null || echo gone)" =~ ^($want|gone)$ ]] && break
+    sleep 0.05
+  done
+  echo "$2" >"$STATE/$1.pid"
 }
 
 wait_for() { # what, seconds, command...
@@ -434,7 +447,7 @@ start() {
   spawn socat-inside socat "UNIX-LISTEN:$RUN/apiserver.sock,fork,unlink-early" TCP:127.0.0.1:6443
   setsid socat "TCP-LISTEN:$API_PORT,bind=127.0.0.1,fork,reuseaddr" "UNIX-CONNECT:$RUN/apiserver.sock" \
     >"$STATE/socat-host.log" 2>&1 </dev/null &
-  echo $! >"$STATE/socat-host.pid"
+  recorded socat-host $!
 
   wait_for "etcd" 30 inside curl -fsS http://127.0.0.1:2379/health
   local p="$STATE/pki" node_flags=(--endpoint-reconciler-type none)
@@ -501,7 +514,7 @@ restart() {
   stop_component "$c"
   echo "--- restarted by cluster.sh restart at $(date -u +%FT%TZ)" >>"$STATE/$c.log"
   setsid nsenter --net="/run/netns/$NETNS" -- "${args[@]}" >>"$STATE/$c.log" 2>&1 </dev/null &
-  echo $! >"$STATE/$c.pid"
+  recorded "$c" $!
   wait_for "$c to serve again" 90 healthy
   log "$c restarted (pid $pid -> $(pid_of "$c"))"
 }
