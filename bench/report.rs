@@ -14,6 +14,8 @@ pub(crate) struct Report {
     pub(crate) versions: String,
     pub(crate) settings: String,
     pub(crate) runs: Vec<RunResult>,
+    #[serde(default)]
+    pub(crate) heartbeats: Vec<HeartbeatResult>,
     pub(crate) memory: Option<MemoryResult>,
     pub(crate) notes: Vec<String>,
     pub(crate) finished: bool,
@@ -267,6 +269,8 @@ pub(crate) fn render(rep: &Report) -> String {
         }
     }
 
+    render_heartbeats(w, &rep.heartbeats);
+
     if let Some(m) = &rep.memory {
         let _ = writeln!(w, "## Memory: {} BackgroundJobs at rest\n", m.jobs);
         let _ = writeln!(
@@ -383,6 +387,7 @@ pub(crate) fn targets(rep: &Report) -> Vec<String> {
             ));
         }
     }
+    out.extend(heartbeat_targets(&rep.heartbeats));
     if let Some(m) = &rep.memory {
         out.push(format!(
             "| operator RSS with {} jobs < 64 MiB steady | {:.1} MiB (at rest), {:.1} MiB (after the first start) | {} |",

@@ -1,0 +1,106 @@
+//! The heartbeat runs in BENCHMARKS.md: their table, and the targets they are held to.
+
+use crate::*;
+use heartbeats::{FOLD_SECS, INTERVAL_SECS, PER_JOB, TIMEOUT_SECS, WINDOW_FOLDS};
+
+pub(crate) fn render_heartbeats(w: &mut String, runs: &[HeartbeatResult]) {
+    use std::fmt::Write;
+    if runs.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        w,
+        "## Heartbeats at scale\n\nBackgroundJobs of {PER_JOB} workers each (`workers: {{min: {PER_JOB}, max: {PER_JOB}}}`, \
+         `heartbeat: {{}}`: a renewal every {INTERVAL_SECS} s, failed after {TIMEOUT_SECS} s of silence), their pods kept \
+         Running on kwok's fake node. Every worker renews its shard's Lease with progress as the agent does: the bench \
+         runs the agent's own renew loop (`nightshift_worker::Heartbeat`) for each running pod, from the pod's \
+         NIGHTSHIFT_* environment, as the admin (the agent uses the worker's token: the same request). The operator \
+         (no client limit, status folded every {FOLD_SECS} s) is measured over {WINDOW_FOLDS} folds once every worker \
+         heartbeats; then one worker in each of a spread of jobs goes silent, and the time from its last renewal (its \
+         Lease's renewTime) until the bench sees its attempt leave `status.active` is taken. CPU in cores (CPU \
+         seconds per second) over the window; requests from the audit log (mutating only).\n"
+    );
+    let _ = writeln!(
+        w,
+        "| workers (jobs) | until all heartbeat s | renewals/s (errors) | operator requests/s | status writes per job per minute | operator CPU cores | operator peak / steady MiB | API server CPU cores | etcd CPU cores | silenced | detection p50 / p99 / max s | other attempts failed |\n|---|---|---|---|---|---|---|---|---|---|---|---|"
+    );
+    for r in runs {
+        let _ = writeln!(
+            w,
+            "| {} ({}) | {} | {:.0} ({}) | {:.1} | {:.2} | {:.3} | {:.1} / {:.1} | {:.2} | {:.2} | {} ({} seen) | {} / {} / {} | {} |",
+            r.workers,
+            r.jobs,
+            f(r.ready_secs),
+            r.renewals as f64 / r.window_secs,
+            r.renewal_errors,
+            r.requests_per_sec(),
+            r.status_writes_per_job_minute(),
+            r.operator_cores,
+            r.operator_peak_mib,
+            r.operator_rss_mib,
+            r.apiserver_cores,
+            r.etcd_cores,
+            r.silenced,
+            r.detection_secs.len(),
+            f(r.detection(0.5)),
+            f(r.detection(0.99)),
+            f(r.detection(1.0)),
+            r.other_failures
+        );
+    }
+    let _ = writeln!(w);
+    for r in runs {
+        let requests = r.operator_requests.iter().map(|(k, v)| format!("{v}× `{k}`")).collect::<Vec<_>>().join(", ");
+        let _ = writeln!(
+            w,
+            "- {} workers: the operator's requests in the {:.0} s window: {requests}.",
+            r.workers, r.window_secs
+        );
+    }
+    let _ = writeln!(
+        w,
+        "\nThe anchor: a kubelet renews its node's Lease once per 10 s (KEP-589), an update of a small object; a worker \
+         renews once per `intervalSeconds` (10 s by default), a JSON patch of a small object. {} workers renew like {} \
+         nodes.\n",
+        runs.last().map_or(0, |r| r.workers),
+        runs.last().map_or(0, |r| r.workers)
+    );
+}
+
+pub(crate) fn heartbeat_targets(runs: &[HeartbeatResult]) -> Vec<String> {
+    let verdict = |ok: bool| if ok { "met" } else { "**MISSED**" };
+    let per_fold = 60.0 / FOLD_SECS as f64;
+    let mut out = Vec::new();
+    for r in runs {
+        let writes = r.status_writes_per_job_minute();
+        out.push(format!(
+            "| {} workers: status writes per job ≤ one per fold ({per_fold:.0} a minute), whatever its workers | {writes:.2} a minute | {} |",
+            r.workers,
+            verdict(writes <= per_fold)
+        ));
+        let p99 = r.detection(0.99);
+        let all = r.detection_secs.len() == r.silenced;
+        out.push(format!(
+            "| {} workers: every silent worker's attempt failed, p99 within timeoutSeconds + 2 s ({} s) | {} of {}, p99 {} s | {} |",
+            r.workers,
+            TIMEOUT_SECS + 2,
+            r.detection_secs.len(),
+            r.silenced,
+            f(p99),
+            verdict(all && p99.is_some_and(|p| p <= (TIMEOUT_SECS + 2) as f64))
+        ));
+        out.push(format!(
+            "| {} workers: no heartbeating worker's attempt failed | {} | {} |",
+            r.workers,
+            r.other_failures,
+            verdict(r.other_failures == 0)
+        ));
+        out.push(format!(
+            "| {} workers: operator peak RSS within the chart's limit (256 MiB) | {:.1} MiB | {} |",
+            r.workers,
+            r.operator_peak_mib,
+            verdict(r.operator_peak_mib < 256.0)
+        ));
+    }
+    out
+}

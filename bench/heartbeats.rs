@@ -1,0 +1,310 @@
+//! The heartbeat run: BackgroundJobs of 10 workers each, their pods kept Running on kwok's fake
+//! node, every worker renewing its shard's Lease with progress exactly as the agent does: this
+//! load generator starts the agent's own renew loop (`nightshift_worker::Heartbeat`) for each
+//! running worker pod, from the pod's NIGHTSHIFT_* environment. A steady window of several status
+//! folds is measured; then a sample of the workers goes silent, and the time from each one's last
+//! renewal until the operator has failed its attempt is measured.
+
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    ffi::OsString,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use futures::StreamExt;
+use k8s_openapi::api::{coordination::v1::Lease, core::v1::Pod};
+use kube::{
+    Api, Client, ResourceExt,
+    runtime::{WatchStreamExt, watcher},
+};
+use nightshift_api::BackgroundJob;
+use nightshift_worker::{Heartbeat, WorkerEnv};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::*;
+
+/// Workers (shards) per job.
+pub(crate) const PER_JOB: usize = 10;
+/// The measured window, in status folds (the operator's default fold: 15 s).
+pub(crate) const WINDOW_FOLDS: u64 = 4;
+pub(crate) const FOLD_SECS: u64 = nightshift_core::FOLD_SECONDS as u64;
+/// The job's heartbeat: the defaults (spec.heartbeat: {}).
+pub(crate) const INTERVAL_SECS: u64 = 10;
+pub(crate) const TIMEOUT_SECS: u64 = 40;
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub(crate) struct HeartbeatResult {
+    pub(crate) workers: usize,
+    pub(crate) jobs: usize,
+    /// From the first create until every worker heartbeats.
+    pub(crate) ready_secs: Option<f64>,
+    pub(crate) window_secs: f64,
+    /// CPU over the window, in cores (CPU seconds per second).
+    pub(crate) operator_cores: f64,
+    pub(crate) apiserver_cores: f64,
+    pub(crate) etcd_cores: f64,
+    /// VmHWM over the whole run (creating every pod and Lease included), and VmRSS after the window.
+    pub(crate) operator_peak_mib: f64,
+    pub(crate) operator_rss_mib: f64,
+    /// The operator's mutating requests in the window, by "verb resource[/subresource]".
+    pub(crate) operator_requests: BTreeMap<String, u64>,
+    /// The workers' renewals in the window (patch leases), and those answered with an error.
+    pub(crate) renewals: u64,
+    pub(crate) renewal_errors: u64,
+    pub(crate) silenced: usize,
+    /// Seconds from a silenced worker's last renewal (its Lease's renewTime) until the bench saw
+    /// its attempt leave status.active, sorted; the undetected ones are missing.
+    pub(crate) detection_secs: Vec<f64>,
+    /// Shards retried that were not silenced: a heartbeating worker's attempt failed.
+    pub(crate) other_failures: usize,
+}
+
+impl HeartbeatResult {
+    pub(crate) fn status_writes_per_job_minute(&self) -> f64 {
+        let writes: u64 =
+            self.operator_requests.iter().filter(|(k, _)| k.ends_with("backgroundjobs/status")).map(|(_, v)| v).sum();
+        writes as f64 / self.jobs.max(1) as f64 / (self.window_secs / 60.0)
+    }
+    pub(crate) fn requests_per_sec(&self) -> f64 {
+        self.operator_requests.values().sum::<u64>() as f64 / self.window_secs
+    }
+    pub(crate) fn detection(&self, q: f64) -> Option<f64> {
+        let d = &self.detection_secs;
+        if d.is_empty() {
+            return None;
+        }
+        let i = ((q * d.len() as f64).ceil() as usize).clamp(1, d.len()) - 1;
+        Some(d[i])
+    }
+}
+
+fn job(i: usize) -> Value {
+    json!({"apiVersion": "nightshift.dev/v1alpha1", "kind": "BackgroundJob", "metadata": {"name": format!("h-{i:05}")},
+        "spec": {"shards": PER_JOB, "workers": {"min": PER_JOB, "max": PER_JOB}, "heartbeat": {},
+                 "template": {"metadata": {"annotations": {"kwok.nightshift.dev/keep-running": "true"}},
+                              "spec": container()}}})
+}
+
+/// The NIGHTSHIFT_* environment of a worker pod, as the agent reads it in the pod.
+fn worker_env(pod: &Pod) -> Option<WorkerEnv> {
+    let containers = &pod.spec.as_ref()?.containers;
+    let env =
+        containers.iter().find_map(|c| c.env.as_ref().filter(|e| e.iter().any(|v| v.name == "NIGHTSHIFT_LEASE")))?;
+    WorkerEnv::from_lookup(|name| env.iter().find(|v| v.name == name).and_then(|v| v.value.clone()).map(OsString::from))
+        .ok()
+        .flatten()
+}
+
+struct Worker {
+    heartbeat: Heartbeat,
+    job: String,
+}
+
+/// The load generator: a heartbeat for every running worker pod, but the silenced ones.
+#[derive(Default)]
+struct Fleet {
+    live: HashMap<String, Worker>,
+    /// Pod -> (job, Lease).
+    silenced: HashMap<String, (String, String)>,
+    /// Pods whose heartbeat ever started.
+    started: HashSet<String>,
+    /// Silenced pod -> when the bench saw its attempt leave status.active.
+    detected: HashMap<String, SystemTime>,
+}
+
+fn run_fleet(client: Client, ns: &str, fleet: Arc<Mutex<Fleet>>) {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let f = fleet.clone();
+    tokio::spawn(async move {
+        let mut stream = watcher(pods, watcher::Config::default()).default_backoff().boxed();
+        while let Some(ev) = stream.next().await {
+            match ev {
+                Ok(watcher::Event::Apply(p) | watcher::Event::InitApply(p)) => {
+                    let running = p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running");
+                    let name = p.name_any();
+                    let mut f = f.lock().unwrap();
+                    if !running || p.metadata.deletion_timestamp.is_some() || f.started.contains(&name) {
+                        continue;
+                    }
+                    let Some(env) = worker_env(&p) else { continue };
+                    let heartbeat = Heartbeat::start(client.clone(), &env);
+                    let job = p.labels().get(nightshift_api::LABEL_JOB).cloned().unwrap_or_default();
+                    f.started.insert(name.clone());
+                    f.live.insert(name, Worker { heartbeat, job });
+                }
+                Ok(watcher::Event::Delete(p)) => {
+                    fleet_remove(&f, &p.name_any());
+                }
+                _ => {}
+            }
+        }
+    });
+    // Progress, as a worker reports it: one more unit done per interval.
+    let t0 = Instant::now();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(INTERVAL_SECS));
+        loop {
+            tick.tick().await;
+            let done = t0.elapsed().as_secs() / INTERVAL_SECS;
+            for w in fleet.lock().unwrap().live.values() {
+                w.heartbeat.progress(done, 1_000_000, "");
+            }
+        }
+    });
+}
+
+fn fleet_remove(fleet: &Arc<Mutex<Fleet>>, pod: &str) {
+    // Dropped outside the lock: the loop ends on its own (a last renewal, refused or not).
+    let gone = fleet.lock().unwrap().live.remove(pod);
+    drop(gone);
+}
+
+fn watch_detection(client: Client, ns: &str, fleet: Arc<Mutex<Fleet>>) {
+    let jobs: Api<BackgroundJob> = Api::namespaced(client, ns);
+    tokio::spawn(async move {
+        let mut stream = watcher(jobs, watcher::Config::default()).default_backoff().boxed();
+        while let Some(ev) = stream.next().await {
+            let Ok(watcher::Event::Apply(j) | watcher::Event::InitApply(j)) = ev else { continue };
+            let now = SystemTime::now();
+            let name = j.name_any();
+            let active: HashSet<&str> = j.status.iter().flat_map(|s| s.active.iter()).map(|a| a.pod.as_str()).collect();
+            let mut f = fleet.lock().unwrap();
+            let gone: Vec<String> = f
+                .silenced
+                .iter()
+                .filter(|(pod, (job, _))| *job == name && !active.contains(pod.as_str()))
+                .map(|(pod, _)| pod.clone())
+                .collect();
+            for pod in gone {
+                f.detected.entry(pod).or_insert(now);
+            }
+        }
+    });
+}
+
+fn unix_secs(t: SystemTime) -> f64 {
+    t.duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// Silences one worker in each of `count` jobs spread over all of them; returns when it was done.
+fn silence(fleet: &Arc<Mutex<Fleet>>, jobs: usize, count: usize) -> Vec<String> {
+    let mut f = fleet.lock().unwrap();
+    let wanted: HashSet<String> = (0..count).map(|k| format!("h-{:05}", k * jobs / count)).collect();
+    let mut chosen: Vec<(String, String)> = Vec::new();
+    let mut taken = HashSet::new();
+    for (pod, w) in &f.live {
+        if wanted.contains(&w.job) && taken.insert(w.job.clone()) {
+            chosen.push((pod.clone(), w.job.clone()));
+        }
+    }
+    let mut dropped = Vec::new();
+    for (pod, job) in &chosen {
+        if let Some(w) = f.live.remove(pod) {
+            f.silenced.insert(pod.clone(), (job.clone(), w.heartbeat.lease().to_string()));
+            dropped.push(w);
+        }
+    }
+    drop(f);
+    drop(dropped);
+    chosen.into_iter().map(|(pod, _)| pod).collect()
+}
+
+pub(crate) async fn heartbeat_run(s: &Settings, workers: usize) -> Res<HeartbeatResult> {
+    let jobs = workers.div_ceil(PER_JOB);
+    let label = format!("heartbeats-{workers}");
+    let cluster = Cluster::up(s, 0, &label)?;
+    let operator_kubeconfig = cluster.setup()?;
+    let admin = client_from(&cluster.admin_kubeconfig()).await?;
+    let ns = Side::Nightshift.namespace();
+    let ctx = RunCtx { s, cluster: &cluster, admin: admin.clone(), operator_kubeconfig, qps: 0, label: label.clone() };
+    let mut r = HeartbeatResult { workers: jobs * PER_JOB, jobs, ..Default::default() };
+
+    let fleet = Arc::new(Mutex::new(Fleet::default()));
+    // The workers' own client: the generator's requests are not the operator's, nor the admin's creates.
+    run_fleet(client_from(&cluster.admin_kubeconfig()).await?, ns, fleet.clone());
+    watch_detection(admin.clone(), ns, fleet.clone());
+    let op = ctx.start_operator(&format!("operator-{label}.log"))?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let t0 = Instant::now();
+    let api: Api<kube::api::DynamicObject> = Api::namespaced_with(admin.clone(), ns, &bgj_resource());
+    let failures = create_all(api, (0..jobs).map(job).collect(), s.in_flight).await;
+    eprintln!("bench: [{label}] created {jobs} jobs of {PER_JOB} workers ({failures} failed)");
+    let all = r.workers;
+    if wait_until("every worker heartbeating", s.run_timeout, || fleet.lock().unwrap().live.len() >= all).await {
+        r.ready_secs = Some(t0.elapsed().as_secs_f64());
+    }
+    eprintln!("bench: [{label}] {} workers heartbeating after {:?}s", fleet.lock().unwrap().live.len(), r.ready_secs);
+    // Every worker renews at least once, and every job folds once, before the window opens.
+    tokio::time::sleep(Duration::from_secs(INTERVAL_SECS + FOLD_SECS)).await;
+
+    let (pid, apiserver, etcd) = (op.pid(), cluster.pid("kube-apiserver")?, cluster.pid("etcd")?);
+    let mark = read_audit(&cluster.audit_log)?.len();
+    let (cpu0, api0, etcd0, w0) = (cpu_seconds(pid), cpu_seconds(apiserver), cpu_seconds(etcd), Instant::now());
+    tokio::time::sleep(Duration::from_secs(WINDOW_FOLDS * FOLD_SECS)).await;
+    r.window_secs = w0.elapsed().as_secs_f64();
+    r.operator_cores = (cpu_seconds(pid) - cpu0) / r.window_secs;
+    r.apiserver_cores = (cpu_seconds(apiserver) - api0) / r.window_secs;
+    r.etcd_cores = (cpu_seconds(etcd) - etcd0) / r.window_secs;
+    r.operator_rss_mib = status_mib(pid, "VmRSS");
+    // The audit log is written in batches of at most 1 s: both marks lag alike.
+    for l in read_audit(&cluster.audit_log)?.iter().skip(mark) {
+        if l.user == NIGHTSHIFT_USER {
+            *r.operator_requests.entry(l.key.clone()).or_default() += 1;
+        } else if l.user == ADMIN_USER && l.key == "patch leases" {
+            r.renewals += 1;
+            r.renewal_errors += u64::from(!(200..300).contains(&l.code));
+        }
+    }
+
+    let silenced = silence(&fleet, jobs, jobs.min((workers / 20).max(100)));
+    r.silenced = silenced.len();
+    eprintln!("bench: [{label}] silenced {} workers", r.silenced);
+    // Their heartbeats end with one last renewal: read when it landed.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let leases: Api<Lease> = Api::namespaced(admin.clone(), ns);
+    let mut last = HashMap::new();
+    let targets: Vec<(String, String)> =
+        fleet.lock().unwrap().silenced.iter().map(|(pod, (_, lease))| (pod.clone(), lease.clone())).collect();
+    for (pod, lease) in targets {
+        if let Some(t) = leases.get(&lease).await.ok().and_then(|l| l.spec?.renew_time) {
+            last.insert(pod, t.0.as_microsecond() as f64 / 1e6);
+        }
+    }
+    let wait = Duration::from_secs(TIMEOUT_SECS + 60);
+    wait_until("every silent worker's attempt failed", wait, || fleet.lock().unwrap().detected.len() >= silenced.len())
+        .await;
+    r.detection_secs = {
+        let f = fleet.lock().unwrap();
+        f.detected.iter().filter_map(|(pod, at)| Some(unix_secs(*at) - last.get(pod)?)).collect()
+    };
+    r.detection_secs.sort_by(f64::total_cmp);
+    r.other_failures = retried(&admin, ns).await.saturating_sub(r.silenced);
+    r.operator_peak_mib = status_mib(pid, "VmHWM");
+    eprintln!(
+        "bench: [{label}] detection p50 {:?} p99 {:?}; operator {:.2} cores, {:.1} MiB peak",
+        r.detection(0.5),
+        r.detection(0.99),
+        r.operator_cores,
+        r.operator_peak_mib
+    );
+    drop(op);
+    Ok(r)
+}
+
+/// Shards on a later attempt than their first, or waiting for one.
+async fn retried(client: &Client, ns: &str) -> usize {
+    let jobs: Api<BackgroundJob> = Api::namespaced(client.clone(), ns);
+    let Ok(list) = jobs.list(&Default::default()).await else { return 0 };
+    list.items
+        .iter()
+        .filter_map(|j| j.status.as_ref())
+        .map(|s| {
+            s.active.iter().filter(|a| a.attempt > 1).count()
+                + s.retrying.len()
+                + s.retrying_groups.iter().map(|g| g.count as usize).sum::<usize>()
+        })
+        .sum()
+}
