@@ -27,7 +27,16 @@ pub(crate) struct Proc {
 
 impl Proc {
     pub(crate) fn spawn(mut c: Command, log: &Path) -> Res<Self> {
+        use std::os::unix::process::CommandExt;
         let out = fs::File::create(log)?;
+        // Stopped with the bench however it ends (an interrupted bench skips the drops): a
+        // leftover operator would spend a CPU retrying against a control plane that is gone.
+        unsafe {
+            c.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+                Ok(())
+            })
+        };
         let child = c.stdin(Stdio::null()).stdout(out.try_clone()?).stderr(out).spawn()?;
         Ok(Self { child, metrics_port: None })
     }

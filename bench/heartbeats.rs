@@ -25,19 +25,50 @@ use serde_json::{Value, json};
 
 use crate::*;
 
+/// Connections the load generator renews on. Real agents hold one each; here every connection
+/// to the local API server is two socat processes (the way into its network namespace), and
+/// 10,000 of them would bury the machine (measured: load 30, 5,000 socat processes).
+const CONNECTIONS: usize = 64;
+
 /// Workers (shards) per job.
 pub(crate) const PER_JOB: usize = 10;
 /// The measured window, in status folds (the operator's default fold: 15 s).
 pub(crate) const WINDOW_FOLDS: u64 = 4;
 pub(crate) const FOLD_SECS: u64 = nightshift_core::FOLD_SECONDS as u64;
-/// The job's heartbeat: the defaults (spec.heartbeat: {}).
+/// The default heartbeat (spec.heartbeat: {}); a run may set a longer interval, with the
+/// timeout 4 intervals, as the defaults are.
 pub(crate) const INTERVAL_SECS: u64 = 10;
-pub(crate) const TIMEOUT_SECS: u64 = 40;
+/// How long a run waits for every worker to heartbeat before it measures what it has.
+const READY_WAIT: Duration = Duration::from_secs(600);
+
+/// A heartbeat run: how many workers, renewing how often ("10000" or "10000@60").
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct HeartbeatPlan {
+    pub(crate) workers: usize,
+    pub(crate) interval: u64,
+}
+
+impl std::str::FromStr for HeartbeatPlan {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (w, i) = s.split_once('@').unwrap_or((s, "10"));
+        let workers = w.parse().map_err(|_| format!("{s}: workers must be a number"))?;
+        let interval = i.parse().ok().filter(|i| *i > 0).ok_or(format!("{s}: the interval must be seconds"))?;
+        Ok(Self { workers, interval })
+    }
+}
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub(crate) struct HeartbeatResult {
     pub(crate) workers: usize,
     pub(crate) jobs: usize,
+    #[serde(default)]
+    pub(crate) interval_secs: u64,
+    #[serde(default)]
+    pub(crate) timeout_secs: u64,
+    /// Workers heartbeating when the window opened (all of them, unless the machine could not).
+    #[serde(default)]
+    pub(crate) heartbeating: usize,
     /// From the first create until every worker heartbeats.
     pub(crate) ready_secs: Option<f64>,
     pub(crate) window_secs: f64,
@@ -80,9 +111,14 @@ impl HeartbeatResult {
     }
 }
 
-fn job(i: usize) -> Value {
+fn job(i: usize, interval: u64) -> Value {
+    let heartbeat = if interval == INTERVAL_SECS {
+        json!({})
+    } else {
+        json!({"intervalSeconds": interval, "timeoutSeconds": 4 * interval})
+    };
     json!({"apiVersion": "nightshift.dev/v1alpha1", "kind": "BackgroundJob", "metadata": {"name": format!("h-{i:05}")},
-        "spec": {"shards": PER_JOB, "workers": {"min": PER_JOB, "max": PER_JOB}, "heartbeat": {},
+        "spec": {"shards": PER_JOB, "workers": {"min": PER_JOB, "max": PER_JOB}, "heartbeat": heartbeat,
                  "template": {"metadata": {"annotations": {"kwok.nightshift.dev/keep-running": "true"}},
                               "spec": container()}}})
 }
@@ -114,7 +150,7 @@ struct Fleet {
     detected: HashMap<String, SystemTime>,
 }
 
-fn run_fleet(client: Client, ns: &str, fleet: Arc<Mutex<Fleet>>) {
+fn run_fleet(client: Client, ns: &str, fleet: Arc<Mutex<Fleet>>, interval: u64) {
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
     let f = fleet.clone();
     tokio::spawn(async move {
@@ -144,15 +180,23 @@ fn run_fleet(client: Client, ns: &str, fleet: Arc<Mutex<Fleet>>) {
     // Progress, as a worker reports it: one more unit done per interval.
     let t0 = Instant::now();
     tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_secs(INTERVAL_SECS));
+        let mut tick = tokio::time::interval(Duration::from_secs(interval));
         loop {
             tick.tick().await;
-            let done = t0.elapsed().as_secs() / INTERVAL_SECS;
+            let done = t0.elapsed().as_secs() / interval;
             for w in fleet.lock().unwrap().live.values() {
                 w.heartbeat.progress(done, 1_000_000, "");
             }
         }
     });
+}
+
+/// The admin's client with at most [`CONNECTIONS`] requests (and so connections) at once.
+async fn workers_client(kubeconfig: &std::path::Path) -> Res<Client> {
+    let kc = kube::config::Kubeconfig::read_from(kubeconfig)?;
+    let config = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?;
+    let limit = tower::limit::ConcurrencyLimitLayer::new(CONNECTIONS);
+    Ok(kube::client::ClientBuilder::try_from(config)?.with_layer(&limit).build())
 }
 
 fn fleet_remove(fleet: &Arc<Mutex<Fleet>>, pod: &str) {
@@ -211,34 +255,43 @@ fn silence(fleet: &Arc<Mutex<Fleet>>, jobs: usize, count: usize) -> Vec<String> 
     chosen.into_iter().map(|(pod, _)| pod).collect()
 }
 
-pub(crate) async fn heartbeat_run(s: &Settings, workers: usize) -> Res<HeartbeatResult> {
+pub(crate) async fn heartbeat_run(s: &Settings, plan: HeartbeatPlan) -> Res<HeartbeatResult> {
+    let HeartbeatPlan { workers, interval } = plan;
     let jobs = workers.div_ceil(PER_JOB);
-    let label = format!("heartbeats-{workers}");
+    let label = format!("heartbeats-{workers}-every-{interval}s");
     let cluster = Cluster::up(s, 0, &label)?;
     let operator_kubeconfig = cluster.setup()?;
     let admin = client_from(&cluster.admin_kubeconfig()).await?;
     let ns = Side::Nightshift.namespace();
     let ctx = RunCtx { s, cluster: &cluster, admin: admin.clone(), operator_kubeconfig, qps: 0, label: label.clone() };
-    let mut r = HeartbeatResult { workers: jobs * PER_JOB, jobs, ..Default::default() };
+    let timeout = 4 * interval;
+    let mut r = HeartbeatResult {
+        workers: jobs * PER_JOB,
+        jobs,
+        interval_secs: interval,
+        timeout_secs: timeout,
+        ..Default::default()
+    };
 
     let fleet = Arc::new(Mutex::new(Fleet::default()));
     // The workers' own client: the generator's requests are not the operator's, nor the admin's creates.
-    run_fleet(client_from(&cluster.admin_kubeconfig()).await?, ns, fleet.clone());
+    run_fleet(workers_client(&cluster.admin_kubeconfig()).await?, ns, fleet.clone(), interval);
     watch_detection(admin.clone(), ns, fleet.clone());
     let op = ctx.start_operator(&format!("operator-{label}.log"))?;
     tokio::time::sleep(Duration::from_secs(2)).await;
 
     let t0 = Instant::now();
     let api: Api<kube::api::DynamicObject> = Api::namespaced_with(admin.clone(), ns, &bgj_resource());
-    let failures = create_all(api, (0..jobs).map(job).collect(), s.in_flight).await;
+    let failures = create_all(api, (0..jobs).map(|i| job(i, interval)).collect(), s.in_flight).await;
     eprintln!("bench: [{label}] created {jobs} jobs of {PER_JOB} workers ({failures} failed)");
     let all = r.workers;
-    if wait_until("every worker heartbeating", s.run_timeout, || fleet.lock().unwrap().live.len() >= all).await {
+    if wait_until("every worker heartbeating", READY_WAIT, || fleet.lock().unwrap().live.len() >= all).await {
         r.ready_secs = Some(t0.elapsed().as_secs_f64());
     }
     eprintln!("bench: [{label}] {} workers heartbeating after {:?}s", fleet.lock().unwrap().live.len(), r.ready_secs);
     // Every worker renews at least once, and every job folds once, before the window opens.
-    tokio::time::sleep(Duration::from_secs(INTERVAL_SECS + FOLD_SECS)).await;
+    tokio::time::sleep(Duration::from_secs(interval + FOLD_SECS)).await;
+    r.heartbeating = fleet.lock().unwrap().live.len();
 
     let (pid, apiserver, etcd) = (op.pid(), cluster.pid("kube-apiserver")?, cluster.pid("etcd")?);
     let mark = read_audit(&cluster.audit_log)?.len();
@@ -273,7 +326,7 @@ pub(crate) async fn heartbeat_run(s: &Settings, workers: usize) -> Res<Heartbeat
             last.insert(pod, t.0.as_microsecond() as f64 / 1e6);
         }
     }
-    let wait = Duration::from_secs(TIMEOUT_SECS + 60);
+    let wait = Duration::from_secs(timeout + 60);
     wait_until("every silent worker's attempt failed", wait, || fleet.lock().unwrap().detected.len() >= silenced.len())
         .await;
     r.detection_secs = {

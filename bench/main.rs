@@ -11,15 +11,17 @@
 //! pod of every side is bound by kube-scheduler to the fake node `kwok-node` (node selector and
 //! toleration), where kwok makes it Running, then Succeeded at once.
 //! Then heartbeat runs (bench/heartbeats.rs): 1,000 and 10,000 workers renewing their Leases as
-//! the agent does, a sample of them then silent. Then a memory run: 10,000 suspended BackgroundJobs, the operator started twice on them, then
-//! a third time with 100,000 worker pods beside them (the pod cache's memory).
+//! the agent does, a sample of them then silent. Then a memory run: 10,000 suspended
+//! BackgroundJobs, the operator started twice on them, then a third time with 100,000 worker pods
+//! beside them (the pod cache's memory).
 //!
 //! The nightshift-bench crate of the workspace (bench/): it depends on the API and the core (to
 //! build worker pods as the operator does); nothing depends on it.
 //! Results: BENCHMARKS.md (rewritten after each run) and target/bench/results.json.
 //!
 //! Settings (environment): BENCH_N (default "100,1000"), BENCH_QPS ("0,100,20"; 0: no client
-//! limit), BENCH_HEARTBEAT_WORKERS ("1000,10000"; 0 skips),
+//! limit), BENCH_HEARTBEATS ("1000,10000@60,10000": workers, @ the
+//! renewal interval if not the default 10 s; 0 skips),
 //! BENCH_MEMORY_JOBS (10000; 0 skips), BENCH_MEMORY_PODS (100000; 0 skips), BENCH_RUN_TIMEOUT (seconds per wait, 1800),
 //! BENCH_DEADLINE (unix seconds: no run starts after it), BENCH_IN_FLIGHT (64), BENCH_OUT
 //! (BENCHMARKS.md), BENCH_COMMAND (the command line to report), NIGHTSHIFT_BIN
@@ -66,7 +68,7 @@ pub(crate) struct Settings {
     pub(crate) work: PathBuf,
     pub(crate) ns: Vec<usize>,
     pub(crate) qps: Vec<u32>,
-    pub(crate) heartbeat_workers: Vec<usize>,
+    pub(crate) heartbeats: Vec<HeartbeatPlan>,
     pub(crate) memory_jobs: usize,
     pub(crate) memory_pods: usize,
     pub(crate) run_timeout: Duration,
@@ -101,7 +103,7 @@ impl Settings {
             // BENCH_N=0: no comparison runs.
             ns: list(&env_or("BENCH_N", "100,1000")).into_iter().filter(|n| *n > 0).collect(),
             qps: list(&env_or("BENCH_QPS", "0,100,20")),
-            heartbeat_workers: list(&env_or("BENCH_HEARTBEAT_WORKERS", "1000,10000")),
+            heartbeats: list(&env_or("BENCH_HEARTBEATS", "1000,10000@60,10000")),
             memory_jobs: env_or("BENCH_MEMORY_JOBS", "10000").parse()?,
             memory_pods: env_or("BENCH_MEMORY_PODS", "100000").parse()?,
             run_timeout: Duration::from_secs(env_or("BENCH_RUN_TIMEOUT", "1800").parse()?),
@@ -291,16 +293,17 @@ pub(crate) async fn main() {
             save(&s, &rep);
         }
     }
-    for &workers in s.heartbeat_workers.iter().filter(|w| **w > 0) {
+    for &plan in s.heartbeats.iter().filter(|p| p.workers > 0) {
+        let workers = format!("{} workers renewing every {} s", plan.workers, plan.interval);
         if s.past_deadline() {
-            rep.notes.push(format!("Skipped (past the deadline): the heartbeat run with {workers} workers."));
+            rep.notes.push(format!("Skipped (past the deadline): the heartbeat run of {workers}."));
             ok = false;
             continue;
         }
-        match heartbeat_run(&s, workers).await {
+        match heartbeat_run(&s, plan).await {
             Ok(h) => rep.heartbeats.push(h),
             Err(e) => {
-                rep.notes.push(format!("The heartbeat run with {workers} workers failed: {e}"));
+                rep.notes.push(format!("The heartbeat run of {workers} failed: {e}"));
                 ok = false;
             }
         }

@@ -8,7 +8,7 @@
 #   BENCH_QPS=0 make bench          only the run with no client limit
 #   BENCH_N=0 make bench            no comparison runs (the heartbeat and memory runs only)
 #   BENCH_STOP_AT=01:05 make bench  start no run after 01:05 UTC (what finished is reported)
-#   BENCH_HEARTBEAT_WORKERS=1000 make bench  the heartbeat run at 1,000 workers only (0: none)
+#   BENCH_HEARTBEATS=1000,10000@60 make bench  heartbeat runs: workers[@interval s] (0: none)
 #   BENCH_MEMORY_JOBS=0 make bench  skip the memory run (BENCH_MEMORY_PODS=0: only its 100,000-pod part)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,7 +21,7 @@ if [[ -n "${N:-}" ]]; then export BENCH_N="${N// /,}"; fi
 if [[ -n "${BENCH_STOP_AT:-}" ]]; then BENCH_DEADLINE="$(date -u -d "$BENCH_STOP_AT" +%s)"; export BENCH_DEADLINE; fi
 cmd="make bench"
 [[ -n "${N:-}" ]] && cmd="make bench N=\"$N\""
-for v in BENCH_N BENCH_QPS BENCH_HEARTBEAT_WORKERS BENCH_MEMORY_JOBS BENCH_MEMORY_PODS BENCH_STOP_AT BENCH_RUN_TIMEOUT; do
+for v in BENCH_N BENCH_QPS BENCH_HEARTBEATS BENCH_MEMORY_JOBS BENCH_MEMORY_PODS BENCH_STOP_AT BENCH_RUN_TIMEOUT; do
   if [[ -n "${!v:-}" && ! ( "$v" == BENCH_N && -n "${N:-}" ) ]]; then cmd="$v=${!v} $cmd"; fi
 done
 export BENCH_COMMAND="${BENCH_COMMAND:-$cmd}"

@@ -315,7 +315,7 @@ impl RunCtx<'_> {
             .args(["--kube-api-qps", &q.to_string(), "--kube-api-burst", &b.to_string()])
             .args(["--max-workers", "0", "--leader-election=false"])
             .env("KUBECONFIG", &self.operator_kubeconfig)
-            .env("RUST_LOG", "warn");
+            .env("RUST_LOG", env_or("BENCH_OPERATOR_LOG", "warn"));
         let mut p = Proc::spawn(c, &self.s.work.join(log))?;
         p.metrics_port = Some(port);
         Ok(p)

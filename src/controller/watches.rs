@@ -5,7 +5,7 @@
 use std::{sync::Arc, time::Duration};
 
 use futures::{FutureExt, Stream, StreamExt, channel::mpsc::UnboundedSender, future};
-use k8s_openapi::api::{coordination::v1::Lease, core::v1::Pod};
+use k8s_openapi::api::coordination::v1::Lease;
 use kube::{
     Api, Client, Resource, ResourceExt,
     runtime::{
@@ -24,7 +24,7 @@ use super::{
         context::{Context, occupies_worker},
         orphans, reconcile, templates,
     },
-    lean::{lean, lean_lease, lean_pod},
+    lean::{WorkerPod, lean, lean_lease, lean_pod},
     now, schedules,
     triggers::{self, Fanout},
 };
@@ -83,7 +83,7 @@ pub async fn run_with_metrics(
         ctx.metrics.clone(),
         filled,
     ));
-    let pods_wake = Fanout::new(pod_store, triggers::controller_of::<Pod, BackgroundJob>, ctx.wake.clone());
+    let pods_wake = Fanout::new(pod_store, triggers::controller_of::<WorkerPod, BackgroundJob>, ctx.wake.clone());
     let shutdown = shutdown.shared();
     let schedule_reconciler = Controller::for_stream(schedule_watch, schedule_store)
         .with_config(kube::runtime::controller::Config::default().debounce(options.debounce))
@@ -114,7 +114,12 @@ pub async fn run_with_metrics(
 fn job_context(
     client: &Client,
     options: &Options,
-    (jobs, pods, leases, templates): (Store<BackgroundJob>, Store<Pod>, Store<Lease>, Store<BackgroundJobTemplate>),
+    (jobs, pods, leases, templates): (
+        Store<BackgroundJob>,
+        Store<WorkerPod>,
+        Store<Lease>,
+        Store<BackgroundJobTemplate>,
+    ),
     metrics: Arc<Metrics>,
     wake: Wake<BackgroundJob>,
     filled: Filled,
@@ -211,9 +216,9 @@ fn job_watch(
 /// waiting for workers and queues possible orphans. It never waits for the API.
 async fn pods(
     ctx: &Context,
-    watch: impl Stream<Item = Result<watcher::Event<Pod>, watcher::Error>>,
-    wake: Fanout<Pod, BackgroundJob>,
-    orphans: &UnboundedSender<Pod>,
+    watch: impl Stream<Item = Result<watcher::Event<WorkerPod>, watcher::Error>>,
+    wake: Fanout<WorkerPod, BackgroundJob>,
+    orphans: &UnboundedSender<WorkerPod>,
 ) {
     watch
         .for_each(|event| {
@@ -289,7 +294,11 @@ fn warn_failed<T>(watch: &str, event: &Result<T, watcher::Error>) {
     }
 }
 
-fn on_pod(ctx: &Context, orphans: &UnboundedSender<Pod>, event: Result<watcher::Event<Pod>, watcher::Error>) {
+fn on_pod(
+    ctx: &Context,
+    orphans: &UnboundedSender<WorkerPod>,
+    event: Result<watcher::Event<WorkerPod>, watcher::Error>,
+) {
     match event {
         Ok(watcher::Event::Apply(pod) | watcher::Event::InitApply(pod)) => {
             if pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running") {

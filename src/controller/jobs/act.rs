@@ -12,6 +12,7 @@ use kube::{Api, ResourceExt, api::PostParams, runtime::reflector::ObjectRef};
 use tracing::{info, warn};
 
 use super::{access, context::Context, templates};
+use crate::controller::lean::WorkerPod;
 use crate::controller::{Error, watches::object_key, writes::delete_by_uid};
 use nightshift_api::BackgroundJob;
 use nightshift_core::{
@@ -25,7 +26,7 @@ use nightshift_core::{
 pub async fn act(
     ctx: &Context,
     job: &BackgroundJob,
-    pods: &[Arc<Pod>],
+    pods: &[Arc<WorkerPod>],
     d: &Decision,
     now: Timestamp,
 ) -> Result<Option<Refusal>, Error> {
@@ -157,7 +158,12 @@ async fn create_pods(
 
 /// Deletes the pods by name and uid: a pod of that name created since (by someone else, or a
 /// newer one) is never deleted in its place (409, and nothing to do).
-async fn delete_pods(ctx: &Context, job: &BackgroundJob, pods: &[Arc<Pod>], delete: &[String]) -> Result<(), Error> {
+async fn delete_pods(
+    ctx: &Context,
+    job: &BackgroundJob,
+    pods: &[Arc<WorkerPod>],
+    delete: &[String],
+) -> Result<(), Error> {
     let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &job.namespace().unwrap_or_default());
     for name in delete {
         // The decision names only pods it was given, so each has its uid here.

@@ -7,10 +7,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use k8s_openapi::{
-    api::{coordination::v1::Lease, core::v1::Pod},
-    jiff::Timestamp,
-};
+use k8s_openapi::{api::coordination::v1::Lease, jiff::Timestamp};
 use kube::{
     Client, ResourceExt,
     runtime::{
@@ -20,6 +17,7 @@ use kube::{
 };
 
 use super::observe::LeaseMemory;
+use crate::controller::lean::WorkerPod;
 use crate::controller::{Options, expectations::Expectations, now, watches::Filled, writes::with_written};
 use crate::operator::{
     Metrics,
@@ -35,7 +33,7 @@ pub struct Context {
     pub client: Client,
     pub recorder: Recorder,
     pub jobs: Store<BackgroundJob>,
-    pub pods: Store<Pod>,
+    pub pods: Store<WorkerPod>,
     pub leases: Store<Lease>,
     pub templates: Store<BackgroundJobTemplate>,
     pub options: Options,
@@ -171,6 +169,6 @@ impl Context {
 
 /// A pod that takes a worker from the budget: not finished. (One being deleted still counts:
 /// it may still run. Compare [`nightshift_core::PodView::live`].)
-pub fn occupies_worker(pod: &Pod) -> bool {
+pub fn occupies_worker(pod: &WorkerPod) -> bool {
     !matches!(pod.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Succeeded" | "Failed"))
 }

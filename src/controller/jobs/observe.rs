@@ -1,11 +1,13 @@
 //! Turns a worker pod into what the decision core needs to know of it.
 
 use k8s_openapi::{
-    api::{coordination::v1::Lease, core::v1::Pod},
+    api::coordination::v1::Lease,
     apimachinery::pkg::apis::meta::v1::{ManagedFieldsEntry, Time},
     jiff::Timestamp,
 };
 use kube::ResourceExt;
+
+use crate::controller::lean::WorkerPod;
 
 use nightshift_api::{Failure, ShardProgress};
 
@@ -133,7 +135,7 @@ fn done_total(s: &str) -> Option<(i64, i64)> {
 
 /// The view of a worker pod, or None when its labels do not say which shard and attempt it is.
 /// `running_since`: when the operator first saw it Running.
-pub fn pod_view(pod: &Pod, running_since: Option<Timestamp>) -> Option<PodView> {
+pub fn pod_view(pod: &WorkerPod, running_since: Option<Timestamp>) -> Option<PodView> {
     let labels = pod.labels();
     let shard = labels.get(nightshift_api::LABEL_SHARD)?.parse().ok()?;
     let attempt = labels.get(nightshift_api::LABEL_ATTEMPT)?.parse().ok()?;
@@ -200,7 +202,7 @@ const CANNOT_START: [&str; 5] =
     ["ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull", "CreateContainerConfigError"];
 
 /// Why a container of a pending pod cannot start, in the kubelet's words.
-fn cannot_start(pod: &Pod) -> Option<Failure> {
+fn cannot_start(pod: &WorkerPod) -> Option<Failure> {
     let status = pod.status.as_ref()?;
     let mut containers =
         status.init_container_statuses.iter().flatten().chain(status.container_statuses.iter().flatten());

@@ -7,6 +7,8 @@ use std::sync::Arc;
 
 use futures::{StreamExt, channel::mpsc::UnboundedReceiver};
 use k8s_openapi::api::core::v1::Pod;
+
+use crate::controller::lean::WorkerPod;
 use kube::{Api, ResourceExt, runtime::reflector::Store};
 use tracing::warn;
 
@@ -14,13 +16,13 @@ use super::{context::Context, record::release};
 use nightshift_api::BackgroundJob;
 
 /// A pod worth a look: being deleted and still tracked.
-pub fn candidate(pod: &Pod) -> bool {
+pub fn candidate(pod: &WorkerPod) -> bool {
     pod.metadata.deletion_timestamp.is_some()
         && pod.finalizers().iter().any(|f| f == nightshift_api::FINALIZER_TRACKING)
 }
 
 /// Releases the queued pods whose job is gone (or going), one at a time, until the queue closes.
-pub async fn release_orphans(ctx: Arc<Context>, mut queue: UnboundedReceiver<Pod>) {
+pub async fn release_orphans(ctx: Arc<Context>, mut queue: UnboundedReceiver<WorkerPod>) {
     ctx.filled.wait().await;
     while let Some(pod) = queue.next().await {
         if owner_alive(&ctx.jobs, &pod) {
@@ -33,7 +35,7 @@ pub async fn release_orphans(ctx: Arc<Context>, mut queue: UnboundedReceiver<Pod
     }
 }
 
-fn owner_alive(jobs: &Store<BackgroundJob>, pod: &Pod) -> bool {
+fn owner_alive(jobs: &Store<BackgroundJob>, pod: &WorkerPod) -> bool {
     let owner = pod.owner_references().iter().find(|o| o.controller == Some(true) && o.kind == "BackgroundJob");
     owner.is_some_and(|o| {
         jobs.state()

@@ -15,11 +15,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use k8s_openapi::{api::core::v1::Pod, jiff::Timestamp};
+use k8s_openapi::jiff::Timestamp;
 use kube::{ResourceExt, runtime::controller::Action};
 
 use super::{act, chains, context::Context, observe, record, templates};
-use crate::controller::{Error, now, watches::object_key};
+use crate::controller::{Error, lean::WorkerPod, now, watches::object_key};
 use nightshift_api::BackgroundJob;
 use nightshift_core::{
     Decision, LeaseView, Observed, PodView, Refusal,
@@ -58,7 +58,7 @@ pub async fn reconcile(job: Arc<BackgroundJob>, ctx: Arc<Context>) -> Result<Act
 pub struct Seen {
     /// The job, with the status this process last wrote if the cache is behind.
     pub job: Arc<BackgroundJob>,
-    pub pods: Vec<Arc<Pod>>,
+    pub pods: Vec<Arc<WorkerPod>>,
     views: Vec<PodView>,
     leases: Vec<LeaseView>,
     last_fold: Option<Timestamp>,

@@ -5,6 +5,8 @@
 use std::{sync::Arc, time::Instant};
 
 use k8s_openapi::{api::core::v1::Pod, jiff::Timestamp};
+
+use crate::controller::lean::WorkerPod;
 use kube::{
     Api, ResourceExt,
     api::{Patch, PatchParams},
@@ -25,7 +27,7 @@ use nightshift_core::Decision;
 pub async fn record(
     ctx: &Arc<Context>,
     job: &BackgroundJob,
-    pods: &[Arc<Pod>],
+    pods: &[Arc<WorkerPod>],
     d: Decision,
     now: Timestamp,
 ) -> Result<Action, Error> {
@@ -72,14 +74,14 @@ async fn record_status(ctx: &Context, job: &BackgroundJob, d: &Decision, now: Ti
 async fn release_finalizers(
     ctx: &Context,
     job: &BackgroundJob,
-    pods: &[Arc<Pod>],
+    pods: &[Arc<WorkerPod>],
     names: &[String],
 ) -> Result<(), Error> {
     if names.is_empty() {
         return Ok(());
     }
     let at = Instant::now();
-    let todo: Vec<&Arc<Pod>> = {
+    let todo: Vec<&Arc<WorkerPod>> = {
         let mut memory = ctx.memory();
         pods.iter()
             .filter(|p| names.iter().any(|n| p.metadata.name.as_ref() == Some(n)))
@@ -96,7 +98,7 @@ async fn release_finalizers(
 }
 
 /// Removes the tracking finalizer, guarded by a test so a stale index removes nothing else.
-pub async fn release(api: &Api<Pod>, pod: &Pod) -> Result<(), kube::Error> {
+pub async fn release(api: &Api<Pod>, pod: &WorkerPod) -> Result<(), kube::Error> {
     let Some(index) = pod.finalizers().iter().position(|f| f == nightshift_api::FINALIZER_TRACKING) else {
         return Ok(());
     };
