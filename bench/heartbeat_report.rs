@@ -17,7 +17,7 @@ pub(crate) fn render_heartbeats(w: &mut String, runs: &[HeartbeatResult]) {
          NIGHTSHIFT_* environment, as the admin (the agent uses the worker's token: the same request; the bench sends them on at most 64 connections, where each agent holds one of its own: the local \
          API server is reached through socat, two processes per connection). The operator \
          (no client limit, status folded every {FOLD_SECS} s) is measured over {WINDOW_FOLDS} folds once every worker \
-         heartbeats; then one worker in each of a spread of jobs goes silent, and the time from its last renewal (its \
+         heartbeats; then one worker in each of a spread of jobs goes silent, one after the other over an interval, and the time from its last renewal (its \
          Lease's renewTime) until the bench sees its attempt leave `status.active` is taken. CPU in cores (CPU \
          seconds per second) over the window; requests from the audit log (mutating only).\n"
     );

@@ -232,26 +232,34 @@ fn unix_secs(t: SystemTime) -> f64 {
     t.duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
 }
 
-/// Silences one worker in each of `count` jobs spread over all of them; returns when it was done.
-fn silence(fleet: &Arc<Mutex<Fleet>>, jobs: usize, count: usize) -> Vec<String> {
-    let mut f = fleet.lock().unwrap();
-    let wanted: HashSet<String> = (0..count).map(|k| format!("h-{:05}", k * jobs / count)).collect();
-    let mut chosen: Vec<(String, String)> = Vec::new();
-    let mut taken = HashSet::new();
-    for (pod, w) in &f.live {
-        if wanted.contains(&w.job) && taken.insert(w.job.clone()) {
-            chosen.push((pod.clone(), w.job.clone()));
-        }
-    }
-    let mut dropped = Vec::new();
+/// Silences one worker in each of `count` jobs spread over all of them, one after the other over
+/// `over` (workers fail on their own, not all in the same instant: a burst of a hundred failures
+/// at once measures the burst). Returns the pods silenced.
+async fn silence(fleet: &Arc<Mutex<Fleet>>, jobs: usize, count: usize, over: Duration) -> Vec<String> {
+    let chosen: Vec<(String, String)> = {
+        let f = fleet.lock().unwrap();
+        let wanted: HashSet<String> = (0..count).map(|k| format!("h-{:05}", k * jobs / count)).collect();
+        let mut taken = HashSet::new();
+        f.live
+            .iter()
+            .filter(|(_, w)| wanted.contains(&w.job) && taken.insert(w.job.clone()))
+            .map(|(pod, w)| (pod.clone(), w.job.clone()))
+            .collect()
+    };
+    let gap = over / chosen.len().max(1) as u32;
     for (pod, job) in &chosen {
-        if let Some(w) = f.live.remove(pod) {
-            f.silenced.insert(pod.clone(), (job.clone(), w.heartbeat.lease().to_string()));
-            dropped.push(w);
-        }
+        let gone = {
+            let mut f = fleet.lock().unwrap();
+            let gone = f.live.remove(pod);
+            if let Some(w) = &gone {
+                f.silenced.insert(pod.clone(), (job.clone(), w.heartbeat.lease().to_string()));
+            }
+            gone
+        };
+        // Dropped outside the lock: its loop ends with one last renewal.
+        drop(gone);
+        tokio::time::sleep(gap).await;
     }
-    drop(f);
-    drop(dropped);
     chosen.into_iter().map(|(pod, _)| pod).collect()
 }
 
@@ -312,7 +320,8 @@ pub(crate) async fn heartbeat_run(s: &Settings, plan: HeartbeatPlan) -> Res<Hear
         }
     }
 
-    let silenced = silence(&fleet, jobs, jobs.min((workers / 20).max(100)));
+    let over = Duration::from_secs(interval);
+    let silenced = silence(&fleet, jobs, jobs.min((workers / 20).max(100)), over).await;
     r.silenced = silenced.len();
     eprintln!("bench: [{label}] silenced {} workers", r.silenced);
     // Their heartbeats end with one last renewal: read when it landed.
