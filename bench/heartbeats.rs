@@ -263,6 +263,30 @@ async fn silence(fleet: &Arc<Mutex<Fleet>>, jobs: usize, count: usize, over: Dur
     chosen.into_iter().map(|(pod, _)| pod).collect()
 }
 
+/// The steady window: the operator's, the API server's and etcd's CPU, the operator's RSS, and
+/// the mutating requests of the operator and of the workers (their renewals), from the audit log.
+async fn measure_window(cluster: &Cluster<'_>, pid: u32, r: &mut HeartbeatResult) -> Res<()> {
+    let (apiserver, etcd) = (cluster.pid("kube-apiserver")?, cluster.pid("etcd")?);
+    let mark = read_audit(&cluster.audit_log)?.len();
+    let (cpu0, api0, etcd0, w0) = (cpu_seconds(pid), cpu_seconds(apiserver), cpu_seconds(etcd), Instant::now());
+    tokio::time::sleep(Duration::from_secs(WINDOW_FOLDS * FOLD_SECS)).await;
+    r.window_secs = w0.elapsed().as_secs_f64();
+    r.operator_cores = (cpu_seconds(pid) - cpu0) / r.window_secs;
+    r.apiserver_cores = (cpu_seconds(apiserver) - api0) / r.window_secs;
+    r.etcd_cores = (cpu_seconds(etcd) - etcd0) / r.window_secs;
+    r.operator_rss_mib = status_mib(pid, "VmRSS");
+    // The audit log is written in batches of at most 1 s: both marks lag alike.
+    for l in read_audit(&cluster.audit_log)?.iter().skip(mark) {
+        if l.user == NIGHTSHIFT_USER {
+            *r.operator_requests.entry(l.key.clone()).or_default() += 1;
+        } else if l.user == ADMIN_USER && l.key == "patch leases" {
+            r.renewals += 1;
+            r.renewal_errors += u64::from(!(200..300).contains(&l.code));
+        }
+    }
+    Ok(())
+}
+
 pub(crate) async fn heartbeat_run(s: &Settings, plan: HeartbeatPlan) -> Res<HeartbeatResult> {
     let HeartbeatPlan { workers, interval } = plan;
     let jobs = workers.div_ceil(PER_JOB);
@@ -301,24 +325,7 @@ pub(crate) async fn heartbeat_run(s: &Settings, plan: HeartbeatPlan) -> Res<Hear
     tokio::time::sleep(Duration::from_secs(interval + FOLD_SECS)).await;
     r.heartbeating = fleet.lock().unwrap().live.len();
 
-    let (pid, apiserver, etcd) = (op.pid(), cluster.pid("kube-apiserver")?, cluster.pid("etcd")?);
-    let mark = read_audit(&cluster.audit_log)?.len();
-    let (cpu0, api0, etcd0, w0) = (cpu_seconds(pid), cpu_seconds(apiserver), cpu_seconds(etcd), Instant::now());
-    tokio::time::sleep(Duration::from_secs(WINDOW_FOLDS * FOLD_SECS)).await;
-    r.window_secs = w0.elapsed().as_secs_f64();
-    r.operator_cores = (cpu_seconds(pid) - cpu0) / r.window_secs;
-    r.apiserver_cores = (cpu_seconds(apiserver) - api0) / r.window_secs;
-    r.etcd_cores = (cpu_seconds(etcd) - etcd0) / r.window_secs;
-    r.operator_rss_mib = status_mib(pid, "VmRSS");
-    // The audit log is written in batches of at most 1 s: both marks lag alike.
-    for l in read_audit(&cluster.audit_log)?.iter().skip(mark) {
-        if l.user == NIGHTSHIFT_USER {
-            *r.operator_requests.entry(l.key.clone()).or_default() += 1;
-        } else if l.user == ADMIN_USER && l.key == "patch leases" {
-            r.renewals += 1;
-            r.renewal_errors += u64::from(!(200..300).contains(&l.code));
-        }
-    }
+    measure_window(&cluster, op.pid(), &mut r).await?;
 
     let over = Duration::from_secs(interval);
     let silenced = silence(&fleet, jobs, jobs.min((workers / 20).max(100)), over).await;
@@ -344,7 +351,7 @@ pub(crate) async fn heartbeat_run(s: &Settings, plan: HeartbeatPlan) -> Res<Hear
     };
     r.detection_secs.sort_by(f64::total_cmp);
     r.other_failures = retried(&admin, ns).await.saturating_sub(r.silenced);
-    r.operator_peak_mib = status_mib(pid, "VmHWM");
+    r.operator_peak_mib = status_mib(op.pid(), "VmHWM");
     eprintln!(
         "bench: [{label}] detection p50 {:?} p99 {:?}; operator {:.2} cores, {:.1} MiB peak",
         r.detection(0.5),
