@@ -113,3 +113,36 @@ fn error_policy<K: Resource<DynamicType = ()>, C: Reconciles>(object: Arc<K>, er
 pub fn now() -> Timestamp {
     Timestamp::from_second(Timestamp::now().as_second()).expect("now is a valid time")
 }
+
+/// A wait decided at `now` (whole seconds, see [`now`]), counted from that instant rather than
+/// from `at`, when the reconcile ends: neither the second's fraction nor the time the writes took
+/// is waited on top (a silent worker's timeout fired up to a second late, more under load). Never
+/// early: what the wait is for falls due at `now + wait`, a whole second, so a reconcile woken at
+/// that time has a `now` that reaches it.
+pub fn wait_from(now: Timestamp, wait: Duration, at: Timestamp) -> Duration {
+    wait.saturating_sub(Duration::try_from(at.duration_since(now)).unwrap_or_default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(s: &str) -> Timestamp {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn a_wait_counts_from_the_decisions_now_not_from_the_end_of_the_reconcile() {
+        let now = at("2026-12-05T10:00:20Z");
+        // Decided at 20 (the reconcile ran at 20.7 and ended at 20.9): due at 60, not 60.9.
+        assert_eq!(
+            wait_from(now, Duration::from_secs(40), at("2026-12-05T10:00:20.9Z")),
+            Duration::from_millis(39_100)
+        );
+        // Writes that took 3 s come off the wait; a wait already over is no wait.
+        assert_eq!(wait_from(now, Duration::from_secs(15), at("2026-12-05T10:00:23Z")), Duration::from_secs(12));
+        assert_eq!(wait_from(now, Duration::from_secs(1), at("2026-12-05T10:00:22Z")), Duration::ZERO);
+        // A clock seen going back changes nothing.
+        assert_eq!(wait_from(now, Duration::from_secs(5), at("2026-12-05T10:00:19Z")), Duration::from_secs(5));
+    }
+}

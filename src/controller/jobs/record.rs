@@ -17,7 +17,7 @@ use tracing::{debug, info};
 
 use super::context::Context;
 use crate::controller::{
-    Error, events,
+    Error, events, wait_from,
     writes::{FENCED_RETRY, delete_by_uid, resource_version, write_status},
 };
 use crate::operator::metrics::ReasonLabel;
@@ -48,7 +48,8 @@ pub async fn record(
         delete_job(ctx, job).await?;
         return Ok(Action::await_change());
     }
-    Ok(d.requeue_after.map(Action::requeue).unwrap_or_else(Action::await_change))
+    let at = Timestamp::now();
+    Ok(d.requeue_after.map(|wait| Action::requeue(wait_from(now, wait, at))).unwrap_or_else(Action::await_change))
 }
 
 /// Writes the decided status, only onto the version of the job it was decided from (its
