@@ -14,8 +14,9 @@ pub(crate) fn render_heartbeats(w: &mut String, runs: &[HeartbeatResult]) {
          `heartbeat: {{}}`: a renewal every 10 s, failed after 40 s of silence; or a longer interval, the timeout 4 of them), their pods kept \
          Running on kwok's fake node. Every worker renews its shard's Lease with progress as the agent does: the bench \
          runs the agent's own renew loop (`nightshift_worker::Heartbeat`) for each running pod, from the pod's \
-         NIGHTSHIFT_* environment, as the admin (the agent uses the worker's token: the same request; the bench sends them on at most 64 connections, where each agent holds one of its own: the local \
-         API server is reached through socat, two processes per connection). The operator \
+         NIGHTSHIFT_* environment, as the admin (the agent uses the worker's token: the same request; the bench sends them on at most BENCH_HEARTBEAT_CONNECTIONS (256) connections, where each agent holds one of its own: the local \
+         API server is reached through socat, two processes per connection). *Lease age* is how long ago each live worker's Lease was renewed when the window closed (p99 / max): within an interval when the generator kept up; beyond it, the bench fell behind, not the operator. The operator \
+          The operator \
          (no client limit, status folded every {FOLD_SECS} s) is measured over {WINDOW_FOLDS} folds once every worker \
          heartbeats; then one worker in each of a spread of jobs goes silent, one after the other over an interval, and the time from its last renewal (its \
          Lease's renewTime) until the bench sees its attempt leave `status.active` is taken. CPU in cores (CPU \
@@ -23,12 +24,12 @@ pub(crate) fn render_heartbeats(w: &mut String, runs: &[HeartbeatResult]) {
     );
     let _ = writeln!(
         w,
-        "| workers (jobs) | renewal every s (timeout s) | heartbeating / until all s | renewals/s (errors) | operator requests/s | status writes per job per minute | operator CPU cores | operator peak / steady MiB | API server CPU cores | etcd CPU cores | silenced | detection p50 / p99 / max s | other attempts failed |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+        "| workers (jobs) | renewal every s (timeout s) | heartbeating / until all s | renewals/s (errors) | Lease age p99 / max s | operator requests/s | status writes per job per minute | operator CPU cores | operator peak / steady MiB | API server CPU cores | etcd CPU cores | silenced | detection p50 / p99 / max s | other attempts failed |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
     );
     for r in runs {
         let _ = writeln!(
             w,
-            "| {} ({}) | {} ({}) | {} / {} | {:.0} ({}) | {:.1} | {:.2} | {:.3} | {:.1} / {:.1} | {:.2} | {:.2} | {} ({} seen) | {} / {} / {} | {} |",
+            "| {} ({}) | {} ({}) | {} / {} | {:.0} ({}) | {} / {} | {:.1} | {:.2} | {:.3} | {:.1} / {:.1} | {:.2} | {:.2} | {} ({} seen) | {} / {} / {} | {} |",
             r.workers,
             r.jobs,
             r.interval_secs,
@@ -37,6 +38,8 @@ pub(crate) fn render_heartbeats(w: &mut String, runs: &[HeartbeatResult]) {
             f(r.ready_secs),
             r.renewals as f64 / r.window_secs,
             r.renewal_errors,
+            f(r.lease_age_p99),
+            f(r.lease_age_max),
             r.requests_per_sec(),
             r.status_writes_per_job_minute(),
             r.operator_cores,

@@ -25,10 +25,11 @@ use serde_json::{Value, json};
 
 use crate::*;
 
-/// Connections the load generator renews on. Real agents hold one each; here every connection
-/// to the local API server is two socat processes (the way into its network namespace), and
-/// 10,000 of them would bury the machine (measured: load 30, 5,000 socat processes).
-const CONNECTIONS: usize = 64;
+/// Connections the load generator renews on (BENCH_HEARTBEAT_CONNECTIONS). Real agents hold one
+/// each; here every connection to the local API server is two socat processes (the way into its
+/// network namespace), and 10,000 of them would bury the machine (measured: load 30, 5,000 socat
+/// processes). Whether the generator kept up is measured: the age of the live workers' Leases.
+const CONNECTIONS: &str = "256";
 
 /// Workers (shards) per job.
 pub(crate) const PER_JOB: usize = 10;
@@ -84,6 +85,13 @@ pub(crate) struct HeartbeatResult {
     /// The workers' renewals in the window (patch leases), and those answered with an error.
     pub(crate) renewals: u64,
     pub(crate) renewal_errors: u64,
+    /// Seconds since each live worker's Lease was last renewed, at the window's end: p99 and max.
+    /// Within an interval (plus a request) when the generator keeps up; more, and the bench, not
+    /// the operator, fell behind.
+    #[serde(default)]
+    pub(crate) lease_age_p99: Option<f64>,
+    #[serde(default)]
+    pub(crate) lease_age_max: Option<f64>,
     pub(crate) silenced: usize,
     /// Seconds from a silenced worker's last renewal (its Lease's renewTime) until the bench saw
     /// its attempt leave status.active, sorted; the undetected ones are missing.
@@ -102,13 +110,14 @@ impl HeartbeatResult {
         self.operator_requests.values().sum::<u64>() as f64 / self.window_secs
     }
     pub(crate) fn detection(&self, q: f64) -> Option<f64> {
-        let d = &self.detection_secs;
-        if d.is_empty() {
-            return None;
-        }
-        let i = ((q * d.len() as f64).ceil() as usize).clamp(1, d.len()) - 1;
-        Some(d[i])
+        quantile(&self.detection_secs, q)
     }
+}
+
+/// The `q` quantile of sorted values (nearest rank).
+fn quantile(sorted: &[f64], q: f64) -> Option<f64> {
+    let i = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len().max(1)) - 1;
+    sorted.get(i).copied()
 }
 
 fn job(i: usize, interval: u64) -> Value {
@@ -191,11 +200,11 @@ fn run_fleet(client: Client, ns: &str, fleet: Arc<Mutex<Fleet>>, interval: u64) 
     });
 }
 
-/// The admin's client with at most [`CONNECTIONS`] requests (and so connections) at once.
+/// The admin's client with at most BENCH_HEARTBEAT_CONNECTIONS requests (and so connections) at once.
 async fn workers_client(kubeconfig: &std::path::Path) -> Res<Client> {
     let kc = kube::config::Kubeconfig::read_from(kubeconfig)?;
     let config = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?;
-    let limit = tower::limit::ConcurrencyLimitLayer::new(CONNECTIONS);
+    let limit = tower::limit::ConcurrencyLimitLayer::new(env_or("BENCH_HEARTBEAT_CONNECTIONS", CONNECTIONS).parse()?);
     Ok(kube::client::ClientBuilder::try_from(config)?.with_layer(&limit).build())
 }
 
@@ -287,6 +296,21 @@ async fn measure_window(cluster: &Cluster<'_>, pid: u32, r: &mut HeartbeatResult
     Ok(())
 }
 
+/// How long ago each live worker's Lease was renewed (one list of the namespace's Leases).
+async fn lease_ages(client: &Client, ns: &str, fleet: &Arc<Mutex<Fleet>>) -> Vec<f64> {
+    let live: HashSet<String> = fleet.lock().unwrap().live.values().map(|w| w.heartbeat.lease().to_string()).collect();
+    let now = unix_secs(SystemTime::now());
+    let Ok(list) = Api::<Lease>::namespaced(client.clone(), ns).list(&Default::default()).await else { return vec![] };
+    let mut ages: Vec<f64> = list
+        .items
+        .into_iter()
+        .filter(|l| live.contains(&l.name_any()))
+        .filter_map(|l| Some(now - l.spec?.renew_time?.0.as_microsecond() as f64 / 1e6))
+        .collect();
+    ages.sort_by(f64::total_cmp);
+    ages
+}
+
 pub(crate) async fn heartbeat_run(s: &Settings, plan: HeartbeatPlan) -> Res<HeartbeatResult> {
     let HeartbeatPlan { workers, interval } = plan;
     let jobs = workers.div_ceil(PER_JOB);
@@ -326,6 +350,8 @@ pub(crate) async fn heartbeat_run(s: &Settings, plan: HeartbeatPlan) -> Res<Hear
     r.heartbeating = fleet.lock().unwrap().live.len();
 
     measure_window(&cluster, op.pid(), &mut r).await?;
+    let ages = lease_ages(&admin, ns, &fleet).await;
+    (r.lease_age_p99, r.lease_age_max) = (quantile(&ages, 0.99), ages.last().copied());
 
     let over = Duration::from_secs(interval);
     let silenced = silence(&fleet, jobs, jobs.min((workers / 20).max(100)), over).await;

@@ -21,7 +21,8 @@
 //!
 //! Settings (environment): BENCH_N (default "100,1000"), BENCH_QPS ("0,100,20"; 0: no client
 //! limit), BENCH_HEARTBEATS ("1000,10000@60,10000": workers, @ the
-//! renewal interval if not the default 10 s; 0 skips),
+//! renewal interval if not the default 10 s; 0 skips; BENCH_HEARTBEAT_CONNECTIONS, 256: the
+//! generator's connections),
 //! BENCH_MEMORY_JOBS (10000; 0 skips), BENCH_MEMORY_PODS (100000; 0 skips), BENCH_RUN_TIMEOUT (seconds per wait, 1800),
 //! BENCH_DEADLINE (unix seconds: no run starts after it), BENCH_IN_FLIGHT (64), BENCH_OUT
 //! (BENCHMARKS.md), BENCH_COMMAND (the command line to report), NIGHTSHIFT_BIN
@@ -29,9 +30,12 @@
 
 mod audit;
 mod cluster;
+mod comparison_report;
 mod heartbeat_report;
 mod heartbeats;
 mod memory;
+mod memory_report;
+mod progress;
 mod report;
 mod sides;
 
@@ -46,9 +50,12 @@ use serde::{Deserialize, Serialize};
 
 use audit::*;
 use cluster::*;
+use comparison_report::*;
 use heartbeat_report::*;
 use heartbeats::*;
 use memory::*;
+use memory_report::*;
+use progress::*;
 use report::*;
 use sides::*;
 
