@@ -191,7 +191,9 @@ impl<'a> Cluster<'a> {
         let admin: Value = serde_yaml_ng::from_str(&fs::read_to_string(self.admin_kubeconfig())?)?;
         let server = admin["clusters"][0]["cluster"]["server"].as_str().ok_or("no server")?;
         let ca = admin["clusters"][0]["cluster"]["certificate-authority-data"].as_str().ok_or("no CA")?;
-        let operator = s.work.join("nightshift.kubeconfig");
+        // In the cluster's folder, with its admin.kubeconfig: a second bench (another cluster folder)
+        // never points this run's operator at its control plane.
+        let operator = s.cluster_dir.join("nightshift.kubeconfig");
         fs::write(&operator, kubeconfig(server, ca, "nightshift", &format!("token: {token}")))?;
 
         Ok(operator)
