@@ -6,12 +6,14 @@
 //! - `jobs/`: the BackgroundJob controller, observe → decide → act → record (`jobs/reconcile.rs`).
 //! - `schedules/`: the BackgroundJobSchedule controller, which shares the job watch.
 //! - Shared by both: `writes.rs` (the fenced status write, read-your-writes, delete by uid),
-//!   `events.rs`, `expectations.rs`, `triggers.rs` (watch events to keys), `error_policy`.
+//!   `events.rs`, `expectations.rs`, `triggers.rs` (watch events to keys), `owners.rs` (the pod
+//!   and Lease caches indexed by job), `error_policy`.
 
 mod events;
 mod expectations;
 pub(crate) mod jobs;
 mod lean;
+mod owners;
 pub(crate) mod schedules;
 mod triggers;
 mod watches;

@@ -25,7 +25,9 @@ use super::{
         orphans, reconcile, templates,
     },
     lean::{WorkerPod, lean, lean_lease, lean_pod},
-    now, schedules,
+    now,
+    owners::{Cached, Owners},
+    schedules,
     triggers::{self, Fanout},
 };
 use crate::operator::Metrics;
@@ -58,8 +60,11 @@ pub async fn run_with_metrics(
     let (pod_store, pod_watch) = cached(scoped(&client, &options), selected(), lean_pod);
     // Leases are cached but do not trigger reconciles: renewals are folded in on a timer.
     let (lease_store, lease_watch) = cached(scoped::<Lease>(&client, &options), selected(), lean_lease);
-    let (template_store, template_watch) =
-        cached(scoped::<BackgroundJobTemplate>(&client, &options), watcher::Config::default(), lean);
+    let (template_store, template_writer) = reflector::store();
+    let template_watch = watcher(scoped::<BackgroundJobTemplate>(&client, &options), watcher::Config::default())
+        .default_backoff()
+        .modify(lean)
+        .reflect(template_writer);
     let (job_store, job_writer) = reflector::store();
     let job_watch = job_watch(&client, &options, job_writer, wake_tx.clone(), wake_schedule);
     let (schedule_store, schedule_writer) = reflector::store();
@@ -83,7 +88,8 @@ pub async fn run_with_metrics(
         ctx.metrics.clone(),
         filled,
     ));
-    let pods_wake = Fanout::new(pod_store, triggers::controller_of::<WorkerPod, BackgroundJob>, ctx.wake.clone());
+    let pods_wake =
+        Fanout::new((*pod_store).clone(), triggers::controller_of::<WorkerPod, BackgroundJob>, ctx.wake.clone());
     let shutdown = shutdown.shared();
     let schedule_reconciler = Controller::for_stream(schedule_watch, schedule_store)
         .with_config(kube::runtime::controller::Config::default().debounce(options.debounce))
@@ -116,8 +122,8 @@ fn job_context(
     options: &Options,
     (jobs, pods, leases, templates): (
         Store<BackgroundJob>,
-        Store<WorkerPod>,
-        Store<Lease>,
+        Cached<WorkerPod>,
+        Cached<Lease>,
         Store<BackgroundJobTemplate>,
     ),
     metrics: Arc<Metrics>,
@@ -168,17 +174,29 @@ fn selected() -> watcher::Config {
     watcher::Config::default().labels(nightshift_api::LABEL_JOB)
 }
 
-/// A cache of `api`'s objects (made `lean` on the way in), and the watch that fills it.
+/// A cache of `api`'s objects (made `lean` on the way in), indexed by the job that controls
+/// each, and the watch that fills it.
 fn cached<K>(
     api: Api<K>,
     config: watcher::Config,
     lean: fn(&mut K),
-) -> (Store<K>, impl Stream<Item = Result<watcher::Event<K>, watcher::Error>>)
+) -> (Cached<K>, impl Stream<Item = Result<watcher::Event<K>, watcher::Error>>)
 where
     K: Resource<DynamicType = ()> + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
 {
     let (store, writer) = reflector::store();
-    (store, watcher(api, config).default_backoff().modify(lean).reflect(writer))
+    let owners = Arc::new(std::sync::RwLock::new(Owners::default()));
+    let index = owners.clone();
+    let watch = watcher(api, config)
+        .default_backoff()
+        .modify(lean)
+        .inspect(move |event| {
+            if let Ok(event) = event {
+                index.write().unwrap_or_else(|e| e.into_inner()).apply(event);
+            }
+        })
+        .reflect(writer);
+    (Cached::new(store, owners), watch)
 }
 
 /// One watch of BackgroundJobs for both controllers: a change wakes the job and the schedule

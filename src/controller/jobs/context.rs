@@ -18,6 +18,7 @@ use kube::{
 
 use super::observe::LeaseMemory;
 use crate::controller::lean::WorkerPod;
+use crate::controller::owners::Cached;
 use crate::controller::{Options, expectations::Expectations, now, watches::Filled, writes::with_written};
 use crate::operator::{
     Metrics,
@@ -33,8 +34,8 @@ pub struct Context {
     pub client: Client,
     pub recorder: Recorder,
     pub jobs: Store<BackgroundJob>,
-    pub pods: Store<WorkerPod>,
-    pub leases: Store<Lease>,
+    pub pods: Cached<WorkerPod>,
+    pub leases: Cached<Lease>,
     pub templates: Store<BackgroundJobTemplate>,
     pub options: Options,
     pub memory: Mutex<Memory>,

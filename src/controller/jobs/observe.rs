@@ -7,7 +7,7 @@ use k8s_openapi::{
 };
 use kube::ResourceExt;
 
-use crate::controller::lean::WorkerPod;
+use crate::controller::lean::{Worker, WorkerPod};
 
 use nightshift_api::{Failure, ShardProgress};
 
@@ -133,12 +133,10 @@ fn done_total(s: &str) -> Option<(i64, i64)> {
     (done >= 0 && total >= 0).then_some((done, total))
 }
 
-/// The view of a worker pod, or None when its labels do not say which shard and attempt it is.
+/// The view of a worker pod, or None when its labels did not say which shard and attempt it is.
 /// `running_since`: when the operator first saw it Running.
 pub fn pod_view(pod: &WorkerPod, running_since: Option<Timestamp>) -> Option<PodView> {
-    let labels = pod.labels();
-    let shard = labels.get(nightshift_api::LABEL_SHARD)?.parse().ok()?;
-    let attempt = labels.get(nightshift_api::LABEL_ATTEMPT)?.parse().ok()?;
+    let Worker { shard, attempt } = pod.worker?;
     let status = pod.status.as_ref();
     let phase = match status.and_then(|s| s.phase.as_deref()) {
         Some("Running") => PodPhase::Running,

@@ -71,12 +71,8 @@ pub struct Seen {
 fn observe(ctx: &Context, job: Arc<BackgroundJob>) -> Seen {
     let job = ctx.with_latest_status(job);
     let (ns, uid) = (job.namespace().unwrap_or_default(), job.uid().unwrap_or_default());
-    let owned = |meta: &kube::api::ObjectMeta| {
-        meta.namespace.as_deref() == Some(ns.as_str())
-            && meta.owner_references.iter().flatten().any(|o| o.uid == uid && o.controller == Some(true))
-    };
-    let pods = ctx.pods.state_filter(|p| owned(&p.metadata));
-    let leases = ctx.leases.state_filter(|l| owned(&l.metadata));
+    let pods = ctx.pods.owned_by(&ns, &uid);
+    let leases = ctx.leases.owned_by(&ns, &uid);
     let mut memory = ctx.memory();
     if !memory.creating.is_empty() {
         for pod in &pods {
