@@ -300,7 +300,13 @@ async fn measure_window(cluster: &Cluster<'_>, pid: u32, r: &mut HeartbeatResult
 async fn lease_ages(client: &Client, ns: &str, fleet: &Arc<Mutex<Fleet>>) -> Vec<f64> {
     let live: HashSet<String> = fleet.lock().unwrap().live.values().map(|w| w.heartbeat.lease().to_string()).collect();
     let now = unix_secs(SystemTime::now());
-    let Ok(list) = Api::<Lease>::namespaced(client.clone(), ns).list(&Default::default()).await else { return vec![] };
+    let list = match Api::<Lease>::namespaced(client.clone(), ns).list(&Default::default()).await {
+        Ok(list) => list,
+        Err(e) => {
+            eprintln!("bench: listing the workers' Leases for their age: {e} (not reported)");
+            return vec![];
+        }
+    };
     let mut ages: Vec<f64> = list
         .items
         .into_iter()
