@@ -21,7 +21,7 @@ mod writes;
 
 use std::{sync::Arc, time::Duration};
 
-use k8s_openapi::jiff::Timestamp;
+use k8s_openapi::jiff::{RoundMode, Timestamp, TimestampRound, Unit};
 use kube::{Resource, ResourceExt, runtime::controller::Action};
 use tracing::warn;
 
@@ -116,6 +116,16 @@ pub fn now() -> Timestamp {
     Timestamp::from_second(Timestamp::now().as_second()).expect("now is a valid time")
 }
 
+/// When something seen happening at `at` counts as having happened: the next whole second (or
+/// `at` itself, when whole). The times a heartbeat is judged by are whole seconds, like [`now`];
+/// floored, a renewal seen at 10.3 would count at 10 and its worker be failed at 10 + timeout,
+/// before the timeout had passed since it renewed. Counted at 11, never early; late by under a
+/// second.
+pub fn sight(at: Timestamp) -> Timestamp {
+    let ceil = TimestampRound::new().smallest(Unit::Second).mode(RoundMode::Ceil);
+    at.round(ceil).unwrap_or(at)
+}
+
 /// A wait decided at `now` (whole seconds, see [`now`]), counted from that instant rather than
 /// from `at`, when the reconcile ends: neither the second's fraction nor the time the writes took
 /// is waited on top (a silent worker's timeout fired up to a second late, more under load). Never
@@ -131,6 +141,14 @@ mod tests {
 
     fn at(s: &str) -> Timestamp {
         s.parse().unwrap()
+    }
+
+    #[test]
+    fn a_sight_counts_from_the_next_whole_second() {
+        assert_eq!(sight(at("2026-12-05T10:00:10Z")), at("2026-12-05T10:00:10Z"));
+        assert_eq!(sight(at("2026-12-05T10:00:10.000000001Z")), at("2026-12-05T10:00:11Z"));
+        assert_eq!(sight(at("2026-12-05T10:00:10.3Z")), at("2026-12-05T10:00:11Z"));
+        assert_eq!(sight(at("2026-12-05T10:00:10.999999999Z")), at("2026-12-05T10:00:11Z"));
     }
 
     #[test]

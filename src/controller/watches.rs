@@ -5,7 +5,7 @@
 use std::{sync::Arc, time::Duration};
 
 use futures::{FutureExt, Stream, StreamExt, channel::mpsc::UnboundedSender, future};
-use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::{api::coordination::v1::Lease, jiff::Timestamp};
 use kube::{
     Api, Client, Resource, ResourceExt,
     runtime::{
@@ -25,9 +25,8 @@ use super::{
         orphans, reconcile, templates,
     },
     lean::{WorkerPod, lean, lean_lease, lean_pod},
-    now,
     owners::{Cached, Owners},
-    schedules,
+    schedules, sight,
     triggers::{self, Fanout},
 };
 use crate::operator::Metrics;
@@ -320,7 +319,10 @@ fn on_pod(
     match event {
         Ok(watcher::Event::Apply(pod) | watcher::Event::InitApply(pod)) => {
             if pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running") {
-                ctx.memory().running_since.entry(pod.uid().unwrap_or_default()).or_insert_with(now);
+                ctx.memory()
+                    .running_since
+                    .entry(pod.uid().unwrap_or_default())
+                    .or_insert_with(|| sight(Timestamp::now()));
             }
             if !occupies_worker(&pod) {
                 ctx.wake_waiting();
@@ -342,7 +344,7 @@ fn on_lease(ctx: &Context, event: Result<watcher::Event<Lease>, watcher::Error>)
     match event {
         Ok(watcher::Event::Apply(lease) | watcher::Event::InitApply(lease)) => {
             let key = object_key(&lease.namespace().unwrap_or_default(), &lease.name_any());
-            ctx.memory().leases.entry(key).or_default().observe(&lease, now());
+            ctx.memory().leases.entry(key).or_default().observe(&lease, sight(Timestamp::now()));
         }
         Ok(watcher::Event::Delete(lease)) => {
             let key = object_key(&lease.namespace().unwrap_or_default(), &lease.name_any());

@@ -59,7 +59,8 @@ pub(super) fn heartbeat_failure(
 
 /// When the worker last renewed, as far as the operator can tell, or else `baseline` (when the
 /// operator saw its pod start running: a worker gets a full timeout for its first renewal). A
-/// renewal the operator saw happen counts when it saw it (its own clock). One it only found
+/// renewal the operator saw happen counts when it saw it (its own clock, rounded up to the whole
+/// second: never early). One it only found
 /// already there (it started since: a leader change) counts when the API server stamped it, never
 /// later than it was found nor before the attempt started: the renewal shows the worker ran then,
 /// so neither the first sight of the renewal nor of the running pod restarts a silent worker's
