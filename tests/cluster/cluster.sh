@@ -14,11 +14,17 @@
 #   cluster.sh restart apiserver|kubelet   stop that one process and start it again with the same
 #                      command line (a fault for `make chaos`); returns once it serves again
 #
-# NIGHTSHIFT_NODE=0 starts the control plane with a fake node instead of a real one: kwok plays
-# `kwok-node` and the pods kube-scheduler binds to it (stages: tests/cluster/kwok.yaml); pods reach
-# it with a node selector (type: kwok) and a toleration of its taint (kwok.x-k8s.io/node). The
-# benchmark's cluster. NIGHTSHIFT_CLUSTER_DIR names another state folder
-# (default .cluster/ of the clone), so two clusters can run side by side (at most one with a node).
+# Beside the real node `nightshift-node`, kwok plays a fake node, `kwok-node` (label type=kwok,
+# taint kwok.x-k8s.io/node=fake:NoSchedule), and the pods kube-scheduler binds to it: pods reach it
+# with a node selector (type: kwok) and a toleration of the taint, so no other pod ever lands there
+# (`kubectl get nodes` lists both; the fake one runs nothing). kwok manages only nodes labelled
+# type=kwok: the real node and its pods are the kubelet's. Its stages: tests/cluster/kwok.yaml (pods
+# run at once, as the benchmark wants) and tests/cluster/kwok-steered.yaml (pods a test steers
+# through annotations: the integration tests' node, tests/integration/support/node.rs).
+#
+# NIGHTSHIFT_NODE=0 starts the control plane and the fake node alone, without the real node: the
+# benchmark's cluster. NIGHTSHIFT_CLUSTER_DIR names another state folder (default .cluster/ of
+# the clone), so two clusters can run side by side (at most one with a real node).
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -45,7 +51,8 @@ with_node() {
 }
 components() {
   echo etcd kube-apiserver socat-inside socat-host kube-controller-manager
-  if with_node; then echo kube-scheduler containerd kubelet kube-proxy; else echo kube-scheduler kwok; fi
+  echo kube-scheduler kwok
+  if with_node; then echo containerd kubelet kube-proxy; fi
 }
 
 pid_of() { cat "$STATE/$1.pid" 2>/dev/null || true; }
@@ -72,8 +79,8 @@ free_port() {
 inside() { nsenter --net="/run/netns/$NETNS" -- "$@"; }
 kubectl_() { "$BIN/kubectl" --kubeconfig "$STATE/admin.kubeconfig" "$@"; }
 
-node_ready() {
-  [[ "$(kubectl_ get node "$NODE_NAME" -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}' 2>/dev/null)" == True ]]
+node_ready() { # name
+  [[ "$(kubectl_ get node "$1" -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}' 2>/dev/null)" == True ]]
 }
 
 healthy() {
@@ -82,7 +89,8 @@ healthy() {
   local c
   for c in $(components); do alive "$c" || return 1; done
   [[ "$(kubectl_ get --raw /readyz 2>/dev/null)" == ok ]] || return 1
-  if with_node; then node_ready; fi
+  node_ready kwok-node || return 1
+  if with_node; then node_ready "$NODE_NAME"; fi
 }
 
 need_root() {
@@ -201,7 +209,7 @@ extendedKeyUsage=serverAuth"
   issue controller-manager "/CN=system:kube-controller-manager" "$client"
   issue scheduler "/CN=system:kube-scheduler" "$client"
   # kwok writes the fake node's and its pods' status: a cluster admin, by a name of its own.
-  with_node || issue kwok "/O=system:masters/CN=kwok" "$client"
+  issue kwok "/O=system:masters/CN=kwok" "$client"
   if with_node; then
     issue kubelet "/O=system:nodes/CN=system:node:$NODE_NAME" "$client"
     issue kube-proxy "/CN=system:kube-proxy" "$client"
@@ -386,13 +394,18 @@ YAML
   spawn kube-proxy "$BIN/kube-proxy" --config "$STATE/kube-proxy.yaml"
 }
 
-# kube-scheduler binds pods to the fake node as to any; kwok plays the node and those pods. The
-# scheduler's client limit is raised from 50 requests/s: thousands of pods are bound at once.
-start_fake_node() {
+# kube-scheduler, for both nodes. Its client limit is raised from 50 requests/s: thousands of
+# pods are bound at once to the fake node.
+start_scheduler() {
   kubeconfig "$STATE/scheduler.kubeconfig" "https://127.0.0.1:6443" scheduler
   spawn kube-scheduler "$BIN/kube-scheduler" --kubeconfig "$STATE/scheduler.kubeconfig" \
     --authentication-kubeconfig "$STATE/scheduler.kubeconfig" --authorization-kubeconfig "$STATE/scheduler.kubeconfig" \
     --bind-address 127.0.0.1 --secure-port 10259 --leader-elect=false --kube-api-qps 1000 --kube-api-burst 2000
+}
+
+# kwok plays `kwok-node` and the pods kube-scheduler binds to it; it manages no other node (the
+# real one is the kubelet's). Its own ports (10247) are clear of the kubelet's and kube-proxy's.
+start_fake_node() {
   kubeconfig "$STATE/kwok.kubeconfig" "https://127.0.0.1:6443" kwok
   kubectl_ apply -f - >/dev/null <<NODE
 apiVersion: v1
@@ -404,10 +417,11 @@ metadata:
 spec:
   taints: [{key: kwok.x-k8s.io/node, value: fake, effect: NoSchedule}]
 NODE
-  spawn kwok "$BIN/kwok" --kubeconfig "$STATE/kwok.kubeconfig" --config "$HERE/kwok.yaml" \
+  spawn kwok "$BIN/kwok" --kubeconfig "$STATE/kwok.kubeconfig" \
+    --config "$HERE/kwok.yaml" --config "$HERE/kwok-steered.yaml" \
     --manage-nodes-with-label-selector type=kwok --node-lease-duration-seconds 40 \
     --server-address 127.0.0.1:10247 --v WARN
-  wait_for "kwok to make kwok-node Ready" 60 bash -c "[[ \"\$('$BIN/kubectl' --kubeconfig '$STATE/admin.kubeconfig' get node kwok-node -o jsonpath='{.status.conditions[?(@.type==\"Ready\")].status}')\" == True ]]"
+  wait_for "kwok to make kwok-node Ready" 60 node_ready kwok-node
 }
 
 start() {
@@ -481,21 +495,17 @@ start() {
     --service-cluster-ip-range "$SERVICE_CIDR" \
     --concurrent-gc-syncs 10 ${NIGHTSHIFT_CONTROLLER_MANAGER_FLAGS:-}
 
+  start_scheduler
   if with_node; then
-    kubeconfig "$STATE/scheduler.kubeconfig" "https://127.0.0.1:6443" scheduler
-    spawn kube-scheduler "$BIN/kube-scheduler" --kubeconfig "$STATE/scheduler.kubeconfig" \
-      --authentication-kubeconfig "$STATE/scheduler.kubeconfig" --authorization-kubeconfig "$STATE/scheduler.kubeconfig" \
-      --bind-address 127.0.0.1 --secure-port 10259 --leader-elect=false
     if ! wait "$images_pid"; then
       log "importing the images into the node failed:"; cat "$STATE/images.log" >&2; exit 1
     fi
     start_kubelet
-    wait_for "the node to be Ready" 60 node_ready
+    wait_for "the node to be Ready" 60 node_ready "$NODE_NAME"
     # After the node exists: kube-proxy exits when it sees the node's IPs change.
     start_kube_proxy
-  else
-    start_fake_node
   fi
+  start_fake_node
   # The service-account controller creating `default` proves the controller manager works.
   wait_for "kube-controller-manager (the default ServiceAccount)" 60 kubectl_ -n default get serviceaccount default
   local ms=$(( ($(date +%s%N) - t0) / 1000000 ))

@@ -57,7 +57,7 @@ async fn accepted(api: &Api<DynamicObject>, object: &Value) {
 }
 
 fn pod_template() -> Value {
-    json!({"spec": {"schedulerName": crate::support::node::SCHEDULER_NAME, "containers": [{"name": "w", "image": "w"}]}})
+    crate::support::node::template(json!({"containers": [{"name": "w", "image": "w"}]}))
 }
 
 fn object(kind: &str, name: &str, spec: Value) -> Value {
@@ -195,8 +195,9 @@ async fn a_worker_pods_token_writes_its_own_shards_lease_only() {
             "spec": {"holderIdentity": format!("x-{shard}-1")}});
         admin_leases.create(&PostParams::default(), &serde_json::from_value(lease).unwrap()).await.unwrap();
     }
-    let pod = json!({"metadata": {"name": "x-1-1"}, "spec": {"serviceAccountName": "x-worker",
-        "schedulerName": crate::support::node::SCHEDULER_NAME, "containers": [{"name": "w", "image": "w"}]}});
+    let mut pod = crate::support::node::template(json!({"serviceAccountName": "x-worker",
+        "containers": [{"name": "w", "image": "w"}]}));
+    pod["metadata"]["name"] = json!("x-1-1");
     let pod = ns.api::<Pod>().create(&PostParams::default(), &serde_json::from_value(pod).unwrap()).await.unwrap();
     let worker = client_with_token(&token_bound_to(&client, &ns.name, "x-worker", &pod).await).await;
     let leases: Api<Lease> = Api::namespaced(worker, &ns.name);

@@ -5,14 +5,18 @@
 
 use std::time::Duration;
 
-use crate::support::node::SCHEDULER_NAME;
+use crate::support::node;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use nightshift_api::Phase;
 
 use crate::support::{Fixture, WAIT, fixture, kubectl, wait_until};
 
-/// A job manifest for `kubectl apply`, its pods for the test's node.
+/// A job manifest for `kubectl apply`, its pods for the test's node (the template in JSON, which
+/// is YAML too).
 fn job_yaml(name: &str, after: &[&str]) -> String {
+    let template = node::template(serde_json::json!({
+        "restartPolicy": "Never", "containers": [{"name": "worker", "image": "registry.example/worker:1"}]
+    }));
     format!(
         r#"apiVersion: nightshift.dev/v1alpha1
 kind: BackgroundJob
@@ -21,13 +25,7 @@ metadata:
 spec:
   after: {after:?}
   shards: 2
-  template:
-    spec:
-      schedulerName: {SCHEDULER_NAME}
-      restartPolicy: Never
-      containers:
-        - name: worker
-          image: registry.example/worker:1
+  template: {template}
 "#
     )
 }

@@ -162,17 +162,16 @@ async fn built_in_job_controller_creates_the_pod_of_a_job() {
     let client = client().await;
     let ns = TestNamespace::new(&client, "job").await;
     wait_default_service_account(&ns).await;
-    // The pod is only looked at: the test node's scheduler name keeps it off the real node.
+    // The pod is only looked at: on the test's node (kwok's, held Pending), off the real node.
     ns.api::<Job>()
         .create(
             &PostParams::default(),
             &from_json(json!({
                 "metadata": {"name": "hello"},
-                "spec": {"template": {"spec": {
+                "spec": {"template": crate::support::node::template(json!({
                     "restartPolicy": "Never",
-                    "schedulerName": crate::support::node::SCHEDULER_NAME,
                     "containers": [{"name": "hello", "image": "busybox", "command": ["true"]}]
-                }}}
+                }))}
             })),
         )
         .await

@@ -262,11 +262,9 @@ async fn install_into_a_restricted_namespace_then_upgrade_and_uninstall() {
     let ns = restricted_namespace(&client, "helm-install").await;
 
     // Pod Security admission does enforce here: a pod without the restricted settings is refused.
-    let bare: Pod = serde_json::from_value(json!({
-        "metadata": {"name": "bare"},
-        "spec": {"schedulerName": crate::support::node::SCHEDULER_NAME, "containers": [{"name": "c", "image": "c"}]}
-    }))
-    .unwrap();
+    let mut bare = crate::support::node::template(json!({"containers": [{"name": "c", "image": "c"}]}));
+    bare["metadata"]["name"] = json!("bare");
+    let bare: Pod = serde_json::from_value(bare).unwrap();
     let refused = ns.api::<Pod>().create(&PostParams::default(), &bare).await.map(|_| ());
     match api_error(&refused) {
         Some((403, message)) if message.contains("violates PodSecurity") => {}
@@ -542,7 +540,7 @@ async fn the_operator_runs_a_job_on_the_rights_the_chart_gives_it_in_one_namespa
         "heartbeat": {"timeoutSeconds": 30},
         "ttlSecondsAfterFinished": 3,
         // For the test's node above, not the real one.
-        "template": {"spec": {"schedulerName": crate::support::node::SCHEDULER_NAME, "containers": [{"name": "w", "image": "w"}]}}
+        "template": crate::support::node::template(json!({"containers": [{"name": "w", "image": "w"}]}))
     });
     let job: BackgroundJob = job_fixture::job("chart-rbac", spec).build();
     jobs.create(&PostParams::default(), &job).await.unwrap();
@@ -750,9 +748,9 @@ async fn the_app_examples_start_a_job_with_curl_and_python_as_a_service_account_
             .unwrap(),
     )
     .unwrap();
-    let mut pod = template.spec.template.get();
-    pod.spec.as_mut().unwrap().scheduler_name = Some(crate::support::node::SCHEDULER_NAME.into());
-    template.spec.template = pod.into();
+    let mut pod = serde_json::to_value(template.spec.template.get()).unwrap();
+    crate::support::node::place(&mut pod);
+    template.spec.template = serde_json::from_value::<k8s_openapi::api::core::v1::PodTemplateSpec>(pod).unwrap().into();
     template.spec.heartbeat = None; // the test plays the node: no agent heartbeats
     f.ns.api::<BackgroundJobTemplate>().create(&PostParams::default(), &template).await.unwrap();
 
@@ -834,11 +832,22 @@ async fn the_example_hook_chart_starts_exactly_one_job_per_revision() {
     let (f, _operator) = fixture("helm-hook").await;
     let chart = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/hook-chart");
     let release = "shop";
-    let sim = format!("worker.schedulerName={}", crate::support::node::SCHEDULER_NAME);
+    // Its pods on the test's node, through the chart's values.
+    let placed = crate::support::node::template(json!({}));
+    let values = [
+        format!("worker.podAnnotations={}", placed["metadata"]["annotations"]),
+        format!("worker.nodeSelector={}", placed["spec"]["nodeSelector"]),
+        format!("worker.tolerations={}", placed["spec"]["tolerations"]),
+    ];
+    let on_node = values.iter().flat_map(|v| ["--set-json", v.as_str()]);
     let ns = f.ns.name.as_str();
-    helm(&["install", release, chart, "--namespace", ns, "--set", &sim]).await;
+    let install: Vec<&str> =
+        ["install", release, chart, "--namespace", ns].into_iter().chain(on_node.clone()).collect();
+    helm(&install).await;
     for _ in 0..2 {
-        helm(&["upgrade", release, chart, "--namespace", ns, "--set", &sim]).await;
+        let upgrade: Vec<&str> =
+            ["upgrade", release, chart, "--namespace", ns].into_iter().chain(on_node.clone()).collect();
+        helm(&upgrade).await;
     }
     let mut names: Vec<String> =
         f.jobs.list(&ListParams::default()).await.unwrap().items.iter().map(|j| j.name_any()).collect();

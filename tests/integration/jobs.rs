@@ -30,9 +30,11 @@ async fn five_shards_run_on_at_most_three_workers_to_success() {
     let owner = &pod.owner_references()[0];
     assert_eq!((owner.kind.as_str(), owner.name.as_str(), owner.controller), ("BackgroundJob", "import", Some(true)));
     assert_eq!(pod.finalizers(), [FINALIZER_TRACKING]);
+    assert_eq!(pod.annotations().get(node::PHASE).map(String::as_str), Some("Pending"), "the template's annotation");
     let spec = pod.spec.unwrap();
     assert_eq!(spec.restart_policy.as_deref(), Some("Never"));
-    assert_eq!(spec.scheduler_name.as_deref(), Some(node::SCHEDULER_NAME), "the template's, for the test's node");
+    let selector = BTreeMap::from([("type".to_string(), "kwok".to_string())]);
+    assert_eq!(spec.node_selector, Some(selector), "the template's, for the test's node");
     let env: BTreeMap<String, String> =
         spec.containers[0].env.clone().unwrap().into_iter().map(|e| (e.name, e.value.unwrap_or_default())).collect();
     assert_eq!(env["NIGHTSHIFT_SHARD"], "1");

@@ -17,7 +17,7 @@ use nightshift_api::{
 };
 use serde_json::json;
 
-use crate::support::{Fixture, WAIT, fixture, job_fixture, kubectl, wait_until};
+use crate::support::{Fixture, WAIT, fixture, job_fixture, kubectl, node, wait_until};
 
 /// A job with heartbeats: it needs a Lease per shard and its workers' RBAC.
 fn heartbeat_job() -> serde_json::Value {
@@ -97,10 +97,10 @@ async fn a_users_job_named_like_a_run_is_never_deleted_nor_counted() {
     let manifest = format!(
         "apiVersion: nightshift.dev/v1alpha1\nkind: BackgroundJobSchedule\nmetadata: {{name: refresh}}\n\
          spec:\n  schedule: \"{} {} * * *\"\n  concurrencyPolicy: Replace\n  suspend: true\n  jobTemplate:\n    spec:\n      \
-         template: {{spec: {{schedulerName: {}, containers: [{{name: w, image: registry.example/w:1}}]}}}}\n",
+         template: {}\n",
         at.minute(),
         at.hour(),
-        crate::support::node::SCHEDULER_NAME
+        node::template(json!({"containers": [{"name": "w", "image": "registry.example/w:1"}]}))
     );
     let (code, out, err) = kubectl(&f.ns.name, &["apply", "-f", "-"], &manifest).await;
     assert_eq!(code, 0, "kubectl apply: {out}{err}");
@@ -108,8 +108,8 @@ async fn a_users_job_named_like_a_run_is_never_deleted_nor_counted() {
 
     // The schedule's own run of two hours ago, still running.
     let own_name = format!("refresh-{}", earlier.as_second() / 60);
-    let spec = json!({"template": {"spec": {"schedulerName": crate::support::node::SCHEDULER_NAME,
-                       "containers": [{"name": "w", "image": "registry.example/w:1"}]}}});
+    let spec =
+        json!({"template": node::template(json!({"containers": [{"name": "w", "image": "registry.example/w:1"}]}))});
     let mut own: BackgroundJob = job_fixture::job(&own_name, spec)
         .metadata("labels", json!({LABEL_SCHEDULE: "refresh"}))
         .metadata("annotations", json!({ANNOTATION_SCHEDULED_AT: earlier.to_string()}))

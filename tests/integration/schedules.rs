@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use crate::support::node::SCHEDULER_NAME;
+use crate::support::node;
 use k8s_openapi::{
     api::core::v1::Event,
     jiff::{SignedDuration, Timestamp, tz::TimeZone},
@@ -24,6 +24,10 @@ const MINUTE: Duration = Duration::from_secs(75);
 
 /// A schedule manifest for `kubectl apply`: `extra` are more lines of its spec.
 fn schedule_yaml(name: &str, schedule: &str, extra: &str) -> String {
+    // For the test's node; in JSON, which is YAML too.
+    let template = node::template(serde_json::json!({
+        "restartPolicy": "Never", "containers": [{"name": "worker", "image": "registry.example/worker:1"}]
+    }));
     format!(
         r#"apiVersion: nightshift.dev/v1alpha1
 kind: BackgroundJobSchedule
@@ -36,13 +40,7 @@ spec:
     metadata:
       labels: {{team: data}}
     spec:
-      template:
-        spec:
-          schedulerName: {SCHEDULER_NAME}
-          restartPolicy: Never
-          containers:
-            - name: worker
-              image: registry.example/worker:1
+      template: {template}
 "#
     )
 }

@@ -3,7 +3,7 @@
 //! from it (frozen: a later edit of the template changes nothing), and its workers get the
 //! parameters. The test plays the node, except for the last test, on the real node.
 
-use crate::support::node::SCHEDULER_NAME;
+use crate::support::node;
 use kube::{
     Api,
     api::{ApiResource, DynamicObject, Patch, PatchParams, PostParams},
@@ -26,11 +26,10 @@ fn template(image: &str) -> BackgroundJobTemplate {
         "apiVersion": "nightshift.dev/v1alpha1", "kind": "BackgroundJobTemplate",
         "metadata": {"name": "bulk-import"},
         "spec": {
-            "template": {"spec": {
-                "schedulerName": SCHEDULER_NAME,
+            "template": node::template(json!({
                 "restartPolicy": "Never",
                 "containers": [{"name": "import", "image": image}]
-            }},
+            })),
             "shards": 3,
             "workers": {"min": 1, "max": 3},
             "retry": {"limit": 1},

@@ -1,6 +1,6 @@
 //! The fixture most tests start from: a namespace of their own with an operator of its own (run
-//! in this process), and the test playing the node (`node`), so that each pod's outcome is the
-//! test's choice.
+//! in this process), its jobs' pods on the tests' node (`node`: kwok's fake node, steered by the
+//! test), so that each pod's outcome is the test's choice.
 
 use super::node;
 use k8s_openapi::api::core::v1::{Event, Pod};
@@ -35,8 +35,8 @@ pub async fn fixture_with(prefix: &str, options: nightshift::controller::Options
     (f, operator)
 }
 
-/// A job for the tests' node, which is the test itself: its pods carry the node's scheduler
-/// name, also when `spec` brings its own template, so that no kubelet of the cluster runs them.
+/// A job for the tests' node: its pod template is placed there (`node::place`), also when `spec`
+/// brings its own, so that no kubelet of the cluster runs its pods and the test steers each.
 fn manifest(name: &str, spec: serde_json::Value) -> BackgroundJob {
     let mut full = json!({
         "template": {"spec": {"containers": [{"name": "worker", "image": "registry.example/worker:1"}]}}
@@ -44,8 +44,8 @@ fn manifest(name: &str, spec: serde_json::Value) -> BackgroundJob {
     for (k, v) in spec.as_object().unwrap() {
         full[k] = v.clone();
     }
-    let pod_spec = full["template"]["spec"].as_object_mut().expect("the template has a spec");
-    pod_spec.entry("schedulerName").or_insert_with(|| json!(node::SCHEDULER_NAME));
+    assert!(full["template"]["spec"].is_object(), "the template has a spec");
+    node::place(&mut full["template"]);
     super::job_fixture::job(name, full).build()
 }
 

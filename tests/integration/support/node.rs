@@ -1,10 +1,15 @@
-//! The tests' node, where no kubelet should run the pods: the test itself writes their status,
-//! as a kubelet would. Moved here from the operator binary (`nightshift simulate` is gone: the
-//! shipped binary holds nothing test-only); the benchmark's pods run on kwok's fake node instead.
+//! The tests' node, where no kubelet runs the pods: kwok's fake node `kwok-node` (started by
+//! tests/cluster/cluster.sh beside the real node), with the stages of
+//! tests/cluster/kwok-steered.yaml, through which the test chooses each pod's outcome.
 //!
-//! It plays only pods whose `spec.schedulerName` is [`SCHEDULER_NAME`]: no scheduler of that name
-//! runs, so kube-scheduler never binds them to the real node and no kubelet fights the test over
-//! their status; a job for this node says so in its pod template (the fixture's jobs do).
+//! A pod template goes there by [`place`]: a node selector for the fake node and a toleration of
+//! its taint (kube-scheduler binds the pods there, as to any node; no other pod lands there), and
+//! the annotation [`PHASE`] = Pending, which keeps kwok's own stages away: the pod stays Pending
+//! until the test sets [`PHASE`] ([`mark_running`], [`mark_finished`]), and kwok writes its status
+//! as a kubelet would. Each mark waits (bounded) until kwok has. [`play_all`] plays every pod of a
+//! namespace, renewing its shard's Lease as the worker would: that is the worker's part, not the
+//! node's, so the test does it. The benchmark's pods run on the same fake node with kwok.yaml's
+//! stages (no [`PHASE`] annotation).
 
 use std::{
     collections::{HashMap, HashSet},
@@ -12,73 +17,81 @@ use std::{
 };
 
 use futures::StreamExt;
-use k8s_openapi::{api::core::v1::Pod, jiff::Timestamp};
+use k8s_openapi::api::core::v1::Pod;
 use kube::{
     Api, Client, ResourceExt,
     api::{Patch, PatchParams},
-    runtime::{WatchStreamExt, watcher},
+    runtime::{WatchStreamExt, wait::await_condition, watcher},
 };
 use nightshift_worker::{Heartbeat, WorkerEnv};
-use serde_json::json;
+use serde_json::{Value, json};
 
-/// The `spec.schedulerName` of the pods the tests play. No scheduler of that name exists.
-pub const SCHEDULER_NAME: &str = "nightshift-test-node";
+use super::WAIT;
 
-/// Marks a pod Running and Ready, as a kubelet would once its containers started.
+/// The fake node kwok plays.
+pub const NODE: &str = "kwok-node";
+/// The pod annotation a test steers kwok with: Pending, Running, Succeeded or Failed.
+pub const PHASE: &str = "kwok.nightshift.dev/phase";
+/// The exit code of a pod's containers when [`PHASE`] is Failed (kwok's default: 1).
+pub const EXIT_CODE: &str = "kwok.nightshift.dev/exit-code";
+
+/// Puts a pod template (`{"metadata": ..., "spec": ...}`) on the fake node, held Pending for the
+/// test: the node selector `type: kwok` (unless the template has one), a toleration of the node's
+/// taint, and [`PHASE`] = Pending (unless set).
+pub fn place(template: &mut Value) {
+    let annotations = &mut template["metadata"]["annotations"];
+    if annotations.get(PHASE).is_none() {
+        annotations[PHASE] = json!("Pending");
+    }
+    let spec = &mut template["spec"];
+    if spec.get("nodeSelector").is_none() {
+        spec["nodeSelector"] = json!({"type": "kwok"});
+    }
+    if spec.get("tolerations").is_none() {
+        spec["tolerations"] = json!([]);
+    }
+    let toleration = json!({"key": "kwok.x-k8s.io/node", "operator": "Exists", "effect": "NoSchedule"});
+    spec["tolerations"].as_array_mut().expect("tolerations is a list").push(toleration);
+}
+
+/// A pod template with this pod spec, [`place`]d on the fake node.
+pub fn template(spec: Value) -> Value {
+    let mut template = json!({"spec": spec});
+    place(&mut template);
+    template
+}
+
+/// Makes a pod Running and Ready, as a kubelet would once its containers started.
 pub async fn mark_running(api: &Api<Pod>, pod: &str) -> Result<Pod, kube::Error> {
-    let now = Timestamp::now().to_string();
-    let statuses: Vec<_> = container_names(api, pod)
-        .await?
-        .iter()
-        .map(|c| {
-            json!({"name": c, "image": "played", "imageID": "", "ready": true, "restartCount": 0,
-                   "started": true, "state": {"running": {"startedAt": now}}})
-        })
-        .collect();
-    let patch = json!({"status": {
-        "phase": "Running",
-        "startTime": now,
-        "conditions": [
-            {"type": "PodScheduled", "status": "True", "lastTransitionTime": now},
-            {"type": "Initialized", "status": "True", "lastTransitionTime": now},
-            {"type": "ContainersReady", "status": "True", "lastTransitionTime": now},
-            {"type": "Ready", "status": "True", "lastTransitionTime": now}
-        ],
-        "containerStatuses": statuses
-    }});
-    api.patch_status(pod, &PatchParams::default(), &Patch::Merge(&patch)).await
+    steer(api, pod, "Running", None).await
 }
 
-/// Marks a pod finished: Succeeded for exit code 0, Failed otherwise.
+/// Makes a pod finish with this exit code: Succeeded for 0, Failed otherwise.
 pub async fn mark_finished(api: &Api<Pod>, pod: &str, exit_code: i32) -> Result<Pod, kube::Error> {
-    let now = Timestamp::now().to_string();
-    let reason = if exit_code == 0 { "Completed" } else { "Error" };
-    let statuses: Vec<_> = container_names(api, pod)
-        .await?
-        .iter()
-        .map(|c| {
-            json!({"name": c, "image": "played", "imageID": "", "ready": false, "restartCount": 0,
-                   "started": false, "state": {"terminated": {"exitCode": exit_code, "reason": reason,
-                   "startedAt": now, "finishedAt": now}}})
-        })
-        .collect();
     let phase = if exit_code == 0 { "Succeeded" } else { "Failed" };
-    let patch = json!({"status": {
-        "phase": phase,
-        "conditions": [
-            {"type": "PodScheduled", "status": "True", "lastTransitionTime": now},
-            {"type": "Initialized", "status": "True", "lastTransitionTime": now},
-            {"type": "ContainersReady", "status": "False", "reason": "PodCompleted", "lastTransitionTime": now},
-            {"type": "Ready", "status": "False", "reason": "PodCompleted", "lastTransitionTime": now}
-        ],
-        "containerStatuses": statuses
-    }});
-    api.patch_status(pod, &PatchParams::default(), &Patch::Merge(&patch)).await
+    steer(api, pod, phase, Some(exit_code)).await
 }
 
-async fn container_names(api: &Api<Pod>, pod: &str) -> Result<Vec<String>, kube::Error> {
-    let pod = api.get(pod).await?;
-    Ok(pod.spec.map(|s| s.containers.into_iter().map(|c| c.name).collect()).unwrap_or_default())
+/// Asks kwok for `phase` and waits until kwok wrote it (once kube-scheduler has bound the pod),
+/// or the pod is being deleted or gone: then returns the pod as it is, or the API's 404. Fails
+/// the test when kwok has not within [`WAIT`].
+async fn steer(api: &Api<Pod>, pod: &str, phase: &str, exit_code: Option<i32>) -> Result<Pod, kube::Error> {
+    let annotations = json!({PHASE: phase, EXIT_CODE: exit_code.map(|c| c.to_string())});
+    api.patch(pod, &PatchParams::default(), &Patch::Merge(json!({"metadata": {"annotations": annotations}}))).await?;
+    let done =
+        |p: Option<&Pod>| p.is_none_or(|p| phase_of(p) == Some(phase) || p.metadata.deletion_timestamp.is_some());
+    match tokio::time::timeout(WAIT, await_condition(api.clone(), pod, done)).await {
+        Ok(Ok(_)) => api.get(pod).await,
+        Ok(Err(e)) => panic!("watching pod {pod} for kwok to make it {phase}: {e}"),
+        Err(_) => {
+            let now = api.get(pod).await.map(|p| (p.spec.and_then(|s| s.node_name), p.status));
+            panic!("kwok did not make pod {pod} {phase} within {WAIT:?}; (node, status): {now:?}")
+        }
+    }
+}
+
+fn phase_of(pod: &Pod) -> Option<&str> {
+    pod.status.as_ref().and_then(|s| s.phase.as_deref())
 }
 
 /// Plays every new pod of `namespace` on this node until dropped (the returned task is
@@ -86,15 +99,16 @@ async fn container_names(api: &Api<Pod>, pod: &str) -> Result<Vec<String>, kube:
 /// one (progress to 100 units, then a result), and Succeeded after `run_for`.
 pub fn play_all(client: Client, namespace: &str, run_for: Duration) -> AbortOnDrop {
     let api: Api<Pod> = Api::namespaced(client, namespace);
-    let config = watcher::Config::default().fields(&format!("spec.schedulerName={SCHEDULER_NAME}"));
+    // Bound pods only: kwok plays a pod once kube-scheduler has bound it.
+    let config = watcher::Config::default().fields(&format!("spec.nodeName={NODE}"));
     AbortOnDrop(tokio::spawn(async move {
         let mut seen = HashSet::new();
         let mut pods = watcher(api.clone(), config).default_backoff().applied_objects().boxed();
         while let Some(pod) = pods.next().await {
             // A watch error is retried by the watcher (with backoff): play on.
             let Ok(pod) = pod else { continue };
-            let pending = pod.status.as_ref().and_then(|s| s.phase.as_deref()).is_none_or(|p| p == "Pending");
-            if pending && pod.metadata.deletion_timestamp.is_none() && seen.insert(pod.uid().unwrap_or_default()) {
+            let held = pod.annotations().get(PHASE).is_some_and(|p| p == "Pending");
+            if held && pod.metadata.deletion_timestamp.is_none() && seen.insert(pod.uid().unwrap_or_default()) {
                 tokio::spawn(play(api.clone(), pod, run_for));
             }
         }
@@ -103,7 +117,7 @@ pub fn play_all(client: Client, namespace: &str, run_for: Duration) -> AbortOnDr
 
 async fn play(api: Api<Pod>, pod: Pod, run_for: Duration) {
     let name = pod.name_any();
-    if mark_running(&api, &name).await.is_err() {
+    if !mark_running(&api, &name).await.is_ok_and(|p| phase_of(&p) == Some("Running")) {
         return;
     }
     match worker_env(&pod) {
