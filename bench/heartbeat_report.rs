@@ -16,7 +16,6 @@ pub(crate) fn render_heartbeats(w: &mut String, runs: &[HeartbeatResult]) {
          runs the agent's own renew loop (`nightshift_worker::Heartbeat`) for each running pod, from the pod's \
          NIGHTSHIFT_* environment, as the admin (the agent uses the worker's token: the same request; the bench sends them on at most BENCH_HEARTBEAT_CONNECTIONS (256) connections, where each agent holds one of its own: the local \
          API server is reached through socat, two processes per connection). *Lease age* is how long ago each live worker's Lease was renewed when the window closed (p99 / max): within an interval when the generator kept up; beyond it, the bench fell behind, not the operator. The operator \
-          The operator \
          (no client limit, status folded every {FOLD_SECS} s) is measured over {WINDOW_FOLDS} folds once every worker \
          heartbeats; then one worker in each of a spread of jobs goes silent, one after the other over an interval, and the time from its last renewal (its \
          Lease's renewTime) until the bench sees its attempt leave `status.active` is taken. CPU in cores (CPU \

@@ -13,22 +13,26 @@
 //! Then heartbeat runs (bench/heartbeats.rs): 1,000 and 10,000 workers renewing their Leases as
 //! the agent does, a sample of them then silent. Then a memory run: 10,000 suspended
 //! BackgroundJobs, the operator started twice on them, then a third time with 100,000 worker pods
-//! beside them (the pod cache's memory).
+//! beside them (the pod cache's memory). Then the big-job run (bench/big_job.rs): one Indexed Job
+//! and one BackgroundJob of 10,000 shards (100,000 with `N=10000`).
 //!
 //! The nightshift-bench crate of the workspace (bench/): it depends on the API and the core (to
 //! build worker pods as the operator does); nothing depends on it.
 //! Results: BENCHMARKS.md (rewritten after each run) and target/bench/results.json.
 //!
 //! Settings (environment): BENCH_N (default "100,1000"), BENCH_QPS ("0,100,20"; 0: no client
-//! limit), BENCH_HEARTBEATS ("1000,10000@60,10000": workers, @ the
-//! renewal interval if not the default 10 s; 0 skips; BENCH_HEARTBEAT_CONNECTIONS, 256: the
-//! generator's connections),
-//! BENCH_MEMORY_JOBS (10000; 0 skips), BENCH_MEMORY_PODS (100000; 0 skips), BENCH_RUN_TIMEOUT (seconds per wait, 1800),
+//! limit), BENCH_HEARTBEATS ("1000,10000@60": workers, @ the renewal interval if not the default
+//! 10 s; 0 skips; 10,000 workers every 10 s are 1,000 renewals/s, more than the API server of a
+//! 2-core machine serves beside the rest, so add `10000` on a larger one;
+//! BENCH_HEARTBEAT_CONNECTIONS, 256: the generator's connections),
+//! BENCH_MEMORY_JOBS (10000; 0 skips), BENCH_MEMORY_PODS (100000; 0 skips), BENCH_BIG_JOB (the
+//! big-job run's shards, 10000; 0 skips), BENCH_BIG_JOB_WORKERS (1000), BENCH_RUN_TIMEOUT (seconds per wait, 1800),
 //! BENCH_DEADLINE (unix seconds: no run starts after it), BENCH_IN_FLIGHT (64), BENCH_OUT
 //! (BENCHMARKS.md), BENCH_COMMAND (the command line to report), NIGHTSHIFT_BIN
 //! (target/release/nightshift), NIGHTSHIFT_CLUSTER_DIR (/tmp/nightshift-bench-cluster).
 
 mod audit;
+mod big_job;
 mod cluster;
 mod comparison_report;
 mod heartbeat_report;
@@ -49,6 +53,7 @@ use std::{
 use serde::{Deserialize, Serialize};
 
 use audit::*;
+use big_job::*;
 use cluster::*;
 use comparison_report::*;
 use heartbeat_report::*;
@@ -78,6 +83,8 @@ pub(crate) struct Settings {
     pub(crate) heartbeats: Vec<HeartbeatPlan>,
     pub(crate) memory_jobs: usize,
     pub(crate) memory_pods: usize,
+    /// The big-job run's job (0 shards: none).
+    pub(crate) big_job: Shape,
     pub(crate) run_timeout: Duration,
     pub(crate) deadline: Option<u64>,
     pub(crate) in_flight: usize,
@@ -110,9 +117,13 @@ impl Settings {
             // BENCH_N=0: no comparison runs.
             ns: list(&env_or("BENCH_N", "100,1000")).into_iter().filter(|n| *n > 0).collect(),
             qps: list(&env_or("BENCH_QPS", "0,100,20")),
-            heartbeats: list(&env_or("BENCH_HEARTBEATS", "1000,10000@60,10000")),
+            heartbeats: list(&env_or("BENCH_HEARTBEATS", "1000,10000@60")),
             memory_jobs: env_or("BENCH_MEMORY_JOBS", "10000").parse()?,
             memory_pods: env_or("BENCH_MEMORY_PODS", "100000").parse()?,
+            big_job: Shape {
+                shards: env_or("BENCH_BIG_JOB", "10000").parse()?,
+                workers: env_or("BENCH_BIG_JOB_WORKERS", "1000").parse()?,
+            },
             run_timeout: Duration::from_secs(env_or("BENCH_RUN_TIMEOUT", "1800").parse()?),
             deadline: std::env::var("BENCH_DEADLINE").ok().and_then(|d| d.parse().ok()),
             in_flight: env_or("BENCH_IN_FLIGHT", "64").parse()?,
@@ -182,15 +193,23 @@ impl RunResult {
 }
 
 pub(crate) async fn one_run(s: &Settings, qps: u32, n: usize) -> Res<RunResult> {
-    let label = format!("qps{}-n{n}", if qps == 0 { "inf".to_string() } else { qps.to_string() });
+    run_sides(s, qps, n, Shape::SMALL, &[Side::Raw, Side::Job, Side::Nightshift]).await
+}
+
+/// `sides` one after the other, N jobs of `shape` each, on a fresh control plane.
+pub(crate) async fn run_sides(s: &Settings, qps: u32, n: usize, shape: Shape, sides: &[Side]) -> Res<RunResult> {
+    let mut label = format!("qps{}-n{n}", if qps == 0 { "inf".to_string() } else { qps.to_string() });
+    if shape != Shape::SMALL {
+        label = format!("{label}-shards{}", shape.shards);
+    }
     let cluster = Cluster::up(s, qps, &label)?;
     let operator_kubeconfig = cluster.setup()?;
     let admin = client_from(&cluster.admin_kubeconfig()).await?;
     let ctx = RunCtx { s, cluster: &cluster, admin, operator_kubeconfig, qps, label: label.clone() };
     let mut result = RunResult { qps, n, ..Default::default() };
-    for side in [Side::Raw, Side::Job, Side::Nightshift] {
-        result.sides.push(ctx.side(side, n).await?);
-        if side != Side::Nightshift {
+    for (i, &side) in sides.iter().enumerate() {
+        result.sides.push(ctx.side(side, n, shape).await?);
+        if i + 1 < sides.len() {
             clear(&ctx.admin, side, s.run_timeout).await;
         }
     }
@@ -244,10 +263,12 @@ pub(crate) async fn main() {
              --kube-api-qps/--kube-api-burst, 100000/100000 for no limit, and nightshift's, 0 for no limit), \
              nightshift with its defaults (`--concurrency 64 --debounce-ms 50`) and `--max-workers 0 --leader-election=false`, \
              kube-controller-manager defaults otherwise (`--concurrent-job-syncs 5`), a fresh control plane \
-             per (QPS, N), memory run with {} jobs, {} s timeout per wait.",
+             per (QPS, N), memory run with {} jobs, big-job run with {} shards ({} at once), {} s timeout per wait.",
             s.ns,
             s.qps,
             s.memory_jobs,
+            s.big_job.shards,
+            s.big_job.workers,
             s.run_timeout.as_secs()
         ),
         ..Default::default()
@@ -315,6 +336,21 @@ pub(crate) async fn main() {
             }
         }
         save(&s, &rep);
+    }
+    if s.big_job.shards > 0 {
+        if s.past_deadline() {
+            rep.notes.push("Skipped (past the deadline): the big-job run.".into());
+            ok = false;
+        } else {
+            match big_job_run(&s, s.big_job).await {
+                Ok(r) => rep.big_jobs.push(r),
+                Err(e) => {
+                    rep.notes.push(format!("The big-job run failed: {e}"));
+                    ok = false;
+                }
+            }
+            save(&s, &rep);
+        }
     }
     if s.memory_jobs > 0 {
         if s.past_deadline() {

@@ -104,8 +104,12 @@ pub(crate) async fn memory_run(s: &Settings, jobs: usize) -> Res<MemoryResult> {
     let ns = Side::Nightshift.namespace();
     let api: Api<DynamicObject> = Api::namespaced_with(admin.clone(), ns, &bgj_resource());
     let t0 = Instant::now();
-    let failures =
-        create_all(api.clone(), (0..jobs).map(|i| object(Side::Nightshift, i, true)).collect(), s.in_flight).await;
+    let failures = create_all(
+        api.clone(),
+        (0..jobs).map(|i| object(Side::Nightshift, i, true, Shape::SMALL)).collect(),
+        s.in_flight,
+    )
+    .await;
     let create_secs = t0.elapsed().as_secs_f64();
     eprintln!("bench: [memory] created {jobs} suspended BackgroundJobs in {create_secs:.1}s ({failures} failed)");
     let ctx = RunCtx { s, cluster: &cluster, admin: admin.clone(), operator_kubeconfig, qps: 0, label: label.into() };

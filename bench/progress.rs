@@ -14,6 +14,7 @@ use kube::{
     api::DynamicObject,
     runtime::{WatchStreamExt, watcher},
 };
+use serde_json::Value;
 
 use crate::*;
 
@@ -28,6 +29,9 @@ pub(crate) struct Marks {
     pub(crate) settled: Option<Instant>,
     pub(crate) pods_ready: bool,
     pub(crate) jobs_ready: bool,
+    /// The largest job seen, as JSON (managedFields included), and its status alone.
+    pub(crate) max_object_bytes: usize,
+    pub(crate) max_status_bytes: usize,
 }
 
 pub(crate) fn finished(side: Side, obj: &DynamicObject) -> Option<bool> {
@@ -87,6 +91,9 @@ pub(crate) fn watch(client: Client, side: Side, pods_wanted: usize, jobs_wanted:
                     Ok(watcher::Event::InitDone) => m.jobs_ready = true,
                     Ok(watcher::Event::Apply(j) | watcher::Event::InitApply(j)) => {
                         let f = finished(side, &j);
+                        let bytes = |v: &Value| serde_json::to_string(v).map_or(0, |s| s.len());
+                        m.max_object_bytes = m.max_object_bytes.max(serde_json::to_vec(&j).map_or(0, |v| v.len()));
+                        m.max_status_bytes = m.max_status_bytes.max(j.data.get("status").map_or(0, bytes));
                         m.jobs.insert(j.metadata.name.clone().unwrap_or_default(), f);
                     }
                     _ => continue,

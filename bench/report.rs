@@ -17,6 +17,8 @@ pub(crate) struct Report {
     #[serde(default)]
     pub(crate) heartbeats: Vec<HeartbeatResult>,
     pub(crate) memory: Option<MemoryResult>,
+    #[serde(default)]
+    pub(crate) big_jobs: Vec<RunResult>,
     pub(crate) notes: Vec<String>,
     pub(crate) finished: bool,
 }
@@ -121,6 +123,7 @@ pub(crate) fn render(rep: &Report) -> String {
     render_ratios(w, rep);
     render_requests(w, rep);
     render_heartbeats(w, &rep.heartbeats);
+    render_big_jobs(w, &rep.big_jobs);
     if let Some(m) = &rep.memory {
         render_memory(w, m);
     }

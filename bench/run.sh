@@ -3,13 +3,16 @@
 # control plane of its own in NIGHTSHIFT_CLUSTER_DIR (default /tmp/nightshift-bench-cluster),
 # writes BENCHMARKS.md, and stops that control plane however the run ends.
 #
-#   make bench                      N = 100 and 1000, client QPS 20, 100 and no limit, memory run
-#   make bench N=10000              N = 10000 (also: N="100 1000 10000", or BENCH_N=...)
+#   make bench                      N = 100 and 1000 at client QPS 20, 100 and no limit; heartbeats of 1,000
+#                                   workers and 10,000 every 60 s; the memory run; the big job of 10,000 shards
+#   make bench N=10000              the scale run: N = 10000 with no client limit, the big job of 100,000 shards
+#                                   (also: N="100 1000 10000", or BENCH_N=...)
 #   BENCH_QPS=0 make bench          only the run with no client limit
 #   BENCH_N=0 make bench            no comparison runs (the heartbeat and memory runs only)
 #   BENCH_STOP_AT=01:05 make bench  start no run after 01:05 UTC (what finished is reported)
 #   BENCH_HEARTBEATS=1000,10000@60 make bench  heartbeat runs: workers[@interval s] (0: none)
 #   BENCH_MEMORY_JOBS=0 make bench  skip the memory run (BENCH_MEMORY_PODS=0: only its 100,000-pod part)
+#   BENCH_BIG_JOB=0 make bench      skip the big-job run (one job of 10,000 shards on each side)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export NIGHTSHIFT_CLUSTER_DIR="${NIGHTSHIFT_CLUSTER_DIR:-/tmp/nightshift-bench-cluster}"
@@ -21,10 +24,17 @@ if [[ -n "${N:-}" ]]; then export BENCH_N="${N// /,}"; fi
 if [[ -n "${BENCH_STOP_AT:-}" ]]; then BENCH_DEADLINE="$(date -u -d "$BENCH_STOP_AT" +%s)"; export BENCH_DEADLINE; fi
 cmd="make bench"
 [[ -n "${N:-}" ]] && cmd="make bench N=\"$N\""
-for v in BENCH_N BENCH_QPS BENCH_HEARTBEATS BENCH_MEMORY_JOBS BENCH_MEMORY_PODS BENCH_STOP_AT BENCH_RUN_TIMEOUT; do
+for v in BENCH_N BENCH_QPS BENCH_HEARTBEATS BENCH_MEMORY_JOBS BENCH_MEMORY_PODS BENCH_BIG_JOB BENCH_STOP_AT BENCH_RUN_TIMEOUT; do
   if [[ -n "${!v:-}" && ! ( "$v" == BENCH_N && -n "${N:-}" ) ]]; then cmd="$v=${!v} $cmd"; fi
 done
 export BENCH_COMMAND="${BENCH_COMMAND:-$cmd}"
+# The scale run (N=10000): the comparison with no client limit (at QPS 20 one side of 30,000
+# pods alone takes 25 minutes) and the largest BackgroundJob there may be (100,000 shards);
+# the heartbeat and memory runs are the quick run's.
+if [[ ",${BENCH_N:-}," == *",10000,"* ]]; then
+  export BENCH_QPS="${BENCH_QPS:-0}" BENCH_BIG_JOB="${BENCH_BIG_JOB:-100000}"
+  export BENCH_HEARTBEATS="${BENCH_HEARTBEATS:-0}" BENCH_MEMORY_JOBS="${BENCH_MEMORY_JOBS:-0}"
+fi
 
 trap 'tests/cluster/cluster.sh down >/dev/null 2>&1 || true' EXIT
 $CARGO build --release --bin nightshift

@@ -75,16 +75,36 @@ pub(crate) fn container() -> Value {
            "containers": [{"name": "w", "image": "w"}]})
 }
 
-pub(crate) fn object(side: Side, i: usize, suspend: bool) -> Value {
+/// A job's size: its shards, and how many of them run at once (the Job's parallelism, the
+/// BackgroundJob's workers.max).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Shape {
+    pub(crate) shards: usize,
+    pub(crate) workers: usize,
+}
+
+impl Shape {
+    /// The comparison runs' jobs: 3 shards, all at once.
+    pub(crate) const SMALL: Shape = Shape { shards: 3, workers: 3 };
+}
+
+impl Default for Shape {
+    fn default() -> Self {
+        Self::SMALL
+    }
+}
+
+pub(crate) fn object(side: Side, i: usize, suspend: bool, shape: Shape) -> Value {
+    let Shape { shards, workers } = shape;
     match side {
         Side::Raw => {
             json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": format!("p-{i:06}")}, "spec": container()})
         }
         Side::Job => json!({"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": format!("j-{i:06}")},
-            "spec": {"completionMode": "Indexed", "completions": 3, "parallelism": 3, "template": {"spec": container()}}}),
+            "spec": {"completionMode": "Indexed", "completions": shards, "parallelism": workers, "template": {"spec": container()}}}),
         Side::Nightshift => json!({"apiVersion": "nightshift.dev/v1alpha1", "kind": "BackgroundJob",
             "metadata": {"name": format!("b-{i:06}")},
-            "spec": {"shards": 3, "workers": {"min": 1, "max": 3}, "suspend": suspend, "template": {"spec": container()}}}),
+            "spec": {"shards": shards, "workers": {"min": 1, "max": workers}, "suspend": suspend, "template": {"spec": container()}}}),
     }
 }
 
@@ -184,6 +204,8 @@ pub(crate) async fn wait_until(what: &str, timeout: Duration, mut done: impl FnM
 pub(crate) struct SideResult {
     pub(crate) side: Option<Side>,
     pub(crate) n: usize,
+    #[serde(default)]
+    pub(crate) shape: Shape,
     pub(crate) create_secs: f64,
     pub(crate) create_failures: usize,
     pub(crate) all_pods_secs: Option<f64>,
@@ -200,6 +222,11 @@ pub(crate) struct SideResult {
     /// /proc/loadavg (1 min) at the end of the side: other work on the machine shows here.
     pub(crate) load: f64,
     pub(crate) audit: Option<SideAudit>,
+    /// The largest job seen during the side, as JSON (managedFields included), and its status.
+    #[serde(default)]
+    pub(crate) max_object_bytes: usize,
+    #[serde(default)]
+    pub(crate) max_status_bytes: usize,
 }
 
 pub(crate) struct RunCtx<'a> {
@@ -227,10 +254,10 @@ impl RunCtx<'_> {
         Ok(p)
     }
 
-    pub(crate) async fn side(&self, side: Side, n: usize) -> Res<SideResult> {
+    pub(crate) async fn side(&self, side: Side, n: usize, shape: Shape) -> Res<SideResult> {
         let s = self.s;
-        eprintln!("bench: [{}] {} with N={n}", self.label, side.title());
-        let pods_wanted = 3 * n;
+        eprintln!("bench: [{}] {} with N={n} of {} shards", self.label, side.title(), shape.shards);
+        let pods_wanted = shape.shards * n;
         let jobs_wanted = if side == Side::Raw { 0 } else { n };
         let marks = watch(self.admin.clone(), side, pods_wanted, jobs_wanted);
         wait_until("the watches to start", Duration::from_secs(60), || {
@@ -262,7 +289,7 @@ impl RunCtx<'_> {
             Side::Nightshift => (bgj_resource(), n),
         };
         let api: Api<DynamicObject> = Api::namespaced_with(self.admin.clone(), side.namespace(), &ar);
-        let objects: Vec<Value> = (0..count).map(|i| object(side, i, false)).collect();
+        let objects: Vec<Value> = (0..count).map(|i| object(side, i, false, shape)).collect();
         let create_failures = create_all(api, objects, s.in_flight).await;
         let create_secs = t0.elapsed().as_secs_f64();
         eprintln!("bench: [{}] created {count} objects in {create_secs:.2}s", self.label);
@@ -296,6 +323,7 @@ impl RunCtx<'_> {
         let r = SideResult {
             side: Some(side),
             n,
+            shape,
             create_secs,
             create_failures,
             all_pods_secs: secs(m.all_pods),
@@ -312,6 +340,8 @@ impl RunCtx<'_> {
                 .and_then(|l| l.split_whitespace().next()?.parse().ok())
                 .unwrap_or(f64::NAN),
             audit: None,
+            max_object_bytes: m.max_object_bytes,
+            max_status_bytes: m.max_status_bytes,
         };
         eprintln!(
             "bench: [{}] {}: pods {:?}s, finished {:?}s, cpu {:.1}s, hwm {:.1} MiB",
