@@ -109,3 +109,51 @@ pub fn with_written<K: Resource + Clone, S: Clone>(
         }
     }
 }
+
+/// Sends `requests` in batches of 1, 2, 4, ... each batch at once (the Job controller's slow
+/// start): once the API server refuses one (`refused`: a quota, a policy, too many requests),
+/// the rest are not sent, so a burst of a thousand creates meets one refusal, not a thousand.
+/// The results in the requests' order; None for a request not sent.
+pub async fn slow_start<F: Future>(requests: Vec<F>, refused: fn(&F::Output) -> bool) -> Vec<Option<F::Output>> {
+    let mut requests = requests.into_iter().peekable();
+    let (mut results, mut batch) = (Vec::new(), 1);
+    while requests.peek().is_some() {
+        let sent = futures::future::join_all(requests.by_ref().take(batch)).await;
+        let stop = sent.iter().any(&refused);
+        results.extend(sent.into_iter().map(Some));
+        if stop {
+            break;
+        }
+        batch *= 2;
+    }
+    results.extend(requests.map(|_| None));
+    results
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    #[tokio::test]
+    async fn slow_start_doubles_its_batches_and_stops_after_a_refusal() {
+        // Ten requests, each noting how many were sent before it; the sixth (index 5) is refused.
+        let sent = AtomicUsize::new(0);
+        let request = |i: usize| {
+            let sent = &sent;
+            async move { (i, sent.fetch_add(1, Ordering::SeqCst)) }
+        };
+        let results = slow_start((0..10).map(request).collect(), |&(i, _)| i == 5).await;
+        // Batches 0, 1-2, 3-6: the refusal is in the third, so 7-9 are never sent.
+        assert_eq!(results.iter().filter(|r| r.is_some()).count(), 7);
+        assert!(results[7..].iter().all(Option::is_none));
+        assert_eq!(sent.load(Ordering::SeqCst), 7);
+        // In order, whatever order a batch's requests ran in.
+        assert!(results[..7].iter().enumerate().all(|(i, r)| r.unwrap().0 == i));
+        // Nothing refused: all sent, in batches 1, 2, 4, 8 (15 requests).
+        let all = slow_start((0..15).map(|i| async move { i }).collect(), |_| false).await;
+        assert_eq!(all, (0..15).map(Some).collect::<Vec<_>>());
+        assert!(slow_start(Vec::<std::future::Ready<()>>::new(), |_| true).await.is_empty());
+    }
+}

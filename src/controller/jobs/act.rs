@@ -13,7 +13,11 @@ use tracing::{info, warn};
 
 use super::{access, context::Context, templates};
 use crate::controller::lean::WorkerPod;
-use crate::controller::{Error, watches::object_key, writes::delete_by_uid};
+use crate::controller::{
+    Error,
+    watches::object_key,
+    writes::{delete_by_uid, slow_start},
+};
 use nightshift_api::BackgroundJob;
 use nightshift_core::{
     Decision, Refusal,
@@ -86,7 +90,8 @@ async fn claim_access(
     Ok(claimed.into_iter().collect::<Result<Vec<_>, _>>().map_err(|e| not_owned(&e, now)))
 }
 
-/// Creates the pods concurrently: a reconcile costs one round trip, not one per pod.
+/// Creates the pods concurrently, in batches that double ([`slow_start`]): a reconcile costs a
+/// few round trips, not one per pod, and a refusal stops the burst.
 async fn create_pods(
     ctx: &Context,
     job: &BackgroundJob,
@@ -115,7 +120,8 @@ async fn create_pods(
         .collect();
     let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
     let params = PostParams { field_manager: Some(nightshift_api::MANAGER.into()), ..Default::default() };
-    let results = futures::future::join_all(pods.iter().map(|pod| api.create(&params, pod))).await;
+    let refused = |r: &Result<Pod, kube::Error>| matches!(r, Err(e) if !is_conflict(e));
+    let results = slow_start(pods.iter().map(|pod| api.create(&params, pod)).collect(), refused).await;
 
     let (mut refusal, mut failure, mut created) = (None, None, false);
     let at = Instant::now();
@@ -123,6 +129,11 @@ async fn create_pods(
     for (pod, result) in pods.iter().zip(results) {
         let key = object_key(&ns, &pod.name_any());
         let refused = |message: &str| format!("the API server refused worker pod {}: {message}", pod.name_any());
+        let Some(result) = result else {
+            // Not sent: another was refused first. Decided again, it is created then.
+            memory.creating.forget(&key);
+            continue;
+        };
         match result {
             Ok(_) => {
                 created = true;
@@ -173,4 +184,9 @@ async fn delete_pods(
         }
     }
     Ok(())
+}
+
+/// 409: the object is there already (a create sent twice), or changed since (a precondition).
+fn is_conflict(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(s) if s.code == 409)
 }

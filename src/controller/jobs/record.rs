@@ -18,7 +18,7 @@ use tracing::{debug, info};
 use super::context::Context;
 use crate::controller::{
     Error, events, wait_from,
-    writes::{FENCED_RETRY, delete_by_uid, resource_version, write_status},
+    writes::{FENCED_RETRY, delete_by_uid, resource_version, slow_start, write_status},
 };
 use crate::operator::metrics::ReasonLabel;
 use nightshift_api::BackgroundJob;
@@ -71,7 +71,8 @@ async fn record_status(ctx: &Context, job: &BackgroundJob, d: &Decision, now: Ti
     Ok(true)
 }
 
-/// Releases concurrently, and never twice: a lagging cache still shows a released finalizer.
+/// Releases concurrently (in batches that double, [`slow_start`]), and never twice: a lagging
+/// cache still shows a released finalizer.
 async fn release_finalizers(
     ctx: &Context,
     job: &BackgroundJob,
@@ -90,8 +91,10 @@ async fn release_finalizers(
             .collect()
     };
     let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &job.namespace().unwrap_or_default());
-    let results = futures::future::join_all(todo.iter().map(|p| release(&api, p))).await;
+    let results = slow_start(todo.iter().map(|p| release(&api, p)).collect(), Result::is_err).await;
     for (pod, result) in todo.iter().zip(results) {
+        // None: not sent, after an error that fails the reconcile (retried; the pod is released then).
+        let Some(result) = result else { continue };
         result?;
         ctx.memory().released.expect(pod.uid().unwrap_or_default(), (), Instant::now());
     }
