@@ -38,7 +38,7 @@ use nightshift_api::{
 pub fn decide(observed: &Observed, now: Timestamp) -> Decision {
     let d = decide_now(observed, now);
     let prev = observed.job.status.as_ref();
-    let next_fold = observed.last_fold.map(|t| plus(t, observed.fold_seconds)).filter(|t| now < *t);
+    let next_fold = super::fold::next_fold(observed, now);
     let (Some(prev), Some(next_fold)) = (prev, next_fold) else { return d };
     if !d.quiet() || prev.phase != Some(Phase::Running) || d.status.phase != Some(Phase::Running) {
         return d;

@@ -30,14 +30,31 @@ pub(super) fn fold(observed: &Observed, prev: &BackgroundJobStatus, d: &mut Deci
     look_again_for_heartbeats(observed, d, now);
 }
 
+/// How late a reconcile may come to a fold's instant and still fold then (it was woken for it).
+const FOLD_SLACK_SECONDS: i64 = 2;
+
+/// When what waits for a fold is written: None, now (no fold yet, or `now` is a fold's instant);
+/// else the next instant of the job's fold grid, every `fold_seconds` from its last fold. A
+/// change seen long after the last fold waits for the grid too, so that changes close together
+/// share a write (a job's workers start and finish close together): not the first of them
+/// written at once and the rest a period later.
+pub(super) fn next_fold(observed: &Observed, now: Timestamp) -> Option<Timestamp> {
+    let (last, period) = (observed.last_fold?, observed.fold_seconds.max(1));
+    let since = now.as_second() - last.as_second();
+    if since < period {
+        return Some(plus(last, period));
+    }
+    let on_grid = since - since % period;
+    (since - on_grid >= FOLD_SLACK_SECONDS).then(|| plus(last, on_grid + period))
+}
+
 /// Folds heartbeats (and readiness) in at a bounded rate: when they are all that changed and
-/// the last fold is recent, keeps their previous values and looks again when the period is over.
+/// no fold is due ([`next_fold`]), keeps their previous values and looks again at the next fold.
 fn fold_heartbeats(observed: &Observed, prev: &BackgroundJobStatus, d: &mut Decision, now: Timestamp) {
-    let (last_fold, fold_seconds) = (observed.last_fold, observed.fold_seconds);
     let stale = with_heartbeats_of(&d.status, prev);
     if stale != d.status
         && stale == *prev
-        && let Some(next_fold) = last_fold.map(|t| plus(t, fold_seconds)).filter(|t| now < *t)
+        && let Some(next_fold) = next_fold(observed, now)
     {
         d.status = stale;
         d.requeue_after = min_opt(d.requeue_after, until(now, next_fold));
@@ -75,10 +92,10 @@ fn deadline_at_risk(observed: &Observed, d: &mut Decision, now: Timestamp) {
 /// of them would keep pushing the job's reconcile back): a job whose workers heartbeat is looked
 /// at again when the fold period is over. Missed heartbeats have their own timer.
 fn look_again_for_heartbeats(observed: &Observed, d: &mut Decision, now: Timestamp) {
-    let (last_fold, fold_seconds) = (observed.last_fold, observed.fold_seconds);
+    let fold_seconds = observed.fold_seconds;
     if observed.job.spec.heartbeat.is_some() && !d.status.active.is_empty() {
-        let next_fold = match last_fold.map(|t| plus(t, fold_seconds)) {
-            Some(next) if !d.folded && next > now => next,
+        let next_fold = match next_fold(observed, now) {
+            Some(next) if !d.folded => next,
             _ => plus(now, fold_seconds),
         };
         d.requeue_after = min_opt(d.requeue_after, until(now, next_fold));

@@ -214,3 +214,26 @@ fn deadline_at_risk_turns_true_once_with_one_event_and_clears() {
     report(&mut job, &pods, 90, 50); // done at ~56 s
     assert_eq!(risk(&job), Some(("False".into(), "EstimateWithinDeadline".into())));
 }
+
+#[test]
+fn a_change_seen_long_after_the_last_fold_waits_for_the_fold_grid() {
+    let mut job = hb_job(None);
+    let pods = started(&mut job);
+    let leases = [lease(Some(10), Some((10, 100, 10)))];
+    let d = decide(&Observed::new(&job, &pods).leases(&leases), at(10));
+    job.status = Some(d.status.clone());
+    // Last fold at 10, every 15 s: 25, 40, 55, ... A change seen at 47 waits for 55 (with the
+    // changes seen by then), not written at once and the next one a period later.
+    let leases = [lease(Some(46), Some((50, 100, 46)))];
+    let observed = Observed::new(&job, &pods).leases(&leases).last_fold(Some(at(10)));
+    let d = decide(&observed, at(47));
+    assert!(!d.folded, "held until the grid");
+    assert_eq!(d.requeue_after, Some(std::time::Duration::from_secs(8)));
+    // At 55, or a reconcile woken a second late for it, it is written.
+    assert!(decide(&observed, at(55)).folded);
+    assert!(decide(&observed, at(56)).folded);
+    // Within the first period, as before: written when it is over.
+    let d = decide(&observed, at(20));
+    assert!(!d.folded);
+    assert_eq!(d.requeue_after, Some(std::time::Duration::from_secs(5)));
+}
