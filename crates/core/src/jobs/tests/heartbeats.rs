@@ -122,14 +122,19 @@ fn a_pod_not_yet_running_is_not_timed_out() {
     assert!(d.delete.is_empty());
 }
 
-#[test]
-fn heartbeats_alone_write_the_status_at_most_once_per_fold_period() {
+/// A heartbeat job running, its status folded at t0+10 with the renewal of t0+10.
+fn folded_at_10() -> (BackgroundJob, Vec<PodView>) {
     let mut job = hb_job(None);
     let pods = started(&mut job);
-    // A fold at t0+10 took in the renewal of t0+10.
     let leases = [lease(Some(10), Some((10, 100, 10)))];
     let d = decide(&Observed::new(&job, &pods).leases(&leases), at(10));
-    job.status = Some(d.status.clone());
+    job.status = Some(d.status);
+    (job, pods)
+}
+
+#[test]
+fn heartbeats_alone_write_the_status_at_most_once_per_fold_period() {
+    let (job, pods) = folded_at_10();
     // New renewals and progress within the period: the status stays as it is.
     let leases = [lease(Some(20), Some((30, 100, 20)))];
     let d = decide(&Observed::new(&job, &pods).leases(&leases).last_fold(Some(at(10))), at(20));
@@ -217,11 +222,7 @@ fn deadline_at_risk_turns_true_once_with_one_event_and_clears() {
 
 #[test]
 fn a_change_seen_long_after_the_last_fold_waits_for_the_fold_grid() {
-    let mut job = hb_job(None);
-    let pods = started(&mut job);
-    let leases = [lease(Some(10), Some((10, 100, 10)))];
-    let d = decide(&Observed::new(&job, &pods).leases(&leases), at(10));
-    job.status = Some(d.status.clone());
+    let (job, pods) = folded_at_10();
     // Last fold at 10, every 15 s: 25, 40, 55, ... A change seen at 47 waits for 55 (with the
     // changes seen by then), not written at once and the next one a period later.
     let leases = [lease(Some(46), Some((50, 100, 46)))];
