@@ -119,9 +119,11 @@ pub(crate) fn render(rep: &Report) -> String {
     }
     let _ = writeln!(w);
 
-    render_sides(w, rep);
-    render_ratios(w, rep);
-    render_requests(w, rep);
+    if !rep.runs.is_empty() {
+        render_sides(w, rep);
+        render_ratios(w, rep);
+        render_requests(w, rep);
+    }
     render_heartbeats(w, &rep.heartbeats);
     render_big_jobs(w, &rep.big_jobs);
     if let Some(m) = &rep.memory {

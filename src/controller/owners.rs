@@ -14,13 +14,16 @@ use std::{
     sync::{Arc, RwLock},
 };
 
+use futures::Stream;
 use kube::{
-    Resource, ResourceExt,
+    Api, Resource, ResourceExt,
     runtime::{
-        reflector::{ObjectRef, Store},
+        WatchStreamExt,
+        reflector::{self, ObjectRef, Store},
         watcher,
     },
 };
+use serde::de::DeserializeOwned;
 
 /// A reflector store, with which job controls each of its objects.
 #[derive(Clone)]
@@ -29,8 +32,35 @@ pub struct Cached<K: Resource<DynamicType = ()> + 'static> {
     owners: Arc<RwLock<Owners>>,
 }
 
+impl<K> Cached<K>
+where
+    K: Resource<DynamicType = ()> + Clone + std::fmt::Debug + DeserializeOwned + Send + Sync + 'static,
+{
+    /// A cache of `api`'s objects (made `lean` on the way in), and the watch that fills it and
+    /// its index.
+    pub fn watch(
+        api: Api<K>,
+        config: watcher::Config,
+        lean: fn(&mut K),
+    ) -> (Self, impl Stream<Item = Result<watcher::Event<K>, watcher::Error>>) {
+        let (store, writer) = reflector::store();
+        let owners = Arc::new(RwLock::new(Owners::default()));
+        let index = owners.clone();
+        let watch = watcher(api, config)
+            .default_backoff()
+            .modify(lean)
+            .inspect(move |event| {
+                if let Ok(event) = event {
+                    index.write().unwrap_or_else(|e| e.into_inner()).apply(event);
+                }
+            })
+            .reflect(writer);
+        (Self::new(store, owners), watch)
+    }
+}
+
 impl<K: Resource<DynamicType = ()> + Clone + 'static> Cached<K> {
-    pub fn new(store: Store<K>, owners: Arc<RwLock<Owners>>) -> Self {
+    fn new(store: Store<K>, owners: Arc<RwLock<Owners>>) -> Self {
         Self { store, owners }
     }
 
@@ -124,7 +154,6 @@ fn controller_uid<K: Resource>(object: &K) -> Option<&str> {
 mod tests {
     use super::*;
     use k8s_openapi::api::coordination::v1::Lease;
-    use kube::runtime::reflector;
     use serde_json::json;
 
     fn lease(name: &str, owner: Option<&str>) -> Lease {

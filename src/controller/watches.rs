@@ -25,7 +25,7 @@ use super::{
         orphans, reconcile, templates,
     },
     lean::{WorkerPod, lean, lean_lease, lean_pod},
-    owners::{Cached, Owners},
+    owners::Cached,
     schedules, sight,
     triggers::{self, Fanout},
 };
@@ -56,9 +56,9 @@ pub async fn run_with_metrics(
     // worker budget).
     let (wake_tx, wake_rx) = futures::channel::mpsc::unbounded();
     let (wake_schedule, wake_schedule_rx) = futures::channel::mpsc::unbounded();
-    let (pod_store, pod_watch) = cached(scoped(&client, &options), selected(), lean_pod);
+    let (pod_store, pod_watch) = Cached::watch(scoped(&client, &options), selected(), lean_pod);
     // Leases are cached but do not trigger reconciles: renewals are folded in on a timer.
-    let (lease_store, lease_watch) = cached(scoped::<Lease>(&client, &options), selected(), lean_lease);
+    let (lease_store, lease_watch) = Cached::watch(scoped::<Lease>(&client, &options), selected(), lean_lease);
     let (template_store, template_writer) = reflector::store();
     let template_watch = watcher(scoped::<BackgroundJobTemplate>(&client, &options), watcher::Config::default())
         .default_backoff()
@@ -171,31 +171,6 @@ fn job_controller(
 /// Only our pods and Leases, by label: the operator never caches the rest of the cluster.
 fn selected() -> watcher::Config {
     watcher::Config::default().labels(nightshift_api::LABEL_JOB)
-}
-
-/// A cache of `api`'s objects (made `lean` on the way in), indexed by the job that controls
-/// each, and the watch that fills it.
-fn cached<K>(
-    api: Api<K>,
-    config: watcher::Config,
-    lean: fn(&mut K),
-) -> (Cached<K>, impl Stream<Item = Result<watcher::Event<K>, watcher::Error>>)
-where
-    K: Resource<DynamicType = ()> + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
-{
-    let (store, writer) = reflector::store();
-    let owners = Arc::new(std::sync::RwLock::new(Owners::default()));
-    let index = owners.clone();
-    let watch = watcher(api, config)
-        .default_backoff()
-        .modify(lean)
-        .inspect(move |event| {
-            if let Ok(event) = event {
-                index.write().unwrap_or_else(|e| e.into_inner()).apply(event);
-            }
-        })
-        .reflect(writer);
-    (Cached::new(store, owners), watch)
 }
 
 /// One watch of BackgroundJobs for both controllers: a change wakes the job and the schedule
