@@ -14,7 +14,7 @@ use std::{
     sync::{Arc, RwLock},
 };
 
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use kube::{
     Api, Resource, ResourceExt,
     runtime::{
