@@ -64,5 +64,5 @@ test-image: ## build the image, then run `nightshift --version` and `nightshift 
 cluster-env: ## print the export KUBECONFIG=... line for the local cluster
 	@$(CLUSTER) env
 
-bench: ## nightshift vs the Job controller vs raw pod creation; writes BENCHMARKS.md (N=10000 for more)
-	N="$(N)" bench/run.sh
+bench: ## nightshift vs the Job controller vs raw pod creation; writes BENCHMARKS.md (N=10000, BIG=100000: the scale runs)
+	N="$(N)" BIG="$(BIG)" bench/run.sh

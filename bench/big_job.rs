@@ -66,6 +66,8 @@ pub(crate) fn render_big_jobs(w: &mut String, runs: &[RunResult]) {
                 r2(ratio(Some(n.controller_cpu), Some(j.controller_cpu))),
                 r2(ratio(Some(n.controller_hwm_mib), Some(j.controller_hwm_mib))),
             );
+        } else {
+            let _ = writeln!(w, "\n(No Job side above {JOB_SIDE_MAX_SHARDS} shards.)\n");
         }
     }
 }

@@ -176,6 +176,12 @@ pub(crate) fn targets(rep: &Report) -> Vec<String> {
             )),
         }
         if run.qps == 0 {
+            let r = ratio(nsr.all_finished_secs, j.all_finished_secs);
+            out.push(format!(
+                "| no client limit: time to all 1,000 jobs finished ≤ 1.0× the Job controller's | {}× | {} |",
+                r2(r),
+                verdict(r.is_some_and(|r| r <= 1.0))
+            ));
             let r = ratio(nsr.all_finished_secs, raw.all_pods_secs);
             out.push(format!(
                 "| no client limit: 1,000 jobs finished within 2× the raw creation of their 3,000 pods | {} s vs {} s = {}× | {} |",
@@ -187,6 +193,17 @@ pub(crate) fn targets(rep: &Report) -> Vec<String> {
         }
     }
     out.extend(heartbeat_targets(&rep.heartbeats));
+    for r in rep.big_jobs.iter().filter_map(|run| run.side(Side::Nightshift)) {
+        let (kib, limit) = (r.max_object_bytes as f64 / 1024.0, 1536.0);
+        out.push(format!(
+            "| a job of {} shards: it finishes, its largest object under a third of the size limit ({:.0} KiB), peak RSS within the chart's limit (256 MiB) | {}, {kib:.1} KiB, {:.0} MiB | {} |",
+            r.shape.shards,
+            limit / 3.0,
+            if r.all_finished_secs.is_some() { "finished" } else { "**not finished**" },
+            r.controller_hwm_mib,
+            verdict(r.all_finished_secs.is_some() && kib < limit / 3.0 && r.controller_hwm_mib <= 256.0)
+        ));
+    }
     if let Some(m) = &rep.memory {
         out.push(format!(
             "| operator RSS with {} jobs < 64 MiB steady | {:.1} MiB (at rest), {:.1} MiB (after the first start) | {} |",
