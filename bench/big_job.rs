@@ -1,4 +1,4 @@
-//! The big-job run: one job of many shards (BENCH_BIG_JOB, 10,000; 100,000 with `N=10000`), a
+//! The big-job run: one job of many shards (BENCH_BIG_JOB, 10,000; 100,000 with `BIG=100000`), a
 //! thousand at once, on each side: an Indexed Job (completions, parallelism) and a BackgroundJob
 //! (shards, workers.max). What a big job costs the controller (memory, requests) and how large
 //! its object grows while it runs.

@@ -14,7 +14,7 @@
 //! the agent does, a sample of them then silent. Then a memory run: 10,000 suspended
 //! BackgroundJobs, the operator started twice on them, then a third time with 100,000 worker pods
 //! beside them (the pod cache's memory). Then the big-job run (bench/big_job.rs): one Indexed Job
-//! and one BackgroundJob of 10,000 shards (100,000 with `N=10000`).
+//! and one BackgroundJob of 10,000 shards (100,000 alone with `make bench BIG=100000`).
 //!
 //! The nightshift-bench crate of the workspace (bench/): it depends on the API and the core (to
 //! build worker pods as the operator does); nothing depends on it.

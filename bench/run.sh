@@ -6,8 +6,8 @@
 #   make bench                      N = 100 and 1000 at client QPS 20, 100 and no limit; heartbeats of 1,000
 #                                   workers and 10,000 every 60 s; the memory run; the big job of 10,000 shards
 #   make bench N=10000              the scale run: N = 10000 with no client limit (written to BENCHMARKS-10000.md)
-#   make bench BIG=100000           one job of 100,000 shards alone (48 minutes here; BENCHMARKS-big.md)
 #                                   (also: N="100 1000 10000", or BENCH_N=...)
+#   make bench BIG=100000           one job of 100,000 shards alone (48 minutes here; BENCHMARKS-big.md)
 #   BENCH_QPS=0 make bench          only the run with no client limit
 #   BENCH_N=0 make bench            no comparison runs (the heartbeat and memory runs only)
 #   BENCH_STOP_AT=01:05 make bench  start no run after 01:05 UTC (what finished is reported)
