@@ -26,8 +26,9 @@ pub(crate) fn render_big_jobs(w: &mut String, runs: &[RunResult]) {
         "## One big job\n\nOne job of many shards, with no client limit, its shards run a thousand at once at most: an \
          Indexed Job (`completions`, `parallelism`; up to {JOB_SIDE_MAX_SHARDS} shards) against a BackgroundJob \
          (`shards`, `workers.max`). kwok runs each pod to Succeeded at once. *Largest object* is the job as the API server served it at its largest during the \
-         run (JSON, managedFields included; the object size limit is 1.5 MiB), and its status alone. Requests are the \
-         controller's mutating requests (events excluded), from the audit log.\n"
+         run (JSON, managedFields included; the object size limit is {} MiB), and its status alone. Requests are the \
+         controller's mutating requests (events excluded), from the audit log.\n",
+        OBJECT_LIMIT_KIB / 1024.0
     );
     let _ = writeln!(
         w,

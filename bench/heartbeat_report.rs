@@ -110,9 +110,9 @@ pub(crate) fn heartbeat_targets(runs: &[HeartbeatResult]) -> Vec<String> {
             verdict(r.heartbeating == r.workers && r.other_failures == 0)
         ));
         out.push(format!(
-            "| {at}: operator peak RSS within the chart's limit (256 MiB) | {:.1} MiB | {} |",
+            "| {at}: operator peak RSS within the chart's limit ({CHART_LIMIT_MIB} MiB) | {:.1} MiB | {} |",
             r.operator_peak_mib,
-            verdict(r.operator_peak_mib < 256.0)
+            verdict(r.operator_peak_mib < CHART_LIMIT_MIB)
         ));
     }
     out

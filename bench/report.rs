@@ -140,6 +140,11 @@ pub(crate) fn render(rep: &Report) -> String {
     o
 }
 
+/// The chart's memory limit for the operator (charts/nightshift/values.yaml, resources.limits).
+pub(crate) const CHART_LIMIT_MIB: f64 = 256.0;
+/// The API server's limit on an object's size (etcd's request limit): 1.5 MiB.
+pub(crate) const OBJECT_LIMIT_KIB: f64 = 1536.0;
+
 pub(crate) fn targets(rep: &Report) -> Vec<String> {
     let mut out = Vec::new();
     let verdict = |ok: bool| if ok { "met".to_string() } else { "**MISSED**".to_string() };
@@ -194,14 +199,13 @@ pub(crate) fn targets(rep: &Report) -> Vec<String> {
     }
     out.extend(heartbeat_targets(&rep.heartbeats));
     for r in rep.big_jobs.iter().filter_map(|run| run.side(Side::Nightshift)) {
-        let (kib, limit) = (r.max_object_bytes as f64 / 1024.0, 1536.0);
+        let (kib, bound) = (r.max_object_bytes as f64 / 1024.0, OBJECT_LIMIT_KIB / 3.0);
         out.push(format!(
-            "| a job of {} shards: it finishes, its largest object under a third of the size limit ({:.0} KiB), peak RSS within the chart's limit (256 MiB) | {}, {kib:.1} KiB, {:.0} MiB | {} |",
+            "| a job of {} shards: it finishes, its largest object under a third of the size limit ({bound:.0} KiB), peak RSS within the chart's limit ({CHART_LIMIT_MIB} MiB) | {}, {kib:.1} KiB, {:.0} MiB | {} |",
             r.shape.shards,
-            limit / 3.0,
             if r.all_finished_secs.is_some() { "finished" } else { "**not finished**" },
             r.controller_hwm_mib,
-            verdict(r.all_finished_secs.is_some() && kib < limit / 3.0 && r.controller_hwm_mib <= 256.0)
+            verdict(r.all_finished_secs.is_some() && kib < bound && r.controller_hwm_mib < CHART_LIMIT_MIB)
         ));
     }
     if let Some(m) = &rep.memory {
