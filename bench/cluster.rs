@@ -139,8 +139,8 @@ impl<'a> Cluster<'a> {
         self.s.cluster_dir.join("admin.kubeconfig")
     }
 
-    /// Namespaces, the FlowSchema, the CRD, the operator's account (from the chart), and its
-    /// token kubeconfig.
+    /// Namespaces, the FlowSchema, the CRD, the operator's account and admission policies (from
+    /// the chart), and its token kubeconfig.
     pub(crate) fn setup(&self) -> Res<PathBuf> {
         let s = self.s;
         let mut c = s.kubectl();
@@ -166,7 +166,8 @@ impl<'a> Cluster<'a> {
         c.args(["template", "nightshift"])
             .arg(s.repo.join("charts/nightshift"))
             .args(["--namespace", "nightshift-system", "--show-only", "templates/rbac.yaml"])
-            .args(["--show-only", "templates/serviceaccount.yaml"]);
+            .args(["--show-only", "templates/serviceaccount.yaml"])
+            .args(["--show-only", "templates/admission-policy.yaml"]);
         let rbac = run_out(c)?;
         let mut c = s.kubectl();
         c.args(["apply", "-f", "-"]);

@@ -1,12 +1,16 @@
 //! The chart's ValidatingAdmissionPolicies (templates/admission-policy.yaml) as the real API server
-//! evaluates them: writing a pod template requires the right to create pods, and a worker pod's
-//! token writes its own shard's Lease only. The chart is installed with `helm`, as users do.
+//! evaluates them: writing a pod template requires the right to create pods, a worker pod's
+//! token writes its own shard's Lease only, and what an admitted job was started with is frozen. The chart is installed with `helm`, as users do.
 
-use k8s_openapi::api::{
-    authentication::v1::TokenRequest,
-    coordination::v1::Lease,
-    core::v1::{Pod, ServiceAccount},
-    rbac::v1::{Role, RoleBinding},
+use k8s_openapi::{
+    api::{
+        authentication::v1::TokenRequest,
+        coordination::v1::Lease,
+        core::v1::{Pod, ServiceAccount},
+        rbac::v1::{Role, RoleBinding},
+    },
+    apimachinery::pkg::apis::meta::v1::Time,
+    jiff::Timestamp,
 };
 use kube::{
     Api, Client, Resource, ResourceExt,
@@ -79,7 +83,7 @@ async fn token_bound_to(client: &Client, namespace: &str, account: &str, pod: &P
 
 /// One renewal as a worker sends it (the agent's JSON patch, fenced on `holder`).
 async fn renew(leases: &Api<Lease>, lease: &str, holder: &str) -> kube::Result<Lease> {
-    let patch = renewal_patch(holder, k8s_openapi::jiff::Timestamp::now(), &Report::default());
+    let patch = renewal_patch(holder, Timestamp::now(), &Report::default());
     leases.patch(lease, &PatchParams::default(), &Patch::<()>::Json(patch)).await
 }
 
@@ -314,4 +318,75 @@ async fn on_the_node_a_workers_mounted_token_renews_its_own_lease_and_not_its_si
     })
     .await;
     assert_eq!(done.shards.map(|s| (s.succeeded, s.failed)), Some((2, 0)));
+}
+
+#[tokio::test]
+async fn shards_and_template_are_frozen_once_the_job_is_admitted() {
+    let client = client().await;
+    install_crd(&client).await;
+    let ops = TestNamespace::new(&client, "vap-frozen-ops").await;
+    let _release = Release::install(&ops, &["--set", "replicas=1"]).await;
+    let ns = TestNamespace::new(&client, "vap-frozen").await;
+    let jobs: Api<BackgroundJob> = ns.api();
+    let job = object("BackgroundJob", "frozen", json!({"shards": 2, "template": pod_template()}));
+    jobs.create(&PostParams::default(), &serde_json::from_value(job).unwrap()).await.expect("creating the job");
+    let pp = PatchParams::default();
+    let image = |tag: &str| json!({"spec": {"template": {"spec": {"containers": [{"name": "w", "image": tag}]}}}});
+
+    // Before admission the user may still change their mind.
+    let changed = jobs.patch("frozen", &pp, &Patch::Merge(json!({"spec": {"shards": 3}}))).await;
+    assert_eq!(changed.expect("changing spec.shards of a job not yet admitted").spec.shards, 3);
+    let changed = jobs.patch("frozen", &pp, &Patch::Merge(image("w:2"))).await;
+    let changed = changed.expect("changing spec.template of a job not yet admitted");
+    assert_eq!(changed.spec.pod_template().spec.unwrap().containers[0].image.as_deref(), Some("w:2"));
+
+    // Admit it, as the controller does: a status write, which the policy does not judge.
+    let start = json!({"status": {"startTime": Time(Timestamp::now())}});
+    let admitted = jobs.patch_status("frozen", &pp, &Patch::Merge(start)).await.expect("setting status.startTime");
+    assert!(admitted.status.and_then(|s| s.start_time).is_some(), "status.startTime is stored");
+
+    // The API server takes a moment to enforce a new policy: a dry run changes nothing meanwhile.
+    let shards = Patch::Merge(json!({"spec": {"shards": 4}}));
+    let message = wait_until("changing spec.shards of an admitted job to be refused", WAIT, || async {
+        match api_error(&jobs.patch("frozen", &PatchParams::default().dry_run(), &shards).await) {
+            Some((422, message)) => Ok(message),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    assert!(
+        message.ends_with("spec.shards cannot change once the job is admitted (status.startTime is set)"),
+        "{message}"
+    );
+    let refused = jobs.patch("frozen", &pp, &shards).await;
+    assert!(matches!(api_error(&refused), Some((422, m)) if m.contains("spec.shards cannot change")), "{refused:?}");
+    for (what, patch) in [
+        ("a new image", image("w:3")),
+        ("the template's labels", json!({"spec": {"template": {"metadata": {"labels": {"team": "catalog"}}}}})),
+    ] {
+        let refused = jobs.patch("frozen", &pp, &Patch::Merge(patch)).await;
+        match api_error(&refused) {
+            Some((422, message)) => assert!(message.contains("spec.template cannot change"), "{message}"),
+            _ => panic!("{what} in an admitted job's template must be refused with 422, got {refused:?}"),
+        }
+    }
+    let refused = jobs.patch("frozen", &pp, &Patch::Merge(json!({"spec": {"parameters": {"UPLOAD_ID": "7"}}}))).await;
+    assert!(
+        matches!(api_error(&refused), Some((422, m)) if m.contains("spec.parameters cannot change")),
+        "{refused:?}"
+    );
+
+    // The policy freezes only those: the rest of the spec stays editable, and status writes pass.
+    let suspended = jobs
+        .patch("frozen", &pp, &Patch::Merge(json!({"spec": {"suspend": true, "workers": {"max": 2}}})))
+        .await
+        .expect("suspend and workers may change after admission");
+    assert!(suspended.spec.suspend);
+    assert_eq!(suspended.spec.shards, 3);
+    let template = suspended.spec.pod_template();
+    assert_eq!(template.spec.unwrap().containers[0].image.as_deref(), Some("w:2"));
+    assert!(template.metadata.and_then(|m| m.labels).is_none());
+    jobs.patch_status("frozen", &pp, &Patch::Merge(json!({"status": {"observedGeneration": 9}})))
+        .await
+        .expect("a status write of an admitted job");
 }

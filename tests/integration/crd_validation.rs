@@ -4,10 +4,9 @@
 
 use std::time::Duration;
 
-use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
 use kube::{
     Api,
-    api::{ApiResource, DeleteParams, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams},
+    api::{ApiResource, DeleteParams, DynamicObject, GroupVersionKind, PostParams},
 };
 use nightshift_api::BackgroundJob;
 use serde_json::{Value, json};
@@ -342,72 +341,6 @@ async fn bad_manifests_are_refused_with_the_field_named_and_defaults_are_applied
         jobs.list(&Default::default()).await.unwrap().items.into_iter().filter_map(|j| j.metadata.name).collect();
     names.sort();
     assert_eq!(names, [longest, "partial".to_string(), "valid".to_string()]);
-}
-
-#[tokio::test]
-async fn shards_and_template_are_frozen_once_the_job_is_admitted() {
-    let client = client().await;
-    install_crd(&client).await;
-    let ns = TestNamespace::new(&client, "crd-immutable").await;
-    let jobs: Api<BackgroundJob> = ns.api();
-    let mut manifest = valid_manifest("frozen");
-    json_patch::merge(&mut manifest, &json!({"spec": {"shards": 2}}));
-    let job: BackgroundJob = serde_json::from_value(manifest).unwrap();
-    jobs.create(&PostParams::default(), &job).await.expect("creating the job");
-    let pp = PatchParams::default();
-
-    // Before admission the user may still change their mind.
-    let changed = jobs.patch("frozen", &pp, &Patch::Merge(json!({"spec": {"shards": 3}}))).await;
-    assert_eq!(changed.expect("changing spec.shards of a job not yet admitted").spec.shards, 3);
-    let image = json!({"spec": {"template": {"spec": {"containers": [
-        {"name": "worker", "image": "registry.example/import:2"}
-    ]}}}});
-    let changed = jobs.patch("frozen", &pp, &Patch::Merge(image)).await;
-    let changed = changed.expect("changing spec.template of a job not yet admitted");
-    assert_eq!(
-        changed.spec.pod_template().spec.unwrap().containers[0].image.as_deref(),
-        Some("registry.example/import:2")
-    );
-
-    // Admit it, as the controller does.
-    let admitted = jobs
-        .patch_status("frozen", &pp, &Patch::Merge(json!({"status": {"startTime": Time(Timestamp::now())}})))
-        .await
-        .expect("setting status.startTime through the status subresource");
-    assert!(admitted.status.and_then(|s| s.start_time).is_some(), "status.startTime is stored");
-
-    let refused = jobs.patch("frozen", &pp, &Patch::Merge(json!({"spec": {"shards": 4}}))).await;
-    match api_error(&refused) {
-        Some((422, message)) => {
-            assert!(message.contains("spec.shards cannot change once the job is admitted"), "{message}")
-        }
-        _ => panic!("changing spec.shards of an admitted job must be refused with 422, got {refused:?}"),
-    }
-    let image = json!({"spec": {"template": {"spec": {"containers": [
-        {"name": "worker", "image": "registry.example/import:3"}
-    ]}}}});
-    let refused = jobs.patch("frozen", &pp, &Patch::Merge(image)).await;
-    match api_error(&refused) {
-        Some((422, message)) => assert!(message.contains("spec.template cannot change"), "{message}"),
-        _ => panic!("changing spec.template of an admitted job must be refused with 422, got {refused:?}"),
-    }
-    let labels = json!({"spec": {"template": {"metadata": {"labels": {"team": "catalog"}}}}});
-    let refused = jobs.patch("frozen", &pp, &Patch::Merge(labels)).await;
-    match api_error(&refused) {
-        Some((422, message)) => assert!(message.contains("spec.template cannot change"), "{message}"),
-        _ => panic!("changing the template's labels of an admitted job must be refused with 422, got {refused:?}"),
-    }
-
-    // The rules freeze only those two: the rest of the spec stays editable.
-    let suspended = jobs
-        .patch("frozen", &pp, &Patch::Merge(json!({"spec": {"suspend": true, "workers": {"max": 2}}})))
-        .await
-        .expect("suspend and workers may change after admission");
-    assert!(suspended.spec.suspend);
-    assert_eq!(suspended.spec.shards, 3);
-    let template = suspended.spec.pod_template().spec.unwrap();
-    assert_eq!(template.containers[0].image.as_deref(), Some("registry.example/import:2"));
-    assert!(suspended.spec.pod_template().metadata.and_then(|m| m.labels).is_none());
 }
 
 #[tokio::test]

@@ -248,7 +248,7 @@ async fn lint_passes_and_bad_values_are_refused_naming_the_value() {
         rendered.lines().filter(|l| l.starts_with("kind: ValidatingAdmissionPolicy")).map(str::to_string).collect()
     };
     let all = helm(&["template", "ok", CHART]).await;
-    assert_eq!(kinds(&all).len(), 4, "2 policies and their bindings: {:?}", kinds(&all));
+    assert_eq!(kinds(&all).len(), 6, "3 policies and their bindings: {:?}", kinds(&all));
     assert!(!all.contains("namespaceSelector"), "all namespaces by default");
     let one = helm(&["template", "ok", CHART, "--set", "watchNamespaces={shop}"]).await;
     assert!(one.contains(r#"values: ["shop"]"#), "bound to the watched namespace:\n{one}");
@@ -335,7 +335,7 @@ async fn install_into_a_restricted_namespace_then_upgrade_and_uninstall() {
     for want in [name.clone(), format!("{name}-view"), format!("{name}-edit")] {
         assert!(cluster_roles.contains(&want), "ClusterRole {want} missing from {cluster_roles:?}");
     }
-    for policy in ["pod-templates", "worker-leases"] {
+    for policy in ["pod-templates", "worker-leases", "admitted-jobs"] {
         let policy = format!("{name}-{policy}");
         Api::<ValidatingAdmissionPolicy>::all(client.clone()).get(&policy).await.expect("the admission policy");
         Api::<ValidatingAdmissionPolicyBinding>::all(client.clone()).get(&policy).await.expect("its binding");

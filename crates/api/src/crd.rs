@@ -30,15 +30,15 @@ pub fn crds_yaml() -> String {
 }
 
 /// The BackgroundJob CRD.
+///
+/// What cannot change once a job is admitted (spec.shards, onlyShards, parameters, after,
+/// template) is not a rule here but the chart's admission policy `admitted-jobs`
+/// (`charts/nightshift/templates/admission-policy.yaml`): a CRD rule that reads `oldSelf` at
+/// the root is evaluated on every status write too, the operator's most frequent request
+/// (measured: 2.5 ms of API server CPU per status write, on 11 to 14), where the policy is
+/// evaluated only on updates of the job itself.
 pub fn crd() -> CustomResourceDefinition {
     edited(BackgroundJob::crd(), |schema| {
-        let unchanged = |field: &str| {
-            format!(
-                "!has(oldSelf.status) || !has(oldSelf.status.startTime) || (has(self.spec.{field}) == has(oldSelf.spec.{field}) && (!has(self.spec.{field}) || self.spec.{field} == oldSelf.spec.{field}))"
-            )
-        };
-        let frozen =
-            |field: &str| format!("spec.{field} cannot change once the job is admitted (status.startTime is set)");
         add_rules(
             schema,
             &[
@@ -48,16 +48,11 @@ pub fn crd() -> CustomResourceDefinition {
                         "metadata.name must be at most {MAX_NAME_LENGTH} characters: it is part of the worker pod names"
                     ),
                 ),
-                (unchanged("shards"), frozen("shards")),
-                (unchanged("onlyShards"), frozen("onlyShards")),
-                (unchanged("parameters"), frozen("parameters")),
                 (
                     "!has(self.spec.after) || !(self.metadata.name in self.spec.after)".into(),
                     "spec.after must not name the job itself (metadata.name): a job cannot wait for its own success"
                         .into(),
                 ),
-                (unchanged("after"), frozen("after")),
-                (unchanged("template"), frozen("template")),
             ],
         );
         job_spec_rules(&mut schema["properties"]["spec"], "spec", true);
