@@ -1,7 +1,80 @@
-//! The heartbeat runs in BENCHMARKS.md: their table, and the targets they are held to.
+//! The heartbeat runs in BENCHMARKS.md: what one measured, its table, and the targets they are
+//! held to.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
 
 use crate::*;
 use heartbeats::{FOLD_SECS, PER_JOB, WINDOW_FOLDS};
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub(crate) struct HeartbeatResult {
+    pub(crate) workers: usize,
+    pub(crate) jobs: usize,
+    #[serde(default)]
+    pub(crate) interval_secs: u64,
+    #[serde(default)]
+    pub(crate) timeout_secs: u64,
+    /// Workers heartbeating when the window opened (all of them, unless the machine could not).
+    #[serde(default)]
+    pub(crate) heartbeating: usize,
+    /// From the first create until every worker heartbeats.
+    pub(crate) ready_secs: Option<f64>,
+    pub(crate) window_secs: f64,
+    /// CPU over the window, in cores (CPU seconds per second).
+    pub(crate) operator_cores: f64,
+    pub(crate) apiserver_cores: f64,
+    pub(crate) etcd_cores: f64,
+    /// VmHWM over the whole run (creating every pod and Lease included), and VmRSS after the window.
+    pub(crate) operator_peak_mib: f64,
+    pub(crate) operator_rss_mib: f64,
+    /// The operator's mutating requests in the window, by "verb resource[/subresource]".
+    pub(crate) operator_requests: BTreeMap<String, u64>,
+    /// The workers' renewals in the window (patch leases), and those answered with an error.
+    pub(crate) renewals: u64,
+    pub(crate) renewal_errors: u64,
+    /// Seconds since each live worker's Lease was last renewed, at the window's end: p99 and max.
+    /// Within an interval (plus a request) when the generator keeps up; more, and the bench, not
+    /// the operator, fell behind.
+    #[serde(default)]
+    pub(crate) lease_age_p99: Option<f64>,
+    #[serde(default)]
+    pub(crate) lease_age_max: Option<f64>,
+    pub(crate) silenced: usize,
+    /// Seconds from a silenced worker's last renewal (its Lease's renewTime) until the bench saw
+    /// its attempt leave status.active, sorted; the undetected ones are missing.
+    pub(crate) detection_secs: Vec<f64>,
+    /// Seconds of silence the operator counted when it decided each HeartbeatTimeout (its log,
+    /// whole seconds on its own clock), sorted: detection less this is its write and the watch.
+    #[serde(default)]
+    pub(crate) decision_secs: Vec<f64>,
+    /// Shards retried that were not silenced: a heartbeating worker's attempt failed.
+    pub(crate) other_failures: usize,
+}
+
+impl HeartbeatResult {
+    pub(crate) fn status_writes_per_job_minute(&self) -> f64 {
+        let writes: u64 =
+            self.operator_requests.iter().filter(|(k, _)| k.ends_with("backgroundjobs/status")).map(|(_, v)| v).sum();
+        writes as f64 / self.jobs.max(1) as f64 / (self.window_secs / 60.0)
+    }
+    pub(crate) fn requests_per_sec(&self) -> f64 {
+        self.operator_requests.values().sum::<u64>() as f64 / self.window_secs
+    }
+    pub(crate) fn detection(&self, q: f64) -> Option<f64> {
+        quantile(&self.detection_secs, q)
+    }
+    pub(crate) fn decision(&self, q: f64) -> Option<f64> {
+        quantile(&self.decision_secs, q)
+    }
+}
+
+/// The `q` quantile of sorted values (nearest rank).
+pub(crate) fn quantile(sorted: &[f64], q: f64) -> Option<f64> {
+    let i = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len().max(1)) - 1;
+    sorted.get(i).copied()
+}
 
 pub(crate) fn render_heartbeats(w: &mut String, runs: &[HeartbeatResult]) {
     use std::fmt::Write;
@@ -18,17 +91,17 @@ pub(crate) fn render_heartbeats(w: &mut String, runs: &[HeartbeatResult]) {
          API server is reached through socat, two processes per connection). *Lease age* is how long ago each live worker's Lease was renewed when the window closed (p99 / max): within an interval when the generator kept up; beyond it, the bench fell behind, not the operator. The operator \
          (no client limit, status folded every {FOLD_SECS} s) is measured over {WINDOW_FOLDS} folds once every worker \
          heartbeats; then one worker in each of a spread of jobs goes silent, one after the other over an interval, and the time from its last renewal (its \
-         Lease's renewTime) until the bench sees its attempt leave `status.active` is taken. CPU in cores (CPU \
+         Lease's renewTime) until the bench sees its attempt leave `status.active` is taken; *decided* is the silence the operator had counted when it decided (its log, whole seconds): the rest of detection is its requests (the pod's delete, the status write) and the watch. CPU in cores (CPU \
          seconds per second) over the window; requests from the audit log (mutating only).\n"
     );
     let _ = writeln!(
         w,
-        "| workers (jobs) | renewal every s (timeout s) | heartbeating / until all s | renewals/s (errors) | Lease age p99 / max s | operator requests/s | status writes per job per minute | operator CPU cores | operator peak / steady MiB | API server CPU cores | etcd CPU cores | silenced | detection p50 / p99 / max s | other attempts failed |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+        "| workers (jobs) | renewal every s (timeout s) | heartbeating / until all s | renewals/s (errors) | Lease age p99 / max s | operator requests/s | status writes per job per minute | operator CPU cores | operator peak / steady MiB | API server CPU cores | etcd CPU cores | silenced | detection p50 / p99 / max s | decided p50 / p99 / max s | other attempts failed |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
     );
     for r in runs {
         let _ = writeln!(
             w,
-            "| {} ({}) | {} ({}) | {} / {} | {:.0} ({}) | {} / {} | {:.1} | {:.2} | {:.3} | {:.1} / {:.1} | {:.2} | {:.2} | {} ({} seen) | {} / {} / {} | {} |",
+            "| {} ({}) | {} ({}) | {} / {} | {:.0} ({}) | {} / {} | {:.1} | {:.2} | {:.3} | {:.1} / {:.1} | {:.2} | {:.2} | {} ({} seen) | {} / {} / {} | {} / {} / {} | {} |",
             r.workers,
             r.jobs,
             r.interval_secs,
@@ -51,6 +124,9 @@ pub(crate) fn render_heartbeats(w: &mut String, runs: &[HeartbeatResult]) {
             f(r.detection(0.5)),
             f(r.detection(0.99)),
             f(r.detection(1.0)),
+            f(r.decision(0.5)),
+            f(r.decision(0.99)),
+            f(r.decision(1.0)),
             r.other_failures
         );
     }

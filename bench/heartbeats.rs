@@ -6,7 +6,7 @@
 //! renewal until the operator has failed its attempt is measured.
 
 use std::{
-    collections::{BTreeMap, HashMap, HashSet},
+    collections::{HashMap, HashSet},
     ffi::OsString,
     sync::{Arc, Mutex},
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
@@ -20,7 +20,6 @@ use kube::{
 };
 use nightshift_api::BackgroundJob;
 use nightshift_worker::{Heartbeat, WorkerEnv};
-use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::*;
@@ -59,65 +58,14 @@ impl std::str::FromStr for HeartbeatPlan {
     }
 }
 
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub(crate) struct HeartbeatResult {
-    pub(crate) workers: usize,
-    pub(crate) jobs: usize,
-    #[serde(default)]
-    pub(crate) interval_secs: u64,
-    #[serde(default)]
-    pub(crate) timeout_secs: u64,
-    /// Workers heartbeating when the window opened (all of them, unless the machine could not).
-    #[serde(default)]
-    pub(crate) heartbeating: usize,
-    /// From the first create until every worker heartbeats.
-    pub(crate) ready_secs: Option<f64>,
-    pub(crate) window_secs: f64,
-    /// CPU over the window, in cores (CPU seconds per second).
-    pub(crate) operator_cores: f64,
-    pub(crate) apiserver_cores: f64,
-    pub(crate) etcd_cores: f64,
-    /// VmHWM over the whole run (creating every pod and Lease included), and VmRSS after the window.
-    pub(crate) operator_peak_mib: f64,
-    pub(crate) operator_rss_mib: f64,
-    /// The operator's mutating requests in the window, by "verb resource[/subresource]".
-    pub(crate) operator_requests: BTreeMap<String, u64>,
-    /// The workers' renewals in the window (patch leases), and those answered with an error.
-    pub(crate) renewals: u64,
-    pub(crate) renewal_errors: u64,
-    /// Seconds since each live worker's Lease was last renewed, at the window's end: p99 and max.
-    /// Within an interval (plus a request) when the generator keeps up; more, and the bench, not
-    /// the operator, fell behind.
-    #[serde(default)]
-    pub(crate) lease_age_p99: Option<f64>,
-    #[serde(default)]
-    pub(crate) lease_age_max: Option<f64>,
-    pub(crate) silenced: usize,
-    /// Seconds from a silenced worker's last renewal (its Lease's renewTime) until the bench saw
-    /// its attempt leave status.active, sorted; the undetected ones are missing.
-    pub(crate) detection_secs: Vec<f64>,
-    /// Shards retried that were not silenced: a heartbeating worker's attempt failed.
-    pub(crate) other_failures: usize,
-}
-
-impl HeartbeatResult {
-    pub(crate) fn status_writes_per_job_minute(&self) -> f64 {
-        let writes: u64 =
-            self.operator_requests.iter().filter(|(k, _)| k.ends_with("backgroundjobs/status")).map(|(_, v)| v).sum();
-        writes as f64 / self.jobs.max(1) as f64 / (self.window_secs / 60.0)
-    }
-    pub(crate) fn requests_per_sec(&self) -> f64 {
-        self.operator_requests.values().sum::<u64>() as f64 / self.window_secs
-    }
-    pub(crate) fn detection(&self, q: f64) -> Option<f64> {
-        quantile(&self.detection_secs, q)
-    }
-}
-
-/// The `q` quantile of sorted values (nearest rank).
-fn quantile(sorted: &[f64], q: f64) -> Option<f64> {
-    let i = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len().max(1)) - 1;
-    sorted.get(i).copied()
+/// The silence each HeartbeatTimeout was decided after, from the operator's log lines
+/// "... failed (HeartbeatTimeout: no heartbeat for 240s (spec.heartbeat...", sorted.
+fn decisions(log: &str) -> Vec<f64> {
+    const MARK: &str = "HeartbeatTimeout: no heartbeat for ";
+    let mut secs: Vec<f64> =
+        log.lines().filter_map(|line| line.split_once(MARK)?.1.split_once('s')?.0.parse().ok()).collect();
+    secs.sort_by(f64::total_cmp);
+    secs
 }
 
 fn job(i: usize, interval: u64) -> Value {
@@ -382,12 +330,15 @@ pub(crate) async fn heartbeat_run(s: &Settings, plan: HeartbeatPlan) -> Res<Hear
         f.detected.iter().filter_map(|(pod, at)| Some(unix_secs(*at) - last.get(pod)?)).collect()
     };
     r.detection_secs.sort_by(f64::total_cmp);
+    r.decision_secs = decisions(&std::fs::read_to_string(ctx.s.work.join(format!("operator-{label}.log")))?);
     r.other_failures = retried(&admin, ns).await.saturating_sub(r.silenced);
     r.operator_peak_mib = status_mib(op.pid(), "VmHWM");
     eprintln!(
-        "bench: [{label}] detection p50 {:?} p99 {:?}; operator {:.2} cores, {:.1} MiB peak",
+        "bench: [{label}] detection p50 {:?} p99 {:?} (decided p50 {:?} p99 {:?}); operator {:.2} cores, {:.1} MiB peak",
         r.detection(0.5),
         r.detection(0.99),
+        r.decision(0.5),
+        r.decision(0.99),
         r.operator_cores,
         r.operator_peak_mib
     );
