@@ -1,6 +1,7 @@
 //! The chart's ValidatingAdmissionPolicies (templates/admission-policy.yaml) as the real API server
 //! evaluates them: writing a pod template requires the right to create pods, a worker pod's
-//! token writes its own shard's Lease only, and what an admitted job was started with is frozen. The chart is installed with `helm`, as users do.
+//! token writes its own shard's Lease only, and an admitted job's template, parameters and after
+//! are frozen. The chart is installed with `helm`, as users do.
 
 use k8s_openapi::{
     api::{
@@ -321,7 +322,7 @@ async fn on_the_node_a_workers_mounted_token_renews_its_own_lease_and_not_its_si
 }
 
 #[tokio::test]
-async fn shards_and_template_are_frozen_once_the_job_is_admitted() {
+async fn template_parameters_and_after_are_frozen_once_the_job_is_admitted() {
     let client = client().await;
     install_crd(&client).await;
     let ops = TestNamespace::new(&client, "vap-frozen-ops").await;
@@ -334,8 +335,6 @@ async fn shards_and_template_are_frozen_once_the_job_is_admitted() {
     let image = |tag: &str| json!({"spec": {"template": {"spec": {"containers": [{"name": "w", "image": tag}]}}}});
 
     // Before admission the user may still change their mind.
-    let changed = jobs.patch("frozen", &pp, &Patch::Merge(json!({"spec": {"shards": 3}}))).await;
-    assert_eq!(changed.expect("changing spec.shards of a job not yet admitted").spec.shards, 3);
     let changed = jobs.patch("frozen", &pp, &Patch::Merge(image("w:2"))).await;
     let changed = changed.expect("changing spec.template of a job not yet admitted");
     assert_eq!(changed.spec.pod_template().spec.unwrap().containers[0].image.as_deref(), Some("w:2"));
@@ -346,35 +345,30 @@ async fn shards_and_template_are_frozen_once_the_job_is_admitted() {
     assert!(admitted.status.and_then(|s| s.start_time).is_some(), "status.startTime is stored");
 
     // The API server takes a moment to enforce a new policy: a dry run changes nothing meanwhile.
-    let shards = Patch::Merge(json!({"spec": {"shards": 4}}));
-    let message = wait_until("changing spec.shards of an admitted job to be refused", WAIT, || async {
-        match api_error(&jobs.patch("frozen", &PatchParams::default().dry_run(), &shards).await) {
+    let new_image = Patch::Merge(image("w:3"));
+    let message = wait_until("changing the template of an admitted job to be refused", WAIT, || async {
+        match api_error(&jobs.patch("frozen", &PatchParams::default().dry_run(), &new_image).await) {
             Some((422, message)) => Ok(message),
             other => Err(format!("{other:?}")),
         }
     })
     .await;
     assert!(
-        message.ends_with("spec.shards cannot change once the job is admitted (status.startTime is set)"),
+        message.ends_with("spec.template cannot change once the job is admitted (status.startTime is set)"),
         "{message}"
     );
-    let refused = jobs.patch("frozen", &pp, &shards).await;
-    assert!(matches!(api_error(&refused), Some((422, m)) if m.contains("spec.shards cannot change")), "{refused:?}");
-    for (what, patch) in [
-        ("a new image", image("w:3")),
-        ("the template's labels", json!({"spec": {"template": {"metadata": {"labels": {"team": "catalog"}}}}})),
+    for (field, patch) in [
+        ("template", image("w:3")),
+        ("template", json!({"spec": {"template": {"metadata": {"labels": {"team": "catalog"}}}}})),
+        ("parameters", json!({"spec": {"parameters": {"UPLOAD_ID": "7"}}})),
+        ("after", json!({"spec": {"after": ["earlier"]}})),
     ] {
-        let refused = jobs.patch("frozen", &pp, &Patch::Merge(patch)).await;
+        let refused = jobs.patch("frozen", &pp, &Patch::Merge(patch.clone())).await;
         match api_error(&refused) {
-            Some((422, message)) => assert!(message.contains("spec.template cannot change"), "{message}"),
-            _ => panic!("{what} in an admitted job's template must be refused with 422, got {refused:?}"),
+            Some((422, message)) => assert!(message.contains(&format!("spec.{field} cannot change")), "{message}"),
+            _ => panic!("{patch} on an admitted job must be refused with 422, got {refused:?}"),
         }
     }
-    let refused = jobs.patch("frozen", &pp, &Patch::Merge(json!({"spec": {"parameters": {"UPLOAD_ID": "7"}}}))).await;
-    assert!(
-        matches!(api_error(&refused), Some((422, m)) if m.contains("spec.parameters cannot change")),
-        "{refused:?}"
-    );
 
     // The policy freezes only those: the rest of the spec stays editable, and status writes pass.
     let suspended = jobs
@@ -382,10 +376,10 @@ async fn shards_and_template_are_frozen_once_the_job_is_admitted() {
         .await
         .expect("suspend and workers may change after admission");
     assert!(suspended.spec.suspend);
-    assert_eq!(suspended.spec.shards, 3);
     let template = suspended.spec.pod_template();
     assert_eq!(template.spec.unwrap().containers[0].image.as_deref(), Some("w:2"));
     assert!(template.metadata.and_then(|m| m.labels).is_none());
+    assert!(suspended.spec.after.is_empty() && suspended.spec.parameters.is_empty());
     jobs.patch_status("frozen", &pp, &Patch::Merge(json!({"status": {"observedGeneration": 9}})))
         .await
         .expect("a status write of an admitted job");

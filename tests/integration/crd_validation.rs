@@ -4,9 +4,10 @@
 
 use std::time::Duration;
 
+use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
 use kube::{
     Api,
-    api::{ApiResource, DeleteParams, DynamicObject, GroupVersionKind, PostParams},
+    api::{ApiResource, DeleteParams, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams},
 };
 use nightshift_api::BackgroundJob;
 use serde_json::{Value, json};
@@ -341,6 +342,52 @@ async fn bad_manifests_are_refused_with_the_field_named_and_defaults_are_applied
         jobs.list(&Default::default()).await.unwrap().items.into_iter().filter_map(|j| j.metadata.name).collect();
     names.sort();
     assert_eq!(names, [longest, "partial".to_string(), "valid".to_string()]);
+}
+
+/// Without the chart (its admission policy freezes the rest): the CRD alone refuses to reshard
+/// an admitted job, since the operator counts the job's work by spec.shards and onlyShards.
+#[tokio::test]
+async fn shards_are_frozen_once_the_job_is_admitted() {
+    let client = client().await;
+    install_crd(&client).await;
+    let ns = TestNamespace::new(&client, "crd-immutable").await;
+    let jobs: Api<BackgroundJob> = ns.api();
+    let mut manifest = valid_manifest("frozen");
+    json_patch::merge(&mut manifest, &json!({"spec": {"shards": 2}}));
+    let job: BackgroundJob = serde_json::from_value(manifest).unwrap();
+    jobs.create(&PostParams::default(), &job).await.expect("creating the job");
+    let pp = PatchParams::default();
+
+    // Before admission the user may still change their mind.
+    let changed = jobs.patch("frozen", &pp, &Patch::Merge(json!({"spec": {"shards": 3}}))).await;
+    assert_eq!(changed.expect("changing spec.shards of a job not yet admitted").spec.shards, 3);
+
+    // Admit it, as the controller does.
+    let start = json!({"status": {"startTime": Time(Timestamp::now())}});
+    let admitted = jobs.patch_status("frozen", &pp, &Patch::Merge(start)).await.expect("setting status.startTime");
+    assert!(admitted.status.and_then(|s| s.start_time).is_some(), "status.startTime is stored");
+
+    for (field, patch) in
+        [("shards", json!({"spec": {"shards": 4}})), ("onlyShards", json!({"spec": {"onlyShards": "0-1"}}))]
+    {
+        let refused = jobs.patch("frozen", &pp, &Patch::Merge(patch)).await;
+        match api_error(&refused) {
+            Some((422, message)) => assert!(
+                message.contains(&format!(
+                    "spec.{field} cannot change once the job is admitted (status.startTime is set)"
+                )),
+                "{message}"
+            ),
+            _ => panic!("changing spec.{field} of an admitted job must be refused with 422, got {refused:?}"),
+        }
+    }
+    // The rest of the spec stays editable.
+    let suspended = jobs
+        .patch("frozen", &pp, &Patch::Merge(json!({"spec": {"suspend": true, "workers": {"max": 2}}})))
+        .await
+        .expect("suspend and workers may change after admission");
+    assert!(suspended.spec.suspend);
+    assert_eq!((suspended.spec.shards, suspended.spec.only_shards), (3, None));
 }
 
 #[tokio::test]
