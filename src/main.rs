@@ -59,8 +59,8 @@ struct ControllerFlags {
     /// spec.heartbeat.injectAgent (usually the operator's own image).
     #[arg(long, env = "NIGHTSHIFT_AGENT_IMAGE")]
     agent_image: Option<String>,
-    /// Heartbeats, progress, readiness and shard successes in the middle of a job change its
-    /// status at most once per this many seconds.
+    /// Heartbeats, progress and shard successes in the middle of a job change its status at
+    /// most once per this many seconds; workers turning ready alone, once per four times that.
     #[arg(long, default_value_t = nightshift_core::FOLD_SECONDS, value_parser = clap::value_parser!(i64).range(1..))]
     status_fold_seconds: i64,
 }

@@ -1,6 +1,7 @@
 //! The act step: creates the decided worker pods (with their Leases, and the workers' access
-//! on a job's first pods) and deletes the decided ones. Reports how the API server refused a
-//! pod, if it did; every other error fails the reconcile, which is retried.
+//! on a job's first pods), before the status that names them is written. Reports how the API
+//! server refused a pod, if it did; every other error fails the reconcile, which is retried.
+//! The pods a decision stops are deleted after that status ([`delete_pods`], from `record.rs`).
 
 use std::{sync::Arc, time::Instant};
 
@@ -27,19 +28,11 @@ use nightshift_core::{
     },
 };
 
-pub async fn act(
-    ctx: &Context,
-    job: &BackgroundJob,
-    pods: &[Arc<WorkerPod>],
-    d: &Decision,
-    now: Timestamp,
-) -> Result<Option<Refusal>, Error> {
+pub async fn act(ctx: &Context, job: &BackgroundJob, d: &Decision, now: Timestamp) -> Result<Option<Refusal>, Error> {
     if d.resolve.is_some() {
         return templates::resolve(ctx, job).await;
     }
-    let refusal = create_pods(ctx, job, &d.create, now).await?;
-    delete_pods(ctx, job, pods, &d.delete).await?;
-    Ok(refusal)
+    create_pods(ctx, job, &d.create, now).await
 }
 
 /// The job's workers cannot start beside an object that is someone else's: the refusal that
@@ -169,7 +162,7 @@ async fn create_pods(
 
 /// Deletes the pods by name and uid: a pod of that name created since (by someone else, or a
 /// newer one) is never deleted in its place (409, and nothing to do).
-async fn delete_pods(
+pub async fn delete_pods(
     ctx: &Context,
     job: &BackgroundJob,
     pods: &[Arc<WorkerPod>],

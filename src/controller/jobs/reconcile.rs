@@ -3,10 +3,10 @@
 //! - observe: the job (with the status this process last wrote), its pods and Leases from the
 //!   caches, and what the operator remembers of them (`observe.rs`, `context.rs`);
 //! - decide: [`nightshift_core::decide`], pure, given the worker budget's grant for this job;
-//! - act: create and delete pods (`act.rs`); a create the API server refuses ends the
-//!   reconcile here, and the refusal is observed by the next one, which decides again;
-//! - record: write the status, then release finalizers, publish events, delete a job whose
-//!   TTL passed (`record.rs`).
+//! - act: create pods (`act.rs`); a create the API server refuses ends the reconcile here, and
+//!   the refusal is observed by the next one, which decides again;
+//! - record: write the status, then delete the pods it stops, release finalizers, publish
+//!   events, delete a job whose TTL passed (`record.rs`).
 //!
 //! Each reconcile runs in a span naming the job, so its log lines need not.
 
@@ -43,7 +43,7 @@ pub async fn reconcile(job: Arc<BackgroundJob>, ctx: Arc<Context>) -> Result<Act
     let seen = observe(&ctx, job);
     let d = decide(&ctx, &seen, now);
     let _creating = Creating::new(&ctx, &seen.job, &d);
-    if let Some(refusal) = act::act(&ctx, &seen.job, &seen.pods, &d, now).await? {
+    if let Some(refusal) = act::act(&ctx, &seen.job, &d, now).await? {
         return Ok(refused(&ctx, &seen.job, refusal));
     }
     if d.resolve.is_some() {

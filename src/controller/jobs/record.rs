@@ -1,6 +1,12 @@
 //! The record step: writes the decided status (server-side apply, only when it changed), then
-//! releases the tracking finalizers of pods whose outcome it holds, counts, publishes events,
-//! and deletes a job whose TTL after finishing passed.
+//! deletes the pods it stops, releases the tracking finalizers of pods whose outcome it holds,
+//! counts, publishes events, and deletes a job whose TTL after finishing passed.
+//!
+//! A pod is deleted after the status that says why (a silent worker's attempt failed, say): the
+//! failure is recorded one round trip sooner, and a status write fenced off (409) stops nothing
+//! that the next decision would keep. Nothing is lost when the operator stops in between: a live
+//! pod that is no attempt's current one is stopped by every later decision, and the next
+//! attempt of its shard waits for it to stop.
 
 use std::{sync::Arc, time::Instant};
 
@@ -15,7 +21,7 @@ use kube::{
 use serde_json::json;
 use tracing::{debug, info};
 
-use super::context::Context;
+use super::{act, context::Context};
 use crate::controller::{
     Error, events, wait_from,
     writes::{FENCED_RETRY, delete_by_uid, resource_version, slow_start, write_status},
@@ -36,6 +42,7 @@ pub async fn record(
         // wakes the job again; nothing of this decision is recorded.
         return Ok(Action::requeue(FENCED_RETRY));
     }
+    act::delete_pods(ctx, job, pods, &d.delete).await?;
     release_finalizers(ctx, job, pods, &d.release).await?;
     for reason in &d.failed_attempts {
         ctx.metrics.attempts_failed.get_or_create(&ReasonLabel { reason: reason.clone() }).inc();

@@ -205,16 +205,20 @@ pub(super) fn with_heartbeats_of(status: &BackgroundJobStatus, prev: &Background
         entry.progress = old.and_then(|a| a.progress.clone());
     }
     stale.last_heartbeat_time = prev.last_heartbeat_time.clone();
-    // Workers turning ready is worth a write of its own only once per fold period: a job's
-    // status is written when it starts its workers and when they finish anyway.
-    if let (Some(now), Some(before)) = (stale.workers.as_mut(), prev.workers.as_ref()) {
-        now.ready = before.ready;
-    }
-    // The estimate moves with the clock; alone it is never worth a write.
-    stale.estimated_completion_time = prev.estimated_completion_time.clone();
     // Progress from shard completions is not a heartbeat; from worker reports it is.
     if status.succeeded_shards == prev.succeeded_shards {
         stale.progress = prev.progress.clone();
     }
+    with_readiness_of(&stale, prev)
+}
+
+/// `status` with the readiness of `prev`'s workers, and its estimate (which moves with the
+/// clock: alone, it is never worth a write).
+pub(super) fn with_readiness_of(status: &BackgroundJobStatus, prev: &BackgroundJobStatus) -> BackgroundJobStatus {
+    let mut stale = status.clone();
+    if let (Some(now), Some(before)) = (stale.workers.as_mut(), prev.workers.as_ref()) {
+        now.ready = before.ready;
+    }
+    stale.estimated_completion_time = prev.estimated_completion_time.clone();
     stale
 }

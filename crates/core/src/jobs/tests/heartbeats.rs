@@ -146,6 +146,12 @@ fn heartbeats_alone_write_the_status_at_most_once_per_fold_period() {
     let d = decide(&Observed::new(&job, &pods).leases(&leases).last_fold(Some(at(10))), at(25));
     assert!(d.folded);
     assert_eq!(d.status.progress.unwrap().done, 40);
+    // A worker turning ready rides along with the heartbeats' fold (alone it waits four periods).
+    let mut ready = pods.clone();
+    ready[0].ready = true;
+    let d = decide(&Observed::new(&job, &ready).leases(&leases).last_fold(Some(at(10))), at(25));
+    assert_eq!(job.status.as_ref().and_then(|s| s.workers.as_ref()).map(|w| w.ready), Some(0));
+    assert_eq!(d.status.workers.as_ref().map(|w| w.ready), Some(1));
 }
 
 #[test]

@@ -547,14 +547,19 @@ fn workers_turning_ready_are_folded_not_written_at_once() {
     fn observe<'a>(job: &'a BackgroundJob, pods: &'a [PodView], last_fold: Option<Timestamp>) -> Observed<'a> {
         Observed::new(job, pods).last_fold(last_fold)
     }
-    // Within the fold period, readiness alone writes nothing and looks again when it is over.
+    // Within four fold periods, readiness alone writes nothing and looks again when they are over.
     let d = decide(&observe(&job, &w.pods, Some(t0())), t0() + SignedDuration::from_secs(5));
     assert_eq!(Some(&d.status), job.status.as_ref(), "readiness alone is not written within the period");
     assert!(!d.folded);
-    assert_eq!(d.requeue_after, Some(std::time::Duration::from_secs(10)));
-    // After it, it is.
+    assert_eq!(d.requeue_after, Some(std::time::Duration::from_secs(55)));
     let d = decide(&observe(&job, &w.pods, Some(t0())), t0() + SignedDuration::from_secs(15));
+    assert_eq!(Some(&d.status), job.status.as_ref(), "nor at the first fold instant");
+    // After them, it is.
+    let d = decide(&observe(&job, &w.pods, Some(t0())), t0() + SignedDuration::from_secs(60));
     assert!(d.folded);
+    assert_eq!(d.status.workers.as_ref().map(|w| w.ready), Some(3));
+    // Without a recent write (after a restart) it is written at once.
+    let d = decide(&observe(&job, &w.pods, None), t0() + SignedDuration::from_secs(5));
     assert_eq!(d.status.workers.as_ref().map(|w| w.ready), Some(3));
     // A shard failing is written at once, with the readiness of the others.
     finish(&mut w, "j-0-1", false);
