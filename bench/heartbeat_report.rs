@@ -91,7 +91,7 @@ pub(crate) fn render_heartbeats(w: &mut String, runs: &[HeartbeatResult]) {
          API server is reached through socat, two processes per connection). *Lease age* is how long ago each live worker's Lease was renewed when the window closed (p99 / max): within an interval when the generator kept up; beyond it, the bench fell behind, not the operator. The operator \
          (no client limit, status folded every {FOLD_SECS} s) is measured over {WINDOW_FOLDS} folds once every worker \
          heartbeats; then one worker in each of a spread of jobs goes silent, one after the other over an interval, and the time from its last renewal (its \
-         Lease's renewTime) until the bench sees its attempt leave `status.active` is taken; *decided* is the silence the operator had counted when it decided (its log, whole seconds): the rest of detection is its requests (the pod's delete, the status write) and the watch. CPU in cores (CPU \
+         Lease's renewTime) until the bench sees its attempt leave `status.active` is taken; *decided* is the silence the operator had counted when it decided (its log, whole seconds): the rest of detection is the operator's status write (the pod is deleted after it) and the watch. CPU in cores (CPU \
          seconds per second) over the window; requests from the audit log (mutating only).\n"
     );
     let _ = writeln!(
