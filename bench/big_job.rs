@@ -14,7 +14,7 @@ pub(crate) const JOB_SIDE_MAX_SHARDS: usize = 10_000;
 pub(crate) async fn big_job_run(s: &Settings, shape: Shape) -> Res<RunResult> {
     let sides: &[Side] =
         if shape.shards <= JOB_SIDE_MAX_SHARDS { &[Side::Job, Side::Nightshift] } else { &[Side::Nightshift] };
-    run_sides(s, 0, 1, shape, sides).await
+    run_sides(s, 0, 1, shape, sides, "").await
 }
 
 pub(crate) fn render_big_jobs(w: &mut String, runs: &[RunResult]) {

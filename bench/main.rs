@@ -40,6 +40,7 @@ mod heartbeats;
 mod memory;
 mod memory_report;
 mod progress;
+mod repeats;
 mod report;
 mod sides;
 
@@ -61,6 +62,7 @@ use heartbeats::*;
 use memory::*;
 use memory_report::*;
 use progress::*;
+use repeats::*;
 use report::*;
 use sides::*;
 
@@ -88,6 +90,8 @@ pub(crate) struct Settings {
     pub(crate) run_timeout: Duration,
     pub(crate) deadline: Option<u64>,
     pub(crate) in_flight: usize,
+    /// More pairs at no client limit and the largest N (repeats.rs).
+    pub(crate) repeats: usize,
     pub(crate) out: PathBuf,
     pub(crate) command: String,
 }
@@ -127,6 +131,7 @@ impl Settings {
             run_timeout: Duration::from_secs(env_or("BENCH_RUN_TIMEOUT", "1800").parse()?),
             deadline: std::env::var("BENCH_DEADLINE").ok().and_then(|d| d.parse().ok()),
             in_flight: env_or("BENCH_IN_FLIGHT", "64").parse()?,
+            repeats: env_or("BENCH_REPEATS", "3").parse()?,
             out: repo.join(env_or("BENCH_OUT", "BENCHMARKS.md")),
             command: env_or("BENCH_COMMAND", "make bench"),
             work,
@@ -193,15 +198,24 @@ impl RunResult {
 }
 
 pub(crate) async fn one_run(s: &Settings, qps: u32, n: usize) -> Res<RunResult> {
-    run_sides(s, qps, n, Shape::SMALL, &[Side::Raw, Side::Job, Side::Nightshift]).await
+    run_sides(s, qps, n, Shape::SMALL, &[Side::Raw, Side::Job, Side::Nightshift], "").await
 }
 
-/// `sides` one after the other, N jobs of `shape` each, on a fresh control plane.
-pub(crate) async fn run_sides(s: &Settings, qps: u32, n: usize, shape: Shape, sides: &[Side]) -> Res<RunResult> {
+/// `sides` one after the other, N jobs of `shape` each, on a fresh control plane; `tag` ends the
+/// run's label (its audit and operator logs' names).
+pub(crate) async fn run_sides(
+    s: &Settings,
+    qps: u32,
+    n: usize,
+    shape: Shape,
+    sides: &[Side],
+    tag: &str,
+) -> Res<RunResult> {
     let mut label = format!("qps{}-n{n}", if qps == 0 { "inf".to_string() } else { qps.to_string() });
     if shape != Shape::SMALL {
         label = format!("{label}-shards{}", shape.shards);
     }
+    label.push_str(tag);
     let cluster = Cluster::up(s, qps, &label)?;
     let operator_kubeconfig = cluster.setup()?;
     let admin = client_from(&cluster.admin_kubeconfig()).await?;
@@ -321,6 +335,7 @@ pub(crate) async fn main() {
             save(&s, &rep);
         }
     }
+    ok &= repeat_runs(&s, &mut rep).await;
     for &plan in s.heartbeats.iter().filter(|p| p.workers > 0) {
         let workers = format!("{} workers renewing every {} s", plan.workers, plan.interval);
         if s.past_deadline() {

@@ -10,6 +10,8 @@
 #   make bench BIG=100000           one job of 100,000 shards alone (48 minutes here; BENCHMARKS-big.md)
 #   BENCH_QPS=0 make bench          only the run with no client limit
 #   BENCH_N=0 make bench            no comparison runs (the heartbeat and memory runs only)
+#   BENCH_REPEATS=3 make bench      more pairs (Job controller, nightshift) with no client limit at the
+#                                   largest N, nightshift first in every other one; judged on the median
 #   BENCH_STOP_AT=01:05 make bench  start no run after 01:05 UTC (what finished is reported)
 #   BENCH_HEARTBEATS=1000,10000@60 make bench  heartbeat runs: workers[@interval s] (0: none)
 #   BENCH_MEMORY_JOBS=0 make bench  skip the memory run (BENCH_MEMORY_PODS=0: only its 100,000-pod part)
@@ -26,7 +28,7 @@ if [[ -n "${BENCH_STOP_AT:-}" ]]; then BENCH_DEADLINE="$(date -u -d "$BENCH_STOP
 cmd="make bench"
 [[ -n "${N:-}" ]] && cmd="make bench N=\"$N\""
 [[ -n "${BIG:-}" ]] && cmd="$cmd BIG=$BIG"
-for v in BENCH_N BENCH_QPS BENCH_HEARTBEATS BENCH_MEMORY_JOBS BENCH_MEMORY_PODS BENCH_BIG_JOB BENCH_STOP_AT BENCH_RUN_TIMEOUT; do
+for v in BENCH_N BENCH_QPS BENCH_REPEATS BENCH_HEARTBEATS BENCH_MEMORY_JOBS BENCH_MEMORY_PODS BENCH_BIG_JOB BENCH_STOP_AT BENCH_RUN_TIMEOUT; do
   if [[ -n "${!v:-}" && ! ( "$v" == BENCH_N && -n "${N:-}" ) ]]; then cmd="$v=${!v} $cmd"; fi
 done
 export BENCH_COMMAND="${BENCH_COMMAND:-$cmd}"
@@ -36,7 +38,7 @@ export BENCH_COMMAND="${BENCH_COMMAND:-$cmd}"
 # the API server here 48 minutes, longer than a wait's default 30; the two together would not fit
 # in CI's 90. Each writes a file of its own beside the quick run's BENCHMARKS.md.
 if [[ ",${BENCH_N:-}," == *",10000,"* ]]; then
-  export BENCH_QPS="${BENCH_QPS:-0}" BENCH_BIG_JOB="${BENCH_BIG_JOB:-0}"
+  export BENCH_QPS="${BENCH_QPS:-0}" BENCH_BIG_JOB="${BENCH_BIG_JOB:-0}" BENCH_REPEATS="${BENCH_REPEATS:-0}"
   export BENCH_HEARTBEATS="${BENCH_HEARTBEATS:-0}" BENCH_MEMORY_JOBS="${BENCH_MEMORY_JOBS:-0}"
   export BENCH_OUT="${BENCH_OUT:-BENCHMARKS-10000.md}"
 fi
