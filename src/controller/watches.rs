@@ -10,7 +10,6 @@ use kube::{
     Api, Client, Resource, ResourceExt,
     runtime::{
         Controller, WatchStreamExt,
-        events::{Recorder, Reporter},
         reflector::{self, ObjectRef, Store},
         watcher,
     },
@@ -19,6 +18,7 @@ use tracing::{debug, info, warn};
 
 use super::{
     Options, error_policy,
+    events::Recorder,
     jobs::{
         chains,
         context::{Context, occupies_worker},
@@ -129,10 +129,9 @@ fn job_context(
     wake: Wake<BackgroundJob>,
     filled: Filled,
 ) -> Arc<Context> {
-    let reporter = Reporter { controller: nightshift_api::MANAGER.into(), instance: std::env::var("POD_NAME").ok() };
     Arc::new(Context {
         client: client.clone(),
-        recorder: Recorder::new(client.clone(), reporter),
+        recorder: Recorder::new(client.clone(), std::env::var("POD_NAME").ok()),
         jobs,
         pods,
         leases,

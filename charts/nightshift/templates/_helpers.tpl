@@ -115,8 +115,8 @@ namespace, a Role's in each watched namespace otherwise.
   resources: ["roles", "rolebindings"]
   verbs: ["get", "create", "patch"]
 # Events on the jobs (Admitted, WorkerStarted, AttemptFailed, ...) and schedules (SuccessfulCreate,
-# JobAlreadyActive, ...); repeated ones are patched.
-- apiGroups: ["events.k8s.io", ""]
+# JobAlreadyActive, ...): each created once, never changed.
+- apiGroups: ["events.k8s.io"]
   resources: ["events"]
-  verbs: ["create", "patch"]
+  verbs: ["create"]
 {{- end }}

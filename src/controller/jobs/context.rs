@@ -10,13 +10,11 @@ use std::{
 use k8s_openapi::{api::coordination::v1::Lease, jiff::Timestamp};
 use kube::{
     Client, ResourceExt,
-    runtime::{
-        events::Recorder,
-        reflector::{ObjectRef, Store},
-    },
+    runtime::reflector::{ObjectRef, Store},
 };
 
 use super::observe::LeaseMemory;
+use crate::controller::events::Recorder;
 use crate::controller::lean::WorkerPod;
 use crate::controller::owners::Cached;
 use crate::controller::{Options, expectations::Expectations, now, watches::Filled, writes::with_written};

@@ -24,14 +24,14 @@ use kube::{
     api::{ApiResource, DynamicObject, PostParams},
     runtime::{
         controller::Action,
-        events::Recorder,
         reflector::{ObjectRef, Store},
     },
 };
 use tracing::{debug, info, warn};
 
 use super::{
-    Error, events,
+    Error,
+    events::{self, Recorder},
     expectations::Expectations,
     now,
     watches::{Filled, object_key},
