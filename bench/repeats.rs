@@ -34,10 +34,13 @@ pub(crate) async fn repeat_runs(s: &Settings, rep: &mut Report) -> bool {
     ok
 }
 
-/// Every pair at no client limit and the largest N (the main run's first): its order, its two
-/// sides.
-fn pairs(rep: &Report) -> Vec<(&'static str, &SideResult, &SideResult)> {
-    let Some(n) = rep.runs.iter().filter(|r| r.qps == 0).map(|r| r.n).max() else { return Vec::new() };
+/// The largest N run with no client limit: the one repeated.
+fn repeated_n(rep: &Report) -> Option<usize> {
+    rep.runs.iter().filter(|r| r.qps == 0).map(|r| r.n).max()
+}
+
+/// Every pair at no client limit and N jobs (the main run's first): its order, its two sides.
+fn pairs(rep: &Report, n: usize) -> Vec<(&'static str, &SideResult, &SideResult)> {
     let main = rep.runs.iter().filter(|r| r.qps == 0 && r.n == n);
     main.chain(rep.repeats.iter().filter(|r| r.n == n))
         .filter_map(|run| {
@@ -48,11 +51,11 @@ fn pairs(rep: &Report) -> Vec<(&'static str, &SideResult, &SideResult)> {
         .collect()
 }
 
-/// The median of the pairs' finish ratios (nightshift / Job controller) and the ratios in run
-/// order; None without a pair where both sides finished.
-pub(crate) fn median_ratio(rep: &Report) -> Option<(f64, Vec<f64>)> {
+/// The median of the pairs' finish ratios (nightshift / Job controller) at N jobs and the ratios
+/// in run order; None without a pair where both sides finished.
+pub(crate) fn median_ratio(rep: &Report, n: usize) -> Option<(f64, Vec<f64>)> {
     let ratios: Vec<f64> =
-        pairs(rep).iter().filter_map(|(_, j, ns)| ratio(ns.all_finished_secs, j.all_finished_secs)).collect();
+        pairs(rep, n).iter().filter_map(|(_, j, ns)| ratio(ns.all_finished_secs, j.all_finished_secs)).collect();
     let mut sorted = ratios.clone();
     sorted.sort_by(f64::total_cmp);
     let mid = sorted.len() / 2;
@@ -65,7 +68,8 @@ pub(crate) fn median_ratio(rep: &Report) -> Option<(f64, Vec<f64>)> {
 }
 
 pub(crate) fn render_repeats(w: &mut String, rep: &Report) {
-    let pairs = pairs(rep);
+    let Some(n) = repeated_n(rep) else { return };
+    let pairs = pairs(rep, n);
     if pairs.len() < 2 {
         return;
     }
@@ -75,7 +79,7 @@ pub(crate) fn render_repeats(w: &mut String, rep: &Report) {
         "The comparison with no client limit at N = {}, the main run's pair first and then {} more, each on a \
          fresh control plane, the Job controller and nightshift alone, nightshift first in every other one. \
          Seconds as above.\n",
-        pairs[0].1.n,
+        n,
         pairs.len() - 1
     );
     let _ = writeln!(
@@ -96,7 +100,7 @@ pub(crate) fn render_repeats(w: &mut String, rep: &Report) {
             ns.apiserver_cpu
         );
     }
-    if let Some((median, _)) = median_ratio(rep) {
+    if let Some((median, _)) = median_ratio(rep, n) {
         let _ = writeln!(w, "\nMedian finished ratio: **{median:.2}×**.\n");
     }
 }

@@ -185,7 +185,7 @@ pub(crate) fn targets(rep: &Report) -> Vec<String> {
             )),
         }
         if run.qps == 0 {
-            out.push(match median_ratio(rep) {
+            out.push(match median_ratio(rep, run.n) {
                 Some((median, ratios)) if ratios.len() > 1 => format!(
                     "| no client limit: time to all 1,000 jobs finished ≤ 1.0× the Job controller's (median of {} pairs) | {median:.2}× ({}) | {} |",
                     ratios.len(),
