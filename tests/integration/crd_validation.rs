@@ -120,13 +120,13 @@ fn bad_manifests() -> Vec<Bad> {
         Bad {
             what: "template.spec.restartPolicy Always",
             patch: json!({"spec": {"template": {"spec": {"restartPolicy": "Always"}}}}),
-            field: Some("spec.template.spec"),
+            field: Some("spec.template.spec.restartPolicy"),
             says: &[RESTART],
         },
         Bad {
             what: "template.spec.restartPolicy OnFailure",
             patch: json!({"spec": {"template": {"spec": {"restartPolicy": "OnFailure"}}}}),
-            field: Some("spec.template.spec"),
+            field: Some("spec.template.spec.restartPolicy"),
             says: &[RESTART],
         },
         Bad {

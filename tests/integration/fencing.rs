@@ -20,11 +20,11 @@ async fn a_stale_write_is_refused<K>(api: Api<K>, object: K, first: serde_json::
 where
     K: Resource<DynamicType = ()> + Clone + Serialize + DeserializeOwned + std::fmt::Debug,
 {
-    let params = PatchParams::apply(nightshift_api::MANAGER).force();
+    let params = PatchParams { field_manager: Some(nightshift_api::MANAGER.into()), ..PatchParams::default() };
     let created = api.create(&PostParams::default(), &object).await.unwrap();
     let name = created.name_any();
-    api.patch_status(&name, &params, &Patch::Apply(fenced_status(&created, &first))).await.unwrap();
-    let refused = api.patch_status(&name, &params, &Patch::Apply(fenced_status(&created, &stale))).await;
+    api.patch_status(&name, &params, &Patch::<()>::Json(fenced_status(&created, &first))).await.unwrap();
+    let refused = api.patch_status(&name, &params, &Patch::<()>::Json(fenced_status(&created, &stale))).await;
     let (code, message) =
         api_error(&refused).unwrap_or_else(|| panic!("a stale status write went through: {refused:?}"));
     assert_eq!(code, 409, "{message}");

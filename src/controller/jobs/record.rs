@@ -1,4 +1,4 @@
-//! The record step: writes the decided status (server-side apply, only when it changed), then
+//! The record step: writes the decided status (fenced on its version, only when it changed), then
 //! deletes the pods it stops, releases the tracking finalizers of pods whose outcome it holds,
 //! counts, publishes events, and deletes a job whose TTL after finishing passed.
 //!

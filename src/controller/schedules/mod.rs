@@ -9,7 +9,7 @@
 //!   run's job (AlreadyExists counts as created when the job is the schedule's: that is how a
 //!   restart, or a second replica, never doubles a run; anyone else's job of that name is left
 //!   alone, and the run skipped);
-//! - record: write the status (server-side apply, only when it changed), then delete the jobs
+//! - record: write the status (fenced on its version, only when it changed), then delete the jobs
 //!   beyond the history limits, and publish events.
 
 use std::{
