@@ -22,7 +22,15 @@ use crate::*;
 pub(crate) struct Proc {
     pub(crate) child: Child,
     /// Where the operator serves /metrics.
-    pub(crate) metrics_port: Option<u16>,
+    pub(crate) metrics: Option<MetricsAt>,
+}
+
+/// The operator's /metrics: `port` on the loopback of the network namespace `netns`, the
+/// control plane's, where the operator runs.
+#[derive(Clone)]
+pub(crate) struct MetricsAt {
+    pub(crate) netns: PathBuf,
+    pub(crate) port: u16,
 }
 
 impl Proc {
@@ -38,7 +46,7 @@ impl Proc {
             })
         };
         let child = c.stdin(Stdio::null()).stdout(out.try_clone()?).stderr(out).spawn()?;
-        Ok(Self { child, metrics_port: None })
+        Ok(Self { child, metrics: None })
     }
     pub(crate) fn pid(&self) -> u32 {
         self.child.id()
@@ -135,6 +143,15 @@ impl<'a> Cluster<'a> {
         pid_file(&self.s.cluster_dir.join(format!("{component}.pid")))
     }
 
+    /// The control plane's network namespace. The operator runs in it, as kube-controller-manager
+    /// does, and reaches the API server on its loopback (127.0.0.1:6443): not through the host's
+    /// way in (a socat pair per connection, whose copying would be charged to its side).
+    pub(crate) fn netns(&self) -> Res<PathBuf> {
+        let mut c = Command::new(self.s.repo.join("tests/cluster/cluster.sh"));
+        c.arg("netns").env("NIGHTSHIFT_CLUSTER_DIR", &self.s.cluster_dir);
+        Ok(PathBuf::from(run_out(c)?.trim()))
+    }
+
     pub(crate) fn admin_kubeconfig(&self) -> PathBuf {
         self.s.cluster_dir.join("admin.kubeconfig")
     }
@@ -190,7 +207,9 @@ impl<'a> Cluster<'a> {
         c.args(["-n", "nightshift-system", "create", "token", "nightshift", "--duration=24h"]);
         let token = run_out(c)?.trim().to_string();
         let admin: Value = serde_yaml_ng::from_str(&fs::read_to_string(self.admin_kubeconfig())?)?;
-        let server = admin["clusters"][0]["cluster"]["server"].as_str().ok_or("no server")?;
+        // The API server as seen inside the control plane's network namespace, where the
+        // operator runs (`netns`), like kube-controller-manager's kubeconfig.
+        let server = "https://127.0.0.1:6443";
         let ca = admin["clusters"][0]["cluster"]["certificate-authority-data"].as_str().ok_or("no CA")?;
         // In the cluster's folder, with its admin.kubeconfig: a second bench (another cluster folder)
         // never points this run's operator at its control plane.

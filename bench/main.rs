@@ -301,7 +301,10 @@ pub(crate) async fn main() {
          with the chart's ClusterRole and a TokenRequest token; a FlowSchema puts it at the same APF priority \
          level as the Job controller (workload-high). The admin (creating objects, the raw limit) and kwok \
          (playing the fake node and its pods: user kwok) are system:masters, kube-scheduler binds every side's \
-         pods (client limit raised to 1,000 requests/s), the same for every side."
+         pods (client limit raised to 1,000 requests/s), the same for every side. \
+         Both controllers reach the API server alike: inside the control plane's network namespace, on its \
+         loopback (nightshift started there with nsenter); the harness comes in from the host through a socat \
+         pair, the same for every side."
             .into(),
     );
     rep.notes.push(

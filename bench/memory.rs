@@ -81,11 +81,11 @@ pub(crate) async fn pod_memory(ctx: &RunCtx<'_>, pods: usize) -> Res<PodMemory> 
     m.served_bytes = one.items.first().map_or(0, |p| serde_json::to_vec(p).map_or(0, |v| v.len()));
 
     let op = ctx.start_operator("operator-memory-3.log")?;
-    let port = op.metrics_port.ok_or("the operator has no metrics port")?;
+    let at = op.metrics.clone().ok_or("the operator has no metrics port")?;
     let t1 = Instant::now();
     while t1.elapsed() < ctx.s.run_timeout {
         tokio::time::sleep(Duration::from_secs(1)).await;
-        if metric(port, "nightshift_workers").await.is_some_and(|n| n >= pods as i64) {
+        if metric(&at, "nightshift_workers").await.is_some_and(|n| n >= pods as i64) {
             m.cached_secs = Some(t1.elapsed().as_secs_f64());
             break;
         }

@@ -137,19 +137,35 @@ pub(crate) async fn create_all(api: Api<DynamicObject>, objects: Vec<Value>, in_
 }
 
 /// The operator's nightshift_events_pending, from its /metrics.
-pub(crate) async fn events_pending(port: u16) -> Option<i64> {
-    metric(port, "nightshift_events_pending").await
+pub(crate) async fn events_pending(at: &MetricsAt) -> Option<i64> {
+    metric(at, "nightshift_events_pending").await
 }
 
 /// A metric without labels (a gauge or counter), from the operator's /metrics.
-pub(crate) async fn metric(port: u16, name: &str) -> Option<i64> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok()?;
-    conn.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n").await.ok()?;
-    let mut body = String::new();
-    conn.read_to_string(&mut body).await.ok()?;
+pub(crate) async fn metric(at: &MetricsAt, name: &str) -> Option<i64> {
+    let at = at.clone();
+    let body =
+        tokio::task::spawn_blocking(move || std::thread::spawn(move || scrape(&at)).join().ok()?).await.ok()??;
     let prefix = format!("{name} ");
     body.lines().find_map(|l| l.strip_prefix(&prefix)).and_then(|v| v.trim().parse().ok())
+}
+
+/// GET /metrics from a thread of its own that enters the operator's network namespace (as
+/// `nsenter` does; a socket stays in the namespace it was made in). Only this thread enters it.
+fn scrape(at: &MetricsAt) -> Option<String> {
+    use std::{
+        io::{Read, Write},
+        os::fd::AsRawFd,
+    };
+    let netns = fs::File::open(&at.netns).ok()?;
+    if unsafe { libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        return None;
+    }
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", at.port)).ok()?;
+    conn.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
+    let mut body = String::new();
+    conn.read_to_string(&mut body).ok()?;
+    Some(body)
 }
 
 /// Empties a side's namespace once it is measured, so that each side starts on a control plane
@@ -242,15 +258,19 @@ impl RunCtx<'_> {
     pub(crate) fn start_operator(&self, log: &str) -> Res<Proc> {
         let (_, (q, b)) = client_limits(self.qps);
         let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-        let mut c = Command::new(&self.s.nightshift);
-        c.arg("run")
+        let netns = self.cluster.netns()?;
+        let mut c = Command::new("nsenter");
+        c.arg(format!("--net={}", netns.display()))
+            .arg("--")
+            .arg(&self.s.nightshift)
+            .arg("run")
             .args(["--metrics-address", &format!("127.0.0.1:{port}")])
             .args(["--kube-api-qps", &q.to_string(), "--kube-api-burst", &b.to_string()])
             .args(["--max-workers", "0", "--leader-election=false"])
             .env("KUBECONFIG", &self.operator_kubeconfig)
             .env("RUST_LOG", env_or("BENCH_OPERATOR_LOG", "warn"));
         let mut p = Proc::spawn(c, &self.s.work.join(log))?;
-        p.metrics_port = Some(port);
+        p.metrics = Some(MetricsAt { netns, port });
         Ok(p)
     }
 
@@ -303,9 +323,9 @@ impl RunCtx<'_> {
             wait_until("all pods Succeeded without finalizers", remaining, || marks.lock().unwrap().settled.is_some())
                 .await;
             // nightshift sends events behind its other requests: let them all go out (and count).
-            if let Some(port) = operator.as_ref().and_then(|p| p.metrics_port) {
+            if let Some(at) = operator.as_ref().and_then(|p| p.metrics.as_ref()) {
                 let deadline = Instant::now() + timeout.saturating_sub(t0.elapsed());
-                while Instant::now() < deadline && events_pending(port).await.is_none_or(|n| n > 0) {
+                while Instant::now() < deadline && events_pending(at).await.is_none_or(|n| n > 0) {
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
                 events_sent = Some(t0.elapsed().as_secs_f64());

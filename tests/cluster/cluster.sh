@@ -11,6 +11,7 @@
 #   cluster.sh env     print the `export KUBECONFIG=...` line
 #   cluster.sh status  exit 0 when it is up and healthy
 #   cluster.sh containerd-address   the node's containerd socket (for tests/cluster/images.sh)
+#   cluster.sh netns   the control plane's network namespace (the bench runs its operator there)
 #   cluster.sh restart apiserver|kubelet   stop that one process and start it again with the same
 #                      command line (a fault for `make chaos`); returns once it serves again
 #
@@ -377,6 +378,7 @@ case "${1:-}" in
     ;;
   status) healthy ;;
   containerd-address) echo "$RUN/containerd.sock" ;;
+  netns) echo "/run/netns/$NETNS" ;;
   restart)
     case "${2:-}" in
       apiserver) restart kube-apiserver ;;
@@ -384,5 +386,5 @@ case "${1:-}" in
       *) echo "usage: $0 restart apiserver|kubelet" >&2; exit 2 ;;
     esac
     ;;
-  *) echo "usage: $0 up|down|env|status|containerd-address|restart apiserver|kubelet" >&2; exit 2 ;;
+  *) echo "usage: $0 up|down|env|status|containerd-address|netns|restart apiserver|kubelet" >&2; exit 2 ;;
 esac
