@@ -143,9 +143,9 @@ pub(crate) async fn events_pending(at: &MetricsAt) -> Option<i64> {
 
 /// A metric without labels (a gauge or counter), from the operator's /metrics.
 pub(crate) async fn metric(at: &MetricsAt, name: &str) -> Option<i64> {
-    let at = at.clone();
-    let body =
-        tokio::task::spawn_blocking(move || std::thread::spawn(move || scrape(&at)).join().ok()?).await.ok()??;
+    let (at, (tx, rx)) = (at.clone(), tokio::sync::oneshot::channel());
+    std::thread::spawn(move || tx.send(scrape(&at)));
+    let body = rx.await.ok()??;
     let prefix = format!("{name} ");
     body.lines().find_map(|l| l.strip_prefix(&prefix)).and_then(|v| v.trim().parse().ok())
 }
