@@ -12,7 +12,7 @@
 #   BENCH_N=0 make bench            no comparison runs (the heartbeat and memory runs only)
 #   BENCH_REPEATS=3 make bench      more pairs (Job controller, nightshift) with no client limit at the
 #                                   largest N, nightshift first in every other one; judged on the median
-#   BENCH_STOP_AT=01:05 make bench  start no run after 01:05 UTC (what finished is reported)
+#   BENCH_STOP_AT=01:05 make bench  start no run after 01:05 UTC, the next one (what finished is reported)
 #   BENCH_HEARTBEATS=1000,10000@60 make bench  heartbeat runs: workers[@interval s] (0: none)
 #   BENCH_MEMORY_JOBS=0 make bench  skip the memory run (BENCH_MEMORY_PODS=0: only its 100,000-pod part)
 #   BENCH_BIG_JOB=0 make bench      skip the big-job run (one job of 10,000 shards on each side)
@@ -24,7 +24,14 @@ export NIGHTSHIFT_NODE=0
 CARGO="${CARGO:-cargo}"
 
 if [[ -n "${N:-}" ]]; then export BENCH_N="${N// /,}"; fi
-if [[ -n "${BENCH_STOP_AT:-}" ]]; then BENCH_DEADLINE="$(date -u -d "$BENCH_STOP_AT" +%s)"; export BENCH_DEADLINE; fi
+if [[ -n "${BENCH_STOP_AT:-}" ]]; then
+  BENCH_DEADLINE="$(date -u -d "$BENCH_STOP_AT" +%s)"
+  # A time of day already past is the next one: started at 23:00, BENCH_STOP_AT=00:45 is after midnight.
+  if (( BENCH_DEADLINE <= $(date +%s) )) && [[ "$BENCH_STOP_AT" =~ ^[0-9]{1,2}:[0-9]{2}$ ]]; then
+    BENCH_DEADLINE=$((BENCH_DEADLINE + 86400))
+  fi
+  export BENCH_DEADLINE
+fi
 cmd="make bench"
 [[ -n "${N:-}" ]] && cmd="make bench N=\"$N\""
 [[ -n "${BIG:-}" ]] && cmd="$cmd BIG=$BIG"
