@@ -52,6 +52,11 @@ struct ControllerFlags {
     /// Milliseconds to gather changes to one job before reconciling it.
     #[arg(long, default_value_t = 50)]
     debounce_ms: u64,
+    /// Milliseconds a job's pod changes (created, bound, running, finished) are gathered, from
+    /// the first, into one wake of the job, as kube-controller-manager's Job controller does (0: each
+    /// change wakes it).
+    #[arg(long, default_value_t = 1000)]
+    pod_batch_ms: u64,
     /// Jobs reconciled at once.
     #[arg(long, default_value_t = 64)]
     concurrency: u16,
@@ -184,6 +189,7 @@ async fn run_operator(flags: RunFlags) -> Result<(), Box<dyn std::error::Error>>
     let options = nightshift::controller::Options {
         namespace: controller.namespace,
         debounce: Duration::from_millis(controller.debounce_ms),
+        pod_batch: Duration::from_millis(controller.pod_batch_ms),
         concurrency: controller.concurrency,
         agent_image: controller.agent_image,
         fold_seconds: controller.status_fold_seconds,

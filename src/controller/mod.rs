@@ -58,6 +58,8 @@ pub struct Options {
     pub namespace: Option<String>,
     /// How long to gather triggers for one job before reconciling it.
     pub debounce: Duration,
+    /// How long a job's pods' changes are gathered, from the first, before they wake it.
+    pub pod_batch: Duration,
     /// How many jobs are reconciled at once.
     pub concurrency: u16,
     /// The image holding the nightshift binary, copied into workers that ask for the agent.
@@ -73,6 +75,7 @@ impl Default for Options {
         Self {
             namespace: None,
             debounce: Duration::from_millis(50),
+            pod_batch: Duration::from_secs(1),
             concurrency: 64,
             agent_image: None,
             fold_seconds: nightshift_core::FOLD_SECONDS,

@@ -14,13 +14,14 @@
 //! object, so 10,000 jobs queue at most 10,000 keys (a few hundred bytes each) however many events
 //! arrive.
 
-use std::collections::HashSet;
+use std::{collections::HashSet, time::Duration};
 
-use futures::channel::mpsc::UnboundedSender;
+use futures::{StreamExt, channel::mpsc::UnboundedSender, future};
 use kube::{
     Resource,
     runtime::{
         reflector::{ObjectRef, Store},
+        scheduler::{ScheduleRequest, scheduler},
         watcher,
     },
 };
@@ -80,6 +81,27 @@ where
             let _ = self.tx.unbounded_send(key);
         }
     }
+}
+
+/// A sender whose keys reach `tx` `period` after the first of them for each key, once: what else
+/// is sent for that key meanwhile rides along. The changes of one job's pods (created, bound,
+/// running, finished, a finalizer gone) wake it once, not each; kube-controller-manager's Job
+/// controller gathers its pods' changes the same way (`syncJobBatchPeriod`, 1 s). Unlike a
+/// debounce, a steady stream of changes does not put the wake off. The future forwards; it ends
+/// when every sender is gone. Memory: a key per object at most.
+pub fn batched<T: Resource<DynamicType = ()>>(
+    period: Duration,
+    tx: UnboundedSender<ObjectRef<T>>,
+) -> (UnboundedSender<ObjectRef<T>>, impl Future<Output = ()>) {
+    let (batch_tx, batch_rx) = futures::channel::mpsc::unbounded();
+    let requests =
+        batch_rx.map(move |key| ScheduleRequest { message: key, run_at: tokio::time::Instant::now() + period });
+    let forward = scheduler(requests).for_each(move |key| {
+        // Closed only when the controller has stopped, and then nothing is left to wake.
+        let _ = tx.unbounded_send(key);
+        future::ready(())
+    });
+    (batch_tx, forward)
 }
 
 /// The route of an object to itself.
@@ -256,5 +278,36 @@ pub(super) mod tests {
         let keys = woken(|store, tx| Fanout::new(store, controller_of::<Pod, BackgroundJob>, tx), events).await;
         let named: Vec<(String, Option<String>)> = keys.into_iter().map(|key| (key.name, key.namespace)).collect();
         assert_eq!(named, [("a".to_string(), Some("ns".to_string())), ("b".to_string(), Some("ns".to_string()))]);
+    }
+
+    /// A batch: the key's wakes within the period reach the controller once, at the period after
+    /// the first; one sent later starts a batch of its own; keys are batched apart.
+    #[tokio::test(start_paused = true)]
+    async fn a_batch_wakes_each_key_once_a_period_after_its_first_wake() {
+        let (tx, mut rx) = futures::channel::mpsc::unbounded::<ObjectRef<BackgroundJob>>();
+        let (batch, forward) = batched(Duration::from_secs(1), tx);
+        let forward = tokio::spawn(forward);
+        let (a, b) = (ObjectRef::new("a").within("ns"), ObjectRef::new("b").within("ns"));
+        let start = tokio::time::Instant::now();
+        batch.unbounded_send(a.clone()).expect("open");
+        // A key's batch starts when the forwarding takes it in: let it run before the clock moves.
+        tokio::task::yield_now().await;
+        tokio::time::advance(Duration::from_millis(600)).await;
+        batch.unbounded_send(a.clone()).expect("open");
+        batch.unbounded_send(b.clone()).expect("open");
+
+        // The queue's clock ticks in whole milliseconds.
+        let at = |ms: u64| Duration::from_millis(ms)..=Duration::from_millis(ms + 2);
+        assert_eq!(rx.next().await, Some(a.clone()));
+        assert!(at(1000).contains(&start.elapsed()), "a's batch ended {:?} after its first wake", start.elapsed());
+        assert_eq!(rx.next().await, Some(b));
+        assert!(at(1600).contains(&start.elapsed()), "b's batch ended at {:?}", start.elapsed());
+        batch.unbounded_send(a.clone()).expect("open");
+        assert_eq!(rx.next().await, Some(a));
+        assert!(at(2600).contains(&start.elapsed()), "a's second batch ended at {:?}", start.elapsed());
+
+        drop(batch);
+        forward.await.expect("the forwarding ends with its senders");
+        assert_eq!(rx.next().await, None, "nothing woken twice");
     }
 }

@@ -87,8 +87,8 @@ pub async fn run_with_metrics(
         ctx.metrics.clone(),
         filled,
     ));
-    let pods_wake =
-        Fanout::new((*pod_store).clone(), triggers::controller_of::<WorkerPod, BackgroundJob>, ctx.wake.clone());
+    let (pod_batch, pod_wakes) = triggers::batched(options.pod_batch, ctx.wake.clone());
+    let pods_wake = Fanout::new((*pod_store).clone(), triggers::controller_of::<WorkerPod, BackgroundJob>, pod_batch);
     let shutdown = shutdown.shared();
     let schedule_reconciler = Controller::for_stream(schedule_watch, schedule_store)
         .with_config(kube::runtime::controller::Config::default().debounce(options.debounce))
@@ -104,7 +104,7 @@ pub async fn run_with_metrics(
     let reconciler = job_controller(ctx.clone(), job_store, wake_rx, shutdown);
     info!(namespace = options.namespace.as_deref().unwrap_or("(all)"), "controller started");
     tokio::select! {
-        _ = pods(&ctx, pod_watch, pods_wake, &orphan_tx) => {},
+        _ = future::join(pods(&ctx, pod_watch, pods_wake, &orphan_tx), pod_wakes) => {},
         _ = heartbeats(&ctx, lease_watch) => {},
         _ = templates_appear(&ctx, template_watch) => {},
         _ = gauges(&ctx, filled_tx) => {},
