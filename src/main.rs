@@ -54,8 +54,8 @@ struct ControllerFlags {
     debounce_ms: u64,
     /// Milliseconds a job's pod changes (created, bound, running, finished) are gathered, from
     /// the first, into one wake of the job, as kube-controller-manager's Job controller does (0: each
-    /// change wakes it).
-    #[arg(long, default_value_t = 1000)]
+    /// change wakes it; a minute at most).
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(0..=60_000))]
     pod_batch_ms: u64,
     /// Jobs reconciled at once.
     #[arg(long, default_value_t = 64)]
@@ -216,4 +216,21 @@ async fn run_operator(flags: RunFlags) -> Result<(), Box<dyn std::error::Error>>
         duration: Duration::from_secs(election.leader_election_lease_seconds),
     };
     operator::leader::run_elected(client, options, metrics, election).await
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    /// A pod batch past a minute is refused by name, before the operator starts: it would hold
+    /// back every reaction to a pod (and an absurd one would overflow the clock).
+    #[test]
+    fn a_pod_batch_past_a_minute_is_refused_naming_the_flag() {
+        let batch = |ms: &str| Cli::try_parse_from(["nightshift", "run", "--pod-batch-ms", ms]);
+        assert!(batch("60000").is_ok());
+        let error = batch("18446744073709551615").err().expect("refused").to_string();
+        assert!(error.contains("--pod-batch-ms") && error.contains("0..=60000"), "{error}");
+    }
 }
