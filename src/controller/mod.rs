@@ -21,8 +21,9 @@ mod writes;
 
 use std::{sync::Arc, time::Duration};
 
-use k8s_openapi::jiff::{RoundMode, Timestamp, TimestampRound, Unit};
+use k8s_openapi::jiff::Timestamp;
 use kube::{Resource, ResourceExt, runtime::controller::Action};
+use nightshift_core::whole;
 use tracing::warn;
 
 use crate::operator::{Metrics, metrics::ErrorLabel};
@@ -116,24 +117,15 @@ fn error_policy<K: Resource<DynamicType = ()>, C: Reconciles>(object: Arc<K>, er
 /// `now`, in whole seconds: the precision of the times in the status, so that an unchanged
 /// status compares equal.
 pub fn now() -> Timestamp {
-    Timestamp::from_second(Timestamp::now().as_second()).expect("now is a valid time")
+    whole(Timestamp::now())
 }
 
-/// When something seen happening at `at` counts as having happened: the next whole second (or
-/// `at` itself, when whole). The times a heartbeat is judged by are whole seconds, like [`now`];
-/// floored, a renewal seen at 10.3 would count at 10 and its worker be failed at 10 + timeout,
-/// before the timeout had passed since it renewed. Counted at 11, never early; late by under a
-/// second.
-pub fn sight(at: Timestamp) -> Timestamp {
-    let ceil = TimestampRound::new().smallest(Unit::Second).mode(RoundMode::Ceil);
-    at.round(ceil).unwrap_or(at)
-}
-
-/// A wait decided at `now` (whole seconds, see [`now`]), counted from that instant rather than
-/// from `at`, when the reconcile ends: neither the second's fraction nor the time the writes took
-/// is waited on top (a silent worker's timeout fired up to a second late, more under load). Never
-/// early: what the wait is for falls due at `now + wait`, a whole second, so a reconcile woken at
-/// that time has a `now` that reaches it.
+/// A wait decided at `now` (the whole second the reconcile judged at, see [`now`]), counted from
+/// that instant rather than from `at`, when the reconcile ends: neither the second's fraction nor
+/// the time the writes took is waited on top (a silent worker's timeout would fire up to a second
+/// late, more under load). Never early: what the wait is for falls due at `now + wait` (a whole
+/// second, or for a heartbeat the very instant its timeout passes), so a reconcile woken then
+/// judges it due.
 pub fn wait_from(now: Timestamp, wait: Duration, at: Timestamp) -> Duration {
     wait.saturating_sub(Duration::try_from(at.duration_since(now)).unwrap_or_default())
 }
@@ -144,14 +136,6 @@ mod tests {
 
     fn at(s: &str) -> Timestamp {
         s.parse().unwrap()
-    }
-
-    #[test]
-    fn a_sight_counts_from_the_next_whole_second() {
-        assert_eq!(sight(at("2026-12-05T10:00:10Z")), at("2026-12-05T10:00:10Z"));
-        assert_eq!(sight(at("2026-12-05T10:00:10.000000001Z")), at("2026-12-05T10:00:11Z"));
-        assert_eq!(sight(at("2026-12-05T10:00:10.3Z")), at("2026-12-05T10:00:11Z"));
-        assert_eq!(sight(at("2026-12-05T10:00:10.999999999Z")), at("2026-12-05T10:00:11Z"));
     }
 
     #[test]

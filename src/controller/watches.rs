@@ -26,7 +26,7 @@ use super::{
     },
     lean::{WorkerPod, lean, lean_lease, lean_pod},
     owners::Cached,
-    schedules, sight,
+    schedules,
     triggers::{self, Fanout},
 };
 use crate::operator::Metrics;
@@ -293,10 +293,7 @@ fn on_pod(
     match event {
         Ok(watcher::Event::Apply(pod) | watcher::Event::InitApply(pod)) => {
             if pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running") {
-                ctx.memory()
-                    .running_since
-                    .entry(pod.uid().unwrap_or_default())
-                    .or_insert_with(|| sight(Timestamp::now()));
+                ctx.memory().running_since.entry(pod.uid().unwrap_or_default()).or_insert_with(Timestamp::now);
             }
             if !occupies_worker(&pod) {
                 ctx.wake_waiting();
@@ -318,7 +315,7 @@ fn on_lease(ctx: &Context, event: Result<watcher::Event<Lease>, watcher::Error>)
     match event {
         Ok(watcher::Event::Apply(lease) | watcher::Event::InitApply(lease)) => {
             let key = object_key(&lease.namespace().unwrap_or_default(), &lease.name_any());
-            ctx.memory().leases.entry(key).or_default().observe(&lease, sight(Timestamp::now()));
+            ctx.memory().leases.entry(key).or_default().observe(&lease, Timestamp::now());
         }
         Ok(watcher::Event::Delete(lease)) => {
             let key = object_key(&lease.namespace().unwrap_or_default(), &lease.name_any());

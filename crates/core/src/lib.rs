@@ -24,3 +24,4 @@ pub use decided::{Decision, EventNote, Related};
 pub use jobs::{
     FOLD_SECONDS, FORBIDDEN_PAUSE_SECONDS, LeaseView, Observed, PodPhase, PodView, Refusal, backoff_seconds, decide,
 };
+pub use time::whole;

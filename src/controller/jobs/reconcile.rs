@@ -19,12 +19,13 @@ use k8s_openapi::jiff::Timestamp;
 use kube::{ResourceExt, runtime::controller::Action};
 
 use super::{act, chains, context::Context, observe, record, templates};
-use crate::controller::{Error, lean::WorkerPod, now, watches::object_key};
+use crate::controller::{Error, lean::WorkerPod, watches::object_key};
 use nightshift_api::BackgroundJob;
 use nightshift_core::{
     Decision, LeaseView, Observed, PodView, Refusal,
     build::pod::pod_name,
     jobs::{chain::Chain, queue},
+    whole,
 };
 
 #[tracing::instrument(name = "reconcile", skip_all, fields(namespace = job.namespace().unwrap_or_default(), job = job.name_any()))]
@@ -39,9 +40,11 @@ pub async fn reconcile(job: Arc<BackgroundJob>, ctx: Arc<Context>) -> Result<Act
     // re-pointing its Lease and clearing the result it reported (a new leader did, in a fault
     // run). Every cache has its first LIST once; from then on this returns at once.
     ctx.filled.wait().await;
-    let now = now();
+    // Judged at its whole second (the status's precision), but heartbeats to the instant.
+    let at = Timestamp::now();
+    let now = whole(at);
     let seen = observe(&ctx, job);
-    let d = decide(&ctx, &seen, now);
+    let d = decide(&ctx, &seen, at);
     let _creating = Creating::new(&ctx, &seen.job, &d);
     if let Some(refusal) = act::act(&ctx, &seen.job, &d, now).await? {
         return Ok(refused(&ctx, &seen.job, refusal));
@@ -102,7 +105,7 @@ fn observe(ctx: &Context, job: Arc<BackgroundJob>) -> Seen {
 /// computed and its pods reserved in one turn of the lock, so concurrent reconciles never hand
 /// out the same free worker twice. Pods already being created, or created and not yet seen,
 /// are not created again.
-fn decide(ctx: &Context, seen: &Seen, now: Timestamp) -> Decision {
+fn decide(ctx: &Context, seen: &Seen, at: Timestamp) -> Decision {
     let observed = Observed::new(&seen.job, &seen.views)
         .leases(&seen.leases)
         .last_fold(seen.last_fold)
@@ -114,16 +117,17 @@ fn decide(ctx: &Context, seen: &Seen, now: Timestamp) -> Decision {
     let (ns, name) = (seen.job.namespace().unwrap_or_default(), seen.job.name_any());
     let budget = ctx.options.budget;
     let (mut d, mut memory) = if budget.is_unlimited() {
-        (nightshift_core::decide(&observed, now), ctx.memory())
+        (nightshift_core::decide(&observed, at), ctx.memory())
     } else {
         let mut memory = ctx.memory();
         let grants = queue::plan(budget, &ctx.claims(&mut memory));
         let grant = grants.get(&(ns.clone(), name.clone())).cloned().unwrap_or_default();
-        (nightshift_core::decide(&observed.grant(Some(&grant)), now), memory)
+        (nightshift_core::decide(&observed.grant(Some(&grant)), at), memory)
     };
-    let at = Instant::now();
-    d.create
-        .retain(|&(shard, attempt)| !memory.creating.expects(&object_key(&ns, &pod_name(&name, shard, attempt)), at));
+    let clock = Instant::now();
+    d.create.retain(|&(shard, attempt)| {
+        !memory.creating.expects(&object_key(&ns, &pod_name(&name, shard, attempt)), clock)
+    });
     for key in creating_keys(&seen.job, &d) {
         memory.creating.sending(key, seen.job.uid().unwrap_or_default());
     }

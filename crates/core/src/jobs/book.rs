@@ -16,7 +16,7 @@ use super::{
 };
 use crate::{
     Decision, EventNote, Related,
-    time::{min_opt, plus, time, until},
+    time::{min_opt, plus, time, until, whole},
 };
 use nightshift_api::{
     ActiveShard, BackgroundJob, BackgroundJobStatus, Failure, Ranges, RetryingShard, ShardFailure,
@@ -25,7 +25,10 @@ use nightshift_api::{
 
 pub(super) struct Book<'a> {
     pub job: &'a BackgroundJob,
+    /// The whole second the step is judged at.
     pub now: Timestamp,
+    /// The instant the step is decided at, to the nanosecond: heartbeats are judged at it.
+    at: Timestamp,
     /// Shards in this run: spec.shards, less those spec.onlyShards leaves out.
     pub total: i32,
     /// spec.shards: every index is below it.
@@ -53,7 +56,7 @@ pub(super) struct Book<'a> {
 impl<'a> Book<'a> {
     /// The book as the last status left it, with the pods seen sorted by shard. Pods of shards
     /// the spec does not have are let go of at once.
-    pub fn open(job: &'a BackgroundJob, prev: &BackgroundJobStatus, pods: &'a [PodView], now: Timestamp) -> Self {
+    pub fn open(job: &'a BackgroundJob, prev: &BackgroundJobStatus, pods: &'a [PodView], at: Timestamp) -> Self {
         let limit = job.spec.shards.max(0);
         let skipped: Ranges = match &job.spec.only_shards {
             Some(only) => Ranges::parse(only).gaps(limit).collect(),
@@ -63,7 +66,8 @@ impl<'a> Book<'a> {
         let in_run = |shard: i32| (0..limit).contains(&shard) && !skipped.contains(shard);
         let mut book = Book {
             job,
-            now,
+            now: whole(at),
+            at,
             total,
             limit,
             succeeded: Ranges::from_opt(prev.succeeded_shards.as_ref()),
@@ -214,7 +218,7 @@ impl<'a> Book<'a> {
                 Some(failure)
             } else {
                 let lease = leases.get(&shard).copied();
-                heartbeat_failure(spec.heartbeat.as_ref(), &entry, pod, lease, self.now, &mut self.d.requeue_after)
+                heartbeat_failure(spec.heartbeat.as_ref(), &entry, pod, lease, self.at, &mut self.d.requeue_after)
             };
             match failure {
                 Some(failure) => {

@@ -21,22 +21,26 @@ use super::{
 use crate::{
     Decision, EventNote, Related,
     conditions::set_condition,
-    time::{min_opt, plus, time, until},
+    time::{min_opt, plus, time, until, whole},
 };
 use nightshift_api::{
     BackgroundJob, BackgroundJobStatus, Phase, Ranges,
     reasons::{ConditionType, EventReason, Reason},
 };
 
-/// One step for one job. `now` must be whole seconds (the precision the API stores).
+/// One step for one job, decided at the instant `at` (the clock as read). Everything is judged
+/// at its whole second, `now` (the precision the API stores), but for a worker's heartbeat: the
+/// operator saw its renewals to the nanosecond, and a silent worker is failed the instant its
+/// timeout has passed since, neither up to a second early nor late.
 ///
 /// A shard that succeeded while its job goes on running, and that is all that changed, waits
 /// for the next fold of the job's status (at most `fold_seconds`) instead of a write of its own:
 /// the shards of a job tend to finish close together, and the write that records the last of
 /// them (the job is done) goes out at once. Its pod keeps its finalizer until then, so nothing
 /// is lost; a shard that frees a worker for a waiting one is never held back.
-pub fn decide(observed: &Observed, now: Timestamp) -> Decision {
-    let d = decide_now(observed, now);
+pub fn decide(observed: &Observed, at: Timestamp) -> Decision {
+    let now = whole(at);
+    let d = decide_now(observed, at);
     let prev = observed.job.status.as_ref();
     let next_fold = super::fold::next_fold(observed, now);
     let (Some(prev), Some(next_fold)) = (prev, next_fold) else { return d };
@@ -57,7 +61,7 @@ pub fn decide(observed: &Observed, now: Timestamp) -> Decision {
             false => p.clone(),
         })
         .collect();
-    let mut later = decide_now(&Observed { pods: &held, ..*observed }, now);
+    let mut later = decide_now(&Observed { pods: &held, ..*observed }, at);
     if !later.quiet() || later.status != *prev {
         return d;
     }
@@ -65,8 +69,8 @@ pub fn decide(observed: &Observed, now: Timestamp) -> Decision {
     later
 }
 
-fn decide_now(observed: &Observed, now: Timestamp) -> Decision {
-    let job = observed.job;
+fn decide_now(observed: &Observed, at: Timestamp) -> Decision {
+    let (job, now) = (observed.job, whole(at));
     let prev = job.status.clone().unwrap_or_default();
     let mut status = prev.clone();
     status.observed_generation = job.metadata.generation;
@@ -85,7 +89,7 @@ fn decide_now(observed: &Observed, now: Timestamp) -> Decision {
         return d;
     }
     let leases: BTreeMap<i32, &LeaseView> = observed.leases.iter().map(|l| (l.shard, l)).collect();
-    let mut book = Book::open(job, &prev, observed.pods, now);
+    let mut book = Book::open(job, &prev, observed.pods, at);
     book.adopt();
     book.judge_attempts(&leases);
     book.stop_superseded();

@@ -73,6 +73,28 @@ fn a_new_leader_counts_a_renewal_it_found_from_the_servers_stamp() {
     assert_eq!(decide(&Observed::new(&job, &pods).leases(&[found(-3600)]), at(10)).delete.len(), 1);
 }
 
+/// Renewals are seen to the nanosecond and judged so: a worker last seen at 8.3 s (timeout 10 s)
+/// is alive at 18.2 s and failed at 18.3 s, not at 19; the step at 18.2 asks to look again at
+/// 18.3 (counted, like every wait, from the whole second it judged at). The status holds whole
+/// seconds, as if decided at 18 s, so that it compares equal when read back.
+#[test]
+fn a_silent_worker_fails_the_instant_its_timeout_passes() {
+    let mut job = hb_job(None);
+    let pods = started(&mut job);
+    let ms = |ms: i64| t0() + SignedDuration::from_millis(ms);
+    let leases = [LeaseView { last_renewal: Some(ms(8_300)), ..lease(None, None) }];
+    let d = decide(&Observed::new(&job, &pods).leases(&leases), ms(18_200));
+    assert!(d.delete.is_empty());
+    assert_eq!(d.requeue_after, Some(std::time::Duration::from_millis(300)));
+    assert_eq!(d.status.last_heartbeat_time.as_ref().unwrap().0, at(8));
+    assert_eq!(d.status, decide(&Observed::new(&job, &pods).leases(&leases), at(18)).status);
+    let d = decide(&Observed::new(&job, &pods).leases(&leases), ms(18_300));
+    assert_eq!(d.delete, vec!["j-0-1".to_string()]);
+    assert_eq!(d.status.retrying[0].last_failure.as_ref().unwrap().reason, "HeartbeatTimeout");
+    // The retry's backoff counts from the whole second the failure was judged in.
+    assert_eq!(d.status.retrying[0].next_retry_time.as_ref().unwrap().0, at(28));
+}
+
 #[test]
 fn renewals_keep_a_worker_alive_and_reach_the_status() {
     let mut job = hb_job(None);
