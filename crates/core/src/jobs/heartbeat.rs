@@ -65,11 +65,12 @@ pub(super) fn heartbeat_failure(
 /// it only found already there (it started since: a leader change) counts when the API server
 /// stamped it, never later than it was found nor before the attempt started: the renewal shows
 /// the worker ran then, so neither the first sight of the renewal nor of the running pod restarts
-/// a silent worker's timeout, and a worker's clock plays no part.
+/// a silent worker's timeout, and a worker's clock plays no part. The stamp is a whole second
+/// (metav1.Time) the renewal happened within: it counts from that second's end, never early.
 fn last_beat(lease: Option<&LeaseView>, baseline: Timestamp, started: Timestamp) -> Timestamp {
     let Some(seen) = lease.and_then(|l| l.last_renewal) else { return baseline };
     match lease.and_then(|l| l.renewal_stamp_at_first_sight) {
-        Some(stamped) => stamped.min(seen).max(started),
+        Some(stamped) => plus(stamped, 1).min(seen).max(started),
         None => seen.max(baseline),
     }
 }

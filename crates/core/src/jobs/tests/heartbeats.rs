@@ -48,18 +48,19 @@ fn a_silent_worker_fails_with_heartbeat_timeout() {
 }
 
 /// A new leader (started at 6 s) finds the pod running and a Lease whose renewal the API server
-/// stamped at 4 s, and sees no renewal after: the timeout (10 s) runs from 4 s, not from when it
-/// first saw either.
+/// stamped in the second 4 s (4.0 to 4.999), and sees no renewal after: the timeout (10 s) runs
+/// from that second's end, 5 s, not from when it first saw either, and never from 4 s (up to a
+/// second early).
 #[test]
 fn a_new_leader_counts_a_renewal_it_found_from_the_servers_stamp() {
     let mut job = hb_job(None);
     let mut pods = started(&mut job);
     pods[0].running_since = Some(at(6));
     let found = |stamped: i64| LeaseView { renewal_stamp_at_first_sight: Some(at(stamped)), ..lease(Some(6), None) };
-    let d = decide(&Observed::new(&job, &pods).leases(&[found(4)]), at(13));
+    let d = decide(&Observed::new(&job, &pods).leases(&[found(4)]), at(14));
     assert!(d.delete.is_empty());
     assert_eq!(d.requeue_after, Some(std::time::Duration::from_secs(1)));
-    let d = decide(&Observed::new(&job, &pods).leases(&[found(4)]), at(14));
+    let d = decide(&Observed::new(&job, &pods).leases(&[found(4)]), at(15));
     assert_eq!(d.delete, vec!["j-0-1".to_string()]);
     // A stamp after the first sight (the operator's clock behind the server's): a full timeout
     // from the first sight, no more.
